@@ -1,0 +1,99 @@
+"""Building blocks shared by the CIFAR zoo, with PyTorch semantics.
+
+Module names inside the networks mirror the PyTorch module paths of the reference
+(``layer1.0.conv1`` ...), so a Flax variable path joined with dots *is* the PyTorch
+``state_dict`` prefix; ``mmkd_jax.convert`` relies on this.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# PyTorch initialises convolutions of this zoo with kaiming_normal_(mode='fan_out').
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weight.
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_linear_bias_init(key: Array, shape: Sequence[int], dtype: Any, fan_in: int) -> Array:
+  bound = 1.0 / np.sqrt(fan_in)
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d/1d exactly as PyTorch computes it.
+
+  Train mode normalises with the biased batch variance and updates
+  ``running = (1 - momentum) * running + momentum * batch`` with the *unbiased* batch
+  variance for ``running_var`` (flax's own BatchNorm uses the biased one). ``momentum``
+  uses PyTorch's convention (0.1). With ``axis_name`` the batch moments are averaged
+  over that mapped axis (synchronised BatchNorm).
+  """
+
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,))
+    bias = self.param("bias", nn.initializers.zeros, (features,))
+    running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+    running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    if train:
+      reduce_axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axis=reduce_axes)
+      mean_sq = jnp.mean(jnp.square(x), axis=reduce_axes)
+      count = int(np.prod([x.shape[a] for a in reduce_axes]))
+      if self.axis_name is not None:
+        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+        count *= jax.lax.psum(1, self.axis_name)
+      # Two-pass variance: as accurate as PyTorch's, unlike E[x^2] - E[x]^2 for large means.
+      if self.axis_name is None:
+        var = jnp.mean(jnp.square(x - mean), axis=reduce_axes)
+      else:
+        var = jax.lax.pmean(jnp.mean(jnp.square(x - mean), axis=reduce_axes), self.axis_name)
+      if not self.is_initializing():
+        unbiased = var * (count / max(count - 1, 1))
+        m = self.momentum
+        running_mean.value = (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean)
+        running_var.value = (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased)
+    else:
+      mean, var = running_mean.value, running_var.value
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    return (x - mean) * inv + bias
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1,
+         use_bias: bool = False, name: str | None = None) -> nn.Conv:
+  """A Conv2d with PyTorch's explicit symmetric padding."""
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)), feature_group_count=groups,
+                 use_bias=use_bias, kernel_init=conv_kernel_init, name=name)
+
+
+def dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
+  """nn.Linear with PyTorch's default initialisation (both bounds 1/sqrt(fan_in))."""
+  def bias_init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    return _torch_linear_bias_init(key, shape, dtype, fan_in)
+  return nn.Dense(features, kernel_init=dense_kernel_init, bias_init=bias_init, name=name)
+
+
+def avg_pool_flatten(x: Array, window: int) -> Array:
+  """``F.avg_pool2d(x, window)`` followed by ``x.view(N, -1)`` in PyTorch's NCHW order."""
+  x = nn.avg_pool(x, (window, window), strides=(window, window))
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def channel_shuffle(x: Array, groups: int) -> Array:
+  """PyTorch's ``view(N, g, C/g, H, W).permute(0, 2, 1, 3, 4)`` channel shuffle, in NHWC."""
+  n, h, w, c = x.shape
+  return x.reshape(n, h, w, groups, c // groups).swapaxes(3, 4).reshape(n, h, w, c)
