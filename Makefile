@@ -1,0 +1,32 @@
+# `make run` and `make test` are the two set-up-and-go commands of the README: each
+# creates (or refreshes) the virtualenv from requirements.txt and installs the package.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/digits
+
+.PHONY: install run test test-all verify clean
+
+$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+# The default job. Until the distillation trainer lands this is the model-zoo parity check.
+run: install
+	$(PY) -m mmkd_jax.verify models $(or $(MMKD_TESTVECTORS),../shared/testvectors)/models/*.npz
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+verify: run
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

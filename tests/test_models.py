@@ -1,0 +1,94 @@
+"""The Flax zoo against the PyTorch reference outputs, plus hand-checked building blocks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmkd_jax import verify
+from mmkd_jax.models import MODEL_NAMES, PENULTIMATE_FEATURE_INDEX, get_model
+from mmkd_jax.models.layers import BatchNorm, channel_shuffle
+from mmkd_jax.models.shufflenet import _avg_pool_3x3_s2_pad1
+
+
+@pytest.mark.parametrize("arch", MODEL_NAMES)
+def test_matches_reference_eval_train_and_preact(testvectors, arch):
+  report = verify.check_model_file(str(testvectors / "models" / f"{arch}.npz"))
+  assert report.arch == arch
+  names = {c.name for c in report.checks}
+  assert {"logits", "train_logits", "feat_0"} <= names
+  assert any(n.startswith("train_bn_stats/") for n in names)
+  failed = [f"{c.name}: {c.error:.3e} > {c.atol:.1e}" for c in report.checks if not c.ok]
+  assert not failed, failed
+
+
+def test_all_21_architectures_registered():
+  assert len(MODEL_NAMES) == 21
+
+
+def test_unknown_model_lists_known_names():
+  with pytest.raises(ValueError, match="Unknown model 'resnet9'.*resnet8x4.*ShuffleV2"):
+    get_model("resnet9", 10)
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "vgg8", "MobileNetV2"])
+def test_penultimate_feature_is_last_map(arch):
+  model = get_model(arch, 7)
+  x = jnp.zeros((2, 32, 32, 3))
+  feats, logits = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x))
+  assert logits.shape == (2, 7)
+  assert feats[PENULTIMATE_FEATURE_INDEX[arch]].ndim == 4
+  assert feats[PENULTIMATE_FEATURE_INDEX[arch]] is feats[-2]
+
+
+def test_batchnorm_train_mode_matches_pytorch_formula():
+  rng = np.random.default_rng(0)
+  x = rng.normal(3.0, 2.0, (4, 3, 3, 5)).astype(np.float32)
+  bn = BatchNorm()
+  variables = bn.init(jax.random.key(0), x, train=True)
+  params = {"scale": np.linspace(0.5, 1.5, 5, dtype=np.float32),
+            "bias": np.linspace(-1, 1, 5, dtype=np.float32)}
+  stats = {"mean": np.full(5, 0.5, np.float32), "var": np.full(5, 2.0, np.float32)}
+  y, updated = bn.apply({"params": params, "batch_stats": stats}, x, train=True,
+                        mutable=["batch_stats"])
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+  expected = (x - mean) / np.sqrt(var + 1e-5) * params["scale"] + params["bias"]
+  np.testing.assert_allclose(y, expected, atol=1e-5)
+  n = 4 * 3 * 3
+  np.testing.assert_allclose(updated["batch_stats"]["mean"], 0.9 * 0.5 + 0.1 * mean, rtol=1e-6)
+  np.testing.assert_allclose(updated["batch_stats"]["var"], 0.9 * 2.0 + 0.1 * var * n / (n - 1),
+                             rtol=1e-6)
+  # Eval mode uses the running statistics only.
+  y_eval = bn.apply({"params": params, "batch_stats": stats}, x, train=False)
+  np.testing.assert_allclose(y_eval, (x - 0.5) / np.sqrt(2.0 + 1e-5) * params["scale"] + params["bias"],
+                             atol=1e-5)
+  assert set(variables) == {"params", "batch_stats"}
+
+
+def test_channel_shuffle_matches_nchw_view_permute():
+  x = np.arange(2 * 2 * 2 * 6, dtype=np.float32).reshape(2, 2, 2, 6)  # NHWC
+  nchw = x.transpose(0, 3, 1, 2)
+  reference = nchw.reshape(2, 3, 2, 2, 2).transpose(0, 2, 1, 3, 4).reshape(2, 6, 2, 2)
+  np.testing.assert_array_equal(np.asarray(channel_shuffle(x, 3)).transpose(0, 3, 1, 2), reference)
+
+
+def test_avg_pool_counts_padding():
+  x = np.ones((1, 4, 4, 1), np.float32)
+  pooled = np.asarray(_avg_pool_3x3_s2_pad1(x))[0, :, :, 0]
+  # Corner windows cover 4 real pixels of 9: PyTorch's count_include_pad=True gives 4/9.
+  np.testing.assert_allclose(pooled, [[4 / 9, 6 / 9], [6 / 9, 1.0]], rtol=1e-6)
+
+
+def test_train_mode_updates_running_stats_and_eval_is_pure():
+  model = get_model("resnet8", 10)
+  x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  before = jax.tree.leaves(variables["batch_stats"])
+  after = jax.tree.leaves(updated["batch_stats"])
+  assert all(not np.allclose(a, b) for a, b in zip(before, after))
+  feats1, logits1 = model.apply(variables, x)
+  feats2, logits2 = model.apply(variables, x)
+  np.testing.assert_array_equal(logits1, logits2)

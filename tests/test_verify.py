@@ -1,0 +1,50 @@
+"""The `python -m mmkd_jax.verify models` command on good, corrupted and renamed files."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from mmkd_jax import verify
+
+
+def test_passes_on_reference_file(testvectors, capsys):
+  assert verify.main(["models", str(testvectors / "models" / "resnet8.npz")]) == 0
+  out = capsys.readouterr().out
+  assert "OK   resnet8" in out and "1 passed, 0 failed" in out
+
+
+def test_recipe_is_deterministic(testvectors):
+  with np.load(testvectors / "models" / "resnet8.npz") as f:
+    npz = {k: f[k] for k in f.files}
+  a, b = verify.recipe_state_dict(npz), verify.recipe_state_dict(npz)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  # The 0th key is conv1.weight, drawn from default_rng([0, 0]).
+  expected = np.random.default_rng([0, 0]).standard_normal((16, 3, 3, 3)) / np.sqrt(27)
+  np.testing.assert_array_equal(a["conv1.weight"], expected.astype(np.float32))
+
+
+def test_fails_on_perturbed_output_and_names_it(testvectors, tmp_path, capsys):
+  with np.load(testvectors / "models" / "resnet8.npz") as f:
+    npz = {k: f[k] for k in f.files}
+  npz["feat_2"] = npz["feat_2"] + 1e-2
+  path = tmp_path / "resnet8.npz"
+  np.savez(path, **npz)
+  assert verify.main(["models", str(path)]) == 1
+  out = capsys.readouterr().out
+  assert "FAIL resnet8" in out and "feat_2: max abs error 1.000e-02" in out
+
+
+def test_architecture_inferred_from_keys_when_renamed(testvectors, tmp_path):
+  path = tmp_path / "my_student.npz"
+  shutil.copy(testvectors / "models" / "wrn_16_1.npz", path)
+  report = verify.check_model_file(str(path), atol=1e-4)
+  assert report.arch == "wrn_16_1" and report.ok
+
+
+def test_missing_file_fails(tmp_path, capsys):
+  assert verify.main(["models", str(tmp_path / "absent.npz")]) == 1
+  assert "no such file" in capsys.readouterr().out
