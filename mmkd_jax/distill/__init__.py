@@ -1,0 +1,1 @@
+"""Distillation building blocks: losses, feature alignment, meta-weight networks, methods."""

@@ -1,0 +1,60 @@
+"""Per-teacher feature alignment (the reference's ``MatchFeature`` / ``Embed``).
+
+Regressor t maps the student's feat[-2] into teacher t's channel space: a 1x1 conv (with
+bias) + BatchNorm + ReLU, or with ``deep=True`` the 1x1 -> 3x3 -> 1x1 bottleneck (width
+halved). The larger spatial map is average-pooled down to the smaller first. BatchNorm here
+always uses batch statistics, as in the reference, where the module is never put in eval mode.
+Names mirror the PyTorch modules (``regressor0.transfer.0`` ...) for checkpoint conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmkd_jax.distill.losses import per_sample_mse, pool_to_common_size
+from mmkd_jax.models.layers import BatchNorm, conv
+
+Array = jax.Array
+
+
+class Embed(nn.Module):
+  out_channels: int
+  deep: bool = False
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    bn = lambda i: BatchNorm(axis_name=self.bn_axis_name, name=f"transfer.{i}")
+    if not self.deep:
+      return nn.relu(bn(1)(conv(self.out_channels, 1, use_bias=True, name="transfer.0")(x), True))
+    mid = x.shape[-1] // 2
+    x = nn.relu(bn(1)(conv(mid, 1, use_bias=True, name="transfer.0")(x), True))
+    x = nn.relu(bn(4)(conv(mid, 3, 1, 1, use_bias=True, name="transfer.3")(x), True))
+    return nn.relu(bn(7)(conv(self.out_channels, 1, use_bias=True, name="transfer.6")(x), True))
+
+
+class FeatureAligner(nn.Module):
+  """Returns the per-sample, per-teacher alignment MSE, shape (B, T)."""
+
+  teacher_channels: Sequence[int]
+  deep: bool = False
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, student_feat: Array, teacher_feats: Sequence[Array]) -> Array:
+    if len(teacher_feats) != len(self.teacher_channels):
+      raise ValueError(f"FeatureAligner built for {len(self.teacher_channels)} teachers got "
+                       f"{len(teacher_feats)} teacher feature maps")
+    losses = []
+    for t, (channels, teacher_feat) in enumerate(zip(self.teacher_channels, teacher_feats)):
+      if teacher_feat.shape[-1] != channels:
+        raise ValueError(f"teacher {t} feature has {teacher_feat.shape[-1]} channels, the "
+                         f"aligner expects {channels}")
+      source, target = pool_to_common_size(student_feat, teacher_feat.astype(student_feat.dtype))
+      projected = Embed(channels, self.deep, self.bn_axis_name, name=f"regressor{t}")(source)
+      losses.append(per_sample_mse(projected, target))
+    return jnp.stack(losses, axis=-1)

@@ -1,0 +1,82 @@
+"""Loss functions shared by every method, in the reference's exact reductions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+  """Mean softmax cross-entropy with integer labels (PyTorch ``F.cross_entropy``)."""
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1))
+
+
+def kd_per_sample(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
+  """``T^2 * KL(p_t || p_s)`` per sample at temperature T, summed over classes: shape (B,).
+
+  ``teacher_logits`` may carry leading teacher axes, e.g. (T, B, C) gives (T, B).
+  """
+  log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+  return temperature ** 2 * jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+
+
+def kd_batchmean(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
+  """``KLDivLoss(reduction='batchmean') * T^2``: the batch mean of ``kd_per_sample``."""
+  return jnp.mean(kd_per_sample(student_logits, teacher_logits, temperature), axis=-1)
+
+
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """``F.adaptive_avg_pool2d(x, size)`` for NHWC maps (PyTorch's window boundaries)."""
+  h, w = x.shape[1], x.shape[2]
+  if (h, w) == (size, size):
+    return x
+  if h % size == 0 and w % size == 0:
+    return x.reshape(x.shape[0], size, h // size, size, w // size, x.shape[3]).mean(axis=(2, 4))
+  rows = []
+  for i in range(size):
+    r0, r1 = (i * h) // size, -(-((i + 1) * h) // size)
+    cols = []
+    for j in range(size):
+      c0, c1 = (j * w) // size, -(-((j + 1) * w) // size)
+      cols.append(x[:, r0:r1, c0:c1, :].mean(axis=(1, 2)))
+    rows.append(jnp.stack(cols, axis=1))
+  return jnp.stack(rows, axis=1)
+
+
+def pool_to_common_size(student_feat: Array, teacher_feat: Array) -> tuple[Array, Array]:
+  """The reference's rule: pool the larger map down to the smaller (heights compared only)."""
+  hs, ht = student_feat.shape[1], teacher_feat.shape[1]
+  if hs > ht:
+    return adaptive_avg_pool(student_feat, ht), teacher_feat
+  return student_feat, adaptive_avg_pool(teacher_feat, hs)
+
+
+def per_sample_mse(a: Array, b: Array) -> Array:
+  """Mean over all non-batch axes of the squared difference: shape (B,)."""
+  return jnp.mean(jnp.square(a - b).reshape(a.shape[0], -1), axis=-1)
+
+
+def weighted_batch_sum(per_sample: Array, weights: Array) -> Array:
+  """``sum_{b,t} w[b,t] * loss[b,t] / B`` for per-sample, per-teacher losses of shape (B, T)."""
+  return jnp.sum(weights * per_sample) / per_sample.shape[0]
+
+
+def gram(feature_map: Array) -> Array:
+  """The (B, B) batch Gram matrix ``F F^T`` of flattened maps (flatten order is irrelevant)."""
+  flat = feature_map.reshape(feature_map.shape[0], -1)
+  return flat @ flat.T
+
+
+def top_k_correct(logits: Array, labels: Array, k: int) -> Array:
+  """Per-sample 1.0 if the label is among the k largest logits."""
+  k = min(k, logits.shape[-1])
+  top = jax.lax.top_k(logits, k)[1]
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+__all__ = ["adaptive_avg_pool", "cross_entropy", "gram", "kd_batchmean", "kd_per_sample",
+           "per_sample_mse", "pool_to_common_size", "top_k_correct", "weighted_batch_sum"]

@@ -1,0 +1,62 @@
+"""MMKD's meta-weight networks: per-sample softmax weights over teachers.
+
+Both are ``Linear(D -> D // 2) - ReLU - Linear(-> T) - softmax`` with PyTorch's default
+initialisation, named ``layer`` and ``all_act`` as in the reference. The student's inputs
+are detached (``stop_gradient``), as in the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmkd_jax.distill.losses import gram
+from mmkd_jax.models.layers import dense
+
+Array = jax.Array
+
+
+@jax.custom_jvp
+def softmax(x: Array) -> Array:
+  """Softmax over the last axis whose derivatives of every order are cancellation-free.
+
+  ``jax.nn.softmax`` is differentiated through exp/sum/div here; its second derivative then
+  sums O(1) terms that cancel only up to rounding, which leaves ~1e-16 noise where a saturated
+  (one-hot) weight's true hypergradient is ~1e-40. The rule ``y * (dx - sum(y * dx))`` gives
+  exact zeros instead, as PyTorch's fused softmax backward does.
+  """
+  unnormalized = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+  return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  y = softmax(x)
+  return y, y * (dx - jnp.sum(y * dx, axis=-1, keepdims=True))
+
+
+class WeightMLP(nn.Module):
+  num_teachers: int
+  hidden_divisor: int = 2
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    width = x.shape[-1]
+    h = nn.relu(dense(width // self.hidden_divisor, width, name="layer")(x))
+    return softmax(dense(self.num_teachers, width // self.hidden_divisor, name="all_act")(h))
+
+
+def logits_weight_input(teacher_logits: Sequence[Array] | Array, student_logits: Array) -> Array:
+  """``concat([z_t0, ..., z_t(T-1), sg(z_s)], axis=1)``: (B, C (T+1))."""
+  parts = [t for t in teacher_logits] + [jax.lax.stop_gradient(student_logits)]
+  return jnp.concatenate([p.astype(student_logits.dtype) for p in parts], axis=-1)
+
+
+def feature_weight_input(teacher_feats: Sequence[Array], student_feat: Array) -> Array:
+  """``concat([G_t0, ..., G_s], axis=1)`` of batch Gram matrices ``F F^T``: (B, B (T+1))."""
+  maps = list(teacher_feats) + [jax.lax.stop_gradient(student_feat)]
+  return jnp.concatenate([gram(m.astype(student_feat.dtype)) for m in maps], axis=-1)

@@ -1,0 +1,137 @@
+"""MMKD (Zhang, Chen, Wang, ICME 2023): meta-learned per-sample teacher weights.
+
+Parameters are split as the reference's optimisers split them:
+  * inner ``params = {'student', 'match'}``: the student and the per-teacher feature aligners,
+    trained by SGD on the training objective and unrolled in the look-ahead;
+  * ``meta_params = {'logits_weight', 'feature_weight'}``: the two meta-weight networks,
+    trained only by the hypergradient of the outer cross-entropy (``mmkd_jax.bilevel``).
+``model_state = {'student', 'match'}`` holds their BatchNorm running statistics.
+
+Objectives (B = batch, weights w[b, t] from the meta nets, KD at temperature T):
+  train    = CE + mean_b sum_t w_l KL_t + beta * L_feat
+  matching = alpha * mean_b sum_t w_l KL_t + beta * L_feat       (the look-ahead steps)
+  outer    = CE                                                  (after the look-ahead)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmkd_jax.distill import losses
+from mmkd_jax.distill.align import FeatureAligner
+from mmkd_jax.distill.meta_nets import WeightMLP, feature_weight_input, logits_weight_input
+
+Array = jax.Array
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class MMKD:
+  student: nn.Module
+  num_teachers: int
+  teacher_channels: Sequence[int]
+  feature_index: int = -2
+  temperature: float = 4.0
+  alpha: float = 1.0
+  beta: float = 100.0
+  deep_aligner: bool = False
+  hidden_divisor: int = 2
+  bn_axis_name: str | None = None
+
+  @property
+  def aligner(self) -> FeatureAligner:
+    return FeatureAligner(tuple(self.teacher_channels), self.deep_aligner, self.bn_axis_name)
+
+  @property
+  def weight_net(self) -> WeightMLP:
+    return WeightMLP(self.num_teachers, self.hidden_divisor)
+
+  @property
+  def uses_features(self) -> bool:
+    return self.beta != 0
+
+  # -- initialisation -------------------------------------------------------------------
+  def init(self, rng: jax.Array, batch: dict[str, Any]) -> tuple[PyTree, PyTree, PyTree]:
+    """Returns (params, model_state, meta_params) for a batch shaped like training batches."""
+    k_student, k_match, k_lw, k_fw = jax.random.split(rng, 4)
+    student_vars = self.student.init(k_student, batch["image"], train=False)
+    feats, logits = self.student.apply(student_vars, batch["image"], train=False)
+    params = {"student": student_vars["params"]}
+    state = {"student": student_vars.get("batch_stats", {})}
+    meta = {"logits_weight": self.weight_net.init(
+        k_lw, logits_weight_input(batch["teacher_logits"], logits))["params"]}
+    if self.uses_features:
+      match_vars = self.aligner.init(k_match, feats[self.feature_index], batch["teacher_feat"])
+      params["match"], state["match"] = match_vars["params"], match_vars["batch_stats"]
+      meta["feature_weight"] = self.weight_net.init(
+          k_fw, feature_weight_input(batch["teacher_feat"], feats[self.feature_index]))["params"]
+    return params, state, meta
+
+  # -- the loss terms -------------------------------------------------------------------
+  def student_forward(self, params: PyTree, state: PyTree, image: Array):
+    (feats, logits), updated = self.student.apply(
+        {"params": params["student"], "batch_stats": state["student"]}, image, train=True,
+        mutable=["batch_stats"])
+    return feats, logits, updated["batch_stats"]
+
+  def teacher_weights(self, meta_params: PyTree, batch: dict[str, Any], logits: Array,
+                      student_feat: Array | None) -> tuple[Array, Array | None]:
+    w_logits = self.weight_net.apply({"params": meta_params["logits_weight"]},
+                                     logits_weight_input(batch["teacher_logits"], logits))
+    w_feat = None
+    if self.uses_features:
+      w_feat = self.weight_net.apply({"params": meta_params["feature_weight"]},
+                                     feature_weight_input(batch["teacher_feat"], student_feat))
+    return w_logits, w_feat
+
+  def terms(self, params: PyTree, state: PyTree, meta_params: PyTree, batch: dict[str, Any]
+            ) -> tuple[dict[str, Array], PyTree]:
+    """All named loss terms and weights for one batch, and the updated running statistics."""
+    feats, logits, student_stats = self.student_forward(params, state, batch["image"])
+    new_state = dict(state, student=student_stats)
+    student_feat = feats[self.feature_index] if self.uses_features else None
+    w_logits, w_feat = self.teacher_weights(meta_params, batch, logits, student_feat)
+    per_sample_kd = losses.kd_per_sample(
+        logits, batch["teacher_logits"].astype(logits.dtype), self.temperature).T  # (B, T)
+    out = {
+        "logits": logits,
+        "loss_cls": losses.cross_entropy(logits, batch["label"]),
+        "per_sample_kd": per_sample_kd,
+        "logits_weights": w_logits,
+        "loss_div": losses.weighted_batch_sum(per_sample_kd, w_logits),
+        "loss_feat": jnp.zeros((), logits.dtype),
+    }
+    if self.uses_features:
+      per_sample_feat, match_updated = self.aligner.apply(
+          {"params": params["match"], "batch_stats": state["match"]}, student_feat,
+          batch["teacher_feat"], mutable=["batch_stats"])
+      new_state["match"] = match_updated["batch_stats"]
+      out.update(student_feat=student_feat, feature_weights=w_feat,
+                 per_sample_feat=per_sample_feat,
+                 loss_feat=losses.weighted_batch_sum(per_sample_feat, w_feat))
+    return out, new_state
+
+  # -- objectives (bilevel.Objective signature) -------------------------------------------
+  def train_objective(self, params, state, meta_params, batch):
+    t, new_state = self.terms(params, state, meta_params, batch)
+    loss = t["loss_cls"] + t["loss_div"] + self.beta * t["loss_feat"]
+    return loss, (new_state, t)
+
+  def matching_objective(self, params, state, meta_params, batch):
+    t, new_state = self.terms(params, state, meta_params, batch)
+    loss = self.alpha * t["loss_div"] + self.beta * t["loss_feat"]
+    return loss, (new_state, t)
+
+  def outer_objective(self, params, state, meta_params, batch):
+    del meta_params
+    _, logits, student_stats = self.student_forward(params, state, batch["image"])
+    return losses.cross_entropy(logits, batch["label"]), (dict(state, student=student_stats),
+                                                           {"logits": logits})
+
+  def lookahead_objectives(self, matching_steps: int = 2, outer_steps: int = 1):
+    return [self.matching_objective] * matching_steps + [self.outer_objective] * outer_steps
