@@ -27,14 +27,17 @@ class Embed(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    bn = lambda i: BatchNorm(axis_name=self.bn_axis_name, name=f"transfer.{i}")
+  def __call__(self, x: Array, train: bool = True) -> Array:
+    def conv_bn_relu(x, features, kernel, index):
+      x = conv(features, kernel, 1, kernel // 2, use_bias=True, name=f"transfer.{index}")(x)
+      x = BatchNorm(axis_name=self.bn_axis_name, name=f"transfer.{index + 1}")(x, train)
+      return nn.relu(x)
     if not self.deep:
-      return nn.relu(bn(1)(conv(self.out_channels, 1, use_bias=True, name="transfer.0")(x), True))
+      return conv_bn_relu(x, self.out_channels, 1, 0)
     mid = x.shape[-1] // 2
-    x = nn.relu(bn(1)(conv(mid, 1, use_bias=True, name="transfer.0")(x), True))
-    x = nn.relu(bn(4)(conv(mid, 3, 1, 1, use_bias=True, name="transfer.3")(x), True))
-    return nn.relu(bn(7)(conv(self.out_channels, 1, use_bias=True, name="transfer.6")(x), True))
+    x = conv_bn_relu(x, mid, 1, 0)
+    x = conv_bn_relu(x, mid, 3, 3)
+    return conv_bn_relu(x, self.out_channels, 1, 6)
 
 
 class FeatureAligner(nn.Module):
@@ -45,7 +48,7 @@ class FeatureAligner(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, student_feat: Array, teacher_feats: Sequence[Array]) -> Array:
+  def __call__(self, student_feat: Array, teacher_feats: Sequence[Array], train: bool = True) -> Array:
     if len(teacher_feats) != len(self.teacher_channels):
       raise ValueError(f"FeatureAligner built for {len(self.teacher_channels)} teachers got "
                        f"{len(teacher_feats)} teacher feature maps")
@@ -55,6 +58,6 @@ class FeatureAligner(nn.Module):
         raise ValueError(f"teacher {t} feature has {teacher_feat.shape[-1]} channels, the "
                          f"aligner expects {channels}")
       source, target = pool_to_common_size(student_feat, teacher_feat.astype(student_feat.dtype))
-      projected = Embed(channels, self.deep, self.bn_axis_name, name=f"regressor{t}")(source)
+      projected = Embed(channels, self.deep, self.bn_axis_name, name=f"regressor{t}")(source, train)
       losses.append(per_sample_mse(projected, target))
     return jnp.stack(losses, axis=-1)

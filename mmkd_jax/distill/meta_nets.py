@@ -50,13 +50,19 @@ class WeightMLP(nn.Module):
     return softmax(dense(self.num_teachers, width // self.hidden_divisor, name="all_act")(h))
 
 
-def logits_weight_input(teacher_logits: Sequence[Array] | Array, student_logits: Array) -> Array:
+def _maybe_detach(x: Array, detach: bool) -> Array:
+  return jax.lax.stop_gradient(x) if detach else x
+
+
+def logits_weight_input(teacher_logits: Sequence[Array] | Array, student_logits: Array,
+                        detach_student: bool = True) -> Array:
   """``concat([z_t0, ..., z_t(T-1), sg(z_s)], axis=1)``: (B, C (T+1))."""
-  parts = [t for t in teacher_logits] + [jax.lax.stop_gradient(student_logits)]
+  parts = [t for t in teacher_logits] + [_maybe_detach(student_logits, detach_student)]
   return jnp.concatenate([p.astype(student_logits.dtype) for p in parts], axis=-1)
 
 
-def feature_weight_input(teacher_feats: Sequence[Array], student_feat: Array) -> Array:
+def feature_weight_input(teacher_feats: Sequence[Array], student_feat: Array,
+                         detach_student: bool = True) -> Array:
   """``concat([G_t0, ..., G_s], axis=1)`` of batch Gram matrices ``F F^T``: (B, B (T+1))."""
-  maps = list(teacher_feats) + [jax.lax.stop_gradient(student_feat)]
+  maps = list(teacher_feats) + [_maybe_detach(student_feat, detach_student)]
   return jnp.concatenate([gram(m.astype(student_feat.dtype)) for m in maps], axis=-1)

@@ -42,6 +42,9 @@ class MMKD:
   deep_aligner: bool = False
   hidden_divisor: int = 2
   bn_axis_name: str | None = None
+  # The reference detaches the student's outputs before the meta nets; False is only for
+  # checking the total derivative by finite differences.
+  detach_student: bool = True
 
   @property
   def aligner(self) -> FeatureAligner:
@@ -82,19 +85,17 @@ class MMKD:
   def teacher_weights(self, meta_params: PyTree, batch: dict[str, Any], logits: Array,
                       student_feat: Array | None) -> tuple[Array, Array | None]:
     w_logits = self.weight_net.apply({"params": meta_params["logits_weight"]},
-                                     logits_weight_input(batch["teacher_logits"], logits))
+                                     logits_weight_input(batch["teacher_logits"], logits, self.detach_student))
     w_feat = None
     if self.uses_features:
       w_feat = self.weight_net.apply({"params": meta_params["feature_weight"]},
-                                     feature_weight_input(batch["teacher_feat"], student_feat))
+                                     feature_weight_input(batch["teacher_feat"], student_feat,
+                                                          self.detach_student))
     return w_logits, w_feat
 
-  def terms(self, params: PyTree, state: PyTree, meta_params: PyTree, batch: dict[str, Any]
-            ) -> tuple[dict[str, Array], PyTree]:
-    """All named loss terms and weights for one batch, and the updated running statistics."""
-    feats, logits, student_stats = self.student_forward(params, state, batch["image"])
-    new_state = dict(state, student=student_stats)
-    student_feat = feats[self.feature_index] if self.uses_features else None
+  def loss_terms(self, logits: Array, student_feat: Array | None, params: PyTree, state: PyTree,
+                 meta_params: PyTree, batch: dict[str, Any]) -> tuple[dict[str, Array], PyTree]:
+    """Named loss terms and weights given the student's outputs; returns the new aligner state."""
     w_logits, w_feat = self.teacher_weights(meta_params, batch, logits, student_feat)
     per_sample_kd = losses.kd_per_sample(
         logits, batch["teacher_logits"].astype(logits.dtype), self.temperature).T  # (B, T)
@@ -106,6 +107,7 @@ class MMKD:
         "loss_div": losses.weighted_batch_sum(per_sample_kd, w_logits),
         "loss_feat": jnp.zeros((), logits.dtype),
     }
+    new_state = dict(state)
     if self.uses_features:
       per_sample_feat, match_updated = self.aligner.apply(
           {"params": params["match"], "batch_stats": state["match"]}, student_feat,
@@ -114,6 +116,15 @@ class MMKD:
       out.update(student_feat=student_feat, feature_weights=w_feat,
                  per_sample_feat=per_sample_feat,
                  loss_feat=losses.weighted_batch_sum(per_sample_feat, w_feat))
+    return out, new_state
+
+  def terms(self, params: PyTree, state: PyTree, meta_params: PyTree, batch: dict[str, Any]
+            ) -> tuple[dict[str, Array], PyTree]:
+    """All named loss terms and weights for one batch, and the updated running statistics."""
+    feats, logits, student_stats = self.student_forward(params, state, batch["image"])
+    student_feat = feats[self.feature_index] if self.uses_features else None
+    out, new_state = self.loss_terms(logits, student_feat, params, state, meta_params, batch)
+    new_state["student"] = student_stats
     return out, new_state
 
   # -- objectives (bilevel.Objective signature) -------------------------------------------

@@ -1,0 +1,112 @@
+"""The exact hypergradient: reference meta steps, a hand-solved case, finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mmkd_jax import bilevel, optim, verify
+from mmkd_jax.distill.mmkd import MMKD
+from mmkd_jax.models import get_model
+
+VECTORS = ["hypergrad_resnet8_seed0.npz", "hypergrad_resnet8_seed0_momentum.npz",
+           "hypergrad_vgg8_seed0.npz", "hypergrad_vgg8_seed0_momentum_softfw.npz"]
+
+
+@pytest.mark.parametrize("name", VECTORS)
+def test_reference_meta_step_float64(testvectors, name):
+  report = verify.check_hypergrad_file(str(testvectors / "mmkd" / name))
+  names = {c.name for c in report.checks}
+  assert {"unrolled_losses", "final_outer_loss", "step0/loss_div", "step0/loss_feat",
+          "step0/per_sample_kd", "step0/logits_weights", "step0/feature_weights"} <= names
+  assert any(n.startswith("exact_hypergrad/logits_weight") for n in names)
+  assert any(n.startswith("exact_hypergrad/feature_weight") for n in names)
+  failed = [f"{c.name}: {c.error:.2e} > {c.atol:.0e}" for c in report.checks if not c.ok]
+  assert not failed, failed
+  assert all(c.error < 1e-6 for c in report.checks if not c.name.endswith("(saturated, abs)"))
+
+
+def test_verify_cli_exit_codes(testvectors, tmp_path, capsys):
+  path = testvectors / "mmkd" / "hypergrad_resnet8_seed0.npz"
+  assert verify.main(["hypergrad", str(path)]) == 0
+  with np.load(path) as f:
+    npz = {k: f[k] for k in f.files}
+  npz["exact_hypergrad/logits_weight.layer.bias"] = npz["exact_hypergrad/logits_weight.layer.bias"] * 1.01
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, **npz)
+  assert verify.main(["hypergrad", str(bad)]) == 1
+  assert "exact_hypergrad/logits_weight" in capsys.readouterr().out
+
+
+def _quadratic(theta, state, phi, batch):
+  del batch
+  return 0.5 * jnp.sum(jnp.square(theta - phi)), (state, {})
+
+
+def _outer(theta, state, phi, batch):
+  del phi, batch
+  return 0.5 * jnp.sum(jnp.square(theta)), (state, {})
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_two_plain_sgd_steps_by_hand(first_order):
+  eta, theta0, phi = 0.3, jnp.array([1.0, -2.0]), jnp.array([0.5, 0.25])
+  opt = optax.sgd(eta)
+  final, grad, result = bilevel.hypergradient(opt, [_quadratic, _quadratic], _outer, theta0,
+                                              opt.init(theta0), {}, phi, None, first_order)
+  theta1 = theta0 - eta * (theta0 - phi)
+  theta2 = theta1 - eta * (theta1 - phi)
+  # d theta2 / d phi: exact (1 - eta) * eta + eta; first order drops d g / d theta: 2 * eta.
+  slope = 2 * eta if first_order else (1 - eta) * eta + eta
+  np.testing.assert_allclose(result.params, theta2, rtol=1e-6)
+  np.testing.assert_allclose(final, 0.5 * np.sum(theta2 ** 2), rtol=1e-6)
+  np.testing.assert_allclose(grad, slope * theta2, rtol=1e-6)
+
+
+def _random_meta_step(detach_student: bool):
+  rng = np.random.default_rng(0)
+  b, t, c = 8, 3, 10
+  batch = {
+      "image": jnp.asarray(rng.standard_normal((b, 32, 32, 3))),
+      "label": jnp.asarray(rng.integers(0, c, b), jnp.int32),
+      "teacher_logits": jnp.asarray(rng.standard_normal((t, b, c)) * 3),
+      "teacher_feat": tuple(jnp.asarray(np.abs(rng.standard_normal((b, 8, 8, 64)))) for _ in range(t)),
+  }
+  method = MMKD(get_model("resnet8", c), t, (64,) * t, beta=10.0, detach_student=detach_student)
+  params, state, meta = method.init(jax.random.key(0), batch)
+  to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+  # Small FeatureWeight input scale so its softmax is not saturated (a non-trivial gradient).
+  meta["feature_weight"]["layer"]["kernel"] = meta["feature_weight"]["layer"]["kernel"] * 1e-3
+  return method, batch, to64(params), to64(state), to64(meta)
+
+
+def test_hypergradient_matches_central_differences():
+  with jax.enable_x64(True):
+    method, batch, params, state, meta = _random_meta_step(detach_student=False)
+    opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
+    opt_state = opt.init(params)
+    objectives = method.lookahead_objectives(2, 1)
+
+    @jax.jit
+    def final_loss(meta):
+      result = bilevel.lookahead(opt, objectives, params, opt_state, state, meta, batch)
+      return method.outer_objective(result.params, result.model_state, meta, batch)[0]
+
+    _, grad, _ = jax.jit(lambda m: bilevel.hypergradient(
+        opt, objectives, method.outer_objective, params, opt_state, state, m, batch))(meta)
+    leaves, treedef = jax.tree.flatten(meta)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    direction = jax.tree.unflatten(treedef, [jax.random.normal(k, l.shape, jnp.float64)
+                                             for k, l in zip(keys, leaves)])
+    norm = jnp.sqrt(sum(jnp.sum(d ** 2) for d in jax.tree.leaves(direction)))
+    direction = jax.tree.map(lambda d: d / norm, direction)
+    analytic = sum(jnp.sum(g * d) for g, d in zip(jax.tree.leaves(grad), jax.tree.leaves(direction)))
+    # The look-ahead is piecewise smooth (ReLU masks flip at ~1e-6): a tiny step is needed.
+    eps = 1e-9
+    shifted = lambda s: jax.tree.map(lambda m, d: m + s * eps * d, meta, direction)
+    numeric = (final_loss(shifted(1.0)) - final_loss(shifted(-1.0))) / (2 * eps)
+    assert abs(float(analytic)) > 1e-6
+    np.testing.assert_allclose(float(numeric), float(analytic), rtol=1e-5)
