@@ -290,7 +290,7 @@ def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL) -> HypergradRe
     batch = {
         "image": nhwc(npz["x"]),
         "label": jnp.asarray(npz["y"], jnp.int32),
-        "teacher_logits": jnp.stack([f64(npz[f"teacher_logits_{t}"]) for t in range(num_teachers)]),
+        "teacher_logits": jnp.stack([f64(npz[f"teacher_logits_{t}"]) for t in range(num_teachers)], axis=1),
         "teacher_feat": tuple(nhwc(npz[f"teacher_feat_{t}"]) for t in range(num_teachers)),
     }
     method = MMKD(get_model(arch, num_classes), num_teachers,

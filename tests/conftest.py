@@ -20,3 +20,12 @@ def testvectors() -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f"reference test vectors not found at {path} (set MMKD_TESTVECTORS)")
   return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Persistent XLA cache: the trainer tests compile the same steps several times."""
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield

@@ -72,7 +72,7 @@ def _random_meta_step(detach_student: bool):
   batch = {
       "image": jnp.asarray(rng.standard_normal((b, 32, 32, 3))),
       "label": jnp.asarray(rng.integers(0, c, b), jnp.int32),
-      "teacher_logits": jnp.asarray(rng.standard_normal((t, b, c)) * 3),
+      "teacher_logits": jnp.asarray(rng.standard_normal((b, t, c)) * 3),
       "teacher_feat": tuple(jnp.asarray(np.abs(rng.standard_normal((b, 8, 8, 64)))) for _ in range(t)),
   }
   method = MMKD(get_model("resnet8", c), t, (64,) * t, beta=10.0, detach_student=detach_student)

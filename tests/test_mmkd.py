@@ -41,7 +41,7 @@ class Case:
     self.feat = nhwc(npz["student_feat"])
     self.batch = {
         "label": jnp.asarray(npz["labels"], jnp.int32),
-        "teacher_logits": jnp.stack([cast(npz[f"teacher_logits_{t}"]) for t in range(self.num_teachers)]),
+        "teacher_logits": jnp.stack([cast(npz[f"teacher_logits_{t}"]) for t in range(self.num_teachers)], axis=1),
         "teacher_feat": tuple(nhwc(npz[f"teacher_feat_{t}"]) for t in range(self.num_teachers)),
     }
     self.channels = tuple(int(npz[f"teacher_feat_{t}"].shape[1]) for t in range(self.num_teachers))
@@ -82,9 +82,9 @@ def test_losses_weights_and_alignment(testvectors, student, precision):
   ref = lambda key: npz[prefix + key] if prefix + key in npz else None
   with jax.enable_x64(dtype == np.float64):
     c = Case(npz, dtype)
-    kd = losses.kd_per_sample(c.logits, c.batch["teacher_logits"], 4.0).T
+    kd = losses.kd_per_sample(c.logits[:, None], c.batch["teacher_logits"], 4.0)
     _check(kd, ref("kd/per_sample"), rtol, atol, "kd/per_sample")
-    _check(losses.kd_batchmean(c.logits, c.batch["teacher_logits"], 4.0), ref("kd/batchmean"),
+    _check(losses.kd_batchmean(c.logits[None], jnp.swapaxes(c.batch["teacher_logits"], 0, 1), 4.0), ref("kd/batchmean"),
            rtol, atol, "kd/batchmean")
     w_l, _ = c.method.teacher_weights(c.meta, c.batch, c.logits, c.feat)
     _check(w_l, ref("logits_weights"), rtol, atol, "logits_weights")

@@ -54,11 +54,12 @@ def _maybe_detach(x: Array, detach: bool) -> Array:
   return jax.lax.stop_gradient(x) if detach else x
 
 
-def logits_weight_input(teacher_logits: Sequence[Array] | Array, student_logits: Array,
+def logits_weight_input(teacher_logits: Array, student_logits: Array,
                         detach_student: bool = True) -> Array:
-  """``concat([z_t0, ..., z_t(T-1), sg(z_s)], axis=1)``: (B, C (T+1))."""
-  parts = [t for t in teacher_logits] + [_maybe_detach(student_logits, detach_student)]
-  return jnp.concatenate([p.astype(student_logits.dtype) for p in parts], axis=-1)
+  """``concat([z_t0, ..., z_t(T-1), sg(z_s)], axis=1)`` from (B, T, C) teacher logits: (B, C (T+1))."""
+  b = teacher_logits.shape[0]
+  return jnp.concatenate([teacher_logits.reshape(b, -1).astype(student_logits.dtype),
+                          _maybe_detach(student_logits, detach_student)], axis=-1)
 
 
 def feature_weight_input(teacher_feats: Sequence[Array], student_feat: Array,

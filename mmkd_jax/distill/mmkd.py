@@ -7,6 +7,9 @@ Parameters are split as the reference's optimisers split them:
     trained only by the hypergradient of the outer cross-entropy (``mmkd_jax.bilevel``).
 ``model_state = {'student', 'match'}`` holds their BatchNorm running statistics.
 
+Batches are batch-first: ``teacher_logits`` (B, T, C), ``teacher_feat`` a tuple of T maps
+(B, H, W, C), ``image`` (B, H, W, 3) normalised, ``label`` (B,).
+
 Objectives (B = batch, weights w[b, t] from the meta nets, KD at temperature T):
   train    = CE + mean_b sum_t w_l KL_t + beta * L_feat
   matching = alpha * mean_b sum_t w_l KL_t + beta * L_feat       (the look-ahead steps)
@@ -45,6 +48,16 @@ class MMKD:
   # The reference detaches the student's outputs before the meta nets; False is only for
   # checking the total derivative by finite differences.
   detach_student: bool = True
+  # 'meta': learned per-sample weights (MMKD); 'uniform': fixed 1/T (AVER, FitNet-MKD).
+  weighting: str = "meta"
+
+  @property
+  def bilevel(self) -> bool:
+    return self.weighting == "meta"
+
+  @property
+  def needs_teachers(self) -> bool:
+    return True
 
   @property
   def aligner(self) -> FeatureAligner:
@@ -66,13 +79,16 @@ class MMKD:
     feats, logits = self.student.apply(student_vars, batch["image"], train=False)
     params = {"student": student_vars["params"]}
     state = {"student": student_vars.get("batch_stats", {})}
-    meta = {"logits_weight": self.weight_net.init(
-        k_lw, logits_weight_input(batch["teacher_logits"], logits))["params"]}
+    meta = {}
+    if self.bilevel:
+      meta["logits_weight"] = self.weight_net.init(
+          k_lw, logits_weight_input(batch["teacher_logits"], logits))["params"]
     if self.uses_features:
       match_vars = self.aligner.init(k_match, feats[self.feature_index], batch["teacher_feat"])
       params["match"], state["match"] = match_vars["params"], match_vars["batch_stats"]
-      meta["feature_weight"] = self.weight_net.init(
-          k_fw, feature_weight_input(batch["teacher_feat"], feats[self.feature_index]))["params"]
+      if self.bilevel:
+        meta["feature_weight"] = self.weight_net.init(
+            k_fw, feature_weight_input(batch["teacher_feat"], feats[self.feature_index]))["params"]
     return params, state, meta
 
   # -- the loss terms -------------------------------------------------------------------
@@ -84,6 +100,9 @@ class MMKD:
 
   def teacher_weights(self, meta_params: PyTree, batch: dict[str, Any], logits: Array,
                       student_feat: Array | None) -> tuple[Array, Array | None]:
+    if not self.bilevel:
+      uniform = jnp.full((logits.shape[0], self.num_teachers), 1.0 / self.num_teachers, logits.dtype)
+      return uniform, (uniform if self.uses_features else None)
     w_logits = self.weight_net.apply({"params": meta_params["logits_weight"]},
                                      logits_weight_input(batch["teacher_logits"], logits, self.detach_student))
     w_feat = None
@@ -91,6 +110,11 @@ class MMKD:
       w_feat = self.weight_net.apply({"params": meta_params["feature_weight"]},
                                      feature_weight_input(batch["teacher_feat"], student_feat,
                                                           self.detach_student))
+    if "uniform_weights" in batch:  # meta warm-up: equal weights until the meta nets train
+      uniform = 1.0 / self.num_teachers
+      w_logits = jnp.where(batch["uniform_weights"], uniform, w_logits)
+      if w_feat is not None:
+        w_feat = jnp.where(batch["uniform_weights"], uniform, w_feat)
     return w_logits, w_feat
 
   def loss_terms(self, logits: Array, student_feat: Array | None, params: PyTree, state: PyTree,
@@ -98,7 +122,7 @@ class MMKD:
     """Named loss terms and weights given the student's outputs; returns the new aligner state."""
     w_logits, w_feat = self.teacher_weights(meta_params, batch, logits, student_feat)
     per_sample_kd = losses.kd_per_sample(
-        logits, batch["teacher_logits"].astype(logits.dtype), self.temperature).T  # (B, T)
+        logits[:, None, :], batch["teacher_logits"].astype(logits.dtype), self.temperature)  # (B, T)
     out = {
         "logits": logits,
         "loss_cls": losses.cross_entropy(logits, batch["label"]),

@@ -1,0 +1,1 @@
+"""Data: TFDS sources (array_record, no TensorFlow), augmentation, pipeline, teacher cache."""

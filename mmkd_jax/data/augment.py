@@ -1,0 +1,51 @@
+"""Deterministic augmentation for 32x32 data: pad 4 + random 32x32 crop + horizontal flip.
+
+The crop offsets and the flip of an example are a pure function of (seed, example index,
+replay), computed on device with counter-based (threefry) keys, so a precomputed teacher
+output and the student's view of the same (index, replay) always see the same pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def crop_flip_params(seed: int | Array, index: Array, replay: int | Array, pad: int = 4
+                     ) -> tuple[Array, Array, Array]:
+  """Per-example (row offset, column offset, flip) in [0, 2*pad]^2 x {0, 1}; ``replay`` is a
+  scalar or one value per example."""
+  base = jax.random.key(seed)
+  index = jnp.asarray(index, jnp.uint32)
+  replay = jnp.broadcast_to(jnp.asarray(replay, jnp.uint32), index.shape)
+
+  def one(i, r):
+    k_crop, k_flip = jax.random.split(jax.random.fold_in(jax.random.fold_in(base, r), i))
+    offsets = jax.random.randint(k_crop, (2,), 0, 2 * pad + 1)
+    return offsets[0], offsets[1], jax.random.bernoulli(k_flip)
+
+  return jax.vmap(one)(index, replay)
+
+
+def augment(images: Array, index: Array, replay: int | Array, seed: int | Array, pad: int = 4) -> Array:
+  """Zero-pads by ``pad`` (like torchvision's RandomCrop(padding=4) on the uint8 image), crops
+  back to the original size at the per-example offsets, and flips where drawn."""
+  n, h, w, c = images.shape
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dy, dx, flip = crop_flip_params(seed, index, replay, pad)
+
+  def crop(img, y, x, f):
+    out = jax.lax.dynamic_slice(img, (y, x, 0), (h, w, c))
+    return jnp.where(f, out[:, ::-1, :], out)
+
+  return jax.vmap(crop)(padded, dy, dx, flip)
+
+
+def normalize(images: Array, mean: Sequence[float], std: Sequence[float], dtype=jnp.float32) -> Array:
+  """uint8 [0, 255] -> (x / 255 - mean) / std, like ToTensor + Normalize."""
+  x = images.astype(dtype) / 255.0
+  return (x - jnp.asarray(mean, dtype)) / jnp.asarray(std, dtype)

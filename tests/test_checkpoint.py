@@ -1,0 +1,64 @@
+"""Orbax checkpoints: round trip, and a corrupt latest checkpoint falls back to the previous one."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmkd_jax import checkpoint
+
+
+def _state(v):
+  return {"w": jnp.full((3,), float(v)), "step": jnp.asarray(v, jnp.int32)}
+
+
+def test_round_trip_and_best(tmp_path):
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=True)
+  ckpt.save(1, _state(1), {"best_top1": 10.0}, is_best=True)
+  ckpt.save(2, _state(2), {"best_top1": 10.0})
+  ckpt.wait()
+  state, host, step = ckpt.restore(_state(0))
+  assert step == 2 and host["best_top1"] == 10.0
+  np.testing.assert_array_equal(state["w"], [2.0, 2.0, 2.0])
+  state, _, step = ckpt.restore(_state(0), "best")
+  assert step == 1
+  ckpt.close()
+
+
+def test_corrupt_latest_falls_back_with_a_message(tmp_path, capsys):
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
+  ckpt.save(1, _state(1), {})
+  ckpt.save(2, _state(2), {})
+  ckpt.close()
+  damaged = 0
+  for path in glob.glob(str(tmp_path / "checkpoints" / "2" / "state" / "**" / "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"garbage")
+      damaged += 1
+  assert damaged
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
+  state, _, step = ckpt.restore(_state(0))
+  assert step == 1
+  np.testing.assert_array_equal(state["w"], [1.0, 1.0, 1.0])
+  assert "checkpoint step 2" in capsys.readouterr().out
+
+
+def test_all_corrupt_is_a_clear_error(tmp_path):
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
+  ckpt.save(1, _state(1), {})
+  ckpt.close()
+  for path in glob.glob(str(tmp_path / "checkpoints" / "1" / "state" / "**" / "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint.*fresh --workdir"):
+    checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False).restore(_state(0))
+
+
+def test_no_checkpoint_returns_none(tmp_path):
+  assert checkpoint.Checkpoints(str(tmp_path)).restore(_state(0)) is None

@@ -1,0 +1,147 @@
+"""The trainer end to end on digits: resume, SIGTERM, NaN guard, config validation."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmkd_jax import main as cli
+from mmkd_jax import teachers as teachers_lib
+from mmkd_jax import train
+from mmkd_jax.models import get_model
+
+from ml_collections import config_flags
+
+_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "digits_mmkd.py")
+
+
+class digits_config:  # pylint: disable=invalid-name
+  @staticmethod
+  def get_config(arg):
+    return config_flags.config_flags._LoadConfigModule("digits_mmkd", _CONFIG_PATH).get_config(arg)  # pylint: disable=protected-access
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  """Two random (untrained) resnet8 teachers: enough to exercise every code path fast."""
+  root = tmp_path_factory.mktemp("teachers")
+  for i, name in enumerate(("s_resnet8a", "s_resnet8b")):
+    model = get_model("resnet8", 10)
+    variables = model.init(jax.random.key(10 + i), jnp.zeros((1, 32, 32, 3)))
+    teachers_lib.save_teacher(str(root / f"digits_{name}"), "resnet8", 10, variables, {"dataset": "digits"})
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _config(teacher_dir, data_dir, **overrides):
+  c = digits_config.get_config("smoke")
+  c.teacher_dir = teacher_dir
+  c.data_dir = data_dir
+  c.teacher_source = "online"
+  c.epochs = 1
+  c.lr_milestones = (1,)
+  c.async_checkpoints = False
+  for key, value in overrides.items():
+    target = c
+    *path, leaf = key.split(".")
+    for p in path:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def _run(config, workdir):
+  loaded = cli.load_teachers(config)
+  return train.train_and_evaluate(config, workdir, loaded, cli.open_cache(config, loaded), quiet=True)
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
+      (state.params, state.model_state, state.opt_state, state.meta_params, state.buffer)))]
+
+
+def test_resume_after_kill_gives_identical_parameters(tmp_path, teacher_dir, data_dir):
+  config = _config(teacher_dir, data_dir)
+  straight = _run(config, str(tmp_path / "straight"))
+  assert straight["status"] == "finished" and os.path.exists(tmp_path / "straight" / "summary.json")
+  killed = _run(_config(teacher_dir, data_dir, stop_at_step=8), str(tmp_path / "resumed"))
+  assert killed["status"] == "preempted"
+  assert int(jax.device_get(killed["state"].step)) == 8
+  resumed = _run(config, str(tmp_path / "resumed"))
+  assert resumed["status"] == "finished"
+  for a, b in zip(_leaves(straight["state"]), _leaves(resumed["state"])):
+    np.testing.assert_array_equal(a, b)
+  assert resumed["final_top1"] == straight["final_top1"]
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, teacher_dir, data_dir, monkeypatch):
+  calls = {"n": 0}
+  original = train.parallel.shard_batch
+
+  def shard_and_maybe_terminate(batch, mesh):
+    calls["n"] += 1
+    if calls["n"] == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(batch, mesh)
+
+  monkeypatch.setattr(train.parallel, "shard_batch", shard_and_maybe_terminate)
+  summary = _run(_config(teacher_dir, data_dir, method="aver"), str(tmp_path / "w"))
+  assert summary["status"] == "preempted"
+  step = int(jax.device_get(summary["state"].step))
+  assert 0 < step < 22  # stopped inside the first epoch, right after the signal
+  assert os.listdir(tmp_path / "w" / "checkpoints") == [str(step)]
+  assert not os.path.exists(tmp_path / "w" / "summary.json")
+
+
+def test_nan_loss_stops_and_names_the_term(tmp_path, teacher_dir, data_dir):
+  broken = str(tmp_path / "teachers")
+  os.makedirs(broken)
+  for i, name in enumerate(("s_resnet8a", "s_resnet8b")):
+    variables = get_model("resnet8", 10).init(jax.random.key(i), jnp.zeros((1, 32, 32, 3)))
+    if i == 1:
+      variables["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] * jnp.nan
+    teachers_lib.save_teacher(os.path.join(broken, f"digits_{name}"), "resnet8", 10, variables, {})
+  with pytest.raises(train.NonFiniteLossError, match=r"'loss_div' became NaN/inf at step 0 \(epoch 1"):
+    _run(_config(broken, data_dir, method="aver"), str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints") or not os.listdir(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"student": "resnet9"}, "config.student"),
+    ({"method": "magic"}, "config.method"),
+    ({"meta.buffer_size": 100}, "config.meta.buffer_size"),
+    ({"teacher_source": "disk"}, "config.teacher_source"),
+    ({"dataset": "mnist"}, "config.dataset"),
+    ({"cache_dtype": "int8"}, "config.cache_dtype"),
+])
+def test_config_errors_name_the_field(teacher_dir, data_dir, override, field):
+  config = _config(teacher_dir, data_dir, **override)
+  with pytest.raises(cli.ConfigError, match=field.replace(".", r"\.")):
+    cli.validate(config)
+
+
+def test_missing_teacher_and_missing_cache_are_clear(tmp_path, teacher_dir, data_dir):
+  config = _config(str(tmp_path / "nothing"), data_dir)
+  with pytest.raises(FileNotFoundError, match="mode=train_teacher"):
+    cli.load_teachers(config)
+  config = _config(teacher_dir, data_dir, teacher_source="precomputed", cache_dir=str(tmp_path / "c"))
+  with pytest.raises(FileNotFoundError, match="mode=precompute"):
+    cli.open_cache(config, cli.load_teachers(config))
+
+
+def test_batch_size_must_divide_over_devices():
+  import types  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import parallel  # pylint: disable=import-outside-toplevel
+  eight = types.SimpleNamespace(devices=np.empty(8))
+  parallel.check_batch_size(64, eight)
+  with pytest.raises(ValueError, match="batch_size 60 does not divide evenly over 8 devices"):
+    parallel.check_batch_size(60, eight)
