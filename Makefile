@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/digits
+TESTVECTORS ?= $(or $(MMKD_TESTVECTORS),../shared/testvectors)
 
 .PHONY: install run test test-all verify clean
 
@@ -16,17 +17,20 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
-# The default job. Until the distillation trainer lands this is the model-zoo parity check.
+# The default job: teachers (trained if missing) -> teacher cache -> MMKD student, on digits.
 run: install
-	$(PY) -m mmkd_jax.verify models $(or $(MMKD_TESTVECTORS),../shared/testvectors)/models/*.npz
+	$(PY) -m mmkd_jax.main --config configs/digits_mmkd.py --workdir $(WORKDIR)
+
+# Parity of the model zoo and of the MMKD hypergradient against the PyTorch reference vectors.
+verify: install
+	$(PY) -m mmkd_jax.verify models $(TESTVECTORS)/models/*.npz
+	$(PY) -m mmkd_jax.verify hypergrad $(TESTVECTORS)/mmkd/hypergrad_*.npz
 
 test: install
 	$(PY) -m pytest -q
 
 test-all: install
 	$(PY) -m pytest -q -m ""
-
-verify: run
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
