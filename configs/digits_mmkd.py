@@ -21,8 +21,8 @@ def get_config(arg: str | None = None):
   c.teachers = [teacher("t_resnet14", "resnet14", seed=101),
                 teacher("t_resnet20", "resnet20", seed=102),
                 teacher("t_wrn_16_1", "wrn_16_1", seed=103)]
-  c.epochs = 30
-  c.lr_milestones = (20, 25)
+  c.epochs = 15
+  c.lr_milestones = (10, 13)
   c.eval_batch_size = 359  # the whole digits test split in one batch
   c.teacher_training.epochs = 15
   c.teacher_training.lr_milestones = (10, 13)

@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_replays = 4              # augmentation replays stored in the cache; replay = epoch % this
   c.augmentation_seed = 0
   c.trust_pickle = False         # allow arbitrary objects in teacher .pth files
+  c.feature_layer = -2           # feat[...] used by feature terms and cached (-2: last map)
 
   # Student optimisation: the reference's SGD schedule.
   c.batch_size = 64

@@ -26,7 +26,7 @@ from mmkd_jax import teachers as teachers_lib
 from mmkd_jax import train
 from mmkd_jax.data import sources, teacher_cache
 from mmkd_jax.distill.methods import METHODS
-from mmkd_jax.models import MODEL_NAMES, PENULTIMATE_FEATURE_INDEX
+from mmkd_jax.models import MODEL_NAMES
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
@@ -68,9 +68,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.meta.buffer_size % config.batch_size == 0, "meta.buffer_size",
          f"{config.meta.buffer_size} must be a multiple of batch_size {config.batch_size} (the "
          "buffer must fill up exactly; the reference's buffer never fills otherwise)")
-  if config.method == "mmkd" and config.kd.beta != 0:
-    need(PENULTIMATE_FEATURE_INDEX.get(config.student) is not None, "kd.beta",
-         f"beta > 0 needs feature taps, which {config.student} does not provide")
+  need(-2 <= config.feature_layer <= 3 and config.feature_layer != -1, "feature_layer",
+       f"{config.feature_layer} is not a feature map index of the zoo models (0..3, or -2 for the "
+       "last map before pooling)")
 
 
 def teacher_checkpoint(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> str:
@@ -121,8 +121,9 @@ def cache_spec(config: ml_collections.ConfigDict, loaded: list[teachers_lib.Teac
       teacher_fingerprints=tuple(t.fingerprint for t in loaded),
       dataset=config.dataset, split=spec.train_split, num_examples=len(source),
       augmentation_seed=config.augmentation_seed, num_replays=config.num_replays,
-      feature_layer="feat[-2]", num_classes=spec.num_classes,
-      feature_shapes=tuple(tuple(s) for s in teachers_lib.feature_shapes(loaded, spec.image_size)),
+      feature_layer=f"feat[{config.feature_layer}]", num_classes=spec.num_classes,
+      feature_shapes=tuple(tuple(s) for s in teachers_lib.feature_shapes(loaded, spec.image_size,
+                                                                         config.feature_layer)),
       dtype=config.cache_dtype)
 
 
@@ -144,7 +145,7 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[teachers_lib.Teac
   source = sources.data_source(config.dataset, ds.train_split, config.data_dir or None)
   variables = tuple(t.variables for t in loaded)
   forward = jax.jit(lambda v, images, index, replay: teachers_lib.augmented_teacher_outputs(
-      loaded, v, images, index, replay, config.augmentation_seed, ds.mean, ds.std))
+      loaded, v, images, index, replay, config.augmentation_seed, ds.mean, ds.std, config.feature_layer))
 
   def producer(indices: np.ndarray, replay: int):
     images = sources.read_records(source, indices, ds)["image"]

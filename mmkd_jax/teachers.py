@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from mmkd_jax import convert
 from mmkd_jax.data.augment import augment, normalize
-from mmkd_jax.models import PENULTIMATE_FEATURE_INDEX, get_model
+from mmkd_jax.models import get_model
 
 PyTree = Any
 TEACHER_META = "teacher.json"
@@ -103,30 +103,31 @@ def load_teacher(name: str, arch: str, num_classes: int, checkpoint: str,
   return Teacher(name, arch, num_classes, variables, fingerprint(variables))
 
 
-def feature_shapes(teachers: Sequence[Teacher], image_size: int = 32) -> list[tuple[int, ...]]:
-  """Shape (H, W, C) of each teacher's feat[-2]."""
+def feature_shapes(teachers: Sequence[Teacher], image_size: int = 32, layer: int = -2
+                   ) -> list[tuple[int, ...]]:
+  """Shape (H, W, C) of each teacher's feat[layer] (default feat[-2], the last map)."""
   shapes = []
   for t in teachers:
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     feats, _ = jax.eval_shape(lambda v, x, m=t.model: m.apply(v, x), t.variables, x)
-    shapes.append(tuple(feats[PENULTIMATE_FEATURE_INDEX[t.arch]].shape[1:]))
+    shapes.append(tuple(feats[layer].shape[1:]))
   return shapes
 
 
-def teacher_forward(teachers: Sequence[Teacher], variables: Sequence[PyTree], images: jax.Array
-                    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-  """Eval-mode outputs of every teacher on normalised images: logits (B, T, C), feat[-2] maps."""
+def teacher_forward(teachers: Sequence[Teacher], variables: Sequence[PyTree], images: jax.Array,
+                    layer: int = -2) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  """Eval-mode outputs of every teacher on normalised images: logits (B, T, C), feat[layer] maps."""
   logits, feats = [], []
   for teacher, v in zip(teachers, variables):
     f, z = teacher.model.apply(v, images, train=False)
     logits.append(z)
-    feats.append(f[PENULTIMATE_FEATURE_INDEX[teacher.arch]])
+    feats.append(f[layer])
   return jnp.stack(logits, axis=1), tuple(feats)
 
 
 def augmented_teacher_outputs(teachers: Sequence[Teacher], variables: Sequence[PyTree],
                               images_uint8: jax.Array, index: jax.Array, replay: jax.Array | int,
-                              seed: int, mean, std):
+                              seed: int, mean, std, layer: int = -2):
   """Teachers on the augmented view of (index, replay): what the cache stores."""
   x = normalize(augment(images_uint8, index, replay, seed), mean, std)
-  return teacher_forward(teachers, variables, x)
+  return teacher_forward(teachers, variables, x, layer)

@@ -27,7 +27,7 @@ from mmkd_jax.data import pipeline, sources
 from mmkd_jax.data.augment import augment, normalize
 from mmkd_jax.distill import hard_buffer, losses
 from mmkd_jax.distill.methods import TeacherInfo, get_method
-from mmkd_jax.models import PENULTIMATE_FEATURE_INDEX, get_model
+from mmkd_jax.models import get_model
 from mmkd_jax.teachers import Teacher, teacher_forward
 
 PyTree = Any
@@ -72,7 +72,7 @@ class Steps:
     batch = {"image": x, "label": raw["label"]}
     if self.method.needs_teachers:
       if self.online:
-        logits, feats = teacher_forward(self.teachers, teacher_vars, x)
+        logits, feats = teacher_forward(self.teachers, teacher_vars, x, self.config.feature_layer)
       else:
         logits, feats = raw["teacher_logits"], raw["teacher_feat"]
       batch["teacher_logits"] = jax.lax.stop_gradient(logits.astype(jnp.float32))
@@ -80,10 +80,9 @@ class Steps:
     return batch
 
   def train_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
-                 uniform_weights: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+                 epoch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     batch = self.device_batch(raw, teacher_vars)
-    if self.method.bilevel:
-      batch["uniform_weights"] = uniform_weights
+    batch["epoch"] = epoch
     grad_fn = jax.value_and_grad(self.method.train_objective, has_aux=True)
     (loss, (model_state, terms)), grads = grad_fn(state.params, state.model_state, state.meta_params, batch)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -92,7 +91,7 @@ class Steps:
     buffer = state.buffer
     logits = terms["logits"]
     if isinstance(buffer, hard_buffer.HardBuffer):
-      stored = {k: v for k, v in batch.items() if k != "uniform_weights"}
+      stored = {k: v for k, v in batch.items() if k != "epoch"}
       misclassified = jnp.argmax(logits, -1) != batch["label"]
       buffer = hard_buffer.update(buffer, stored, misclassified, buffer_key)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
@@ -106,14 +105,15 @@ class Steps:
                               nonfinite=_track_nonfinite(state, metrics))
     return new_state, metrics
 
-  def meta_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree]
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  def meta_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
+                epoch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     meta = self.config.meta
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     if isinstance(state.buffer, hard_buffer.HardBuffer):
       batch = hard_buffer.sample(state.buffer, sample_key, self.config.batch_size)
     else:
       batch = self.device_batch(raw, teacher_vars)
+    batch = dict(batch, epoch=epoch)
     objectives = self.method.lookahead_objectives(meta.lookahead_matching_steps, meta.lookahead_outer_steps)
     final, grads, result = bilevel.hypergradient(
         self.optimizer, objectives, self.method.outer_objective, state.params, state.opt_state,
@@ -200,8 +200,9 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher], cache:
   info = None
   if teachers:
     from mmkd_jax.teachers import feature_shapes  # pylint: disable=import-outside-toplevel
-    info = TeacherInfo(len(teachers), tuple(s[-1] for s in feature_shapes(teachers, spec.image_size)))
-  method = get_method(config, student, PENULTIMATE_FEATURE_INDEX[arch], info)
+    shapes = feature_shapes(teachers, spec.image_size, config.feature_layer)
+    info = TeacherInfo(len(teachers), tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
+  method = get_method(config, student, config.feature_layer, info)
   if method.needs_teachers and not teachers:
     raise ValueError(f"method {config.method!r} needs teachers; config.teachers is empty")
   schedule = optim.multistep_lr(student_lr(config), spe, config.lr_milestones, config.lr_decay)
@@ -309,7 +310,7 @@ def evaluate_teachers(setup: Setup) -> dict[str, float]:
   @jax.jit
   def step(teacher_vars, raw):
     x = normalize(raw["image"], spec.mean, spec.std)
-    logits, _ = teacher_forward(setup.teachers, teacher_vars, x)
+    logits, _ = teacher_forward(setup.teachers, teacher_vars, x, setup.config.feature_layer)
     out = {f"teacher/{t.name}": jnp.sum(losses.top_k_correct(logits[:, i], raw["label"], 1) * raw["mask"])
            for i, t in enumerate(setup.teachers)}
     out["teacher/ensemble"] = jnp.sum(
@@ -395,7 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
   with _StopRequest() as stop:
     for epoch in range(start_step // spe, epochs):
       first_batch = start_step % spe if epoch == start_step // spe else 0
-      uniform = jnp.asarray(epoch < config.meta.warmup_epochs)
+      epoch_array = jnp.asarray(epoch, jnp.int32)
       bar = tqdm(total=spe, initial=first_batch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                  disable=quiet or pi != 0, unit="step")
       pending, tic, seen = [], time.perf_counter(), 0
@@ -404,10 +405,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
                                        join=lambda i, e: _host_batch(setup, i, e))
       for idx, raw in enumerate(batches, start=first_batch):
         device_raw = parallel.shard_batch(raw, mesh)
-        state, metrics = train_fn(state, device_raw, teacher_vars, uniform)
+        state, metrics = train_fn(state, device_raw, teacher_vars, epoch_array)
         if (setup.method.bilevel and epoch >= config.meta.warmup_epochs
             and (idx % config.meta.freq == 0 or idx == spe - 1)):
-          state, meta_metrics = meta_fn(state, device_raw, teacher_vars)
+          state, meta_metrics = meta_fn(state, device_raw, teacher_vars, epoch_array)
           metrics = {**metrics, **meta_metrics}
         pending.append(metrics)
         seen += config.batch_size

@@ -145,3 +145,24 @@ def test_batch_size_must_divide_over_devices():
   parallel.check_batch_size(64, eight)
   with pytest.raises(ValueError, match="batch_size 60 does not divide evenly over 8 devices"):
     parallel.check_batch_size(60, eight)
+
+
+def test_online_and_precomputed_teachers_give_the_same_losses(tmp_path, teacher_dir, data_dir):
+  base = _config(teacher_dir, data_dir, cache_dtype="float32", cache_dir=str(tmp_path / "cache"),
+                 num_replays=2)
+  loaded = cli.load_teachers(base)
+  cli.precompute(base, loaded)
+  results = {}
+  for source in ("online", "precomputed"):
+    c = _config(teacher_dir, data_dir, cache_dtype="float32", cache_dir=str(tmp_path / "cache"),
+                num_replays=2, teacher_source=source)
+    setup = train.build(c, loaded, cli.open_cache(c, loaded))
+    raw = next(iter(train.pipeline.train_batches(setup.train_source, setup.spec, c.batch_size, c.seed, 1,
+                                                 join=lambda i, e, s=setup: train._host_batch(s, i, e))))  # pylint: disable=protected-access
+    state = train.init_state(setup, raw)
+    teacher_vars = tuple(t.variables for t in loaded) if source == "online" else ()
+    _, metrics = jax.jit(setup.steps.train_step)(state, jax.tree.map(jnp.asarray, raw), teacher_vars,
+                                                 jnp.asarray(0, jnp.int32))
+    results[source] = jax.device_get(metrics)
+  for key in ("loss", "loss_cls", "loss_div", "loss_feat"):
+    np.testing.assert_allclose(results["online"][key], results["precomputed"][key], rtol=2e-5, err_msg=key)

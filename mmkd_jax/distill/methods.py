@@ -49,7 +49,9 @@ class CrossEntropyOnly:
 @dataclasses.dataclass(frozen=True)
 class TeacherInfo:
   num_teachers: int
-  channels: Sequence[int]          # channels of each teacher's feat[-2]
+  channels: Sequence[int]                    # channels of each teacher's feature map
+  feature_shapes: Sequence[tuple[int, ...]] = ()  # (H, W, C) of each teacher's feature map
+  teachers: Sequence[Any] = ()               # the loaded teachers (for methods that use their heads)
 
 
 def _mmkd_variant(weighting: str, beta_override: float | None = None):
@@ -59,7 +61,8 @@ def _mmkd_variant(weighting: str, beta_override: float | None = None):
     return MMKD(student, teachers.num_teachers, tuple(teachers.channels), feature_index,
                 temperature=kd.temperature, alpha=kd.alpha,
                 beta=kd.beta if beta_override is None else beta_override,
-                deep_aligner=kd.deep_aligner, bn_axis_name=bn_axis_name, weighting=weighting)
+                deep_aligner=kd.deep_aligner, bn_axis_name=bn_axis_name, weighting=weighting,
+                warmup_epochs=config.meta.warmup_epochs)
   return build
 
 

@@ -50,6 +50,7 @@ class MMKD:
   detach_student: bool = True
   # 'meta': learned per-sample weights (MMKD); 'uniform': fixed 1/T (AVER, FitNet-MKD).
   weighting: str = "meta"
+  warmup_epochs: int = 0
 
   @property
   def bilevel(self) -> bool:
@@ -110,11 +111,12 @@ class MMKD:
       w_feat = self.weight_net.apply({"params": meta_params["feature_weight"]},
                                      feature_weight_input(batch["teacher_feat"], student_feat,
                                                           self.detach_student))
-    if "uniform_weights" in batch:  # meta warm-up: equal weights until the meta nets train
+    if "epoch" in batch and self.warmup_epochs > 0:  # equal weights until the meta nets train
+      warm = batch["epoch"] < self.warmup_epochs
       uniform = 1.0 / self.num_teachers
-      w_logits = jnp.where(batch["uniform_weights"], uniform, w_logits)
+      w_logits = jnp.where(warm, uniform, w_logits)
       if w_feat is not None:
-        w_feat = jnp.where(batch["uniform_weights"], uniform, w_feat)
+        w_feat = jnp.where(warm, uniform, w_feat)
     return w_logits, w_feat
 
   def loss_terms(self, logits: Array, student_feat: Array | None, params: PyTree, state: PyTree,

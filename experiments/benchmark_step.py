@@ -1,0 +1,193 @@
+"""Times MMKD's training steps: plain, meta, amortised; compile time; FLOPs; memory.
+
+    python experiments/benchmark_step.py --student vgg8 --teachers vgg13,vgg13,vgg13 --batch 64
+    python experiments/benchmark_step.py --preset all --json runs/bench.json
+
+For a (student, teachers, batch) setting on 32x32 inputs with 100 classes and synthetic data, it
+measures (median of --repeats after --warmup calls, each call synchronised):
+  * plain step (train objective + SGD + hard-buffer update) with teachers precomputed and online,
+  * meta step (the 3-step look-ahead and exact hypergradient, Adam on the meta nets),
+  * the amortised step at meta_freq 5 = (5 plain + 1 meta) / 5,
+  * compile time of each step, FLOPs per step from XLA's cost analysis, achieved FLOP/s against
+    a measured peak (a large float32 matmul), images/s and peak memory.
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmkd_jax import optim, train
+from mmkd_jax.config_base import base_config
+from mmkd_jax.data import sources
+from mmkd_jax.distill.methods import TeacherInfo, get_method
+from mmkd_jax.models import get_model
+from mmkd_jax.teachers import Teacher, feature_shapes, fingerprint, teacher_forward
+
+PRESETS = {
+    "vgg8": ("vgg8", ("vgg13",) * 3),
+    "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3),
+}
+
+
+def timed(fn, *args, repeats: int, warmup: int) -> tuple[float, list[float]]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), times
+
+
+def peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  """Achievable float32 matmul FLOP/s of the default device (the machine's practical peak)."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  median, _ = timed(f, a, repeats=repeats, warmup=2)
+  return 2 * size ** 3 / median
+
+
+def flops_of(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def peak_memory_bytes() -> int:
+  device = jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "peak_bytes_in_use" in stats:
+    return int(stats["peak_bytes_in_use"])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
+
+
+def make_config(batch: int, num_classes: int, teacher_source: str) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.dataset = "cifar100" if num_classes == 100 else "digits"
+  c.batch_size = batch
+  c.teacher_source = teacher_source
+  c.meta.buffer_size = 4 * batch
+  return c
+
+
+def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int,
+              num_classes: int = 100, first_order: bool = False) -> dict:
+  rng = np.random.default_rng(0)
+  teachers = []
+  for i, arch in enumerate(teacher_archs):
+    v = get_model(arch, num_classes).init(jax.random.key(100 + i), jnp.zeros((1, 32, 32, 3)))
+    teachers.append(Teacher(f"t{i}", arch, num_classes, v, fingerprint(v)))
+  teacher_vars = tuple(t.variables for t in teachers)
+  raw = {"image": jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3)), jnp.uint8),
+         "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
+         "index": jnp.arange(batch, dtype=jnp.int32), "replay": jnp.zeros(batch, jnp.int32)}
+  spec = sources.DatasetSpec("synthetic", num_classes, (0.5,) * 3, (0.25,) * 3)
+  x = jnp.asarray(rng.standard_normal((batch, 32, 32, 3)), jnp.float32)
+  logits, feats = jax.jit(lambda v, x: teacher_forward(teachers, v, x))(teacher_vars, x)
+  cached = dict(raw, teacher_logits=logits, teacher_feat=feats)
+  shapes = feature_shapes(teachers)
+  info = TeacherInfo(len(teachers), tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
+  result = {"student": student, "teachers": list(teacher_archs), "batch": batch}
+  epoch = jnp.asarray(1, jnp.int32)
+  for source in ("precomputed", "online"):
+    config = make_config(batch, num_classes, source)
+    config.meta.first_order = first_order
+    method = get_method(config, get_model(student, num_classes), -2, info)
+    opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
+    steps = train.Steps(config, method, opt, optim.torch_adam(1e-3, 1e-4), spec, tuple(teachers),
+                        source == "online")
+    setup_raw = cached if source == "precomputed" else raw
+    tv = teacher_vars if source == "online" else ()
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=None, model_state=None, opt_state=None,
+                             meta_params=None, meta_opt_state=None, buffer={}, rng=None, nonfinite=None)
+    batch_dev = steps.device_batch(setup_raw, tv)
+    params, model_state, meta_params = method.init(jax.random.key(0), batch_dev)
+    from mmkd_jax.distill import hard_buffer  # pylint: disable=import-outside-toplevel
+    buf = hard_buffer.init(batch_dev, config.meta.buffer_size)
+    state = state.replace(params=params, model_state=model_state, opt_state=opt.init(params),
+                          meta_params=meta_params, meta_opt_state=steps.meta_optimizer.init(meta_params),
+                          buffer=buf, rng=jax.random.key_data(jax.random.key(1)),
+                          nonfinite=jnp.full((2,), -1, jnp.int32))
+    compiled_steps, compile_s = {}, {}
+    for name, fn in (("plain", steps.train_step), ("meta", steps.meta_step)):
+      start = time.perf_counter()
+      compiled_steps[name] = jax.jit(fn).lower(state, setup_raw, tv, epoch).compile()
+      compile_s[name] = time.perf_counter() - start
+    # Fill the buffer so the meta step samples real entries.
+    for _ in range(4):
+      state, _ = compiled_steps["plain"](state, setup_raw, tv, epoch)
+    entry = {}
+    for name in ("plain", "meta"):
+      compiled = compiled_steps[name]
+      median, _ = timed(compiled, state, setup_raw, tv, epoch, repeats=repeats, warmup=warmup)
+      entry[name] = {"ms": 1e3 * median, "compile_s": compile_s[name], "gflops": flops_of(compiled) / 1e9}
+    amortised = (5 * entry["plain"]["ms"] + entry["meta"]["ms"]) / 5
+    entry["amortised_ms_meta_freq_5"] = amortised
+    entry["images_per_s"] = batch / (amortised / 1e3)
+    entry["meta_in_plain_steps"] = entry["meta"]["ms"] / entry["plain"]["ms"]
+    result[source] = entry
+  result["peak_memory_bytes"] = peak_memory_bytes()
+  return result
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", choices=sorted(PRESETS) + ["all"])
+  parser.add_argument("--student", default="vgg8")
+  parser.add_argument("--teachers", default="vgg13,vgg13,vgg13")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--first_order", action="store_true")
+  parser.add_argument("--json", default="")
+  args = parser.parse_args(argv)
+  settings = ([PRESETS[p] for p in sorted(PRESETS)] if args.preset == "all"
+              else [PRESETS[args.preset]] if args.preset else [(args.student, tuple(args.teachers.split(",")))])
+  device = jax.devices()[0]
+  peak = peak_flops()
+  report = {"device": f"{device.platform}:{getattr(device, 'device_kind', '')}", "host": platform.node(),
+            "cpu_count": os.cpu_count(), "jax": jax.__version__, "peak_matmul_gflops": peak / 1e9,
+            "results": []}
+  print(f"device {report['device']}, measured peak {peak / 1e9:.1f} GFLOP/s (float32 matmul)")
+  print("| setting | teachers | plain ms | meta ms | meta / plain | amortised ms (freq 5) | img/s | "
+        "GFLOP/plain | GFLOP/meta | achieved GFLOP/s | % peak | compile s (plain+meta) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for student, teacher_archs in settings:
+    r = benchmark(student, teacher_archs, args.batch, args.repeats, args.warmup, first_order=args.first_order)
+    report["results"].append(r)
+    for source in ("precomputed", "online"):
+      e = r[source]
+      flops = (5 * e["plain"]["gflops"] + e["meta"]["gflops"]) / 5
+      achieved = flops / (e["amortised_ms_meta_freq_5"] / 1e3)
+      e["achieved_gflops"] = achieved
+      label = ",".join(teacher_archs) if len(set(teacher_archs)) > 1 else f"{len(teacher_archs)} x {teacher_archs[0]}"
+      print(f"| {student} <- {label} | {source} | {e['plain']['ms']:.1f} | "
+            f"{e['meta']['ms']:.1f} | {e['meta_in_plain_steps']:.2f} | {e['amortised_ms_meta_freq_5']:.1f} | "
+            f"{e['images_per_s']:.0f} | {e['plain']['gflops']:.2f} | {e['meta']['gflops']:.2f} | "
+            f"{achieved:.1f} | {100 * achieved * 1e9 / peak:.1f} | "
+            f"{e['plain']['compile_s']:.1f}+{e['meta']['compile_s']:.1f} |")
+    print(f"peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB")
+  if args.json:
+    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
