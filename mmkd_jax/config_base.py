@@ -47,6 +47,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.kd.alpha = 1.0               # weight of the KD term in the look-ahead (matching) objective
   c.kd.beta = 100.0              # weight of the feature term
   c.kd.deep_aligner = False      # the 1x1-3x3-1x1 aligner (the reference's --convs intent)
+  c.kd.teacher_index = 0         # method 'kd': which teacher
+
+  c.aekd = ml_collections.ConfigDict()
+  c.aekd.c = 0.6                 # cap on a teacher's weight (the reference's C)
+  c.aekd.normalize = False       # the reference's --svm_norm
+
+  c.amtml = ml_collections.ConfigDict()
+  c.amtml.temperature = 5.0
+  c.amtml.alpha = 0.7            # kd_ratio: 2 alpha T^2 KL + (1 - alpha) CE
+  c.amtml.hint_weight = 1.0
+  c.amtml.angle_weight = 1.0
+  c.amtml.adapter_epochs = 80    # latent vectors train with the student, then freeze
+  c.amtml.kd_reduction = "mean"  # 'mean' as coded (/ B C) or 'batchmean'
 
   c.meta = ml_collections.ConfigDict()
   c.meta.lr = 1e-3

@@ -8,7 +8,8 @@ A method provides
   * ``bilevel``: whether ``meta_params`` are learned by the hypergradient of
     ``outer_objective`` through ``lookahead_objectives`` (see ``mmkd_jax.bilevel``);
   * ``needs_teachers``.
-The trainer knows nothing else about methods. New methods register a factory here.
+The trainer knows nothing else about methods. A new method is one module in ``distill/`` plus
+a factory line here and a config in ``configs/``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from mmkd_jax.distill import losses
+from mmkd_jax.distill.amtml import AMTMLKD
+from mmkd_jax.distill.bomd import BOMD
+from mmkd_jax.distill.camkd import CAMKD
+from mmkd_jax.distill.fitnet import FitNetMKD
+from mmkd_jax.distill.logit_weighting import AEKD, EBKD, SingleTeacherKD
 from mmkd_jax.distill.mmkd import MMKD
+from mmkd_jax.models import CLASSIFIER_NAME
 
 PyTree = Any
 
@@ -55,8 +63,7 @@ class TeacherInfo:
 
 
 def _mmkd_variant(weighting: str, beta_override: float | None = None):
-  def build(config: ml_collections.ConfigDict, student: nn.Module, feature_index: int,
-            teachers: TeacherInfo, bn_axis_name: str | None = None) -> MMKD:
+  def build(config, student, feature_index, teachers, bn_axis_name=None) -> MMKD:
     kd = config.kd
     return MMKD(student, teachers.num_teachers, tuple(teachers.channels), feature_index,
                 temperature=kd.temperature, alpha=kd.alpha,
@@ -71,11 +78,49 @@ def _ce(config, student, feature_index, teachers, bn_axis_name=None):
   return CrossEntropyOnly(student)
 
 
+def _joint(cls, **extra):
+  """Factory for the JointMethod subclasses: common KD fields from config.kd, plus ``extra``."""
+  def build(config, student, feature_index, teachers, bn_axis_name=None):
+    del bn_axis_name
+    kwargs = {k: (v(config, teachers) if callable(v) else v) for k, v in extra.items()}
+    return cls(student, teachers.num_teachers, feature_index, config.kd.temperature, config.kd.alpha,
+               config.kd.beta, **kwargs)
+  return build
+
+
+def _teacher_heads(config, teachers):
+  del config
+  return tuple((np.asarray(t.variables["params"][CLASSIFIER_NAME[t.arch]]["kernel"]),
+                np.asarray(t.variables["params"][CLASSIFIER_NAME[t.arch]]["bias"])) for t in teachers.teachers)
+
+
+def _amtml(config, student, feature_index, teachers, bn_axis_name=None):
+  del bn_axis_name
+  a = config.amtml
+  return AMTMLKD(student, teachers.num_teachers, feature_index, a.temperature, a.alpha, 0.0,
+                 teacher_channels=tuple(teachers.channels), hint_weight=a.hint_weight,
+                 angle_weight=a.angle_weight, adapter_epochs=a.adapter_epochs, kd_reduction=a.kd_reduction)
+
+
+def _bomd(config, student, feature_index, teachers, bn_axis_name=None):
+  del bn_axis_name
+  return BOMD(student, teachers.num_teachers, tuple(teachers.channels), feature_index,
+              config.kd.temperature, config.kd.alpha, config.kd.beta)
+
+
 # name -> factory(config, student, feature_index, teacher_info, bn_axis_name)
 METHODS: dict[str, Callable[..., Any]] = {
     "none": _ce,
-    "mmkd": _mmkd_variant("meta"),
+    "kd": _joint(SingleTeacherKD, teacher_index=lambda c, t: c.kd.teacher_index),
     "aver": _mmkd_variant("uniform", beta_override=0.0),
+    "ebkd": _joint(EBKD),
+    "camkd": _joint(CAMKD, teacher_shapes=lambda c, t: tuple(tuple(s) for s in t.feature_shapes),
+                    teacher_heads=_teacher_heads),
+    "aekd": _joint(AEKD, c=lambda c, t: c.aekd.c, normalize_gradients=lambda c, t: c.aekd.normalize),
+    "fitnet": _joint(FitNetMKD, teacher_shapes=lambda c, t: tuple(tuple(s) for s in t.feature_shapes)),
+    "amtml": _amtml,
+    "bomd": _bomd,
+    "mmkd": _mmkd_variant("meta"),
 }
 
 

@@ -37,6 +37,11 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
+# Name of each model's final classifier (its head is: global average pool of feat[-2], then this).
+CLASSIFIER_NAME: dict[str, str] = {
+    name: ("fc" if name.startswith(("resnet", "wrn")) else "classifier" if name.startswith("vgg")
+           else "classifier.0" if name == "MobileNetV2" else "linear") for name in MODEL_NAMES}
+
 # Index of feat[-2], the last feature map before pooling, which MMKD matches and weights.
 PENULTIMATE_FEATURE_INDEX: dict[str, int] = {
     name: (4 if name.startswith("vgg") or name == "MobileNetV2" else 3) for name in MODEL_NAMES}
@@ -55,4 +60,4 @@ def get_model(name: str, num_classes: int, bn_axis_name: str | None = None) -> n
   return _REGISTRY[name](num_classes=num_classes, bn_axis_name=bn_axis_name)
 
 
-__all__ = ["BatchNorm", "MODEL_NAMES", "PENULTIMATE_FEATURE_INDEX", "get_model"]
+__all__ = ["BatchNorm", "CLASSIFIER_NAME", "MODEL_NAMES", "PENULTIMATE_FEATURE_INDEX", "get_model"]
