@@ -24,10 +24,13 @@ from ml_collections import config_flags
 
 from mmkd_jax import main as cli
 from mmkd_jax import train
+from mmkd_jax.config_methods import apply_method
 from mmkd_jax.distill.methods import METHODS
 
 # How each method appears in tables (the papers' names).
-DISPLAY = {"none": "Student (no KD)", "aver": "AVER", "mmkd": "MMKD"}
+DISPLAY = {"none": "Student (no KD)", "kd": "KD (1 teacher)", "aver": "AVER", "ebkd": "EBKD",
+           "aekd": "AEKD", "camkd": "CA-MKD", "fitnet": "FitNet-MKD", "amtml": "AMTML-KD",
+           "bomd": "BOMD-like", "mmkd": "MMKD"}
 
 
 def load_config(path: str, overrides: list[str]):
@@ -51,10 +54,10 @@ def run_one(config, method: str, seed: int, workdir: str, loaded) -> dict:
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       return json.load(f)
-  c = config.copy_and_resolve_references()
-  c.method, c.seed, c.mode = method, seed, "distill"
+  c = apply_method(config.copy_and_resolve_references(), method)
+  c.seed, c.mode = seed, "distill"
   cli.validate(c)
-  teachers = loaded if METHODS[method] is not None and method != "none" else []
+  teachers = loaded if method != "none" else []
   print(f"== {method} seed {seed} -> {workdir}", flush=True)
   summary = train.train_and_evaluate(c, workdir, teachers, cli.open_cache(c, teachers) if teachers else None)
   summary.pop("state", None)
@@ -124,7 +127,11 @@ def main(argv=None) -> int:
   cli.train_missing_teachers(config)
   loaded = cli.load_teachers(config)
   if config.teacher_source == "precomputed":
-    cli.precompute(config, loaded)
+    # One cache per feature layer the methods use (FitNet hints read feat[2]).
+    for layer in sorted({apply_method(config.copy_and_resolve_references(), m).feature_layer for m in methods}):
+      c = config.copy_and_resolve_references()
+      c.feature_layer = layer
+      cli.precompute(c, cli.load_teachers(c))
   started = time.time()
   results = {m: [run_one(config, m, seed, os.path.join(args.out, m, f"seed{seed}"), loaded)
                  for seed in range(args.seeds)] for m in methods}

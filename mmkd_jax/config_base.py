@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.augmentation_seed = 0
   c.trust_pickle = False         # allow arbitrary objects in teacher .pth files
   c.feature_layer = -2           # feat[...] used by feature terms and cached (-2: last map)
+  # Data parallelism: BatchNorm statistics per device (like PyTorch DDP) unless synchronised.
+  c.sync_batch_norm = False
 
   # Student optimisation: the reference's SGD schedule.
   c.batch_size = 64
@@ -72,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.rollback = True
   c.meta.hard_buffer = True
   c.meta.buffer_size = 256
+  c.meta.gram_per_device = False  # feature weighter: per-device Gram matrices (huge batches)
 
   # Teacher training (mode=train_teacher / pipeline), same SGD rule.
   c.teacher_training = ml_collections.ConfigDict()

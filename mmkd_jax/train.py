@@ -196,13 +196,14 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher], cache:
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   arch = student_arch or config.student
-  student = get_model(arch, spec.num_classes)
+  bn_groups = 1 if config.sync_batch_norm else mesh.devices.size
+  student = get_model(arch, spec.num_classes, bn_groups)
   info = None
   if teachers:
     from mmkd_jax.teachers import feature_shapes  # pylint: disable=import-outside-toplevel
     shapes = feature_shapes(teachers, spec.image_size, config.feature_layer)
     info = TeacherInfo(len(teachers), tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
-  method = get_method(config, student, config.feature_layer, info)
+  method = get_method(config, student, config.feature_layer, info, bn_groups)
   if method.needs_teachers and not teachers:
     raise ValueError(f"method {config.method!r} needs teachers; config.teachers is empty")
   schedule = optim.multistep_lr(student_lr(config), spe, config.lr_milestones, config.lr_decay)
@@ -221,7 +222,17 @@ def _host_batch(setup: Setup, indices: np.ndarray, epoch: int) -> dict[str, Any]
 
 
 def init_state(setup: Setup, example_raw: dict[str, Any]) -> TrainState:
+  """The initial state on this host, from a process-local example batch.
+
+  Parameter shapes depend on the *global* batch (MMKD's feature weighter reads B x B Gram
+  matrices), so the local rows are tiled to the global batch size; only shapes matter here.
+  Every process computes the identical state from the same seed.
+  """
   config, steps = setup.config, setup.steps
+  local = jax.tree.leaves(example_raw)[0].shape[0]
+  if local != config.batch_size:
+    example_raw = jax.tree.map(lambda x: np.concatenate([np.asarray(x)] * (config.batch_size // local)),
+                               example_raw)
   rng = jax.random.key(config.seed)
   init_key, state_key = jax.random.split(rng)
   teacher_vars = tuple(t.variables for t in setup.teachers) if steps.online else ()

@@ -92,3 +92,22 @@ def test_train_mode_updates_running_stats_and_eval_is_pure():
   feats1, logits1 = model.apply(variables, x)
   feats2, logits2 = model.apply(variables, x)
   np.testing.assert_array_equal(logits1, logits2)
+
+
+def test_grouped_batchnorm_is_per_group_and_one_group_is_global():
+  x = np.random.default_rng(1).normal(2.0, 3.0, (8, 2, 2, 3)).astype(np.float32)
+  params = {"scale": np.ones(3, np.float32), "bias": np.zeros(3, np.float32)}
+  stats = {"mean": np.zeros(3, np.float32), "var": np.ones(3, np.float32)}
+  y, upd = BatchNorm(groups=2).apply({"params": params, "batch_stats": stats}, x, train=True,
+                                     mutable=["batch_stats"])
+  for g in range(2):
+    part = x[4 * g:4 * g + 4]
+    expected = (part - part.mean((0, 1, 2))) / np.sqrt(part.var((0, 1, 2)) + 1e-5)
+    np.testing.assert_allclose(y[4 * g:4 * g + 4], expected, atol=1e-5)
+  group_means = [x[:4].mean((0, 1, 2)), x[4:].mean((0, 1, 2))]
+  np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * np.mean(group_means, 0), rtol=1e-5)
+  n = 4 * 2 * 2
+  group_vars = [x[:4].var((0, 1, 2)) * n / (n - 1), x[4:].var((0, 1, 2)) * n / (n - 1)]
+  np.testing.assert_allclose(upd["batch_stats"]["var"], 0.9 + 0.1 * np.mean(group_vars, 0), rtol=1e-5)
+  y1, _ = BatchNorm(groups=1).apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(y1, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5), atol=1e-5)

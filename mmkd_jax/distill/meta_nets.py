@@ -62,8 +62,20 @@ def logits_weight_input(teacher_logits: Array, student_logits: Array,
                           _maybe_detach(student_logits, detach_student)], axis=-1)
 
 
+def _grouped_gram(feature_map: Array, groups: int) -> Array:
+  """Rows of the Gram matrix within each of ``groups`` consecutive groups: (B, B / groups)."""
+  if groups == 1:
+    return gram(feature_map)
+  b = feature_map.shape[0]
+  flat = feature_map.reshape(groups, b // groups, -1)
+  return jnp.einsum("gid,gjd->gij", flat, flat).reshape(b, b // groups)
+
+
 def feature_weight_input(teacher_feats: Sequence[Array], student_feat: Array,
-                         detach_student: bool = True) -> Array:
-  """``concat([G_t0, ..., G_s], axis=1)`` of batch Gram matrices ``F F^T``: (B, B (T+1))."""
+                         detach_student: bool = True, groups: int = 1) -> Array:
+  """``concat([G_t0, ..., G_s], axis=1)`` of batch Gram matrices ``F F^T``: (B, B (T+1)).
+
+  ``groups > 1`` uses each device's (group's) own Gram matrix: (B, B / groups * (T+1)).
+  """
   maps = list(teacher_feats) + [_maybe_detach(student_feat, detach_student)]
-  return jnp.concatenate([gram(m.astype(student_feat.dtype)) for m in maps], axis=-1)
+  return jnp.concatenate([_grouped_gram(m.astype(student_feat.dtype), groups) for m in maps], axis=-1)

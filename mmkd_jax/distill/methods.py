@@ -63,25 +63,26 @@ class TeacherInfo:
 
 
 def _mmkd_variant(weighting: str, beta_override: float | None = None):
-  def build(config, student, feature_index, teachers, bn_axis_name=None) -> MMKD:
+  def build(config, student, feature_index, teachers, bn_groups=1) -> MMKD:
     kd = config.kd
     return MMKD(student, teachers.num_teachers, tuple(teachers.channels), feature_index,
                 temperature=kd.temperature, alpha=kd.alpha,
                 beta=kd.beta if beta_override is None else beta_override,
-                deep_aligner=kd.deep_aligner, bn_axis_name=bn_axis_name, weighting=weighting,
-                warmup_epochs=config.meta.warmup_epochs)
+                deep_aligner=kd.deep_aligner, bn_groups=bn_groups, weighting=weighting,
+                warmup_epochs=config.meta.warmup_epochs,
+                gram_groups=bn_groups if config.meta.gram_per_device else 1)
   return build
 
 
-def _ce(config, student, feature_index, teachers, bn_axis_name=None):
-  del config, feature_index, teachers, bn_axis_name
+def _ce(config, student, feature_index, teachers, bn_groups=1):
+  del config, feature_index, teachers, bn_groups
   return CrossEntropyOnly(student)
 
 
 def _joint(cls, **extra):
   """Factory for the JointMethod subclasses: common KD fields from config.kd, plus ``extra``."""
-  def build(config, student, feature_index, teachers, bn_axis_name=None):
-    del bn_axis_name
+  def build(config, student, feature_index, teachers, bn_groups=1):
+    del bn_groups
     kwargs = {k: (v(config, teachers) if callable(v) else v) for k, v in extra.items()}
     return cls(student, teachers.num_teachers, feature_index, config.kd.temperature, config.kd.alpha,
                config.kd.beta, **kwargs)
@@ -94,21 +95,21 @@ def _teacher_heads(config, teachers):
                 np.asarray(t.variables["params"][CLASSIFIER_NAME[t.arch]]["bias"])) for t in teachers.teachers)
 
 
-def _amtml(config, student, feature_index, teachers, bn_axis_name=None):
-  del bn_axis_name
+def _amtml(config, student, feature_index, teachers, bn_groups=1):
+  del bn_groups
   a = config.amtml
   return AMTMLKD(student, teachers.num_teachers, feature_index, a.temperature, a.alpha, 0.0,
                  teacher_channels=tuple(teachers.channels), hint_weight=a.hint_weight,
                  angle_weight=a.angle_weight, adapter_epochs=a.adapter_epochs, kd_reduction=a.kd_reduction)
 
 
-def _bomd(config, student, feature_index, teachers, bn_axis_name=None):
-  del bn_axis_name
+def _bomd(config, student, feature_index, teachers, bn_groups=1):
+  del bn_groups
   return BOMD(student, teachers.num_teachers, tuple(teachers.channels), feature_index,
               config.kd.temperature, config.kd.alpha, config.kd.beta)
 
 
-# name -> factory(config, student, feature_index, teacher_info, bn_axis_name)
+# name -> factory(config, student, feature_index, teacher_info, bn_groups)
 METHODS: dict[str, Callable[..., Any]] = {
     "none": _ce,
     "kd": _joint(SingleTeacherKD, teacher_index=lambda c, t: c.kd.teacher_index),
@@ -125,7 +126,7 @@ METHODS: dict[str, Callable[..., Any]] = {
 
 
 def get_method(config: ml_collections.ConfigDict, student: nn.Module, feature_index: int,
-               teachers: TeacherInfo | None, bn_axis_name: str | None = None):
+               teachers: TeacherInfo | None, bn_groups: int = 1):
   if config.method not in METHODS:
     raise ValueError(f"Unknown method {config.method!r}. Known methods: {', '.join(METHODS)}.")
-  return METHODS[config.method](config, student, feature_index, teachers, bn_axis_name)
+  return METHODS[config.method](config, student, feature_index, teachers, bn_groups)

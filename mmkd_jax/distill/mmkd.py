@@ -44,13 +44,14 @@ class MMKD:
   beta: float = 100.0
   deep_aligner: bool = False
   hidden_divisor: int = 2
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
   # The reference detaches the student's outputs before the meta nets; False is only for
   # checking the total derivative by finite differences.
   detach_student: bool = True
   # 'meta': learned per-sample weights (MMKD); 'uniform': fixed 1/T (AVER, FitNet-MKD).
   weighting: str = "meta"
   warmup_epochs: int = 0
+  gram_groups: int = 1  # >1: Gram matrices within each group (device) instead of the global batch
 
   @property
   def bilevel(self) -> bool:
@@ -62,7 +63,7 @@ class MMKD:
 
   @property
   def aligner(self) -> FeatureAligner:
-    return FeatureAligner(tuple(self.teacher_channels), self.deep_aligner, self.bn_axis_name)
+    return FeatureAligner(tuple(self.teacher_channels), self.deep_aligner, self.bn_groups)
 
   @property
   def weight_net(self) -> WeightMLP:
@@ -89,7 +90,8 @@ class MMKD:
       params["match"], state["match"] = match_vars["params"], match_vars["batch_stats"]
       if self.bilevel:
         meta["feature_weight"] = self.weight_net.init(
-            k_fw, feature_weight_input(batch["teacher_feat"], feats[self.feature_index]))["params"]
+            k_fw, feature_weight_input(batch["teacher_feat"], feats[self.feature_index],
+                                     groups=self.gram_groups))["params"]
     return params, state, meta
 
   # -- the loss terms -------------------------------------------------------------------
@@ -110,7 +112,7 @@ class MMKD:
     if self.uses_features:
       w_feat = self.weight_net.apply({"params": meta_params["feature_weight"]},
                                      feature_weight_input(batch["teacher_feat"], student_feat,
-                                                          self.detach_student))
+                                                          self.detach_student, self.gram_groups))
     if "epoch" in batch and self.warmup_epochs > 0:  # equal weights until the meta nets train
       warm = batch["epoch"] < self.warmup_epochs
       uniform = 1.0 / self.num_teachers

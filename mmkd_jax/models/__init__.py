@@ -47,17 +47,17 @@ PENULTIMATE_FEATURE_INDEX: dict[str, int] = {
     name: (4 if name.startswith("vgg") or name == "MobileNetV2" else 3) for name in MODEL_NAMES}
 
 
-def get_model(name: str, num_classes: int, bn_axis_name: str | None = None) -> nn.Module:
+def get_model(name: str, num_classes: int, bn_groups: int = 1) -> nn.Module:
   """Returns the zoo model ``name`` with a ``num_classes``-way classifier.
 
-  ``bn_axis_name`` makes every BatchNorm average its batch statistics over that mapped
-  axis (synchronised BatchNorm under pmap/shard_map).
+  ``bn_groups > 1`` gives every BatchNorm per-group batch statistics (one group per device =
+  PyTorch DDP's per-device BatchNorm); 1 is BatchNorm over the whole global batch.
   """
   if name not in _REGISTRY:
     raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(MODEL_NAMES)}.")
   if num_classes < 1:
     raise ValueError(f"num_classes must be positive, got {num_classes}")
-  return _REGISTRY[name](num_classes=num_classes, bn_axis_name=bn_axis_name)
+  return _REGISTRY[name](num_classes=num_classes, bn_groups=bn_groups)
 
 
 __all__ = ["BatchNorm", "CLASSIFIER_NAME", "MODEL_NAMES", "PENULTIMATE_FEATURE_INDEX", "get_model"]

@@ -33,13 +33,18 @@ class BatchNorm(nn.Module):
   Train mode normalises with the biased batch variance and updates
   ``running = (1 - momentum) * running + momentum * batch`` with the *unbiased* batch
   variance for ``running_var`` (flax's own BatchNorm uses the biased one). ``momentum``
-  uses PyTorch's convention (0.1). With ``axis_name`` the batch moments are averaged
-  over that mapped axis (synchronised BatchNorm).
+  uses PyTorch's convention (0.1).
+
+  ``groups > 1`` splits the batch into that many equal consecutive groups with their own
+  statistics: under data parallelism with one group per device this is PyTorch DDP's
+  per-device BatchNorm, computed inside global-batch code without communication. The running
+  statistics then move towards the mean over groups of each group's (unbiased) statistics.
+  ``groups = 1`` is BatchNorm over the whole (global) batch, i.e. synchronised BatchNorm.
   """
 
   momentum: float = 0.1
   epsilon: float = 1e-5
-  axis_name: str | None = None
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -48,28 +53,25 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (features,))
     running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-    if train:
-      reduce_axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axis=reduce_axes)
-      mean_sq = jnp.mean(jnp.square(x), axis=reduce_axes)
-      count = int(np.prod([x.shape[a] for a in reduce_axes]))
-      if self.axis_name is not None:
-        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
-        count *= jax.lax.psum(1, self.axis_name)
-      # Two-pass variance: as accurate as PyTorch's, unlike E[x^2] - E[x]^2 for large means.
-      if self.axis_name is None:
-        var = jnp.mean(jnp.square(x - mean), axis=reduce_axes)
-      else:
-        var = jax.lax.pmean(jnp.mean(jnp.square(x - mean), axis=reduce_axes), self.axis_name)
-      if not self.is_initializing():
-        unbiased = var * (count / max(count - 1, 1))
-        m = self.momentum
-        running_mean.value = (1 - m) * running_mean.value + m * jax.lax.stop_gradient(mean)
-        running_var.value = (1 - m) * running_var.value + m * jax.lax.stop_gradient(unbiased)
-    else:
-      mean, var = running_mean.value, running_var.value
-    inv = jax.lax.rsqrt(var + self.epsilon) * scale
-    return (x - mean) * inv + bias
+    if not train:
+      inv = jax.lax.rsqrt(running_var.value + self.epsilon) * scale
+      return (x - running_mean.value) * inv + bias
+    groups = self.groups if x.shape[0] % self.groups == 0 else 1
+    grouped = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+    reduce_axes = tuple(range(1, grouped.ndim - 1))
+    mean = jnp.mean(grouped, axis=reduce_axes, keepdims=True)
+    # Two-pass variance: as accurate as PyTorch's, unlike E[x^2] - E[x]^2 for large means.
+    var = jnp.mean(jnp.square(grouped - mean), axis=reduce_axes, keepdims=True)
+    if not self.is_initializing():
+      count = int(np.prod([grouped.shape[a] for a in reduce_axes]))
+      unbiased = var * (count / max(count - 1, 1))
+      m = self.momentum
+      batch_mean = jax.lax.stop_gradient(jnp.mean(mean, axis=(0,) + reduce_axes))
+      batch_var = jax.lax.stop_gradient(jnp.mean(unbiased, axis=(0,) + reduce_axes))
+      running_mean.value = (1 - m) * running_mean.value + m * batch_mean
+      running_var.value = (1 - m) * running_var.value + m * batch_var
+    y = (grouped - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.reshape(x.shape)
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1,

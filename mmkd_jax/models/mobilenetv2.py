@@ -20,11 +20,11 @@ class InvertedResidual(nn.Module):
   out_planes: int
   stride: int
   expansion: int
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    bn = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    bn = lambda name: BatchNorm(groups=self.bn_groups, name=name)
     hidden = x.shape[-1] * self.expansion
     out = nn.relu(bn("conv.1")(conv(hidden, 1, name="conv.0")(x), train))
     out = conv(hidden, 3, self.stride, 1, groups=hidden, name="conv.3")(out)
@@ -45,12 +45,12 @@ class MobileNetV2(nn.Module):
   num_classes: int
   expansion: int = 6
   width_mult: float = 0.5
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, preact: bool = False) -> tuple[list[Array], Array]:
     del preact
-    bn = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    bn = lambda name: BatchNorm(groups=self.bn_groups, name=name)
     input_size = x.shape[1]
     if input_size % 32:
       raise ValueError(f"MobileNetV2 needs an input size divisible by 32, got {input_size}")
@@ -59,7 +59,7 @@ class MobileNetV2(nn.Module):
     for g, (t, c, n, s) in enumerate(_SETTINGS):
       for i in range(n):
         out = InvertedResidual(int(c * self.width_mult), s if i == 0 else 1,
-                               self.expansion if t is None else t, self.bn_axis_name,
+                               self.expansion if t is None else t, self.bn_groups,
                                name=f"blocks.{g}.{i}")(out, train)
       if g in (1, 2, 4):
         feats.append(out)

@@ -18,11 +18,11 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   downsample: bool = False
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
-    bn = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    bn = lambda name: BatchNorm(groups=self.bn_groups, name=name)
     out = conv(self.planes, 3, self.stride, 1, name="conv1")(x)
     out = nn.relu(bn("bn1")(out, train))
     out = conv(self.planes, 3, 1, 1, name="conv2")(out)
@@ -44,7 +44,7 @@ class ResNet(nn.Module):
   depth: int
   num_filters: Sequence[int]
   num_classes: int
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, preact: bool = False) -> tuple[list[Array], Array]:
@@ -52,14 +52,14 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet depth must be 6n+2, got {self.depth}")
     blocks_per_layer = (self.depth - 2) // 6
     x = conv(self.num_filters[0], 3, 1, 1, name="conv1")(x)
-    x = nn.relu(BatchNorm(axis_name=self.bn_axis_name, name="bn1")(x, train))
+    x = nn.relu(BatchNorm(groups=self.bn_groups, name="bn1")(x, train))
     feats = [x]
     in_planes = self.num_filters[0]
     for layer, (planes, stride) in enumerate(zip(self.num_filters[1:], (1, 2, 2)), start=1):
       for i in range(blocks_per_layer):
         s = stride if i == 0 else 1
         block = BasicBlock(planes, s, downsample=(s != 1 or in_planes != planes),
-                           bn_axis_name=self.bn_axis_name, name=f"layer{layer}.{i}")
+                           bn_groups=self.bn_groups, name=f"layer{layer}.{i}")
         x, pre = block(x, train)
         in_planes = planes
       feats.append(pre if preact else x)

@@ -26,11 +26,11 @@ class ShuffleV1Bottleneck(nn.Module):
   out_planes: int
   stride: int
   groups: int
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
-    bn = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    bn = lambda name: BatchNorm(groups=self.bn_groups, name=name)
     mid = self.out_planes // 4
     first_groups = 1 if x.shape[-1] == 24 else self.groups
     out = nn.relu(bn("bn1")(conv(mid, 1, groups=first_groups, name="conv1")(x), train))
@@ -51,17 +51,17 @@ class ShuffleNetV1(nn.Module):
   out_planes: Sequence[int] = (240, 480, 960)
   num_blocks: Sequence[int] = (4, 8, 4)
   groups: int = 3
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, preact: bool = False) -> tuple[list[Array], Array]:
-    out = nn.relu(BatchNorm(axis_name=self.bn_axis_name, name="bn1")(conv(24, 1, name="conv1")(x), train))
+    out = nn.relu(BatchNorm(groups=self.bn_groups, name="bn1")(conv(24, 1, name="conv1")(x), train))
     feats = [out]
     in_planes = 24
     for layer, (planes, blocks) in enumerate(zip(self.out_planes, self.num_blocks), start=1):
       for i in range(blocks):
         block_out = planes - in_planes if i == 0 else planes
-        out, pre = ShuffleV1Bottleneck(block_out, 2 if i == 0 else 1, self.groups, self.bn_axis_name,
+        out, pre = ShuffleV1Bottleneck(block_out, 2 if i == 0 else 1, self.groups, self.bn_groups,
                                        name=f"layer{layer}.{i}")(out, train)
         in_planes = planes
       feats.append(pre if preact else out)
@@ -74,11 +74,11 @@ class ShuffleNetV1(nn.Module):
 class ShuffleV2BasicBlock(nn.Module):
   """Keeps the first half of the channels, transforms the second, concatenates, shuffles."""
 
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
-    bn = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    bn = lambda name: BatchNorm(groups=self.bn_groups, name=name)
     c = x.shape[-1] // 2
     x1, x2 = x[..., :c], x[..., c:]
     out = nn.relu(bn("bn1")(conv(c, 1, name="conv1")(x2), train))
@@ -92,11 +92,11 @@ class ShuffleV2DownBlock(nn.Module):
   """Two stride-2 branches, each producing half of the output channels."""
 
   out_planes: int
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
-    bn = lambda name: BatchNorm(axis_name=self.bn_axis_name, name=name)
+    bn = lambda name: BatchNorm(groups=self.bn_groups, name=name)
     cin, mid = x.shape[-1], self.out_planes // 2
     left = bn("bn1")(conv(cin, 3, 2, 1, groups=cin, name="conv1")(x), train)
     left = nn.relu(bn("bn2")(conv(mid, 1, name="conv2")(left), train))
@@ -116,19 +116,19 @@ class ShuffleNetV2(nn.Module):
   num_classes: int
   out_channels: Sequence[int] = (116, 232, 464, 1024)
   num_blocks: Sequence[int] = (3, 7, 3)
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, preact: bool = False) -> tuple[list[Array], Array]:
-    out = nn.relu(BatchNorm(axis_name=self.bn_axis_name, name="bn1")(conv(24, 1, name="conv1")(x), train))
+    out = nn.relu(BatchNorm(groups=self.bn_groups, name="bn1")(conv(24, 1, name="conv1")(x), train))
     feats = [out]
     for layer, (planes, blocks) in enumerate(zip(self.out_channels[:3], self.num_blocks), start=1):
-      out = ShuffleV2DownBlock(planes, self.bn_axis_name, name=f"layer{layer}.0")(out, train)
+      out = ShuffleV2DownBlock(planes, self.bn_groups, name=f"layer{layer}.0")(out, train)
       for i in range(blocks):
-        out, pre = ShuffleV2BasicBlock(self.bn_axis_name, name=f"layer{layer}.{i + 1}")(out, train)
+        out, pre = ShuffleV2BasicBlock(self.bn_groups, name=f"layer{layer}.{i + 1}")(out, train)
       feats.append(pre if preact else out)
     out = conv(self.out_channels[3], 1, name="conv2")(out)
-    out = nn.relu(BatchNorm(axis_name=self.bn_axis_name, name="bn2")(out, train))
+    out = nn.relu(BatchNorm(groups=self.bn_groups, name="bn2")(out, train))
     if not preact:
       feats[3] = out
     out = avg_pool_flatten(out, 4)

@@ -36,7 +36,7 @@ class VGG(nn.Module):
 
   block_channels: Sequence[Sequence[int]]
   num_classes: int
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, preact: bool = False) -> tuple[list[Array], Array]:
@@ -50,7 +50,7 @@ class VGG(nn.Module):
         if i:
           x = nn.relu(x)
         x = conv(c, 3, 1, 1, use_bias=True, name=f"block{b}.{3 * i}")(x)
-        x = BatchNorm(axis_name=self.bn_axis_name, name=f"block{b}.{3 * i + 1}")(x, train)
+        x = BatchNorm(groups=self.bn_groups, name=f"block{b}.{3 * i + 1}")(x, train)
       x = nn.relu(x)
       feats.append(x)
     x = jnp.mean(x, axis=(1, 2))

@@ -16,12 +16,12 @@ class WideBasicBlock(nn.Module):
   in_planes: int
   out_planes: int
   stride: int
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   def setup(self):
-    self.bn1 = BatchNorm(axis_name=self.bn_axis_name)
+    self.bn1 = BatchNorm(groups=self.bn_groups)
     self.conv1 = conv(self.out_planes, 3, self.stride, 1)
-    self.bn2 = BatchNorm(axis_name=self.bn_axis_name)
+    self.bn2 = BatchNorm(groups=self.bn_groups)
     self.conv2 = conv(self.out_planes, 3, 1, 1)
     if self.in_planes != self.out_planes:
       self.convShortcut = conv(self.out_planes, 1, self.stride, 0)
@@ -46,7 +46,7 @@ class WideResNet(nn.Module):
   depth: int
   widen_factor: int
   num_classes: int
-  bn_axis_name: str | None = None
+  bn_groups: int = 1
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False, preact: bool = False) -> tuple[list[Array], Array]:
@@ -55,9 +55,9 @@ class WideResNet(nn.Module):
     n = (self.depth - 4) // 6
     widths = [16, 16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor]
     blocks = [[WideBasicBlock(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
-                              (1, 2, 2)[g] if i == 0 else 1, self.bn_axis_name,
+                              (1, 2, 2)[g] if i == 0 else 1, self.bn_groups,
                               name=f"block{g + 1}.layer.{i}") for i in range(n)] for g in range(3)]
-    bn1 = BatchNorm(axis_name=self.bn_axis_name, name="bn1")
+    bn1 = BatchNorm(groups=self.bn_groups, name="bn1")
 
     out = conv(widths[0], 3, 1, 1, name="conv1")(x)
     feats = [out]

@@ -1,0 +1,13 @@
+"""AMTML-KD: latent teacher representations, integrated soft target, multi-group hints, on digits (resnet8 <- resnet14, resnet20, wrn_16_1).
+
+    python -m mmkd_jax.main --config configs/digits_amtml.py --workdir runs/digits_amtml
+
+Teachers and cache are shared with every digits config (trained/precomputed when missing).
+Expected accuracy and runtime on a 2-core CPU: experiments/RESULTS.md (digits table).
+"""
+
+from mmkd_jax.config_digits import digits_config
+
+
+def get_config(arg: str | None = None):
+  return digits_config("amtml", arg)
