@@ -300,9 +300,15 @@ def _mean_metrics(pending: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 # Evaluation.
 
 
+def eval_batch_size(setup: Setup) -> int:
+  """The configured eval batch rounded up to a multiple of the devices (padding is masked)."""
+  devices = setup.mesh.devices.size
+  return -(-setup.config.eval_batch_size // devices) * devices
+
+
 def evaluate(setup: Setup, state: TrainState, eval_fn: Callable) -> dict[str, float]:
   totals: dict[str, float] = {}
-  for raw in pipeline.eval_batches(setup.test_source, setup.spec, setup.config.eval_batch_size,
+  for raw in pipeline.eval_batches(setup.test_source, setup.spec, eval_batch_size(setup),
                                    jax.process_index(), jax.process_count()):
     sums = jax.device_get(eval_fn(state, parallel.shard_batch(raw, setup.mesh)))
     for k, v in sums.items():
@@ -331,7 +337,7 @@ def evaluate_teachers(setup: Setup) -> dict[str, float]:
 
   teacher_vars = tuple(t.variables for t in setup.teachers)
   totals: dict[str, float] = {}
-  for raw in pipeline.eval_batches(setup.test_source, spec, setup.config.eval_batch_size,
+  for raw in pipeline.eval_batches(setup.test_source, spec, eval_batch_size(setup),
                                    jax.process_index(), jax.process_count()):
     for k, v in jax.device_get(step(teacher_vars, parallel.shard_batch(raw, setup.mesh))).items():
       totals[k] = totals.get(k, 0.0) + float(v)

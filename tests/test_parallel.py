@@ -22,8 +22,8 @@ def data_dir(tmp_path_factory):
   return path
 
 
-def _run(*args, timeout=900):
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _run(*args, x64=False):
+  env = dict(os.environ, PYTHONUNBUFFERED="1", MMKD_X64="1" if x64 else "0")
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -35,28 +35,19 @@ def _wait(proc, timeout=900):
   return out
 
 
-def _max_relative_difference(a, b, prefix):
-  worst = 0.0
-  for k in a.files:
-    if k.startswith(prefix):
-      x, y = a[k].astype(np.float64), b[k].astype(np.float64)
-      worst = max(worst, float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)))
-  return worst
+def relative_difference(a, b, prefix):
+  """||a - b|| / ||b|| over every array whose key starts with ``prefix`` (whole-vector, so that
+  near-zero tensors such as conv biases before a BatchNorm do not dominate)."""
+  keys = [k for k in a.files if k.startswith(prefix)]
+  diff = np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k].astype(np.float64)) ** 2) for k in keys))
+  return float(diff / np.sqrt(sum(np.sum(b[k].astype(np.float64) ** 2) for k in keys)))
 
 
-def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_dir):
-  one, eight = tmp_path / "one.npz", tmp_path / "eight.npz"
-  _wait(_run("steps", one, data_dir, 1, 1))
-  _wait(_run("steps", eight, data_dir, 8, 1))
-  a, b = np.load(one), np.load(eight)
-  assert int(a["devices"]) == 1 and int(b["devices"]) == 8
-  assert len(a["meta_losses"]) == 2
-  np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-5)
-  np.testing.assert_allclose(b["meta_losses"], a["meta_losses"], rtol=1e-5)
-  for prefix in ("params", "meta", "stats"):
-    diff = _max_relative_difference(b, a, prefix)
-    print(f"8 vs 1 devices, max relative difference of {prefix}: {diff:.2e}")
-    assert diff < 1e-4, (prefix, diff)
+def _compare(a, b):
+  out = {"losses": float(np.max(np.abs(b["losses"] - a["losses"]) / np.abs(a["losses"]))),
+         "meta_losses": float(np.max(np.abs(b["meta_losses"] - a["meta_losses"]) / np.abs(a["meta_losses"])))}
+  out.update({p: relative_difference(b, a, p) for p in ("params", "meta", "stats")})
+  return out
 
 
 def _free_port():
@@ -65,22 +56,52 @@ def _free_port():
     return s.getsockname()[1]
 
 
+# Why float32 is only bounded: 10 steps with 2 meta steps of MMKD; Adam's first meta updates are
+# ~lr * sign(g), so rounding-level differences (another reduction order over devices) flip the
+# sign of near-zero hypergradient entries. In float64 the same runs agree to ~1e-10.
+F64_TOLERANCE = 1e-8
+F32_TOLERANCE = 2e-2
+
+
+@pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
+def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_dir, x64):
+  one, eight = tmp_path / "one.npz", tmp_path / "eight.npz"
+  _wait(_run("steps", one, data_dir, 1, 1, x64=x64))
+  _wait(_run("steps", eight, data_dir, 8, 1, x64=x64))
+  a, b = np.load(one), np.load(eight)
+  assert int(a["devices"]) == 1 and int(b["devices"]) == 8 and len(a["meta_losses"]) == 2
+  diffs = _compare(a, b)
+  print(f"8 vs 1 devices ({'float64' if x64 else 'float32'}), max relative differences: {diffs}")
+  assert max(diffs.values()) < (F64_TOLERANCE if x64 else F32_TOLERANCE), diffs
+
+
+@pytest.mark.slow
 def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_dir):
+  # Exactness of the multi-process program: float64 steps, 2 processes x 2 devices vs 1 x 4.
   single = tmp_path / "single.npz"
-  _wait(_run("train", single, data_dir, 4, tmp_path / "w1"))
+  _wait(_run("steps", single, data_dir, 4, 1, x64=True))
   port = _free_port()
-  workdir = tmp_path / "w2"
-  procs = [_run("train", tmp_path / f"multi{p}.npz", data_dir, 2, workdir, port, p, 2) for p in range(2)]
+  procs = [_run("steps", tmp_path / f"multi{p}.npz", data_dir, 2, 1, port, p, 2, x64=True) for p in range(2)]
   for p in procs:
     _wait(p)
-  a, b = np.load(single), np.load(tmp_path / "multi0.npz")
+  diffs = _compare(np.load(single), np.load(tmp_path / "multi0.npz"))
+  print(f"2 processes x 2 devices vs 1 x 4 devices (float64 steps): {diffs}")
+  assert max(diffs.values()) < F64_TOLERANCE, diffs
+  # The whole trainer (data shards per process, collective orbax checkpoint), float32, 10 steps.
+  _wait(_run("train", tmp_path / "train_single.npz", data_dir, 4, tmp_path / "w1"))
+  port = _free_port()
+  workdir = tmp_path / "w2"
+  procs = [_run("train", tmp_path / f"train_multi{p}.npz", data_dir, 2, workdir, port, p, 2) for p in range(2)]
+  for p in procs:
+    _wait(p)
+  a, b = np.load(tmp_path / "train_single.npz"), np.load(tmp_path / "train_multi0.npz")
   assert int(b["processes"]) == 2 and int(a["step"]) == int(b["step"]) == 10
   for prefix in ("params", "meta"):
-    diff = _max_relative_difference(b, a, prefix)
-    print(f"2 processes x 2 devices vs 1 process x 4 devices, {prefix}: {diff:.2e}")
-    assert diff < 1e-4, (prefix, diff)
+    diff = relative_difference(b, a, prefix)
+    print(f"trainer, 2 processes vs 1 process (float32), {prefix}: {diff:.2e}")
+    assert diff < F32_TOLERANCE, (prefix, diff)
   restored = tmp_path / "restored.npz"
   _wait(_run("restore", restored, data_dir, 1, workdir))
   r = np.load(restored)
   assert int(r["step"]) == 10
-  assert _max_relative_difference(r, b, "params") == 0.0
+  assert relative_difference(r, b, "params") == 0.0 and relative_difference(r, b, "meta") == 0.0
