@@ -32,6 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.feature_layer = -2           # feat[...] used by feature terms and cached (-2: last map)
   # Data parallelism: BatchNorm statistics per device (like PyTorch DDP) unless synchronised.
   c.sync_batch_norm = False
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""  # host:port of process 0; "" = single process or auto
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.auto = True      # let JAX detect TPU pods / SLURM / JAX_COORDINATOR_ADDRESS
 
   # Student optimisation: the reference's SGD schedule.
   c.batch_size = 64

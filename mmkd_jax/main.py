@@ -156,7 +156,12 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[teachers_lib.Teac
     n = len(indices)
     return logits[:n], tuple(f[:n] for f in feats)
 
-  teacher_cache.write_cache(directory, spec, producer, batch_size=256)
+  pi, pc = jax.process_index(), jax.process_count()
+  if not teacher_cache.shard_exists(directory, pi, pc):
+    teacher_cache.write_cache(directory, spec, producer, batch_size=256, shard=pi, num_shards=pc)
+  if pc > 1:  # every host writes its shard; all wait until the cache is whole
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("mmkd_jax teacher cache written")
   print(f"teacher cache written: {directory}")
   return directory
 
@@ -214,11 +219,30 @@ def evaluate_checkpoint(config, workdir, loaded) -> dict:
   return result
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """``jax.distributed.initialize`` from the config (or flags), else auto-detection.
+
+  Explicit: ``--config.distributed.coordinator_address=host:port``, ``num_processes``,
+  ``process_id``. Auto (``distributed.auto``): on TPU pod slices, SLURM jobs with several tasks,
+  or when ``JAX_COORDINATOR_ADDRESS`` is set, JAX detects the cluster itself.
+  """
+  d = config.distributed
+  if d.coordinator_address:
+    jax.distributed.initialize(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                               process_id=d.process_id)
+  elif d.auto and (os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+                   or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0):
+    jax.distributed.initialize()
+
+
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required")
+  initialize_distributed(_CONFIG.value)
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.ERROR)
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except (train.NonFiniteLossError, ConfigError, teacher_cache.CacheMismatchError, FileNotFoundError) as e:

@@ -377,6 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
                        quiet: bool = False) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` if it holds checkpoints) and returns the summary."""
   os.makedirs(workdir, exist_ok=True)
+  quiet = quiet or jax.process_index() != 0  # logging and progress from process 0 only
   setup = build(config, teachers, cache, student_arch)
   spe, steps, mesh = setup.steps_per_epoch, setup.steps, setup.mesh
   pi, pc = jax.process_index(), jax.process_count()

@@ -189,14 +189,14 @@ def test_truncated_cache_is_refused(tmp_path):
   directory = str(tmp_path / "c")
   teacher_cache.write_cache(directory, spec, _fake_producer(2, 10))
   # Claim more examples than were written: the record count no longer matches.
-  meta_path = os.path.join(directory, "teacher_outputs", "1.0.0", teacher_cache.CACHE_META_FILE)
+  meta_path = os.path.join(directory, "shard000of001", "teacher_outputs", "1.0.0", teacher_cache.CACHE_META_FILE)
   with open(meta_path) as f:
     meta = json.load(f)
-  meta["num_examples"] = 12
+  meta["index_range"] = [0, 12]
   with open(meta_path, "w") as f:
     json.dump(meta, f)
   with pytest.raises(teacher_cache.CacheMismatchError, match="truncated: 20 records, expected 24"):
-    teacher_cache.TeacherCache(directory, teacher_cache.CacheSpec.from_json(meta))
+    teacher_cache.TeacherCache(directory, spec)
 
 
 def test_interrupted_precompute_leaves_nothing_acceptable(tmp_path):
@@ -224,3 +224,19 @@ def test_bfloat16_storage_round_trip():
   back = teacher_cache.from_storage(teacher_cache.to_storage(x, "bfloat16"), "bfloat16")
   np.testing.assert_allclose(back, x, rtol=2 ** -8)
   assert teacher_cache.to_storage(x, "bfloat16").dtype == np.uint16
+
+
+def test_sharded_cache_reads_like_one(tmp_path):
+  """Each host writes its own index range; any reader sees the whole cache."""
+  loaded = _random_teachers(tmp_path)
+  spec = _spec(loaded, 10)
+  whole, sharded = str(tmp_path / "whole"), str(tmp_path / "sharded")
+  teacher_cache.write_cache(whole, spec, _fake_producer(2, 10))
+  teacher_cache.write_cache(sharded, spec, _fake_producer(2, 10), shard=0, num_shards=3)
+  assert not teacher_cache.cache_exists(sharded)  # shards 1 and 2 missing: refused
+  for s in (1, 2):
+    teacher_cache.write_cache(sharded, spec, _fake_producer(2, 10), shard=s, num_shards=3)
+  a, b = teacher_cache.TeacherCache(whole, spec), teacher_cache.TeacherCache(sharded, spec)
+  indices = np.array([9, 0, 4, 3, 7])
+  for epoch in (0, 1):
+    np.testing.assert_array_equal(a.lookup(indices, epoch)["teacher_logits"], b.lookup(indices, epoch)["teacher_logits"])
