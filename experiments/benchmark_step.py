@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import optim, train
+from mmkd_jax import optim, parallel, train
 from mmkd_jax.config_base import base_config
 from mmkd_jax.data import sources
 from mmkd_jax.distill.methods import TeacherInfo, get_method
@@ -102,7 +102,8 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
   cached = dict(raw, teacher_logits=logits, teacher_feat=feats)
   shapes = feature_shapes(teachers)
   info = TeacherInfo(len(teachers), tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
-  result = {"student": student, "teachers": list(teacher_archs), "batch": batch}
+  result = {"student": student, "teachers": list(teacher_archs), "batch": batch,
+            "devices": len(jax.devices())}
   epoch = jnp.asarray(1, jnp.int32)
   for source in ("precomputed", "online"):
     config = make_config(batch, num_classes, source)
@@ -123,6 +124,10 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
                           meta_params=meta_params, meta_opt_state=steps.meta_optimizer.init(meta_params),
                           buffer=buf, rng=jax.random.key_data(jax.random.key(1)),
                           nonfinite=jnp.full((2,), -1, jnp.int32))
+    # Data-parallel over every visible device (one device: a no-op).
+    mesh = parallel.data_mesh()
+    state, setup_raw = parallel.replicate(state, mesh), parallel.shard_batch(setup_raw, mesh)
+    tv = parallel.replicate(tv, mesh)
     compiled_steps, compile_s = {}, {}
     for name, fn in (("plain", steps.train_step), ("meta", steps.meta_step)):
       start = time.perf_counter()

@@ -84,3 +84,32 @@ class JointMethod:
     loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
     terms["logits"] = logits
     return loss, (dict(new_state, student=student_stats), terms)
+
+
+class BilevelObjectives:
+  """The objectives of methods whose weights are learned by a look-ahead (MMKD, BOMD).
+
+  A subclass provides ``terms(params, state, meta_params, batch) -> (terms, new_state)`` with
+  ``loss_cls``, ``loss_div`` and ``loss_feat``, and the fields ``student``, ``alpha``, ``beta``:
+    train    = CE + loss_div + beta * loss_feat
+    matching = alpha * loss_div + beta * loss_feat     (the look-ahead steps)
+    outer    = CE                                      (after the look-ahead)
+  """
+
+  needs_teachers = True
+
+  def train_objective(self, params, state, meta_params, batch):
+    t, new_state = self.terms(params, state, meta_params, batch)
+    return t["loss_cls"] + t["loss_div"] + self.beta * t["loss_feat"], (new_state, t)
+
+  def matching_objective(self, params, state, meta_params, batch):
+    t, new_state = self.terms(params, state, meta_params, batch)
+    return self.alpha * t["loss_div"] + self.beta * t["loss_feat"], (new_state, t)
+
+  def outer_objective(self, params, state, meta_params, batch):
+    del meta_params
+    _, logits, stats = apply_student(self.student, params, state, batch["image"])
+    return losses.cross_entropy(logits, batch["label"]), (dict(state, student=stats), {"logits": logits})
+
+  def lookahead_objectives(self, matching_steps: int = 2, outer_steps: int = 1):
+    return [self.matching_objective] * matching_steps + [self.outer_objective] * outer_steps

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from mmkd_jax.distill import losses
-from mmkd_jax.distill.base import apply_student, kd_matrix
+from mmkd_jax.distill.base import BilevelObjectives, apply_student, kd_matrix
 
 Array = jax.Array
 PyTree = Any
@@ -41,7 +41,7 @@ def projection(generator: Array, student_channels: int, teacher_channels: int) -
 
 
 @dataclasses.dataclass(frozen=True)
-class BOMD:
+class BOMD(BilevelObjectives):
   student: nn.Module
   num_teachers: int
   teacher_channels: Sequence[int]
@@ -51,7 +51,6 @@ class BOMD:
   beta: float = 100.0
 
   bilevel = True
-  needs_teachers = True
 
   def init(self, rng: Array, batch: dict[str, Any]):
     variables = self.student.init(rng, batch["image"], train=False)
@@ -80,20 +79,3 @@ class BOMD:
            "loss_feat": jnp.sum(weights * jnp.mean(align, axis=0)),
            "logits_weights": per_sample_weights, "feature_weights": per_sample_weights}
     return out, dict(state, student=stats)
-
-  def train_objective(self, params, state, meta_params, batch):
-    t, new_state = self.terms(params, state, meta_params, batch)
-    loss = t["loss_cls"] + t["loss_div"] + self.beta * t["loss_feat"]
-    return loss, (new_state, t)
-
-  def matching_objective(self, params, state, meta_params, batch):
-    t, new_state = self.terms(params, state, meta_params, batch)
-    return self.alpha * t["loss_div"] + self.beta * t["loss_feat"], (new_state, t)
-
-  def outer_objective(self, params, state, meta_params, batch):
-    del meta_params
-    _, logits, stats = apply_student(self.student, params, state, batch["image"])
-    return losses.cross_entropy(logits, batch["label"]), (dict(state, student=stats), {"logits": logits})
-
-  def lookahead_objectives(self, matching_steps: int = 2, outer_steps: int = 1):
-    return [self.matching_objective] * matching_steps + [self.outer_objective] * outer_steps

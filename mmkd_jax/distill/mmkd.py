@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import FeatureAligner
+from mmkd_jax.distill.base import BilevelObjectives, apply_student
 from mmkd_jax.distill.meta_nets import WeightMLP, feature_weight_input, logits_weight_input
 
 Array = jax.Array
@@ -34,7 +35,7 @@ PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class MMKD:
+class MMKD(BilevelObjectives):
   student: nn.Module
   num_teachers: int
   teacher_channels: Sequence[int]
@@ -56,10 +57,6 @@ class MMKD:
   @property
   def bilevel(self) -> bool:
     return self.weighting == "meta"
-
-  @property
-  def needs_teachers(self) -> bool:
-    return True
 
   @property
   def aligner(self) -> FeatureAligner:
@@ -95,12 +92,6 @@ class MMKD:
     return params, state, meta
 
   # -- the loss terms -------------------------------------------------------------------
-  def student_forward(self, params: PyTree, state: PyTree, image: Array):
-    (feats, logits), updated = self.student.apply(
-        {"params": params["student"], "batch_stats": state["student"]}, image, train=True,
-        mutable=["batch_stats"])
-    return feats, logits, updated["batch_stats"]
-
   def teacher_weights(self, meta_params: PyTree, batch: dict[str, Any], logits: Array,
                       student_feat: Array | None) -> tuple[Array, Array | None]:
     if not self.bilevel:
@@ -149,28 +140,8 @@ class MMKD:
   def terms(self, params: PyTree, state: PyTree, meta_params: PyTree, batch: dict[str, Any]
             ) -> tuple[dict[str, Array], PyTree]:
     """All named loss terms and weights for one batch, and the updated running statistics."""
-    feats, logits, student_stats = self.student_forward(params, state, batch["image"])
+    feats, logits, student_stats = apply_student(self.student, params, state, batch["image"])
     student_feat = feats[self.feature_index] if self.uses_features else None
     out, new_state = self.loss_terms(logits, student_feat, params, state, meta_params, batch)
     new_state["student"] = student_stats
     return out, new_state
-
-  # -- objectives (bilevel.Objective signature) -------------------------------------------
-  def train_objective(self, params, state, meta_params, batch):
-    t, new_state = self.terms(params, state, meta_params, batch)
-    loss = t["loss_cls"] + t["loss_div"] + self.beta * t["loss_feat"]
-    return loss, (new_state, t)
-
-  def matching_objective(self, params, state, meta_params, batch):
-    t, new_state = self.terms(params, state, meta_params, batch)
-    loss = self.alpha * t["loss_div"] + self.beta * t["loss_feat"]
-    return loss, (new_state, t)
-
-  def outer_objective(self, params, state, meta_params, batch):
-    del meta_params
-    _, logits, student_stats = self.student_forward(params, state, batch["image"])
-    return losses.cross_entropy(logits, batch["label"]), (dict(state, student=student_stats),
-                                                           {"logits": logits})
-
-  def lookahead_objectives(self, matching_steps: int = 2, outer_steps: int = 1):
-    return [self.matching_objective] * matching_steps + [self.outer_objective] * outer_steps
