@@ -6,8 +6,8 @@
 Teachers and the teacher cache are prepared once (trained/precomputed if missing) and shared by
 every run. Each (method, seed) run has its own work directory under ``--out``; a run whose
 ``summary.json`` exists is reused, so an interrupted comparison continues where it stopped.
-Writes ``<out>/results.md`` (mean +- std of the final and the best-epoch test top-1) and
-``<out>/results.png``.
+Writes ``<out>/results.md`` (mean +- std of the final and the best-epoch test top-1),
+``<out>/results.png`` (bar chart) and ``<out>/curves.png`` (test accuracy per epoch).
 """
 
 from __future__ import annotations
@@ -110,6 +110,33 @@ def write_chart(results: dict, path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
+def write_curves(out: str, methods, seeds: int, path: str) -> None:
+  """Test top-1 per epoch, mean over seeds, one line per method (from each run's metrics.jsonl)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for method in methods:
+    curves = []
+    for seed in range(seeds):
+      metrics = os.path.join(out, method, f"seed{seed}", "metrics.jsonl")
+      if os.path.exists(metrics):
+        with open(metrics) as f:
+          records = [json.loads(line) for line in f]
+        curves.append([r["test_top1"] for r in records if "test_top1" in r])
+    if curves:
+      length = min(len(c) for c in curves)
+      mean = np.mean([c[:length] for c in curves], axis=0)
+      ax.plot(np.arange(1, length + 1), mean, label=DISPLAY.get(method, method))
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("test top-1 (%), mean over seeds")
+  ax.set_ylim(bottom=80)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True)
@@ -138,6 +165,7 @@ def main(argv=None) -> int:
   os.makedirs(args.out, exist_ok=True)
   write_table(results, config, os.path.join(args.out, "results.md"))
   write_chart(results, os.path.join(args.out, "results.png"))
+  write_curves(args.out, methods, args.seeds, os.path.join(args.out, "curves.png"))
   with open(os.path.join(args.out, "results.md")) as f:
     print(f.read())
   print(f"total {(time.time() - started) / 60:.1f} min; chart {os.path.join(args.out, 'results.png')}")
