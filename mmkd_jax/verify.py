@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -92,8 +92,6 @@ def test_ebkd_weights_by_hand():
 
 def test_camkd_confidence_weights_by_hand():
   ce = jnp.array([[0.1, 2.0, 5.0]])
-  soft = np.exp(-np.array([0.0]))  # placeholder to keep numpy imported for clarity
-  del soft
   s = np.exp([0.1, 2.0, 5.0]) / np.exp([0.1, 2.0, 5.0]).sum()
   np.testing.assert_allclose(lw.confidence_weights(ce)[0], (1 - s) / 2, rtol=1e-6)
   np.testing.assert_allclose(float(jnp.sum(lw.confidence_weights(ce))), 1.0, rtol=1e-6)

@@ -6,7 +6,6 @@ Normalisations follow the reference code (see docs/methods.md): they differ betw
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
