@@ -110,8 +110,9 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
     config.meta.first_order = first_order
     method = get_method(config, get_model(student, num_classes), -2, info)
     opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
+    mesh = parallel.data_mesh()
     steps = train.Steps(config, method, opt, optim.torch_adam(1e-3, 1e-4), spec, tuple(teachers),
-                        source == "online")
+                        source == "online", parallel.batch_sharding(mesh) if mesh.devices.size > 1 else None)
     setup_raw = cached if source == "precomputed" else raw
     tv = teacher_vars if source == "online" else ()
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=None, model_state=None, opt_state=None,
@@ -125,7 +126,6 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
                           buffer=buf, rng=jax.random.key_data(jax.random.key(1)),
                           nonfinite=jnp.full((2,), -1, jnp.int32))
     # Data-parallel over every visible device (one device: a no-op).
-    mesh = parallel.data_mesh()
     state, setup_raw = parallel.replicate(state, mesh), parallel.shard_batch(setup_raw, mesh)
     tv = parallel.replicate(tv, mesh)
     compiled_steps, compile_s = {}, {}

@@ -32,7 +32,12 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Batch-major arrays: axis 0 split over the 'data' axis."""
+  return NamedSharding(mesh, P("data"))
+
+
 def shard_batch(batch: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   """Process-local rows -> global arrays sharded along axis 0 over the mesh."""
-  sharding = NamedSharding(mesh, P("data"))
+  sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

@@ -64,6 +64,8 @@ class Steps:
   spec: sources.DatasetSpec
   teachers: Sequence[Teacher]
   online: bool
+  # Sharding of batch-major arrays (the mesh's 'data' axis); None on a single device.
+  data_sharding: Any = None
 
   def device_batch(self, raw: dict[str, Any], teacher_vars: Sequence[PyTree]) -> dict[str, Any]:
     """Augments (from seed, index, replay) and normalises on device; adds teacher outputs."""
@@ -111,6 +113,10 @@ class Steps:
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     if isinstance(state.buffer, hard_buffer.HardBuffer):
       batch = hard_buffer.sample(state.buffer, sample_key, self.config.batch_size)
+      if self.data_sharding is not None:
+        # The buffer is replicated, so a gather from it is too: without this constraint every
+        # device would compute the whole meta step (measured: 7.8x slower on 8 devices).
+        batch = jax.lax.with_sharding_constraint(batch, self.data_sharding)
     else:
       batch = self.device_batch(raw, teacher_vars)
     batch = dict(batch, epoch=epoch)
@@ -210,7 +216,8 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher], cache:
   optimizer = optim.torch_sgd(schedule, config.momentum, config.nesterov, config.weight_decay)
   meta_optimizer = optim.torch_adam(config.meta.lr, config.meta.weight_decay)
   online = config.teacher_source == "online"
-  steps = Steps(config, method, optimizer, meta_optimizer, spec, tuple(teachers), online)
+  steps = Steps(config, method, optimizer, meta_optimizer, spec, tuple(teachers), online,
+                parallel.batch_sharding(mesh) if mesh.devices.size > 1 else None)
   return Setup(config, spec, train_source, test_source, spe, method, list(teachers), cache, steps, mesh)
 
 
