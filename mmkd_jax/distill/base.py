@@ -9,7 +9,7 @@ the student, assembles ``loss = sum of the loss_* terms`` and exposes the method
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -84,6 +84,18 @@ class JointMethod:
     loss = sum(v for k, v in terms.items() if k.startswith("loss_"))
     terms["logits"] = logits
     return loss, (dict(new_state, student=student_stats), terms)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherWeightingFields:
+  """The fields every bi-level weighting method shares (MMKD, BOMD)."""
+  student: nn.Module
+  num_teachers: int
+  teacher_channels: Sequence[int]
+  feature_index: int = -2
+  temperature: float = 4.0
+  alpha: float = 1.0
+  beta: float = 100.0
 
 
 class BilevelObjectives:

@@ -15,14 +15,13 @@ Objectives: train = CE + sum_t w_t KL_t + beta sum_t w_t align_t; look-ahead = t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmkd_jax.distill import losses
-from mmkd_jax.distill.base import BilevelObjectives, apply_student, kd_matrix
+from mmkd_jax.distill.base import BilevelObjectives, TeacherWeightingFields, apply_student, kd_matrix
 
 Array = jax.Array
 PyTree = Any
@@ -41,14 +40,8 @@ def projection(generator: Array, student_channels: int, teacher_channels: int) -
 
 
 @dataclasses.dataclass(frozen=True)
-class BOMD(BilevelObjectives):
-  student: nn.Module
-  num_teachers: int
-  teacher_channels: Sequence[int]
-  feature_index: int = -2
-  temperature: float = 4.0
-  alpha: float = 1.0
-  beta: float = 100.0
+class BOMD(TeacherWeightingFields, BilevelObjectives):
+  """Fields: student, num_teachers, teacher_channels, feature_index, temperature, alpha, beta."""
 
   bilevel = True
 

@@ -19,15 +19,14 @@ Objectives (B = batch, weights w[b, t] from the meta nets, KD at temperature T):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import FeatureAligner
-from mmkd_jax.distill.base import BilevelObjectives, apply_student
+from mmkd_jax.distill.base import BilevelObjectives, TeacherWeightingFields, apply_student
 from mmkd_jax.distill.meta_nets import WeightMLP, feature_weight_input, logits_weight_input
 
 Array = jax.Array
@@ -35,14 +34,7 @@ PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class MMKD(BilevelObjectives):
-  student: nn.Module
-  num_teachers: int
-  teacher_channels: Sequence[int]
-  feature_index: int = -2
-  temperature: float = 4.0
-  alpha: float = 1.0
-  beta: float = 100.0
+class MMKD(TeacherWeightingFields, BilevelObjectives):
   deep_aligner: bool = False
   hidden_divisor: int = 2
   bn_groups: int = 1
