@@ -203,11 +203,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def evaluate_checkpoint(config, workdir, loaded) -> dict:
   from mmkd_jax import checkpoint, parallel  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   setup = train.build(config, loaded, None if config.teacher_source == "online" else open_cache(config, loaded))
-  example = next(iter(pipeline.train_batches(setup.train_source, setup.spec, config.batch_size, config.seed, 0,
-                                             join=lambda i, e: train._host_batch(setup, i, e))))  # pylint: disable=protected-access
-  state = train.init_state(setup, example)
+  state = train.init_state(setup, train.example_batch(setup))
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints, async_save=False)
   restored = ckpts.restore(state, "best") or ckpts.restore(state, "latest")
   if restored is None:

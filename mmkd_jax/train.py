@@ -140,7 +140,7 @@ class Steps:
 
 
 def _eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-  per_sample_loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], -1)[:, 0]
+  per_sample_loss = losses.per_sample_cross_entropy(logits, labels)
   return {"top1": jnp.sum(losses.top_k_correct(logits, labels, 1) * mask),
           "top5": jnp.sum(losses.top_k_correct(logits, labels, 5) * mask),
           "loss": jnp.sum(per_sample_loss * mask), "count": jnp.sum(mask)}
@@ -226,6 +226,14 @@ def _host_batch(setup: Setup, indices: np.ndarray, epoch: int) -> dict[str, Any]
   if setup.cache is not None and setup.method.needs_teachers and not setup.steps.online:
     return setup.cache.lookup(indices, epoch)
   return {"replay": np.full(len(indices), epoch, np.int32)}
+
+
+def example_batch(setup: Setup) -> dict[str, Any]:
+  """This process's first training batch (with its joined arrays), for shapes at initialisation."""
+  return next(iter(pipeline.train_batches(
+      setup.train_source, setup.spec, setup.config.batch_size, setup.config.seed, 0,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      join=lambda i, e: _host_batch(setup, i, e))))
 
 
 def init_state(setup: Setup, example_raw: dict[str, Any]) -> TrainState:
@@ -389,10 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
   spe, steps, mesh = setup.steps_per_epoch, setup.steps, setup.mesh
   pi, pc = jax.process_index(), jax.process_count()
 
-  example = next(iter(pipeline.train_batches(setup.train_source, setup.spec, config.batch_size,
-                                             config.seed, 0, process_index=pi, process_count=pc,
-                                             join=lambda i, e: _host_batch(setup, i, e))))
-  state = init_state(setup, example)
+  state = init_state(setup, example_batch(setup))
   ckpt = checkpoint.Checkpoints(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
   host = {"best_top1": -1.0, "best_epoch": 0, "history": [], "teacher_accuracy": {}}
   restored = ckpt.restore(state)

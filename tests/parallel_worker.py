@@ -104,8 +104,7 @@ elif mode == "restore":
   c = config()
   loaded = teachers()
   setup = train.build(c, loaded, None)
-  example = next(iter(pipeline.train_batches(setup.train_source, setup.spec, c.batch_size, c.seed, 0,
-                                             join=lambda i, e: {"replay": np.full(len(i), e, np.int32)})))
-  state, _, step = checkpoint.Checkpoints(sys.argv[5], async_save=False).restore(train.init_state(setup, example))
+  state, _, step = checkpoint.Checkpoints(sys.argv[5], async_save=False).restore(
+      train.init_state(setup, train.example_batch(setup)))
   np.savez(out, step=step, **{"params" + k: v for k, v in flat(state.params).items()},
            **{"meta" + k: v for k, v in flat(state.meta_params).items()})

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmkd_jax.distill import losses
 from mmkd_jax.distill.base import JointMethod
 
 Array = jax.Array
@@ -91,8 +92,7 @@ class AMTMLKD(JointMethod):
     divisor = target.size if self.kd_reduction == "mean" else target.shape[0]
     terms = {
         "loss_div": 2 * self.alpha * t ** 2 * jnp.sum(pointwise) / divisor,
-        "loss_cls": (1 - self.alpha) * -jnp.mean(jnp.take_along_axis(
-            jax.nn.log_softmax(logits), batch["label"][:, None], -1)),
+        "loss_cls": (1 - self.alpha) * losses.cross_entropy(logits, batch["label"]),
         "logits_weights": mu,
     }
     if self.angle_weight:

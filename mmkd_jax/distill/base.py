@@ -41,9 +41,8 @@ def entropy(logits: Array) -> Array:
 
 
 def teacher_cross_entropy(teacher_logits: Array, labels: Array) -> Array:
-  """Per-sample cross-entropy of each teacher: (B, T)."""
-  log_p = jax.nn.log_softmax(teacher_logits, axis=-1)
-  return -jnp.take_along_axis(log_p, labels[:, None, None].astype(jnp.int32), axis=-1)[..., 0]
+  """Per-sample cross-entropy of each teacher: (B, T) from (B, T, C) logits."""
+  return losses.per_sample_cross_entropy(teacher_logits, labels)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,12 +68,11 @@ class CAMKD(JointMethod):
       return terms, state
     embedded, updated = self.embeds.apply({"params": params["match"], "batch_stats": state["match"]},
                                           feats[self.feature_index], mutable=["batch_stats"])
-    head_ce, mse = [], []
+    head_logits, mse = [], []
     for h, target, (kernel, bias) in zip(embedded, batch["teacher_feat"], self.teacher_heads):
-      head_logits = jnp.mean(h, axis=(1, 2)) @ jnp.asarray(kernel, h.dtype) + jnp.asarray(bias, h.dtype)
-      head_ce.append(-jnp.take_along_axis(jax.nn.log_softmax(head_logits), batch["label"][:, None], -1)[:, 0])
+      head_logits.append(jnp.mean(h, axis=(1, 2)) @ jnp.asarray(kernel, h.dtype) + jnp.asarray(bias, h.dtype))
       mse.append(losses.per_sample_mse(h, target.astype(h.dtype)))
-    omega = confidence_weights(jnp.stack(head_ce, axis=-1))
+    omega = confidence_weights(teacher_cross_entropy(jnp.stack(head_logits, axis=1), batch["label"]))
     per_sample = jnp.stack(mse, axis=-1)
     terms.update(loss_feat=self.beta * jnp.sum(omega * per_sample) / per_sample.size, feature_weights=omega)
     return terms, dict(state, match=updated["batch_stats"])

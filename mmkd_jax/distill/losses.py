@@ -8,10 +8,16 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def per_sample_cross_entropy(logits: Array, labels: Array) -> Array:
+  """Softmax cross-entropy per sample; ``logits`` (B, ..., C), ``labels`` (B,) -> (B, ...)."""
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  index = labels.astype(jnp.int32).reshape(labels.shape + (1,) * (logits.ndim - 1))
+  return -jnp.take_along_axis(log_probs, index, axis=-1)[..., 0]
+
+
 def cross_entropy(logits: Array, labels: Array) -> Array:
   """Mean softmax cross-entropy with integer labels (PyTorch ``F.cross_entropy``)."""
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1))
+  return jnp.mean(per_sample_cross_entropy(logits, labels))
 
 
 def kd_per_sample(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
@@ -78,5 +84,5 @@ def top_k_correct(logits: Array, labels: Array, k: int) -> Array:
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-__all__ = ["adaptive_avg_pool", "cross_entropy", "gram", "kd_batchmean", "kd_per_sample",
+__all__ = ["adaptive_avg_pool", "cross_entropy", "per_sample_cross_entropy", "gram", "kd_batchmean", "kd_per_sample",
            "per_sample_mse", "pool_to_common_size", "top_k_correct", "weighted_batch_sum"]
