@@ -8,7 +8,21 @@ where ``model_state`` carries non-differentiated state such as BatchNorm running
 statistics. ``lookahead`` takes one inner optax step per objective; ``hypergradient``
 differentiates an outer objective evaluated after the look-ahead with respect to
 ``meta_params``, through every inner step (optimizer state, momentum, weight decay and
-BatchNorm batch statistics included), by reverse-over-reverse ``jax.grad``.
+BatchNorm batch statistics included). Two exact ways compute the same number:
+
+* ``"reverse"``: reverse-over-reverse ``jax.grad`` of the whole unrolled look-ahead.
+* ``"forward_over_reverse"``: the reverse recursion of reverse-mode hyperparameter
+  optimisation (Franceschi et al., 2017) written with JAX primitives. Each inner step
+  ``(params, opt_state) <- U(params, opt_state, grad L_t(params, meta))`` is linearised
+  while the look-ahead runs (``jax.linearize`` of the joint gradient w.r.t. params and
+  meta_params, so the primal work is not repeated); walking back, the adjoint of the
+  update map U comes from ``jax.vjp`` (elementwise, cheap) and one forward-mode product
+  with the stored linearisation gives both terms the recursion needs, the Hessian-vector
+  product ``H_params v`` and the mixed product ``(d grad / d meta)^T v``. The first step
+  needs only the mixed product, so its Hessian part is never built.
+
+Both assume ``model_state`` does not change any loss (train-mode BatchNorm: running statistics
+are outputs only); ``"reverse"`` also differentiates through it, the recursion does not.
 """
 
 from __future__ import annotations
@@ -16,10 +30,13 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 PyTree = Any
 Objective = Callable[[PyTree, PyTree, PyTree, PyTree], tuple[jax.Array, tuple[PyTree, dict]]]
+
+MODES = ("reverse", "forward_over_reverse")
 
 
 class LookaheadResult(NamedTuple):
@@ -63,12 +80,25 @@ def lookahead(optimizer: optax.GradientTransformation, objectives: Sequence[Obje
 def hypergradient(optimizer: optax.GradientTransformation, inner_objectives: Sequence[Objective],
                   outer_objective: Objective, params: PyTree, opt_state: PyTree,
                   model_state: PyTree, meta_params: PyTree, batch: PyTree,
-                  first_order: bool = False) -> tuple[jax.Array, PyTree, LookaheadResult]:
+                  first_order: bool = False, mode: str = "forward_over_reverse",
+                  ) -> tuple[jax.Array, PyTree, LookaheadResult]:
   """``d outer(lookahead(params; meta_params)) / d meta_params``.
 
   Returns (final outer loss, hypergradient, look-ahead result). The look-ahead result is
-  what a caller keeps when it does not roll back.
+  what a caller keeps when it does not roll back. ``mode`` picks one of ``MODES`` (same
+  result up to rounding; see the module docstring).
   """
+  if mode == "reverse":
+    return _reverse_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
+                                 model_state, meta_params, batch, first_order)
+  if mode == "forward_over_reverse":
+    return _forward_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
+                                 model_state, meta_params, batch, first_order)
+  raise ValueError(f"unknown hypergradient mode {mode!r}; expected one of {MODES}")
+
+
+def _reverse_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
+                          model_state, meta_params, batch, first_order):
   def outer_after_lookahead(meta):
     result = lookahead(optimizer, inner_objectives, params, opt_state, model_state, meta, batch,
                        first_order)
@@ -77,3 +107,58 @@ def hypergradient(optimizer: optax.GradientTransformation, inner_objectives: Seq
 
   (final_loss, result), grads = jax.value_and_grad(outer_after_lookahead, has_aux=True)(meta_params)
   return final_loss, grads, result
+
+
+def _split_inexact(tree: PyTree) -> tuple[list, Callable[[list], PyTree]]:
+  """The floating-point leaves of ``tree`` and a function rebuilding it from new ones
+  (integer leaves such as optax step counts are not differentiated)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  is_float = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves]
+
+  def rebuild(float_leaves: list) -> PyTree:
+    it = iter(float_leaves)
+    return jax.tree.unflatten(treedef, [next(it) if f else x for x, f in zip(leaves, is_float)])
+
+  return [x for x, f in zip(leaves, is_float) if f], rebuild
+
+
+def _tree_add(a: PyTree, b: PyTree) -> PyTree:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def _forward_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
+                          model_state, meta_params, batch, first_order):
+  records, losses, metrics = [], [], []
+  for objective in inner_objectives:
+    def joint_grad(p, objective=objective, model_state=model_state):
+      (loss, (new_state, m)), grads = jax.value_and_grad(
+          lambda p, meta: objective(p, model_state, meta, batch), argnums=(0, 1), has_aux=True)(
+              p, meta_params)
+      return grads, (loss, new_state, m)
+
+    (grads, _), tangent_fn, (loss, model_state, m) = jax.linearize(joint_grad, params, has_aux=True)
+    float_state, rebuild_state = _split_inexact(opt_state)
+    records.append((params, float_state, rebuild_state, grads, tangent_fn))
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    losses.append(loss)
+    metrics.append(m)
+  result = LookaheadResult(params, opt_state, model_state, losses, metrics)
+
+  (final_loss, _), (params_bar, meta_bar) = jax.value_and_grad(
+      outer_objective, argnums=(0, 2), has_aux=True)(params, model_state, meta_params, batch)
+  state_bar = [jnp.zeros_like(x) for x in _split_inexact(opt_state)[0]]
+  for t in reversed(range(len(records))):
+    p, float_state, rebuild_state, grads, tangent_fn = records[t]
+
+    def update_map(p, float_state, g, rebuild_state=rebuild_state):
+      updates, new_state = optimizer.update(g, rebuild_state(float_state), p)
+      return optax.apply_updates(p, updates), _split_inexact(new_state)[0]
+
+    _, update_vjp = jax.vjp(update_map, p, float_state, grads)
+    p_bar, state_bar, grads_bar = update_vjp((params_bar, state_bar))
+    hessian_v, mixed_v = tangent_fn(grads_bar)
+    meta_bar = _tree_add(meta_bar, mixed_v)
+    # params_bar of step 0 is the adjoint of the initial point, which nothing needs.
+    params_bar = p_bar if (first_order or t == 0) else _tree_add(p_bar, hessian_v)
+  return final_loss, meta_bar, result

@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.lookahead_matching_steps = 2
   c.meta.lookahead_outer_steps = 1
   c.meta.first_order = False
+  # How the exact hypergradient is computed (mmkd_jax.bilevel.MODES): the reverse recursion
+  # with forward-over-reverse products, or reverse-over-reverse jax.grad of the unrolled steps.
+  c.meta.hypergradient = "forward_over_reverse"
   c.meta.rollback = True
   c.meta.hard_buffer = True
   c.meta.buffer_size = 256

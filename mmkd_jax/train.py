@@ -123,7 +123,8 @@ class Steps:
     objectives = self.method.lookahead_objectives(meta.lookahead_matching_steps, meta.lookahead_outer_steps)
     final, grads, result = bilevel.hypergradient(
         self.optimizer, objectives, self.method.outer_objective, state.params, state.opt_state,
-        state.model_state, state.meta_params, batch, first_order=meta.first_order)
+        state.model_state, state.meta_params, batch, first_order=meta.first_order,
+        mode=meta.hypergradient)
     updates, meta_opt_state = self.meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
     new = state.replace(meta_params=optax.apply_updates(state.meta_params, updates),
                         meta_opt_state=meta_opt_state, rng=jax.random.key_data(rng))

@@ -261,8 +261,11 @@ def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
   return float(np.linalg.norm(got - ref) / scale) if scale > 0 else float(np.linalg.norm(got))
 
 
-def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL) -> HypergradReport:
-  """Runs MMKD's look-ahead and exact hypergradient in float64 on one reference meta step."""
+def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL,
+                         mode: str = "forward_over_reverse") -> HypergradReport:
+  """Runs MMKD's look-ahead and exact hypergradient in float64 on one reference meta step.
+
+  ``mode`` is the way the hypergradient is computed (``mmkd_jax.bilevel.MODES``)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from mmkd_jax import bilevel, convert, optim  # pylint: disable=import-outside-toplevel
@@ -319,7 +322,7 @@ def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL) -> HypergradRe
     def meta_step(params, opt_state, state, meta):
       final, grads, result = bilevel.hypergradient(
           optimizer, method.lookahead_objectives(2, 1), method.outer_objective,
-          params, opt_state, state, meta, batch)
+          params, opt_state, state, meta, batch, mode=mode)
       _, (_, outer_metrics) = method.outer_objective(result.params, result.model_state, meta, batch)
       return final, grads, result.losses, result.metrics[0], result.model_state, outer_metrics["logits"]
 
@@ -395,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   hypergrad.add_argument("files", nargs="+", help="meta-step .npz files (testvectors/mmkd format)")
   hypergrad.add_argument("--rtol", type=float, default=HYPERGRAD_RTOL,
                          help="relative tolerance of losses and hypergradient")
+  hypergrad.add_argument("--mode", default="forward_over_reverse",
+                         choices=("reverse", "forward_over_reverse"),
+                         help="how the exact hypergradient is computed (mmkd_jax.bilevel)")
   args = parser.parse_args(argv)
 
   failures = 0
@@ -408,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = check_model_file(path, args.arch, args.atol)
         _print_model_report(report)
       else:
-        report = check_hypergrad_file(path, args.rtol)
+        report = check_hypergrad_file(path, args.rtol, args.mode)
         _print_hypergrad_report(report)
     except (ValueError, KeyError) as e:
       print(f"FAIL {path}: {type(e).__name__}: {e}")

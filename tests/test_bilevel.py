@@ -51,12 +51,13 @@ def _outer(theta, state, phi, batch):
   return 0.5 * jnp.sum(jnp.square(theta)), (state, {})
 
 
+@pytest.mark.parametrize("mode", bilevel.MODES)
 @pytest.mark.parametrize("first_order", [False, True])
-def test_two_plain_sgd_steps_by_hand(first_order):
+def test_two_plain_sgd_steps_by_hand(first_order, mode):
   eta, theta0, phi = 0.3, jnp.array([1.0, -2.0]), jnp.array([0.5, 0.25])
   opt = optax.sgd(eta)
   final, grad, result = bilevel.hypergradient(opt, [_quadratic, _quadratic], _outer, theta0,
-                                              opt.init(theta0), {}, phi, None, first_order)
+                                              opt.init(theta0), {}, phi, None, first_order, mode)
   theta1 = theta0 - eta * (theta0 - phi)
   theta2 = theta1 - eta * (theta1 - phi)
   # d theta2 / d phi: exact (1 - eta) * eta + eta; first order drops d g / d theta: 2 * eta.
@@ -83,7 +84,38 @@ def _random_meta_step(detach_student: bool):
   return method, batch, to64(params), to64(state), to64(meta)
 
 
+def test_unknown_mode_is_named():
+  opt = optax.sgd(0.1)
+  with pytest.raises(ValueError, match="unknown hypergradient mode 'backward'"):
+    bilevel.hypergradient(opt, [_quadratic], _outer, jnp.ones(2), opt.init(jnp.ones(2)), {},
+                          jnp.zeros(2), None, mode="backward")
+
+
+def test_modes_agree_with_momentum_and_schedule():
+  """Forward-over-reverse recursion == reverse-over-reverse, float64, on an MMKD meta step with
+  non-zero momentum buffers and a scheduled learning rate (an integer step count in the state)."""
+  with jax.enable_x64(True):
+    method, batch, params, state, meta = _random_meta_step(detach_student=True)
+    opt = optim.torch_sgd(optax.piecewise_constant_schedule(0.05, {2: 0.1}), 0.9, True, 5e-4)
+    opt_state = opt.init(params)
+    momentum = jax.tree.map(lambda p: 0.01 * jnp.cos(p), params)
+    opt_state = optim.set_momentum(opt_state, momentum)
+    objectives = method.lookahead_objectives(2, 1)
+    run = jax.jit(lambda m, mode: bilevel.hypergradient(
+        opt, objectives, method.outer_objective, params, opt_state, state, m, batch,
+        mode=mode), static_argnums=1)
+    final_r, grad_r, result_r = run(meta, "reverse")
+    final_f, grad_f, result_f = run(meta, "forward_over_reverse")
+    np.testing.assert_allclose(final_f, final_r, rtol=1e-13)
+    np.testing.assert_allclose(np.array(result_f.losses), np.array(result_r.losses), rtol=1e-13)
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+    assert np.linalg.norm(flat(grad_r)) > 1e-8
+    np.testing.assert_allclose(flat(grad_f), flat(grad_r), rtol=1e-9, atol=1e-12 * np.abs(flat(grad_r)).max())
+    np.testing.assert_allclose(flat(result_f.params), flat(result_r.params), rtol=1e-12)
+
+
 def test_hypergradient_matches_central_differences():
+  """The default mode against central differences (the other mode is tied to it above)."""
   with jax.enable_x64(True):
     method, batch, params, state, meta = _random_meta_step(detach_student=False)
     opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
