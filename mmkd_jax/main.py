@@ -22,6 +22,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from mmkd_jax import bilevel
 from mmkd_jax import teachers as teachers_lib
 from mmkd_jax import train
 from mmkd_jax.data import sources, teacher_cache
@@ -60,6 +61,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(config.num_replays >= 1, "num_replays", "must be at least 1")
   need(config.batch_size > 0 and config.eval_batch_size > 0, "batch_size", "must be positive")
   need(config.meta.freq >= 1, "meta.freq", "must be at least 1")
+  need(config.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
+       f"{config.meta.hypergradient!r} is not one of {', '.join(bilevel.MODES)}")
   need(config.kd.temperature > 0, "kd.temperature", "must be positive")
   needs_teachers = config.method != "none"
   if config.mode in ("distill", "pipeline", "precompute") and needs_teachers:

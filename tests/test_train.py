@@ -122,6 +122,7 @@ def test_nan_loss_stops_and_names_the_term(tmp_path, teacher_dir, data_dir):
     ({"teacher_source": "disk"}, "config.teacher_source"),
     ({"dataset": "mnist"}, "config.dataset"),
     ({"cache_dtype": "int8"}, "config.cache_dtype"),
+    ({"meta.hypergradient": "backward"}, "config.meta.hypergradient"),
 ])
 def test_config_errors_name_the_field(teacher_dir, data_dir, override, field):
   config = _config(teacher_dir, data_dir, **override)
