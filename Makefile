@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/digits
 TESTVECTORS ?= $(or $(MMKD_TESTVECTORS),../shared/testvectors)
 
-.PHONY: install run test test-all verify clean
+.PHONY: install torch run test test-all verify clean
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Optional: PyTorch (CPU build) for .pth teachers and experiments/compare_pytorch.py.
+torch: install
+	$(PY) -m pip install -q torch==2.13.0 einops==0.8.2
 
 # The default job: teachers (trained if missing) -> teacher cache -> MMKD student, on digits.
 run: install

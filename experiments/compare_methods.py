@@ -35,6 +35,10 @@ DISPLAY = {"none": "Student (no KD)", "kd": "KD (1 teacher)", "aver": "AVER", "e
 
 def load_config(path: str, overrides: list[str]):
   config = config_flags.config_flags._LoadConfigModule("config", path).get_config(None)  # pylint: disable=protected-access
+  return apply_overrides(config, overrides)
+
+
+def apply_overrides(config, overrides: list[str]):
   for item in overrides:
     key, value = item.split("=", 1)
     target = config
@@ -49,12 +53,13 @@ def load_config(path: str, overrides: list[str]):
   return config
 
 
-def run_one(config, method: str, seed: int, workdir: str, loaded) -> dict:
+def run_one(config, method: str, seed: int, workdir: str, loaded, overrides=()) -> dict:
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       return json.load(f)
-  c = apply_method(config.copy_and_resolve_references(), method)
+  # The method's preset, then the user's overrides (which win).
+  c = apply_overrides(apply_method(config.copy_and_resolve_references(), method), list(overrides))
   c.seed, c.mode = seed, "distill"
   cli.validate(c)
   teachers = loaded if method != "none" else []
@@ -160,7 +165,7 @@ def main(argv=None) -> int:
       c.feature_layer = layer
       cli.precompute(c, cli.load_teachers(c))
   started = time.time()
-  results = {m: [run_one(config, m, seed, os.path.join(args.out, m, f"seed{seed}"), loaded)
+  results = {m: [run_one(config, m, seed, os.path.join(args.out, m, f"seed{seed}"), loaded, args.set)
                  for seed in range(args.seeds)] for m in methods}
   os.makedirs(args.out, exist_ok=True)
   write_table(results, config, os.path.join(args.out, "results.md"))

@@ -19,6 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "mmkd"              # see mmkd_jax.distill.methods.METHODS
   c.dataset = "digits"
   c.data_dir = ""                # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  # "" = the dataset's own splits. Model selection without the test set: train on
+  # 'train[:85%]', evaluate on 'train[85%:]' (and use a teacher_dir of teachers trained so).
+  c.train_split = ""
+  c.eval_split = ""
   c.seed = 0
   c.student = "resnet8"
   c.teachers: Sequence[ml_collections.ConfigDict] = []

@@ -77,7 +77,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def teacher_checkpoint(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> str:
-  return entry.checkpoint or os.path.join(config.teacher_dir, f"{config.dataset}_{entry.name}")
+  """The teacher's checkpoint; trained ones are named by dataset (and training split, when it is
+  not the whole one, so that validation-split teachers never stand in for full-split ones)."""
+  if entry.checkpoint:
+    return entry.checkpoint
+  split = "".join(ch if ch.isalnum() else "_" for ch in config.train_split)
+  dataset = f"{config.dataset}-{split.strip('_')}" if split else config.dataset
+  return os.path.join(config.teacher_dir, f"{dataset}_{entry.name}")
 
 
 def load_teachers(config: ml_collections.ConfigDict) -> list[teachers_lib.Teacher]:
@@ -117,7 +123,7 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> None:
 
 
 def cache_spec(config: ml_collections.ConfigDict, loaded: list[teachers_lib.Teacher]) -> teacher_cache.CacheSpec:
-  spec = sources.get_spec(config.dataset)
+  spec = sources.get_spec(config.dataset, config.train_split, config.eval_split)
   source = sources.data_source(config.dataset, spec.train_split, config.data_dir or None)
   return teacher_cache.CacheSpec(
       teacher_names=tuple(t.name for t in loaded),
@@ -144,7 +150,7 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[teachers_lib.Teac
     teacher_cache.TeacherCache(directory, spec)  # validates
     print(f"teacher cache already present: {directory}")
     return directory
-  ds = sources.get_spec(config.dataset)
+  ds = sources.get_spec(config.dataset, config.train_split, config.eval_split)
   source = sources.data_source(config.dataset, ds.train_split, config.data_dir or None)
   variables = tuple(t.variables for t in loaded)
   forward = jax.jit(lambda v, images, index, replay: teachers_lib.augmented_teacher_outputs(

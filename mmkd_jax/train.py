@@ -101,6 +101,11 @@ class Steps:
     for key in ("logits_weights", "feature_weights"):
       if key in terms and terms[key] is not None:
         metrics[f"mean_{key}"] = jnp.mean(terms[key], axis=0)
+    if terms.get("logits_weights") is not None:
+      # Per-class sums and counts; their ratio over an epoch is each class's mean teacher weight.
+      onehot = jax.nn.one_hot(batch["label"], self.spec.num_classes, dtype=jnp.float32)
+      metrics["class_weight_sums"] = onehot.T @ terms["logits_weights"].astype(jnp.float32)
+      metrics["class_counts"] = jnp.sum(onehot, axis=0)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state, buffer=buffer,
                               rng=jax.random.key_data(rng),
@@ -195,7 +200,7 @@ def student_lr(config: ml_collections.ConfigDict) -> float:
 
 def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher], cache: Any,
           student_arch: str | None = None) -> Setup:
-  spec = sources.get_spec(config.dataset)
+  spec = sources.get_spec(config.dataset, config.train_split, config.eval_split)
   data_dir = config.data_dir or None
   train_source = sources.data_source(config.dataset, spec.train_split, data_dir)
   test_source = sources.data_source(config.dataset, spec.test_split, data_dir)
@@ -282,17 +287,21 @@ class MetricWriter:
       self.tb = None
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
+    """Scalars and vectors (as ``key/i``) go to both logs; matrices only to the JSONL log."""
     if not self.enabled:
       return
-    flat = {}
+    flat, nested = {}, {}
     for k, v in scalars.items():
       v = np.asarray(v)
       if v.ndim == 0:
         flat[k] = float(v) if v.dtype.kind == "f" else int(v)
-      else:
-        for i, x in enumerate(v.ravel()):
+      elif v.ndim == 1:
+        for i, x in enumerate(v):
           flat[f"{k}/{i}"] = float(x)
-    self.jsonl.write(json.dumps({"step": step, **flat}) + "\n")
+      else:
+        v = np.round(v.astype(np.float64), 6)
+        nested[k] = np.where(np.isfinite(v), v, None).tolist()  # JSON has no NaN
+    self.jsonl.write(json.dumps({"step": step, **flat, **nested}) + "\n")
     self.jsonl.flush()
     if self.tb is not None:
       for k, v in flat.items():
@@ -454,6 +463,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
           break
       bar.close()
       train_means = _mean_metrics(pending)
+      class_weights = None
+      if "class_weight_sums" in train_means:
+        counts = train_means.pop("class_counts")[:, None]
+        sums = train_means.pop("class_weight_sums")
+        class_weights = np.where(counts > 0, sums / np.maximum(counts, 1e-12), np.nan)
       message = nonfinite_message(np.asarray(jax.device_get(state.nonfinite)), spe)
       if message:
         ckpt.close()
@@ -475,8 +489,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
                 "test_loss": result["loss"], "train_images_per_s": seen / epoch_seconds,
                 **{f"train_{k}": v.tolist() if np.ndim(v) else float(v) for k, v in train_means.items()}}
       host["history"].append(record)
-      writer.write(step_now, {k: v for k, v in record.items() if not isinstance(v, list)}
-                   | {k: np.asarray(v) for k, v in record.items() if isinstance(v, list)})
+      logged = ({k: v for k, v in record.items() if not isinstance(v, list)}
+                | {k: np.asarray(v) for k, v in record.items() if isinstance(v, list)})
+      if class_weights is not None:  # (classes, teachers): logged, not kept in the checkpoint
+        logged["train_class_logits_weights"] = class_weights
+      writer.write(step_now, logged)
       if not quiet and pi == 0:
         weights = record.get("train_mean_logits_weights")
         extra = f", teacher weights {np.round(weights, 3).tolist()}" if weights is not None else ""

@@ -42,10 +42,15 @@ def default_data_dir() -> str:
   return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
-def get_spec(name: str) -> DatasetSpec:
+def get_spec(name: str, train_split: str = "", test_split: str = "") -> DatasetSpec:
+  """The dataset's spec; non-empty ``train_split`` / ``test_split`` replace its splits (TFDS
+  slicing, e.g. 'train[:85%]' and 'train[85%:]' for a validation split). A prefix slice of the
+  training split keeps record positions, so augmentation and cached teacher outputs line up."""
   if name not in DATASETS:
     raise ValueError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}.")
-  return DATASETS[name]
+  spec = DATASETS[name]
+  return dataclasses.replace(spec, train_split=train_split or spec.train_split,
+                             test_split=test_split or spec.test_split)
 
 
 def _builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
