@@ -453,8 +453,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
         pending.append(metrics)
         seen += config.batch_size
         bar.update(1)
-        if (idx + 1) % config.log_every == 0 or idx == spe - 1:
-          means = _mean_metrics(pending[-config.log_every:])
+        if (idx + 1) % config.log_every == 0 and len(pending) > config.log_every:
+          # The window before the last one: those steps are done, so reading them does not
+          # drain the device queue (no host round-trip stalls the epoch).
+          means = _mean_metrics(pending[-2 * config.log_every:-config.log_every])
           bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
                           img_s=f"{seen / (time.perf_counter() - tic):.0f}")
         global_step = epoch * spe + idx + 1
