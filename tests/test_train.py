@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -81,6 +82,13 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path, teacher_dir, dat
   for a, b in zip(_leaves(straight["state"]), _leaves(resumed["state"])):
     np.testing.assert_array_equal(a, b)
   assert resumed["final_top1"] == straight["final_top1"]
+  # Per-class mean teacher weights are logged each epoch: (classes, teachers), rows on the simplex.
+  with open(tmp_path / "straight" / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f if "train_class_logits_weights" in line]
+  per_class = np.array(records[-1]["train_class_logits_weights"], float)
+  assert per_class.shape == (10, 2)
+  np.testing.assert_allclose(per_class.sum(axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(per_class.mean(axis=0) @ [1, 1], 1.0, rtol=1e-5)
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, teacher_dir, data_dir, monkeypatch):

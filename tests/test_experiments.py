@@ -1,0 +1,75 @@
+"""The experiment drivers: table rendering, heatmaps, and (when available) the PyTorch side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import reproduce  # pylint: disable=wrong-import-position
+from tables import TABLES, Published, Row, Table  # pylint: disable=wrong-import-position
+
+
+def _summary(final, best, teachers=("a", "b")):
+  return {"final_top1": final, "best_top1": best, "wall_seconds": 60.0,
+          "teacher_accuracy": {"teacher/ensemble": 97.5, **{f"teacher/{t}": 96.0 for t in teachers}},
+          "teachers": [{"name": t} for t in teachers]}
+
+
+def test_render_table_layout_and_footnotes():
+  row = Row("2 x t -> s", "configs/digits_mmkd.py")
+  table = Table("toy", (row,), ("aver", "mmkd"),
+                published={(row.label, "mmkd"): Published(None, "source X"),
+                           (row.label, "aver"): Published(71.25, "source Y")})
+  results = {row.label: {"aver": [_summary(96.0, 96.5), _summary(97.0, 97.5)], "mmkd": []}}
+  text = reproduce.render_table(table, results)
+  assert "| AVER | 96.50 ± 0.71 (97.00 ± 0.71), n=2 | 71.25 [1] |" in text
+  assert "| MMKD | not run | n/a [2] |" in text
+  assert "[1] source Y" in text and "[2] source X" in text
+  assert "97.50 / 96.00, 96.00" in text
+
+
+def test_tables_name_existing_configs():
+  root = pathlib.Path(__file__).resolve().parents[1]
+  for table in TABLES.values():
+    for row in table.rows:
+      assert (root / row.config).exists(), row.config
+
+
+def test_weight_heatmap_from_logged_per_class_weights(tmp_path):
+  rng = np.random.default_rng(0)
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for epoch in range(1, 4):
+      w = rng.dirichlet(np.ones(2), size=10)
+      f.write(json.dumps({"step": epoch, "test_top1": 90.0 + epoch,
+                          "train_class_logits_weights": w.tolist()}) + "\n")
+  with open(tmp_path / "summary.json", "w") as f:
+    json.dump(_summary(93.0, 93.0), f)
+  path = tmp_path / "w.png"
+  assert reproduce.plot_weight_heatmap(str(tmp_path), "toy", str(path))
+  assert path.stat().st_size > 1000
+  # Fixed weights (AVER) draw nothing.
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"test_top1": 90.0, "train_class_logits_weights": [[0.5, 0.5]] * 10}) + "\n")
+  assert not reproduce.plot_weight_heatmap(str(tmp_path), "toy", str(tmp_path / "none.png"))
+
+
+def test_overrides_win_over_method_presets():
+  config = reproduce.load_config(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits_mmkd.py"))
+  c = reproduce.method_config(config, "mmkd", ["kd.beta=7.0", "meta.hypergradient=reverse"])
+  assert c.kd.beta == 7.0 and c.meta.hypergradient == "reverse"
+  assert reproduce.method_config(config, "mmkd").kd.beta == 100.0
+
+
+@pytest.mark.skipif(not os.environ.get("MMKD_REFERENCE"),
+                    reason="set MMKD_REFERENCE to a checkout of the original MMKD code (and install torch)")
+def test_one_plain_step_matches_the_pytorch_reference():
+  pytest.importorskip("torch")
+  import compare_pytorch  # pylint: disable=import-outside-toplevel
+  assert compare_pytorch.main(["--reference", os.environ["MMKD_REFERENCE"], "--preset", "vgg8",
+                               "--skip_timing"]) == 0
