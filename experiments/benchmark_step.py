@@ -16,6 +16,7 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -85,8 +86,34 @@ def make_config(batch: int, num_classes: int, teacher_source: str) -> ml_collect
   return c
 
 
+def xla_memory_mib(compiled) -> dict[str, float]:
+  """XLA's own accounting of one compiled step: live temporaries, arguments and outputs."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  return {k: getattr(analysis, f"{k}_size_in_bytes") / 2**20
+          for k in ("temp", "argument", "output", "alias") if hasattr(analysis, f"{k}_size_in_bytes")}
+
+
+def timed_interleaved(fns: dict, args, repeats: int, warmup: int) -> dict[str, float]:
+  """Median seconds of each function; one call of each per round, so drifts of the machine's
+  speed (shared CPUs) hit every function alike."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      jax.block_until_ready(fn(*args))
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int,
-              num_classes: int = 100, first_order: bool = False) -> dict:
+              num_classes: int = 100, first_order: bool = False,
+              modes: tuple[str, ...] = ("forward_over_reverse",)) -> dict:
+  """``modes``: hypergradient modes to time (the first is the one the amortised figure uses)."""
   rng = np.random.default_rng(0)
   teachers = []
   for i, arch in enumerate(teacher_archs):
@@ -129,18 +156,24 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
     state, setup_raw = parallel.replicate(state, mesh), parallel.shard_batch(setup_raw, mesh)
     tv = parallel.replicate(tv, mesh)
     compiled_steps, compile_s = {}, {}
-    for name, fn in (("plain", steps.train_step), ("meta", steps.meta_step)):
+    variants = [("plain", steps.train_step)]
+    for mode in modes:
+      c = config.copy_and_resolve_references()
+      c.meta.hypergradient = mode
+      variants.append((f"meta_{mode}", dataclasses.replace(steps, config=c).meta_step))
+    for name, fn in variants:
       start = time.perf_counter()
       compiled_steps[name] = jax.jit(fn).lower(state, setup_raw, tv, epoch).compile()
       compile_s[name] = time.perf_counter() - start
     # Fill the buffer so the meta step samples real entries.
     for _ in range(4):
       state, _ = compiled_steps["plain"](state, setup_raw, tv, epoch)
-    entry = {}
-    for name in ("plain", "meta"):
-      compiled = compiled_steps[name]
-      median, _ = timed(compiled, state, setup_raw, tv, epoch, repeats=repeats, warmup=warmup)
-      entry[name] = {"ms": 1e3 * median, "compile_s": compile_s[name], "gflops": flops_of(compiled) / 1e9}
+    medians = timed_interleaved(compiled_steps, (state, setup_raw, tv, epoch), repeats, warmup)
+    entry = {name: {"ms": 1e3 * medians[name], "compile_s": compile_s[name],
+                    "gflops": flops_of(compiled_steps[name]) / 1e9,
+                    "xla_memory_mib": xla_memory_mib(compiled_steps[name])}
+             for name in compiled_steps}
+    entry["meta"] = entry[f"meta_{modes[0]}"]
     amortised = (5 * entry["plain"]["ms"] + entry["meta"]["ms"]) / 5
     entry["amortised_ms_meta_freq_5"] = amortised
     entry["images_per_s"] = batch / (amortised / 1e3)
@@ -159,6 +192,9 @@ def main(argv=None) -> int:
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--first_order", action="store_true")
+  parser.add_argument("--modes", default="forward_over_reverse",
+                      help="hypergradient modes to time, comma-separated (the first is used for the "
+                           "amortised figure): forward_over_reverse, reverse")
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
   settings = ([PRESETS[p] for p in sorted(PRESETS)] if args.preset == "all"
@@ -173,7 +209,9 @@ def main(argv=None) -> int:
         "GFLOP/plain | GFLOP/meta | achieved GFLOP/s | % peak | compile s (plain+meta) |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for student, teacher_archs in settings:
-    r = benchmark(student, teacher_archs, args.batch, args.repeats, args.warmup, first_order=args.first_order)
+    modes = tuple(args.modes.split(","))
+    r = benchmark(student, teacher_archs, args.batch, args.repeats, args.warmup,
+                  first_order=args.first_order, modes=modes)
     report["results"].append(r)
     for source in ("precomputed", "online"):
       e = r[source]
@@ -186,7 +224,15 @@ def main(argv=None) -> int:
             f"{e['images_per_s']:.0f} | {e['plain']['gflops']:.2f} | {e['meta']['gflops']:.2f} | "
             f"{achieved:.1f} | {100 * achieved * 1e9 / peak:.1f} | "
             f"{e['plain']['compile_s']:.1f}+{e['meta']['compile_s']:.1f} |")
-    print(f"peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB")
+      for mode in modes[1:]:
+        other = e[f"meta_{mode}"]
+        print(f"|   meta step with hypergradient={mode} | {source} | | {other['ms']:.1f} | "
+              f"{other['ms'] / e['plain']['ms']:.2f} | | | | {other['gflops']:.2f} | | | "
+              f"{other['compile_s']:.1f} |")
+      memory = ", ".join(f"{name} {v['xla_memory_mib'].get('temp', float('nan')):.0f}"
+                         for name, v in e.items() if name != "meta" and isinstance(v, dict) and "xla_memory_mib" in v)
+      print(f"|   XLA temporaries (MiB): {memory} | | | | | | | | | | | |")
+    print(f"peak process memory {r['peak_memory_bytes'] / 2**20:.0f} MiB")
   if args.json:
     os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
     with open(args.json, "w") as f:
