@@ -4,8 +4,8 @@
 
 ``pipeline`` mode trains the three teachers if they are missing (resnet14, resnet20, wrn_16_1,
 into runs/teachers, 15 epochs each), precomputes their outputs for 4 augmentation replays, and
-distils a resnet8 student with MMKD (meta-weighted KD + feature matching, hard buffer, exact
-hypergradient) for 15 epochs. Measured on a 2-core CPU: see experiments/RESULTS.md (accuracy,
+distils a resnet8 student with MMKD (meta-weighted KD + feature matching with beta 10, chosen
+on a validation split; hard buffer; exact hypergradient) for 15 epochs. Measured on a 2-core CPU: see experiments/RESULTS.md (accuracy,
 mean +- std over seeds, and runtime).
 
 ``get_config('smoke')`` is a tiny variant for tests (2 epochs, small teachers).

@@ -7,6 +7,7 @@ Module names inside the networks mirror the PyTorch module paths of the referenc
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -74,12 +75,71 @@ class BatchNorm(nn.Module):
     return y.reshape(x.shape)
 
 
+# Below this many output positions per image, XLA:CPU's own kernel-gradient convolution is as
+# fast as the patch matmul (measured: 32x32 maps 3.1x faster, 16x16 1.1x, 8x8 0.9x).
+_PATCH_GRADIENT_MIN_POSITIONS = 256
+
+
+def _conv(x: Array, w: Array, strides, padding) -> Array:
+  return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_by_patches(x: Array, w: Array, strides, padding) -> Array:
+  """The same convolution as one matmul over (kh * kw * C)-wide patches (im2col)."""
+  kh, kw, c, k = w.shape
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  out_h = (xp.shape[1] - kh) // strides[0] + 1
+  out_w = (xp.shape[2] - kw) // strides[1] + 1
+  patches = jnp.concatenate(
+      [xp[:, i:i + strides[0] * (out_h - 1) + 1:strides[0], j:j + strides[1] * (out_w - 1) + 1:strides[1], :]
+       for i in range(kh) for j in range(kw)], axis=-1)
+  return jnp.einsum("nhwc,ck->nhwk", patches, w.reshape(kh * kw * c, k))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_patch_gradient(x: Array, w: Array, strides, padding) -> Array:
+  """XLA's convolution, whose kernel tangent (hence, transposed, the kernel gradient) is the
+  patch matmul: XLA:CPU computes large-map kernel gradients 3x slower than the matmul does.
+  Forward and input-gradient stay XLA's own; every order of derivative keeps this rule."""
+  return _conv(x, w, strides, padding)
+
+
+@_conv_patch_gradient.defjvp
+def _conv_patch_gradient_jvp(strides, padding, primals, tangents):
+  (x, w), (dx, dw) = primals, tangents
+  y = _conv_patch_gradient(x, w, strides, padding)
+  return y, _conv_patch_gradient(dx, w, strides, padding) + _conv_by_patches(x, dw, strides, padding)
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision=None, preferred_element_type=None) -> Array:
+  """``lax.conv_general_dilated`` for ``nn.Conv``, with the patch-matmul kernel gradient on the
+  CPU for plain (ungrouped, undilated) 2-D convolutions on large maps; identical values."""
+  plain = (jax.default_backend() == "cpu" and lhs.ndim == 4 and feature_group_count == 1
+           and batch_group_count == 1 and not isinstance(padding, str)
+           and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+           and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+  if plain:
+    strides = tuple(int(s) for s in window_strides)
+    pads = tuple((int(a), int(b)) for a, b in padding)
+    positions = ((lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // strides[0] + 1) * (
+        (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // strides[1] + 1)
+    if positions >= _PATCH_GRADIENT_MIN_POSITIONS and precision is None:
+      return _conv_patch_gradient(lhs, rhs, strides, pads)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers, feature_group_count, batch_group_count,
+                                      precision, preferred_element_type)
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1,
          use_bias: bool = False, name: str | None = None) -> nn.Conv:
   """A Conv2d with PyTorch's explicit symmetric padding."""
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), feature_group_count=groups,
-                 use_bias=use_bias, kernel_init=conv_kernel_init, name=name)
+                 use_bias=use_bias, kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated,
+                 name=name)
 
 
 def dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
