@@ -19,9 +19,20 @@ METHOD_SETTINGS: dict[str, dict] = {
 }
 
 
+# (dataset, method) -> overrides on top of METHOD_SETTINGS, for settings chosen per dataset.
+DATASET_SETTINGS: dict[tuple[str, str], dict] = {
+    # Selected on a validation split of digits (train[:85%] / train[85%:], 3 seeds, 15 epochs),
+    # never on the test split: beta 0 / 10 / 100 gave 92.59 / 94.44 / 92.28% (AVER 93.67%);
+    # experiments/RESULTS.md. CIFAR keeps the reference's 100.
+    ("digits", "mmkd"): {"kd.beta": 10.0},
+}
+
+
 def apply_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """The method's preset (and its per-dataset choice, if any) on ``config``."""
   config.method = method
-  for key, value in METHOD_SETTINGS[method].items():
+  settings = {**METHOD_SETTINGS[method], **DATASET_SETTINGS.get((config.dataset, method), {})}
+  for key, value in settings.items():
     target = config
     *parents, leaf = key.split(".")
     for p in parents:

@@ -63,7 +63,8 @@ def test_overrides_win_over_method_presets():
   config = reproduce.load_config(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits_mmkd.py"))
   c = reproduce.method_config(config, "mmkd", ["kd.beta=7.0", "meta.hypergradient=reverse"])
   assert c.kd.beta == 7.0 and c.meta.hypergradient == "reverse"
-  assert reproduce.method_config(config, "mmkd").kd.beta == 100.0
+  assert reproduce.method_config(config, "mmkd").kd.beta == 10.0  # digits' choice (validation)
+  assert reproduce.method_config(config, "fitnet").kd.beta == 100.0
 
 
 @pytest.mark.skipif(not os.environ.get("MMKD_REFERENCE"),
