@@ -77,6 +77,14 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
 
 
+def synthetic_raw(batch: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A host batch as the pipeline yields it: uint8 images, labels, example indices, replay 0."""
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8),
+          "label": rng.integers(0, num_classes, batch).astype(np.int32),
+          "index": np.arange(batch, dtype=np.int32), "replay": np.zeros(batch, np.int32)}
+
+
 def make_config(batch: int, num_classes: int, teacher_source: str) -> ml_collections.ConfigDict:
   c = base_config()
   c.dataset = "cifar100" if num_classes == 100 else "digits"
@@ -120,9 +128,7 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
     v = get_model(arch, num_classes).init(jax.random.key(100 + i), jnp.zeros((1, 32, 32, 3)))
     teachers.append(Teacher(f"t{i}", arch, num_classes, v, fingerprint(v)))
   teacher_vars = tuple(t.variables for t in teachers)
-  raw = {"image": jnp.asarray(rng.integers(0, 256, (batch, 32, 32, 3)), jnp.uint8),
-         "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32),
-         "index": jnp.arange(batch, dtype=jnp.int32), "replay": jnp.zeros(batch, jnp.int32)}
+  raw = jax.tree.map(jnp.asarray, synthetic_raw(batch, num_classes))
   spec = sources.DatasetSpec("synthetic", num_classes, (0.5,) * 3, (0.25,) * 3)
   x = jnp.asarray(rng.standard_normal((batch, 32, 32, 3)), jnp.float32)
   logits, feats = jax.jit(lambda v, x: teacher_forward(teachers, v, x))(teacher_vars, x)

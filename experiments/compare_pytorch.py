@@ -208,17 +208,10 @@ class ReferenceLoop:
     self.weight_optimizer.step()
 
 
-def synthetic_raw(batch: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(seed)
-  return {"image": rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8),
-          "label": rng.integers(0, num_classes, batch).astype(np.int32),
-          "index": np.arange(batch, dtype=np.int32), "replay": np.zeros(batch, np.int32)}
-
-
 def time_reference(ref, student: str, teacher_archs, batch: int, repeats: int, warmup: int,
                    num_classes: int = 100) -> dict[str, Any]:
   torch = ref.torch
-  raw = synthetic_raw(batch, num_classes)
+  raw = benchmark_step.synthetic_raw(batch, num_classes)
   x = (raw["image"].astype(np.float32) / 255 - np.asarray(CIFAR100.mean, np.float32)) / np.asarray(
       CIFAR100.std, np.float32)
   data = (torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
@@ -319,7 +312,7 @@ def compare_one_step(ref, student: str, teacher_archs, batch: int, num_classes: 
   config.kd.beta, config.kd.alpha, config.kd.temperature = SETTINGS["beta"], SETTINGS["alpha"], SETTINGS["kd_T"]
   lr = 0.01 if student in SMALL_LR_STUDENTS else SETTINGS["lr"]
   sgd = optim.torch_sgd(lr, SETTINGS["momentum"], SETTINGS["nesterov"], SETTINGS["weight_decay"])
-  raw = jax.tree.map(jnp.asarray, synthetic_raw(batch, num_classes, seed=1))
+  raw = jax.tree.map(jnp.asarray, benchmark_step.synthetic_raw(batch, num_classes, seed=1))
 
   def make_method(teachers):
     shapes = feature_shapes(teachers)
