@@ -65,7 +65,7 @@ SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 CIFAR100 = sources.get_spec("cifar100")
 
 
-class ReferenceError(RuntimeError):
+class ReferenceCodeError(RuntimeError):
   """The reference checkout cannot be used."""
 
 
@@ -74,12 +74,12 @@ def import_reference(path: str) -> types.SimpleNamespace:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ReferenceError("torch is not installed: pip install -e '.[torch]'") from e
+    raise ReferenceCodeError("torch is not installed: pip install -e '.[torch]'") from e
   required = ["models/__init__.py", "models/meta_util.py", "helper/meta_optimizer.py",
               "dataset/buffer.py", "distiller_zoo/KD.py", "distiller_zoo/FitNet.py"]
   missing = [r for r in required if not os.path.exists(os.path.join(path, r))]
   if missing:
-    raise ReferenceError(f"{path} does not look like a checkout of the MMKD code (missing "
+    raise ReferenceCodeError(f"{path} does not look like a checkout of the MMKD code (missing "
                          f"{', '.join(missing)}); pass the repository root as --reference")
   path = os.path.abspath(path)
   if path not in sys.path:
@@ -89,14 +89,14 @@ def import_reference(path: str) -> types.SimpleNamespace:
 
     class CAMKD:  # pylint: disable=too-few-public-methods
       def __init__(self, *args, **kwargs):
-        raise ReferenceError("CAMKD is missing from the MMKD repository (placeholder)")
+        raise ReferenceCodeError("CAMKD is missing from the MMKD repository (placeholder)")
 
     placeholder.CAMKD = CAMKD
     sys.modules["distiller_zoo.CAMKD"] = placeholder
   try:
     import einops  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError as e:
-    raise ReferenceError("the reference's models/resnet.py imports einops: "
+    raise ReferenceCodeError("the reference's models/resnet.py imports einops: "
                          "pip install -e '.[torch]'") from e
   from models import model_dict  # pylint: disable=import-outside-toplevel,import-error
   from models.meta_util import FeatureWeight, LogitsWeight, MatchFeature  # pylint: disable=import-outside-toplevel,import-error
@@ -360,7 +360,7 @@ def compare_one_step(ref, student: str, teacher_archs, batch: int, num_classes: 
   ref32, exact = _trained_state(loop32), _trained_state(loop64)
 
   if sorted(ours32) != sorted(exact):
-    raise ReferenceError(f"parameter names differ: {sorted(set(ours32) ^ set(exact))[:8]}")
+    raise ReferenceCodeError(f"parameter names differ: {sorted(set(ours32) ^ set(exact))[:8]}")
   # Errors of the *updates* (new - old): parameters barely move in one step, so errors relative
   # to the parameters would look tiny whatever happened. Conv biases before BatchNorm have an
   # exactly zero gradient (their update is rounding noise): below 1e-6 of the largest update, a
@@ -409,7 +409,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     ref = import_reference(args.reference)
-  except ReferenceError as e:
+  except ReferenceCodeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   torch = ref.torch
