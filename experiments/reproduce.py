@@ -97,6 +97,9 @@ def run_one(config, method: str, seed: int, workdir: str, loaded, overrides=()) 
   print(f"== {method} seed {seed} -> {workdir}", flush=True)
   summary = train.train_and_evaluate(c, workdir, teachers, cli.open_cache(c, teachers) if teachers else None)
   summary.pop("state", None)
+  if summary["status"] != "finished":  # SIGTERM: the run saved a checkpoint; stop the table too
+    raise SystemExit(f"{method} seed {seed} stopped ({summary['status']}) in {workdir}; "
+                     "run the same command again to continue")
   return summary
 
 
