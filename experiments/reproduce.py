@@ -115,8 +115,12 @@ def epoch_records(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
+  by_epoch = {}
   with open(path) as f:
-    return [r for r in map(json.loads, f) if "test_top1" in r]
+    for record in map(json.loads, f):
+      if "test_top1" in record:  # a resumed run logs its epochs again: the last record wins
+        by_epoch[record.get("epoch", len(by_epoch) + 1)] = record
+  return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 # ------------------------------------------------------------------------------------------
