@@ -134,7 +134,7 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
   logits, feats = jax.jit(lambda v, x: teacher_forward(teachers, v, x))(teacher_vars, x)
   cached = dict(raw, teacher_logits=logits, teacher_feat=feats)
   shapes = feature_shapes(teachers)
-  info = TeacherInfo(len(teachers), tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
+  info = TeacherInfo.of(teachers, shapes)
   result = {"student": student, "teachers": list(teacher_archs), "batch": batch,
             "devices": len(jax.devices())}
   epoch = jnp.asarray(1, jnp.int32)

@@ -316,7 +316,7 @@ def compare_one_step(ref, student: str, teacher_archs, batch: int, num_classes: 
 
   def make_method(teachers):
     shapes = feature_shapes(teachers)
-    info = TeacherInfo(len(teachers), tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
+    info = TeacherInfo.of(teachers, shapes)
     return get_method(config, get_model(student, num_classes), -2, info)
 
   # float32, through the trainer's own jitted step.

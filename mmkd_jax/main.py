@@ -123,7 +123,7 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> None:
 
 
 def cache_spec(config: ml_collections.ConfigDict, loaded: list[teachers_lib.Teacher]) -> teacher_cache.CacheSpec:
-  spec = sources.get_spec(config.dataset, config.train_split, config.eval_split)
+  spec = train.dataset_spec(config)
   source = sources.data_source(config.dataset, spec.train_split, config.data_dir or None)
   return teacher_cache.CacheSpec(
       teacher_names=tuple(t.name for t in loaded),
@@ -150,7 +150,7 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[teachers_lib.Teac
     teacher_cache.TeacherCache(directory, spec)  # validates
     print(f"teacher cache already present: {directory}")
     return directory
-  ds = sources.get_spec(config.dataset, config.train_split, config.eval_split)
+  ds = train.dataset_spec(config)
   source = sources.data_source(config.dataset, ds.train_split, config.data_dir or None)
   variables = tuple(t.variables for t in loaded)
   forward = jax.jit(lambda v, images, index, replay: teachers_lib.augmented_teacher_outputs(

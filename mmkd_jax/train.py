@@ -194,13 +194,18 @@ class Setup:
   mesh: Any
 
 
+def dataset_spec(config: ml_collections.ConfigDict) -> sources.DatasetSpec:
+  """The configured dataset with the configured train/eval splits."""
+  return sources.get_spec(config.dataset, config.train_split, config.eval_split)
+
+
 def student_lr(config: ml_collections.ConfigDict) -> float:
   return float(config.lr)
 
 
 def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher], cache: Any,
           student_arch: str | None = None) -> Setup:
-  spec = sources.get_spec(config.dataset, config.train_split, config.eval_split)
+  spec = dataset_spec(config)
   data_dir = config.data_dir or None
   train_source = sources.data_source(config.dataset, spec.train_split, data_dir)
   test_source = sources.data_source(config.dataset, spec.test_split, data_dir)
@@ -214,7 +219,7 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher], cache:
   if teachers:
     from mmkd_jax.teachers import feature_shapes  # pylint: disable=import-outside-toplevel
     shapes = feature_shapes(teachers, spec.image_size, config.feature_layer)
-    info = TeacherInfo(len(teachers), tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
+    info = TeacherInfo.of(teachers, shapes)
   method = get_method(config, student, config.feature_layer, info, bn_groups)
   if method.needs_teachers and not teachers:
     raise ValueError(f"method {config.method!r} needs teachers; config.teachers is empty")

@@ -31,7 +31,7 @@ def _setup(method: str, feature_layer: int = -2, **overrides):
   batch = {"image": x, "label": jnp.asarray(rng.integers(0, C, B), jnp.int32),
            "teacher_logits": logits * 3.0, "teacher_feat": feats, "epoch": jnp.asarray(0)}
   shapes = feature_shapes(teachers, 32, feature_layer)
-  info = TeacherInfo(3, tuple(s[-1] for s in shapes), tuple(shapes), tuple(teachers))
+  info = TeacherInfo.of(teachers, shapes)
   config = base_config()
   config.method = method
   config.meta.buffer_size = B

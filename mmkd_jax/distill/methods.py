@@ -61,6 +61,12 @@ class TeacherInfo:
   feature_shapes: Sequence[tuple[int, ...]] = ()  # (H, W, C) of each teacher's feature map
   teachers: Sequence[Any] = ()               # the loaded teachers (for methods that use their heads)
 
+  @classmethod
+  def of(cls, teachers: Sequence[Any], feature_shapes: Sequence[tuple[int, ...]]) -> "TeacherInfo":
+    """From the loaded teachers and their feature maps' (H, W, C) (``teachers.feature_shapes``)."""
+    shapes = tuple(tuple(s) for s in feature_shapes)
+    return cls(len(teachers), tuple(s[-1] for s in shapes), shapes, tuple(teachers))
+
 
 def _mmkd_variant(weighting: str, beta_override: float | None = None):
   def build(config, student, feature_index, teachers, bn_groups=1) -> MMKD:
