@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import optim, parallel, train
-from mmkd_jax.config_base import base_config
-from mmkd_jax.data import sources
-from mmkd_jax.distill.methods import TeacherInfo, get_method
+from mmkd_jax import config as config_lib
+from mmkd_jax import parallel, steps as steps_lib, train
+from mmkd_jax.data.sources import DatasetSpec
+from mmkd_jax.methods import build_method
 from mmkd_jax.models import get_model
-from mmkd_jax.teachers import Teacher, feature_shapes, fingerprint, teacher_forward
+from mmkd_jax.teachers import Teacher, fingerprint, teacher_forward
 
 PRESETS = {
     "vgg8": ("vgg8", ("vgg13",) * 3),
@@ -85,13 +85,15 @@ def synthetic_raw(batch: int, num_classes: int, seed: int = 0) -> dict[str, np.n
           "index": np.arange(batch, dtype=np.int32), "replay": np.zeros(batch, np.int32)}
 
 
-def make_config(batch: int, num_classes: int, teacher_source: str) -> ml_collections.ConfigDict:
-  c = base_config()
-  c.dataset = "cifar100" if num_classes == 100 else "digits"
-  c.batch_size = batch
-  c.teacher_source = teacher_source
-  c.meta.buffer_size = 4 * batch
-  return c
+def make_config(batch: int, num_classes: int, teacher_source: str, method: str = "mmkd",
+                **fields) -> ml_collections.ConfigDict:
+  """A resolved config of the CIFAR-100 setting with the benchmark's batch and teachers."""
+  c = config_lib.base_config()
+  config_lib.set_fields(c, {"dataset": "cifar100" if num_classes == 100 else "digits", "batch_size": batch,
+                            "teacher_source": teacher_source, "method": method, **fields})
+  if "buffer_size" in c.get(method, {}):
+    c[method].buffer_size = 4 * batch
+  return config_lib.resolve(c)
 
 
 def xla_memory_mib(compiled) -> dict[str, float]:
@@ -129,43 +131,28 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
     teachers.append(Teacher(f"t{i}", arch, num_classes, v, fingerprint(v)))
   teacher_vars = tuple(t.variables for t in teachers)
   raw = jax.tree.map(jnp.asarray, synthetic_raw(batch, num_classes))
-  spec = sources.DatasetSpec("synthetic", num_classes, (0.5,) * 3, (0.25,) * 3)
+  spec = DatasetSpec("synthetic", num_classes, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
   x = jnp.asarray(rng.standard_normal((batch, 32, 32, 3)), jnp.float32)
   logits, feats = jax.jit(lambda v, x: teacher_forward(teachers, v, x))(teacher_vars, x)
   cached = dict(raw, teacher_logits=logits, teacher_feat=feats)
-  shapes = feature_shapes(teachers)
-  info = TeacherInfo.of(teachers, shapes)
   result = {"student": student, "teachers": list(teacher_archs), "batch": batch,
             "devices": len(jax.devices())}
   epoch = jnp.asarray(1, jnp.int32)
+  mesh = parallel.data_mesh()
   for source in ("precomputed", "online"):
-    config = make_config(batch, num_classes, source)
-    config.meta.first_order = first_order
-    method = get_method(config, get_model(student, num_classes), -2, info)
-    opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
-    mesh = parallel.data_mesh()
-    steps = train.Steps(config, method, opt, optim.torch_adam(1e-3, 1e-4), spec, tuple(teachers),
-                        source == "online", parallel.batch_sharding(mesh) if mesh.devices.size > 1 else None)
+    config = make_config(batch, num_classes, source, **{"meta.first_order": first_order})
+    run = train.run_info(config, spec, teachers, get_model(student, num_classes), 1)
+    steps = steps_lib.make_steps(config, build_method(config, run), spec, teachers, mesh, steps_per_epoch=781)
     setup_raw = cached if source == "precomputed" else raw
     tv = teacher_vars if source == "online" else ()
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=None, model_state=None, opt_state=None,
-                             meta_params=None, meta_opt_state=None, buffer={}, rng=None, nonfinite=None)
-    batch_dev = steps.device_batch(setup_raw, tv)
-    params, model_state, meta_params = method.init(jax.random.key(0), batch_dev)
-    from mmkd_jax.distill import hard_buffer  # pylint: disable=import-outside-toplevel
-    buf = hard_buffer.init(batch_dev, config.meta.buffer_size)
-    state = state.replace(params=params, model_state=model_state, opt_state=opt.init(params),
-                          meta_params=meta_params, meta_opt_state=steps.meta_optimizer.init(meta_params),
-                          buffer=buf, rng=jax.random.key_data(jax.random.key(1)),
-                          nonfinite=jnp.full((2,), -1, jnp.int32))
+    state = steps_lib.init_state(steps, jax.device_get(setup_raw), seed=0)
     # Data-parallel over every visible device (one device: a no-op).
     state, setup_raw = parallel.replicate(state, mesh), parallel.shard_batch(setup_raw, mesh)
     tv = parallel.replicate(tv, mesh)
     compiled_steps, compile_s = {}, {}
     variants = [("plain", steps.train_step)]
     for mode in modes:
-      c = config.copy_and_resolve_references()
-      c.meta.hypergradient = mode
+      c = make_config(batch, num_classes, source, **{"meta.first_order": first_order, "meta.hypergradient": mode})
       variants.append((f"meta_{mode}", dataclasses.replace(steps, config=c).meta_step))
     for name, fn in variants:
       start = time.perf_counter()

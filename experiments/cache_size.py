@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmkd_jax import config as config_lib
 from mmkd_jax import teachers as teachers_lib
-from mmkd_jax.data import sources, teacher_cache
+from mmkd_jax.data import sources
 from mmkd_jax.models import get_model
+from mmkd_jax.teachers import cache as teacher_cache
 
 
 def directory_bytes(path: str) -> int:
@@ -33,17 +35,17 @@ def main() -> None:
   parser.add_argument("--examples", type=int, default=512)
   parser.add_argument("--num_classes", type=int, default=100)
   args = parser.parse_args()
-  spec = sources.get_spec("digits")
-  source = sources.data_source("digits", "train")
+  dataset = sources.open_dataset(config_lib.base_config())  # digits
+  spec, source = dataset.spec, dataset.train
   loaded = []
   for i in range(3):
     variables = get_model(args.teacher, args.num_classes).init(jax.random.key(i), jnp.zeros((1, 32, 32, 3)))
     loaded.append(teachers_lib.Teacher(f"t{i}", args.teacher, args.num_classes, variables,
                                        teachers_lib.fingerprint(variables)))
-  shapes = tuple(tuple(s) for s in teachers_lib.feature_shapes(loaded))
+  shapes = tuple(tuple(s) for s in teachers_lib.feature_shapes(loaded, spec.image_shape))
   variables = tuple(t.variables for t in loaded)
   forward = jax.jit(lambda images, index, replay: teachers_lib.augmented_teacher_outputs(
-      loaded, variables, images, index, replay, 0, spec.mean, spec.std))
+      loaded, variables, images, index, replay, 0, spec))
 
   def producer(indices, replay):
     images = sources.read_records(source, indices, spec)["image"]

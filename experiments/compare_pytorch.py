@@ -50,19 +50,19 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_step  # pylint: disable=wrong-import-position
 
-from mmkd_jax import convert, optim, train  # pylint: disable=wrong-import-position
-from mmkd_jax.data import sources  # pylint: disable=wrong-import-position
+from mmkd_jax import optim, steps as steps_lib, train  # pylint: disable=wrong-import-position
+from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
 from mmkd_jax.distill import hard_buffer  # pylint: disable=wrong-import-position
-from mmkd_jax.distill.methods import TeacherInfo, get_method  # pylint: disable=wrong-import-position
+from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position
 from mmkd_jax.models import get_model  # pylint: disable=wrong-import-position
-from mmkd_jax.teachers import Teacher, feature_shapes, fingerprint, teacher_forward  # pylint: disable=wrong-import-position
+from mmkd_jax.teachers import Teacher, convert, fingerprint, teacher_forward  # pylint: disable=wrong-import-position
 
 # The README command of the reference: --nesterov --hard_buffer -b 100, 3 teachers, defaults else.
 SETTINGS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True, "kd_T": 4.0,
             "alpha": 1.0, "beta": 100.0, "meta_lr": 1e-3, "meta_wd": 1e-4, "meta_freq": 5}
 # The reference forces lr 0.01 for these students.
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
-CIFAR100 = sources.get_spec("cifar100")
+CIFAR100 = DatasetSpec("cifar100", 100, (32, 32, 3), (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 
 
 class ReferenceCodeError(RuntimeError):
@@ -308,26 +308,25 @@ def compare_one_step(ref, student: str, teacher_archs, batch: int, num_classes: 
                  *loop64.teachers]:
     module.double()
   before = _trained_state(loop32)
-  config = benchmark_step.make_config(batch, num_classes, "online")
-  config.kd.beta, config.kd.alpha, config.kd.temperature = SETTINGS["beta"], SETTINGS["alpha"], SETTINGS["kd_T"]
+  config = benchmark_step.make_config(batch, num_classes, "online", **{
+      "weights.feat": SETTINGS["beta"], "meta.lookahead_weights.kd": SETTINGS["alpha"],
+      "temperature": SETTINGS["kd_T"]})
   lr = 0.01 if student in SMALL_LR_STUDENTS else SETTINGS["lr"]
   sgd = optim.torch_sgd(lr, SETTINGS["momentum"], SETTINGS["nesterov"], SETTINGS["weight_decay"])
   raw = jax.tree.map(jnp.asarray, benchmark_step.synthetic_raw(batch, num_classes, seed=1))
 
   def make_method(teachers):
-    shapes = feature_shapes(teachers)
-    info = TeacherInfo.of(teachers, shapes)
-    return get_method(config, get_model(student, num_classes), -2, info)
+    return build_method(config, train.run_info(config, CIFAR100, teachers, get_model(student, num_classes), 1))
 
   # float32, through the trainer's own jitted step.
   teachers = _teachers(loop32, teacher_archs, num_classes, np.float32)
   method = make_method(teachers)
-  steps = train.Steps(config, method, sgd, optim.torch_adam(SETTINGS["meta_lr"], SETTINGS["meta_wd"]),
-                      CIFAR100, tuple(teachers), True)
+  steps = steps_lib.Steps(config, method, sgd, optim.torch_adam(SETTINGS["meta_lr"], SETTINGS["meta_wd"]),
+                          CIFAR100, tuple(teachers), True)
   teacher_vars = tuple(t.variables for t in teachers)
   device_batch = steps.device_batch(raw, teacher_vars)  # the augmented, normalised images
   params, stats, meta = _converted(loop32, method, device_batch, np.float32)
-  state = train.TrainState(
+  state = steps_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=params, model_state=stats, opt_state=sgd.init(params),
       meta_params=meta, meta_opt_state=steps.meta_optimizer.init(meta),
       buffer=hard_buffer.init(device_batch, 4 * batch), rng=jax.random.key_data(jax.random.key(0)),

@@ -2,8 +2,8 @@
 
     python experiments/reproduce.py --table digits --seeds 3            # this machine: ~1 h CPU
     python experiments/reproduce.py --table cifar100 --collect_only     # table from finished runs
-    python experiments/reproduce.py --config configs/digits_mmkd.py --methods aver,mmkd \
-        --seeds 3 --out runs/val --set kd.beta=10.0                     # an ad-hoc comparison
+    python experiments/reproduce.py --config configs/digits.py --methods aver,mmkd \
+        --seeds 3 --out runs/val --set weights.feat=10.0                # an ad-hoc comparison
 
 Tables are defined in ``experiments/tables.py``. Teachers and teacher caches of each setting
 are prepared once (trained / precomputed when missing) and shared by its runs; each (setting,
@@ -22,7 +22,7 @@ training, per teacher and per class, seed 0, for methods whose weights change).
 from __future__ import annotations
 
 import argparse
-import ast
+import copy
 import json
 import os
 import sys
@@ -35,10 +35,10 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tables import TABLES, Published, Row, Table  # pylint: disable=wrong-import-position
 
-from mmkd_jax import main as cli  # pylint: disable=wrong-import-position
+from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax import train  # pylint: disable=wrong-import-position
-from mmkd_jax.config_methods import apply_method  # pylint: disable=wrong-import-position
-from mmkd_jax.distill.methods import METHODS  # pylint: disable=wrong-import-position
+from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
+from mmkd_jax.teachers import lifecycle  # pylint: disable=wrong-import-position
 
 # How each method appears in tables (the papers' names).
 DISPLAY = {"none": "Student (no KD)", "kd": "KD (1 teacher)", "aver": "AVER", "ebkd": "EBKD",
@@ -46,42 +46,24 @@ DISPLAY = {"none": "Student (no KD)", "kd": "KD (1 teacher)", "aver": "AVER", "e
            "bomd": "BOMD-like", "mmkd": "MMKD"}
 
 
-def apply_overrides(config, overrides) -> Any:
-  """``field.sub=value`` strings (Python literals, else strings) onto a ConfigDict."""
-  for item in overrides:
-    key, value = item.split("=", 1)
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-    target[leaf] = value
-  return config
-
-
-def load_config(path: str, overrides=()) -> Any:
-  config = config_flags.config_flags._LoadConfigModule("config", path).get_config(None)  # pylint: disable=protected-access
-  return apply_overrides(config, overrides)
-
-
-def method_config(config, method: str, overrides=()) -> Any:
-  """The method's preset on the setting's config, then the user's overrides (which win)."""
-  return apply_overrides(apply_method(config.copy_and_resolve_references(), method), overrides)
+def method_config(config, method: str, overrides=(), **fields) -> Any:
+  """The setting's (unresolved) config with ``method``, the user's overrides (which win over the
+  method's presets) and ``fields``, resolved."""
+  c = copy.deepcopy(config)
+  config_lib.set_fields(c, {"method": method, **fields})
+  return config_lib.resolve(config_lib.set_fields(c, overrides))
 
 
 def prepare_setting(config, methods, overrides) -> list:
   """Teachers (trained if missing) and one teacher cache per feature layer the methods read."""
-  cli.validate(config)
-  cli.train_missing_teachers(config)
-  loaded = cli.load_teachers(config)
-  if config.teacher_source == "precomputed":
-    for layer in sorted({method_config(config, m, overrides).feature_layer for m in methods}):
-      c = config.copy_and_resolve_references()
-      c.feature_layer = layer
-      cli.precompute(c, cli.load_teachers(c))
+  resolved = [config_lib.validate(method_config(config, m, overrides)) for m in methods]
+  lifecycle.train_missing_teachers(resolved[0])
+  loaded = lifecycle.load_teachers(resolved[0])
+  done = set()
+  for c in resolved:
+    if c.teacher_source == "precomputed" and METHODS.get(c.method).needs_teachers and c.feature_layer not in done:
+      lifecycle.precompute(c, loaded)
+      done.add(c.feature_layer)
   return loaded
 
 
@@ -90,12 +72,10 @@ def run_one(config, method: str, seed: int, workdir: str, loaded, overrides=()) 
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       return json.load(f)
-  c = method_config(config, method, overrides)
-  c.seed, c.mode = seed, "distill"
-  cli.validate(c)
-  teachers = loaded if method != "none" else []
+  c = config_lib.validate(method_config(config, method, overrides, seed=seed, mode="distill"))
+  teachers = loaded if METHODS.get(method).needs_teachers else []
   print(f"== {method} seed {seed} -> {workdir}", flush=True)
-  summary = train.train_and_evaluate(c, workdir, teachers, cli.open_cache(c, teachers) if teachers else None)
+  summary = train.train_and_evaluate(c, workdir, teachers, lifecycle.open_cache(c, teachers))
   summary.pop("state", None)
   if summary["status"] != "finished":  # SIGTERM: the run saved a checkpoint; stop the table too
     raise SystemExit(f"{method} seed {seed} stopped ({summary['status']}) in {workdir}; "
@@ -171,7 +151,8 @@ def render_table(table: Table, results: dict) -> str:
   if table.note:
     lines += ["", table.note]
   for row in table.rows:
-    config_line = f"`{row.label}`: `{row.config}`" + (f" with {', '.join(row.overrides)}" if row.overrides else "")
+    config_line = (f"`{row.label}`: `{row.config}{':' + row.arg if row.arg else ''}`"
+                   + (f" with {', '.join(row.overrides)}" if row.overrides else ""))
     minutes = [r.get("wall_seconds", 0) / 60 for runs in results[row.label].values() for r in runs]
     if minutes:
       config_line += f"; {np.mean(minutes):.1f} min per run on average"
@@ -245,7 +226,7 @@ def plot_weight_heatmap(workdir: str, title: str, path: str) -> bool:
 def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool) -> dict:
   results: dict[str, dict[str, list]] = {}
   for row in table.rows:
-    base = load_config(row.config, row.overrides)
+    base = config_lib.load(row.config, row.arg, row.overrides)
     results[row.label] = {}
     loaded = None
     for method in table.methods:
@@ -255,8 +236,7 @@ def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool)
         summary = collect(workdir)
         if summary is None and not collect_only:
           if loaded is None:
-            loaded = prepare_setting(apply_overrides(base.copy_and_resolve_references(), overrides),
-                                     table.methods, overrides)
+            loaded = prepare_setting(base, table.methods, overrides)
           summary = run_one(base, method, seed, workdir, loaded, overrides)
         if summary is not None:
           runs.append(summary)
@@ -283,12 +263,12 @@ def main(argv=None) -> int:
   else:
     name = os.path.splitext(os.path.basename(args.config))[0]
     table = Table(title=f"{name}" + (f" ({', '.join(args.set)})" if args.set else ""),
-                  rows=(Row(name, args.config),), methods=tuple(METHODS))
+                  rows=(Row(name, args.config),), methods=tuple(METHODS.names()))
   if args.methods:
     methods = tuple(args.methods.split(","))
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-      parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+      parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS.names())}")
     table = Table(table.title, table.rows, methods, table.published, table.note)
   out = args.out or os.path.join("runs", "reproduce", name)
   started = time.time()

@@ -101,24 +101,24 @@ def infer_arch(npz: Mapping[str, np.ndarray], path: str) -> str:
   """The zoo architecture a vector file belongs to: its file name, else its keys and shapes."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import convert  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.models import MODEL_NAMES, get_model  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.models import get_model, model_names  # pylint: disable=import-outside-toplevel
 
   stem = os.path.splitext(os.path.basename(path))[0]
-  if stem in MODEL_NAMES:
+  if stem in model_names():
     return stem
   shapes = {str(k): tuple(int(s) for s in npz["shape/" + str(k)]) for k in npz["keys"]
             if not str(k).endswith("num_batches_tracked")}
   num_classes = int(npz["logits"].shape[-1])
-  for name in MODEL_NAMES:
+  for name in model_names():
     template = jax.eval_shape(get_model(name, num_classes).init, jax.random.key(0),
-                              jnp.zeros((1, 32, 32, 3)))
+                              jnp.zeros((1, *np.asarray(npz["input"]).shape[2:], npz["input"].shape[1])))
     candidate = {k: v.shape for k, v in convert.flax_to_torch(
         jax.tree.map(lambda s: np.zeros(s.shape, np.float32), template)).items()}
     if candidate == shapes:
       return name
   raise ValueError(f"{path}: its keys match no architecture of the zoo; pass --arch "
-                   f"(known: {', '.join(MODEL_NAMES)})")
+                   f"(known: {', '.join(model_names())})")
 
 
 def _tolerances(path: str, arch: str) -> dict[str, float]:
@@ -145,7 +145,7 @@ def _atol(table: Mapping[str, float], name: str, override: float | None) -> floa
 def check_model_file(path: str, arch: str | None = None, atol: float | None = None) -> ModelReport:
   """Runs the Flax model on one reference file and measures every output's error."""
   import jax  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import convert  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
   from mmkd_jax.models import get_model  # pylint: disable=import-outside-toplevel
 
   with np.load(path, allow_pickle=False) as f:
@@ -268,9 +268,11 @@ def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL,
   ``mode`` is the way the hypergradient is computed (``mmkd_jax.bilevel.MODES``)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import bilevel, convert, optim  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.distill.mmkd import MMKD  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import bilevel, optim  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.methods import LossWeights, RunInfo, TeacherView  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.methods.mmkd import MMKD  # pylint: disable=import-outside-toplevel
   from mmkd_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
 
   with np.load(path, allow_pickle=False) as f:
     npz = {k: f[k] for k in f.files}
@@ -283,7 +285,7 @@ def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL,
   else:
     arch = infer_arch({"keys": np.array(list(student_sd)),
                        **{f"shape/{k}": np.array(v.shape) for k, v in student_sd.items()},
-                       "logits": np.zeros((1, num_classes))}, "")
+                       "logits": np.zeros((1, num_classes)), "input": npz["x"]}, "")
   hyper = {k: npz[f"hyper/{k}"].item() for k in
            ("lr", "momentum", "weight_decay", "nesterov", "alpha", "beta", "kd_T")}
 
@@ -296,9 +298,12 @@ def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL,
         "teacher_logits": jnp.stack([f64(npz[f"teacher_logits_{t}"]) for t in range(num_teachers)], axis=1),
         "teacher_feat": tuple(nhwc(npz[f"teacher_feat_{t}"]) for t in range(num_teachers)),
     }
-    method = MMKD(get_model(arch, num_classes), num_teachers,
-                  tuple(int(npz[f"teacher_feat_{t}"].shape[1]) for t in range(num_teachers)),
-                  temperature=hyper["kd_T"], alpha=hyper["alpha"], beta=hyper["beta"])
+    views = tuple(TeacherView(f"t{t}", "", tuple(batch["teacher_feat"][t].shape[1:]))
+                  for t in range(num_teachers))
+    run = RunInfo(get_model(arch, num_classes), num_classes, len(npz["y"]), teachers=views)
+    # The reference: training CE + KD + beta feat; look-ahead alpha KD + beta feat.
+    method = MMKD(run, LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", hyper["beta"]))), hyper["kd_T"],
+                  lookahead_weights=LossWeights((("ce", 0.0), ("kd", hyper["alpha"]), ("feat", hyper["beta"]))))
     p_shape, s_shape, m_shape = jax.eval_shape(method.init, jax.random.key(0), batch)
     to64 = lambda tree: jax.tree.map(f64, tree)
     params, state = {}, {}
@@ -321,7 +326,7 @@ def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL,
     @jax.jit
     def meta_step(params, opt_state, state, meta):
       final, grads, result = bilevel.hypergradient(
-          optimizer, method.lookahead_objectives(2, 1), method.outer_objective,
+          optimizer, method.lookahead_objectives(), method.outer_objective,
           params, opt_state, state, meta, batch, mode=mode)
       _, (_, outer_metrics) = method.outer_objective(result.params, result.model_state, meta, batch)
       return final, grads, result.losses, result.metrics[0], result.model_state, outer_metrics["logits"]
@@ -339,7 +344,7 @@ def check_hypergrad_file(path: str, rtol: float = HYPERGRAD_RTOL,
     add("final_student_logits", final_logits, npz["final_student_logits"])
   step0_map = {"student_logits": step0["logits"], "per_sample_kd": step0["per_sample_kd"],
                "logits_weights": step0["logits_weights"], "feature_weights": step0["feature_weights"],
-               "loss_div": step0["loss_div"], "loss_feat": step0["loss_feat"],
+               "loss_div": step0["terms"]["kd"], "loss_feat": step0["terms"]["feat"],
                "student_feat": _nchw(np.asarray(step0["student_feat"])),
                "student_feat_sum": np.sum(step0["student_feat"]),
                "student_feat_sq_sum": np.sum(np.square(step0["student_feat"]))}

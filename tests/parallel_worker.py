@@ -24,34 +24,24 @@ if mode in ("train", "steps") and len(sys.argv) > 7:
   port, pid, nproc = sys.argv[-3], int(sys.argv[-2]), int(sys.argv[-1])
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import digits_smoke, random_teachers  # noqa: E402
+
 from mmkd_jax import checkpoint, parallel, train  # noqa: E402
-from mmkd_jax.config_digits import digits_config  # noqa: E402
-from mmkd_jax.data import pipeline  # noqa: E402
-from mmkd_jax.models import get_model  # noqa: E402
-from mmkd_jax.teachers import Teacher, fingerprint  # noqa: E402
+from mmkd_jax import config as config_lib  # noqa: E402
 
 
 def teachers():
-  out = []
-  for i in range(2):
-    v = get_model("resnet8", 10).init(jax.random.key(40 + i), jnp.zeros((1, 32, 32, 3)))
-    out.append(Teacher(f"s_resnet8{'ab'[i]}", "resnet8", 10, v, fingerprint(v)))
-  return out
+  return random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b"))
 
 
 def config(sync_bn: bool = True):
-  c = digits_config("mmkd", "smoke")
-  c.data_dir = data_dir
-  c.teacher_source = "online"
-  c.sync_batch_norm = sync_bn
-  c.async_checkpoints = False
-  c.epochs = 1
-  c.lr_milestones = (1,)
-  # A gentle regime (beta 1, lr 0.01): with beta 100 and random teachers the first steps move the
-  # loss 52 -> 24 and amplify float32 rounding of the reduction order ~1e6-fold (float64 agrees).
-  c.kd.beta = float(os.environ.get("MMKD_BETA", "1.0"))
-  c.lr = float(os.environ.get("MMKD_LR", "0.01"))
-  return c
+  # A gentle regime (feature weight 1, lr 0.01): with 100 and random teachers the first steps move
+  # the loss 52 -> 24 and amplify float32 rounding of the reduction order ~1e6-fold (float64 agrees).
+  return config_lib.resolve(digits_smoke(
+      data_dir=data_dir, teacher_source="online", sync_batch_norm=sync_bn, async_checkpoints=False,
+      epochs=1, lr_milestones=(1,), **{"weights.feat": float(os.environ.get("MMKD_BETA", "1.0"))},
+      lr=float(os.environ.get("MMKD_LR", "0.01"))))
 
 
 def flat(tree):
@@ -63,10 +53,8 @@ if mode == "steps":
   c = config(sync_bn=sys.argv[5] == "1")
   loaded = teachers()
   setup = train.build(c, loaded, None)
-  batches = list(pipeline.train_batches(setup.train_source, setup.spec, c.batch_size, c.seed, 0,
-                                        process_index=jax.process_index(), process_count=jax.process_count(),
-                                        join=lambda i, e: {"replay": np.full(len(i), e, np.int32)}))
-  state = train.init_state(setup, batches[0])
+  batches = list(train.train_batches(setup, 0))
+  state = train.initial_state(setup)
   if jax.config.jax_enable_x64:
     state = state.replace(params=jax.tree.map(lambda x: x.astype(jnp.float64), state.params),
                           meta_params=jax.tree.map(lambda x: x.astype(jnp.float64), state.meta_params),
@@ -104,7 +92,6 @@ elif mode == "restore":
   c = config()
   loaded = teachers()
   setup = train.build(c, loaded, None)
-  state, _, step = checkpoint.Checkpoints(sys.argv[5], async_save=False).restore(
-      train.init_state(setup, train.example_batch(setup)))
+  state, _, step = checkpoint.Checkpoints(sys.argv[5], async_save=False).restore(train.initial_state(setup))
   np.savez(out, step=step, **{"params" + k: v for k, v in flat(state.params).items()},
            **{"meta" + k: v for k, v in flat(state.meta_params).items()})

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from mmkd_jax import bilevel, optim, verify
-from mmkd_jax.distill.mmkd import MMKD
+from mmkd_jax.methods import LossWeights, RunInfo, TeacherView
+from mmkd_jax.methods.mmkd import MMKD
 from mmkd_jax.models import get_model
 
 VECTORS = ["hypergrad_resnet8_seed0.npz", "hypergrad_resnet8_seed0_momentum.npz",
@@ -76,7 +77,10 @@ def _random_meta_step(detach_student: bool):
       "teacher_logits": jnp.asarray(rng.standard_normal((b, t, c)) * 3),
       "teacher_feat": tuple(jnp.asarray(np.abs(rng.standard_normal((b, 8, 8, 64)))) for _ in range(t)),
   }
-  method = MMKD(get_model("resnet8", c), t, (64,) * t, beta=10.0, detach_student=detach_student)
+  run = RunInfo(get_model("resnet8", c), c, b, teachers=tuple(TeacherView(f"t{i}", "", (8, 8, 64)) for i in range(t)))
+  weights = LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", 10.0)))
+  method = MMKD(run, weights, 4.0, lookahead_weights=LossWeights((("kd", 1.0), ("feat", 10.0))),
+                detach_student=detach_student)
   params, state, meta = method.init(jax.random.key(0), batch)
   to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
   # Small FeatureWeight input scale so its softmax is not saturated (a non-trivial gradient).
@@ -100,7 +104,7 @@ def test_modes_agree_with_momentum_and_schedule():
     opt_state = opt.init(params)
     momentum = jax.tree.map(lambda p: 0.01 * jnp.cos(p), params)
     opt_state = optim.set_momentum(opt_state, momentum)
-    objectives = method.lookahead_objectives(2, 1)
+    objectives = method.lookahead_objectives()
     run = jax.jit(lambda m, mode: bilevel.hypergradient(
         opt, objectives, method.outer_objective, params, opt_state, state, m, batch,
         mode=mode), static_argnums=1)
@@ -120,7 +124,7 @@ def test_hypergradient_matches_central_differences():
     method, batch, params, state, meta = _random_meta_step(detach_student=False)
     opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
     opt_state = opt.init(params)
-    objectives = method.lookahead_objectives(2, 1)
+    objectives = method.lookahead_objectives()
 
     @jax.jit
     def final_loss(meta):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmkd_jax import convert, verify
+from mmkd_jax import verify
+from mmkd_jax.teachers import convert
 from mmkd_jax.models import get_model
 
 
@@ -72,11 +73,11 @@ def test_load_pretrained_from_npz(tmp_path):
   model, variables = _variables("vgg8", 100)
   path = tmp_path / "vgg8.npz"
   np.savez(path, **convert.flax_to_torch(variables))
-  loaded_model, loaded = convert.load_pretrained("vgg8", 100, str(path))
+  loaded_model, loaded = convert.load_pretrained("vgg8", 100, str(path), (32, 32, 3))
   x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
   np.testing.assert_array_equal(model.apply(variables, x)[1], loaded_model.apply(loaded, x)[1])
   with pytest.raises(convert.ConversionError, match="cannot load .* as vgg8 with 10 classes"):
-    convert.load_pretrained("vgg8", 10, str(path))
+    convert.load_pretrained("vgg8", 10, str(path), (32, 32, 3))
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -96,7 +97,7 @@ def test_real_pth_written_by_torch(tmp_path):
   path.parent.mkdir()
   # The RepDistiller/MMKD training scripts save {'epoch', 'model', 'best_acc', 'optimizer'}.
   torch.save({"epoch": 240, "model": sd, "best_acc": 73.1, "optimizer": {}}, path)
-  model, loaded = convert.load_pretrained("resnet8x4", 100, str(path), trust_pickle=True)
+  model, loaded = convert.load_pretrained("resnet8x4", 100, str(path), (32, 32, 3), trust_pickle=True)
   for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(a, b)
 

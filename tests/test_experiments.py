@@ -22,7 +22,7 @@ def _summary(final, best, teachers=("a", "b")):
 
 
 def test_render_table_layout_and_footnotes():
-  row = Row("2 x t -> s", "configs/digits_mmkd.py")
+  row = Row("2 x t -> s", "configs/digits.py")
   table = Table("toy", (row,), ("aver", "mmkd"),
                 published={(row.label, "mmkd"): Published(None, "source X"),
                            (row.label, "aver"): Published(71.25, "source Y")})
@@ -36,9 +36,11 @@ def test_render_table_layout_and_footnotes():
 
 def test_tables_name_existing_configs():
   root = pathlib.Path(__file__).resolve().parents[1]
+  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   for table in TABLES.values():
     for row in table.rows:
       assert (root / row.config).exists(), row.config
+      config_lib.validate(config_lib.load(str(root / row.config), row.arg, row.overrides))
 
 
 def test_weight_heatmap_from_logged_per_class_weights(tmp_path):
@@ -60,11 +62,13 @@ def test_weight_heatmap_from_logged_per_class_weights(tmp_path):
 
 
 def test_overrides_win_over_method_presets():
-  config = reproduce.load_config(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits_mmkd.py"))
-  c = reproduce.method_config(config, "mmkd", ["kd.beta=7.0", "meta.hypergradient=reverse"])
-  assert c.kd.beta == 7.0 and c.meta.hypergradient == "reverse"
-  assert reproduce.method_config(config, "mmkd").kd.beta == 10.0  # digits' choice (validation)
-  assert reproduce.method_config(config, "fitnet").kd.beta == 100.0
+  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "digits.py"))
+  c = reproduce.method_config(config, "mmkd", ["weights.feat=7.0", "meta.hypergradient=reverse"])
+  assert c.weights.feat == 7.0 and c.meta.hypergradient == "reverse"
+  assert reproduce.method_config(config, "mmkd").weights.feat == 10.0  # digits' choice (validation)
+  assert reproduce.method_config(config, "fitnet").weights.feat == 100.0
+  assert reproduce.method_config(config, "aver", seed=2).seed == 2
 
 
 @pytest.mark.skipif(not os.environ.get("MMKD_REFERENCE"),

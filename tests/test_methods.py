@@ -10,46 +10,30 @@ import numpy as np
 import optax
 import pytest
 
-from mmkd_jax.config_base import base_config
-from mmkd_jax.distill import amtml, bomd, logit_weighting as lw, losses
-from mmkd_jax.distill.base import entropy
-from mmkd_jax.distill.methods import METHODS, TeacherInfo, get_method
-from mmkd_jax.models import get_model
-from mmkd_jax.teachers import Teacher, feature_shapes, fingerprint, teacher_forward
+from mmkd_jax import bilevel, optim
+from mmkd_jax.distill import losses
+from mmkd_jax.methods import METHODS, amtml, bomd
+from mmkd_jax.methods import aekd
+from mmkd_jax.methods.camkd import confidence_weights
+from mmkd_jax.methods.ebkd import ebkd_weights, entropy
+
+from helpers import method_and_batch
 
 B, C = 16, 10
 
 
-def _setup(method: str, feature_layer: int = -2, **overrides):
-  teachers = []
-  for i, arch in enumerate(("resnet8", "resnet14", "wrn_16_1")):
-    v = get_model(arch, C).init(jax.random.key(50 + i), jnp.zeros((1, 32, 32, 3)))
-    teachers.append(Teacher(f"t{i}", arch, C, v, fingerprint(v)))
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((B, 32, 32, 3)), jnp.float32)
-  logits, feats = teacher_forward(teachers, [t.variables for t in teachers], x, feature_layer)
-  batch = {"image": x, "label": jnp.asarray(rng.integers(0, C, B), jnp.int32),
-           "teacher_logits": logits * 3.0, "teacher_feat": feats, "epoch": jnp.asarray(0)}
-  shapes = feature_shapes(teachers, 32, feature_layer)
-  info = TeacherInfo.of(teachers, shapes)
-  config = base_config()
-  config.method = method
-  config.meta.buffer_size = B
-  for k, v in overrides.items():
-    section, field = k.split(".")
-    config[section][field] = v
-  m = get_method(config, get_model("resnet8", C), feature_layer, info)
-  return m, batch
+def _setup(name: str, feature_layer: int | None = None, **overrides):
+  return method_and_batch(name, B, C, feature_layer, **overrides)
 
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "none"])
 def test_every_method_trains_and_its_learned_parts_get_gradients(name):
-  feature_layer = 2 if name == "fitnet" else -2
-  method, batch = _setup(name, feature_layer)
+  method, batch = _setup(name)
   params, state, meta = method.init(jax.random.key(0), batch)
   (loss, (new_state, terms)), grads = jax.value_and_grad(method.train_objective, has_aux=True)(
       params, state, meta, batch)
   assert np.isfinite(float(loss))
+  assert set(terms["terms"]) <= set(method.terms)
   assert terms["logits"].shape == (B, C)
   for key in ("logits_weights", "feature_weights"):
     if key in terms and terms[key] is not None:
@@ -58,9 +42,8 @@ def test_every_method_trains_and_its_learned_parts_get_gradients(name):
     norm = float(optax.tree.norm(tree))
     assert np.isfinite(norm) and norm > 0, (name, part, norm)
   if method.bilevel:
-    from mmkd_jax import bilevel, optim  # pylint: disable=import-outside-toplevel
     opt = optim.torch_sgd(0.05)
-    _, hypergrad, _ = bilevel.hypergradient(opt, method.lookahead_objectives(2, 1), method.outer_objective,
+    _, hypergrad, _ = bilevel.hypergradient(opt, method.lookahead_objectives(), method.outer_objective,
                                             params, opt.init(params), state, meta, batch)
     norm = float(optax.tree.norm(hypergrad))
     assert np.isfinite(norm) and norm > 0
@@ -70,8 +53,10 @@ def test_single_teacher_kd_is_hinton_kd_from_that_teacher():
   method, batch = _setup("kd", **{"kd.teacher_index": 1})
   params, state, meta = method.init(jax.random.key(0), batch)
   _, (_, terms) = method.train_objective(params, state, meta, batch)
-  expected = losses.kd_batchmean(terms["logits"], batch["teacher_logits"][:, 1], 4.0)
-  np.testing.assert_allclose(terms["loss_div"], expected, rtol=1e-5)
+  z_s, z_t = np.asarray(terms["logits"], np.float64) / 4, np.asarray(batch["teacher_logits"][:, 1], np.float64) / 4
+  log_p = lambda z: z - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1, keepdims=True)) - z.max(-1, keepdims=True)
+  expected = 16 * np.mean(np.sum(np.exp(log_p(z_t)) * (log_p(z_t) - log_p(z_s)), -1))
+  np.testing.assert_allclose(terms["terms"]["kd"], expected, rtol=1e-5)
   np.testing.assert_array_equal(terms["logits_weights"][:, 1], 1.0)
 
 
@@ -79,25 +64,25 @@ def test_ebkd_weights_by_hand():
   # Teacher 0 is confident (low entropy), teacher 1 uniform (entropy log 3).
   z = jnp.array([[[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
   h = np.asarray(entropy(z))[0]
-  w = np.asarray(lw.ebkd_weights(z))[0]
+  w = np.asarray(ebkd_weights(z))[0]
   np.testing.assert_allclose(h[1], np.log(3), rtol=1e-6)
   np.testing.assert_allclose(w, 1 - h / h.sum(), rtol=1e-6)
   assert w[0] > w[1]
   np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)  # T - 1 = 1 for two teachers
   # Three teachers: rows sum to T - 1 = 2; underflowing probabilities give no NaN.
   z3 = jnp.array([[[1e4, 0.0], [0.0, 0.0], [3.0, 1.0]]])
-  w3 = np.asarray(lw.ebkd_weights(z3))
+  w3 = np.asarray(ebkd_weights(z3))
   assert np.all(np.isfinite(w3)) and np.isclose(w3.sum(), 2.0)
 
 
 def test_camkd_confidence_weights_by_hand():
   ce = jnp.array([[0.1, 2.0, 5.0]])
   s = np.exp([0.1, 2.0, 5.0]) / np.exp([0.1, 2.0, 5.0]).sum()
-  np.testing.assert_allclose(lw.confidence_weights(ce)[0], (1 - s) / 2, rtol=1e-6)
-  np.testing.assert_allclose(float(jnp.sum(lw.confidence_weights(ce))), 1.0, rtol=1e-6)
-  assert float(lw.confidence_weights(ce)[0, 0]) > float(lw.confidence_weights(ce)[0, 2])
+  np.testing.assert_allclose(confidence_weights(ce)[0], (1 - s) / 2, rtol=1e-6)
+  np.testing.assert_allclose(float(jnp.sum(confidence_weights(ce))), 1.0, rtol=1e-6)
+  assert float(confidence_weights(ce)[0, 0]) > float(confidence_weights(ce)[0, 2])
   # Equal confidence -> equal weights.
-  np.testing.assert_allclose(lw.confidence_weights(jnp.ones((1, 4))), 0.25, rtol=1e-6)
+  np.testing.assert_allclose(confidence_weights(jnp.ones((1, 4))), 0.25, rtol=1e-6)
 
 
 def _brute_force_min_norm(gram: np.ndarray, cap: float, step: float = 2e-3) -> float:
@@ -117,41 +102,41 @@ def test_aekd_min_norm_matches_brute_force(seed):
   g = np.random.default_rng(seed).standard_normal((3, 5))
   gram = g @ g.T
   for cap in (1.0, 0.6, 0.4):
-    lam = np.asarray(lw.min_norm_weights(jnp.asarray(gram), cap, iterations=2000))
+    lam = np.asarray(aekd.min_norm_weights(jnp.asarray(gram), cap, iterations=2000))
     assert np.isclose(lam.sum(), 1.0, atol=1e-5) and lam.min() >= -1e-7 and lam.max() <= cap + 1e-6
     assert lam @ gram @ lam <= _brute_force_min_norm(gram, cap) + 1e-4
 
 
 def test_aekd_limits():
   # Orthogonal gradients of equal norm: the min-norm point is the centre.
-  np.testing.assert_allclose(lw.min_norm_weights(jnp.eye(3), 0.6), [1 / 3] * 3, atol=1e-4)
+  np.testing.assert_allclose(aekd.min_norm_weights(jnp.eye(3), 0.6), [1 / 3] * 3, atol=1e-4)
   # A teacher whose KD gradient is already zero takes all the weight it may (the cap).
   gram = jnp.diag(jnp.array([0.0, 1.0, 4.0]))
-  lam = np.asarray(lw.min_norm_weights(gram, 0.6, iterations=3000))
+  lam = np.asarray(aekd.min_norm_weights(gram, 0.6, iterations=3000))
   np.testing.assert_allclose(lam, [0.6, 0.32, 0.08], atol=1e-3)  # rest split inversely to squared norms
-  assert lw.aekd_cap(3, 0.6) == pytest.approx(0.6)
-  assert lw.aekd_cap(3, 0.2) == pytest.approx(1 / 3)  # nu clipped to 1: forced equal weights
-  assert lw.aekd_cap(3, 1.0) == pytest.approx(1.0)
+  assert aekd.aekd_cap(3, 0.6) == pytest.approx(0.6)
+  assert aekd.aekd_cap(3, 0.2) == pytest.approx(1 / 3)  # nu clipped to 1: forced equal weights
+  assert aekd.aekd_cap(3, 1.0) == pytest.approx(1.0)
 
 
 def test_capped_simplex_projection_is_the_projection():
   rng = np.random.default_rng(1)
   for _ in range(20):
     v = rng.standard_normal(5) * 2
-    p = np.asarray(lw.capped_simplex_projection(jnp.asarray(v), 0.5))
+    p = np.asarray(aekd.capped_simplex_projection(jnp.asarray(v), 0.5))
     assert np.isclose(p.sum(), 1.0, atol=1e-5) and p.min() >= 0 and p.max() <= 0.5 + 1e-6
     for _ in range(20):  # variational inequality: (v - p) . (y - p) <= 0 for feasible y
-      y = np.asarray(lw.capped_simplex_projection(jnp.asarray(rng.standard_normal(5)), 0.5))
+      y = np.asarray(aekd.capped_simplex_projection(jnp.asarray(rng.standard_normal(5)), 0.5))
       assert (v - p) @ (y - p) <= 1e-5
 
 
 def test_fitnet_hint_trains_regressors_and_student():
-  method, batch = _setup("fitnet", feature_layer=2, **{"kd.beta": 100.0})
+  method, batch = _setup("fitnet")
   params, state, meta = method.init(jax.random.key(0), batch)
 
   def hint_only(p):
     _, (_, terms) = method.train_objective(p, state, meta, batch)
-    return terms["loss_feat"]
+    return terms["terms"]["feat"]
 
   grads = jax.grad(hint_only)(params)
   assert float(optax.tree.norm(grads["match"])) > 0
@@ -166,7 +151,7 @@ def test_amtml_weights_target_and_phases():
 
   def div(p, epoch):
     _, (_, t) = method.train_objective(p, state, meta, dict(batch, epoch=jnp.asarray(epoch)))
-    return t["loss_div"]
+    return t["terms"]["kd"]
 
   during = jax.grad(div)(params, 0)["adapter"]
   after = jax.grad(div)(params, 10_000)["adapter"]
@@ -181,8 +166,8 @@ def test_amtml_reductions_differ_by_the_class_count():
   m_mean, batch = _setup("amtml", **{"amtml.kd_reduction": "mean"})
   m_batch, _ = _setup("amtml", **{"amtml.kd_reduction": "batchmean"})
   params, state, meta = m_mean.init(jax.random.key(0), batch)
-  a = m_mean.train_objective(params, state, meta, batch)[1][1]["loss_div"]
-  b = m_batch.train_objective(params, state, meta, batch)[1][1]["loss_div"]
+  a = m_mean.train_objective(params, state, meta, batch)[1][1]["terms"]["kd"]
+  b = m_batch.train_objective(params, state, meta, batch)[1][1]["terms"]["kd"]
   np.testing.assert_allclose(b / a, C, rtol=1e-5)
 
 

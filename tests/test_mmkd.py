@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmkd_jax import convert, verify
+from mmkd_jax import verify
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import FeatureAligner
 from mmkd_jax.distill.meta_nets import WeightMLP, feature_weight_input
-from mmkd_jax.distill.mmkd import MMKD
+from mmkd_jax.methods import LossWeights, RunInfo, TeacherView
+from mmkd_jax.methods.mmkd import MMKD
 from mmkd_jax.models import get_model
+from mmkd_jax.teachers import convert
 
 STUDENTS = ["vgg8", "resnet8x4"]
 
@@ -45,9 +47,12 @@ class Case:
         "teacher_feat": tuple(nhwc(npz[f"teacher_feat_{t}"]) for t in range(self.num_teachers)),
     }
     self.channels = tuple(int(npz[f"teacher_feat_{t}"].shape[1]) for t in range(self.num_teachers))
-    self.method = MMKD(get_model(str(npz["config/student"]), 100), self.num_teachers, self.channels,
-                       temperature=float(npz["config/kd_T"]), alpha=float(npz["config/alpha"]),
-                       beta=float(npz["config/beta"]))
+    self.alpha, self.beta = float(npz["config/alpha"]), float(npz["config/beta"])
+    views = tuple(TeacherView(f"t{t}", "", tuple(f.shape[1:])) for t, f in enumerate(self.batch["teacher_feat"]))
+    run = RunInfo(get_model(str(npz["config/student"]), 100), 100, len(npz["labels"]), teachers=views)
+    self.method = MMKD(run, LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", self.beta))),
+                       float(npz["config/kd_T"]),
+                       lookahead_weights=LossWeights((("kd", self.alpha), ("feat", self.beta))))
     mlp = WeightMLP(self.num_teachers)
     lw_shape = jax.eval_shape(mlp.init, jax.random.key(0), jnp.zeros((1, 100 * (self.num_teachers + 1))))
     fw_shape = jax.eval_shape(mlp.init, jax.random.key(0), jnp.zeros((1, 8 * (self.num_teachers + 1))))
@@ -130,9 +135,10 @@ def test_plain_step_objective_and_gradients(testvectors, student, precision):
     state = {"match": match_vars["batch_stats"]}
 
     def objectives(logits, feat, match_params, meta):
-      t, _ = c.method.loss_terms(logits, feat, {"match": match_params}, state, meta, c.batch)
-      plain = t["loss_cls"] + t["loss_div"] + c.method.beta * t["loss_feat"]
-      return plain, (t, c.method.alpha * t["loss_div"] + c.method.beta * t["loss_feat"])
+      t, _, _ = c.method.terms_from_outputs(logits, feat, {"match": match_params}, state, meta, c.batch)
+      t = {"loss_cls": t["ce"], "loss_div": t["kd"], "loss_feat": t["feat"]}
+      plain = c.method.weights.total({"ce": t["loss_cls"], "kd": t["loss_div"], "feat": t["loss_feat"]})
+      return plain, (t, c.alpha * t["loss_div"] + c.beta * t["loss_feat"])
 
     grads, (terms, matching) = jax.grad(objectives, argnums=(0, 1, 2, 3), has_aux=True)(
         c.logits, c.feat, match_vars["params"], c.meta)

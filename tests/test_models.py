@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from mmkd_jax import verify
-from mmkd_jax.models import MODEL_NAMES, PENULTIMATE_FEATURE_INDEX, get_model
+from mmkd_jax.models import get_model, model_names, register_model
+from mmkd_jax.registry import UnknownNameError
+
+MODEL_NAMES = model_names()[:21]  # the zoo (registered first)
 from mmkd_jax.models.layers import BatchNorm, channel_shuffle
 from mmkd_jax.models.shufflenet import _avg_pool_3x3_s2_pad1
 
@@ -25,22 +28,67 @@ def test_matches_reference_eval_train_and_preact(testvectors, arch):
 
 
 def test_all_21_architectures_registered():
-  assert len(MODEL_NAMES) == 21
+  assert len(MODEL_NAMES) == 21 and "ShuffleV2" in MODEL_NAMES
 
 
 def test_unknown_model_lists_known_names():
-  with pytest.raises(ValueError, match="Unknown model 'resnet9'.*resnet8x4.*ShuffleV2"):
+  with pytest.raises(UnknownNameError, match="unknown model 'resnet9'.*resnet8x4.*ShuffleV2"):
     get_model("resnet9", 10)
 
 
-@pytest.mark.parametrize("arch", ["resnet8", "vgg8", "MobileNetV2"])
-def test_penultimate_feature_is_last_map(arch):
+# feat[-2] (the map MMKD matches) is the last map before pooling: index 4 for VGG / MobileNetV2.
+PENULTIMATE = {"resnet8": 3, "wrn_16_1": 3, "vgg8": 4, "MobileNetV2": 4, "ShuffleV1": 3, "ShuffleV2": 3}
+
+
+@pytest.mark.parametrize("arch", sorted(PENULTIMATE))
+@pytest.mark.parametrize("size", [32, 28, 24])
+def test_penultimate_feature_is_last_map_at_any_input_size(arch, size):
+  """The zoo takes any input size: 28x28 grey images (Fashion-MNIST) give the same feature list,
+  with global pooling where the reference's fixed pooling window assumed 32x32."""
   model = get_model(arch, 7)
-  x = jnp.zeros((2, 32, 32, 3))
+  x = jnp.zeros((2, size, size, 1 if size == 28 else 3))
   feats, logits = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x))
   assert logits.shape == (2, 7)
-  assert feats[PENULTIMATE_FEATURE_INDEX[arch]].ndim == 4
-  assert feats[PENULTIMATE_FEATURE_INDEX[arch]] is feats[-2]
+  assert feats[PENULTIMATE[arch]].ndim == 4 and feats[-1].ndim == 2
+  assert feats[PENULTIMATE[arch]].shape == feats[-2].shape
+
+
+def test_global_pooling_equals_the_references_window_at_32():
+  """At 32x32 the final map is exactly the reference's pooling window: the same numbers."""
+  from mmkd_jax.models.layers import global_avg_pool_flatten  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+  np.testing.assert_array_equal(global_avg_pool_flatten(x), nn_avg_pool_8(x))
+
+
+def nn_avg_pool_8(x):
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  return nn.avg_pool(x, (8, 8), strides=(8, 8)).reshape(x.shape[0], -1)
+
+
+def test_a_user_model_registers_and_builds():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  class Tiny(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train=False, preact=False):
+      f = nn.relu(nn.Conv(4, (3, 3))(x))
+      pooled = jnp.mean(f, axis=(1, 2))
+      return [f, pooled], nn.Dense(self.num_classes, name="head")(pooled)
+
+  @register_model("tiny_for_test_models", classifier="head")
+  def tiny(num_classes, bn_groups=1):
+    del bn_groups
+    return Tiny(num_classes)
+
+  register_model("tiny_for_test_models", classifier="head")(tiny)  # a re-import is a replacement
+  with pytest.raises(ValueError, match="already registered"):
+    register_model("tiny_for_test_models")(lambda num_classes, bn_groups=1: Tiny(num_classes))
+  model = get_model("tiny_for_test_models", 3)
+  x = jnp.zeros((1, 9, 9, 2))
+  _, logits = model.apply(model.init(jax.random.key(0), x), x)
+  assert logits.shape == (1, 3)
 
 
 def test_batchnorm_train_mode_matches_pytorch_formula():

@@ -1,6 +1,7 @@
-"""Deterministic augmentation for 32x32 data: pad 4 + random 32x32 crop + horizontal flip.
+"""Deterministic augmentation: zero-pad + random crop back to the image size + horizontal flip.
 
-The crop offsets and the flip of an example are a pure function of (seed, example index,
+The padding scales with the image (``DatasetSpec.crop_padding``, by default height // 8: 4 at
+32x32 as the reference, 3 at 28x28). The crop offsets and the flip of an example are a pure function of (seed, example index,
 replay), computed on device with counter-based (threefry) keys, so a precomputed teacher
 output and the student's view of the same (index, replay) always see the same pixels.
 """
@@ -31,18 +32,24 @@ def crop_flip_params(seed: int | Array, index: Array, replay: int | Array, pad: 
   return jax.vmap(one)(index, replay)
 
 
-def augment(images: Array, index: Array, replay: int | Array, seed: int | Array, pad: int = 4) -> Array:
-  """Zero-pads by ``pad`` (like torchvision's RandomCrop(padding=4) on the uint8 image), crops
-  back to the original size at the per-example offsets, and flips where drawn."""
+def augment(images: Array, index: Array, replay: int | Array, seed: int | Array, pad: int = 4,
+            flip: bool = True) -> Array:
+  """Zero-pads by ``pad`` (like torchvision's RandomCrop(padding=pad) on the uint8 image), crops
+  back to the original size at the per-example offsets, and flips where drawn (if ``flip``)."""
   n, h, w, c = images.shape
   padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  dy, dx, flip = crop_flip_params(seed, index, replay, pad)
+  dy, dx, flips = crop_flip_params(seed, index, replay, pad)
 
   def crop(img, y, x, f):
     out = jax.lax.dynamic_slice(img, (y, x, 0), (h, w, c))
-    return jnp.where(f, out[:, ::-1, :], out)
+    return jnp.where(f, out[:, ::-1, :], out) if flip else out
 
-  return jax.vmap(crop)(padded, dy, dx, flip)
+  return jax.vmap(crop)(padded, dy, dx, flips)
+
+
+def augment_for(spec, images: Array, index: Array, replay: int | Array, seed: int | Array) -> Array:
+  """``augment`` with the dataset's padding and flip (``spec``: a ``DatasetSpec``)."""
+  return augment(images, index, replay, seed, spec.crop_padding, spec.flip)
 
 
 def normalize(images: Array, mean: Sequence[float], std: Sequence[float], dtype=jnp.float32) -> Array:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmkd_jax.data.sources import register_dataset
+
 NUM_TRAIN = 1438
 NUM_TEST = 359
 
@@ -32,6 +34,8 @@ def split_indices(split: str, total: int = 1797) -> np.ndarray:
   return np.flatnonzero(is_test if split == "test" else ~is_test)
 
 
+# Normalisation: the statistics of the training split (checked by tests/test_data.py).
+@register_dataset("digits", mean=(0.3059,) * 3, std=(0.3763,) * 3, offline=True)
 class MmkdDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn digits, 32x32x3, fixed train/test split, prepared offline."""
 

@@ -1,78 +1,133 @@
-"""The datasets this library trains on, read through TFDS random-access data sources.
+"""Datasets by name, read through TFDS random-access data sources (array_record, no TensorFlow).
 
-Every dataset is stored as array_record and read with ``tfds.data_source`` (no TensorFlow).
-Record r of a split is example r; that position is the example index used for
-augmentation and for joining the teacher cache.
+``config.dataset`` is one of
+  * a name registered with ``@register_dataset`` (the built-ins: ``cifar100``, ``cifar10``,
+    ``digits``, ``fashion_mnist``; a user registers their own builder the same way),
+  * any TFDS dataset name (``tfds.builder(name)``), prepared as array_record under ``data_dir``,
+  * a directory holding a prepared TFDS dataset (``tfds.builder_from_directory``).
+Image shape and number of classes come from the dataset's features; the normalisation from the
+registration, ``config.normalization``, or else the training split's own statistics.
+
+Record r of a split is example r; that position is the example index used for augmentation and
+for joining the teacher cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
-from typing import Any
+from typing import Any, Callable, Sequence
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+
+from mmkd_jax.registry import Registry, UnknownNameError, origin_of
+
+BuilderFactory = Callable[..., tfds.core.DatasetBuilder]
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  tfds_name: str
+  """What the trainer needs to know of a dataset, with the configured splits."""
+  name: str
   num_classes: int
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
+  image_shape: tuple[int, int, int]   # (H, W, C)
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
   train_split: str = "train"
   test_split: str = "test"
   image_key: str = "image"
   label_key: str = "label"
-  image_size: int = 32
-  offline: bool = False  # prepared from bundled data, never downloads
+  crop_padding: int = 4               # pad-and-crop augmentation; 0 = no crop
+  flip: bool = True
+
+  @property
+  def image_size(self) -> int:
+    return self.image_shape[0]
 
 
-# The reference's CIFAR-100 normalisation; CIFAR-10 uses its own well-known statistics; digits
-# uses the statistics of its training split (checked by tests/test_data.py).
-DATASETS: dict[str, DatasetSpec] = {
-    "cifar100": DatasetSpec("cifar100", 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "cifar10": DatasetSpec("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "digits": DatasetSpec("mmkd_digits", 10, (0.3059,) * 3, (0.3763,) * 3, offline=True),
-}
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+  """A registered dataset: how to build its TFDS builder and what it does not say itself."""
+  builder: BuilderFactory | None = None  # (data_dir=..., source_dir=...) -> builder; None: tfds.builder(tfds_name)
+  tfds_name: str = ""
+  mean: tuple[float, ...] | None = None
+  std: tuple[float, ...] | None = None
+  train_split: str = "train"
+  test_split: str = "test"
+  image_key: str = "image"
+  label_key: str = "label"
+  offline: bool = False            # prepared on first use from local files, never downloads
+  crop_padding: int | None = None  # None: image height // 8 (4 at 32x32, as the reference)
+  flip: bool = True
+
+
+DATASETS: Registry[DatasetEntry] = Registry(
+    "dataset", "Use a TFDS name, a prepared TFDS directory, or register a builder with "
+    "@mmkd_jax.data.register_dataset in a module listed in config.imports.")
+
+
+def register_dataset(name: str, **fields: Any) -> Callable:
+  """Decorator on a ``tfds.core.DatasetBuilder`` subclass (or a factory of builders): registers
+  it as ``name``; ``fields`` are those of ``DatasetEntry`` (mean, std, splits, offline...)."""
+  def decorator(builder):
+    DATASETS.add(name, DatasetEntry(builder=builder, **fields), origin_of(builder))
+    return builder
+  return decorator
+
+
+# The reference's CIFAR-100 normalisation; CIFAR-10 uses its well-known statistics.
+DATASETS.add("cifar100", DatasetEntry(tfds_name="cifar100", mean=(0.5071, 0.4867, 0.4408),
+                                      std=(0.2675, 0.2565, 0.2761)), "mmkd_jax.data.sources")
+DATASETS.add("cifar10", DatasetEntry(tfds_name="cifar10", mean=(0.4914, 0.4822, 0.4465),
+                                     std=(0.2470, 0.2435, 0.2616)), "mmkd_jax.data.sources")
 
 
 def default_data_dir() -> str:
   return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
 
 
-def get_spec(name: str, train_split: str = "", test_split: str = "") -> DatasetSpec:
-  """The dataset's spec; non-empty ``train_split`` / ``test_split`` replace its splits (TFDS
-  slicing, e.g. 'train[:85%]' and 'train[85%:]' for a validation split). A prefix slice of the
-  training split keeps record positions, so augmentation and cached teacher outputs line up."""
-  if name not in DATASETS:
-    raise ValueError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}.")
-  spec = DATASETS[name]
-  return dataclasses.replace(spec, train_split=train_split or spec.train_split,
-                             test_split=test_split or spec.test_split)
+def _entry(name: str) -> DatasetEntry:
+  if name in DATASETS:
+    return DATASETS.get(name)
+  if os.path.isdir(os.path.expanduser(name)):
+    return DatasetEntry(builder=lambda **_: tfds.builder_from_directory(os.path.expanduser(name)))
+  return DatasetEntry(tfds_name=name)
 
 
-def _builder(spec: DatasetSpec, data_dir: str) -> tfds.core.DatasetBuilder:
-  if spec.tfds_name == "mmkd_digits":
-    from mmkd_jax.data.digits import MmkdDigits  # pylint: disable=import-outside-toplevel
-    return MmkdDigits(data_dir=data_dir, file_format="array_record")
-  return tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+def builder(name: str, data_dir: str | None = None, source_dir: str = "") -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``name`` (array_record) under ``data_dir``."""
+  entry = _entry(name)
+  data_dir = data_dir or default_data_dir()
+  if entry.builder is None:
+    try:
+      return tfds.builder(entry.tfds_name, data_dir=data_dir, file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise UnknownNameError(f"unknown dataset {name!r}: not registered ({', '.join(DATASETS.names())}), "
+                             f"not a TFDS name and not a directory. {DATASETS.how_to_add}") from e
+  kwargs: dict[str, Any] = {"data_dir": data_dir}
+  if source_dir and "source_dir" in inspect.signature(entry.builder).parameters:
+    kwargs["source_dir"] = source_dir
+  if isinstance(entry.builder, type):
+    kwargs["file_format"] = "array_record"
+  return entry.builder(**kwargs)
 
 
-def prepare(name: str, data_dir: str | None = None, allow_download: bool = False) -> None:
+def prepare(name: str, data_dir: str | None = None, allow_download: bool = False, source_dir: str = "") -> None:
   """Makes sure ``name`` is prepared as array_record under ``data_dir``.
 
-  The offline datasets are prepared on first use. Others need a download, which happens only
-  with ``allow_download`` (``python -m mmkd_jax.data.prepare``), never during a run.
+  Offline datasets are prepared on first use. Others need a download, which happens only with
+  ``allow_download`` (``python -m mmkd_jax.data.prepare``), never during a run.
   """
-  spec = get_spec(name)
   data_dir = data_dir or default_data_dir()
-  builder = _builder(spec, data_dir)
-  if builder.is_prepared():
+  b = builder(name, data_dir, source_dir)
+  if b.is_prepared():
     return
-  if spec.offline or allow_download:
-    builder.download_and_prepare(file_format="array_record")
+  if _entry(name).offline or allow_download:
+    b.download_and_prepare(file_format="array_record")
     return
   raise FileNotFoundError(
       f"dataset {name!r} is not prepared under {data_dir}. Prepare it once on a machine with "
@@ -80,35 +135,114 @@ def prepare(name: str, data_dir: str | None = None, allow_download: bool = False
       "format; TensorFlow is not needed), or point --config.data_dir at a prepared copy.")
 
 
-def data_source(name: str, split: str, data_dir: str | None = None) -> Any:
+def data_source(name: str, split: str, data_dir: str | None = None, source_dir: str = "") -> Any:
   """A random-access source of ``{'image': uint8 HWC, 'label': int, ...}`` records."""
-  spec = get_spec(name)
   data_dir = data_dir or default_data_dir()
-  if spec.offline:
-    prepare(name, data_dir)
-    return _builder(spec, data_dir).as_data_source(split=split)
+  entry = _entry(name)
+  if entry.offline:
+    prepare(name, data_dir, source_dir=source_dir)
+    return builder(name, data_dir, source_dir).as_data_source(split=split)
   try:
-    return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False,
+    if entry.builder is not None:
+      return builder(name, data_dir, source_dir).as_data_source(split=split)
+    return tfds.data_source(entry.tfds_name, split=split, data_dir=data_dir, download=False,
                             builder_kwargs={"file_format": "array_record"})
-  except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
     # TFDS reports a missing offline dataset as a TFRECORD NotImplementedError; say what it is.
     raise FileNotFoundError(
         f"dataset {name!r} ({split}) could not be opened under {data_dir}: {e}. Prepare it once "
         f"with `python -m mmkd_jax.data.prepare {name} --data_dir {data_dir}`.") from e
 
 
-def split_size(source: Any) -> int:
-  return len(source)
-
-
 def read_records(source: Any, indices: np.ndarray, spec: DatasetSpec) -> dict[str, np.ndarray]:
-  """Reads records by index into ``{'image': (N, H, W, 3) uint8, 'label': (N,) int32}``."""
+  """Reads records by index into ``{'image': (N, H, W, C) uint8, 'label': (N,) int32}``."""
   keys = [int(i) for i in indices]
   try:
     records = source.__getitems__(keys)
   except (AttributeError, TypeError):  # tfds.testing.mock_data patches it with another signature
     records = [source[k] for k in keys]
-  return {
-      "image": np.stack([np.asarray(r[spec.image_key], np.uint8) for r in records]),
-      "label": np.asarray([int(r[spec.label_key]) for r in records], np.int32),
-  }
+  images = np.stack([np.asarray(r[spec.image_key], np.uint8) for r in records])
+  if images.ndim == 3:  # (N, H, W) grey images without a channel axis
+    images = images[..., None]
+  return {"image": images, "label": np.asarray([int(r[spec.label_key]) for r in records], np.int32)}
+
+
+def image_statistics(source: Any, spec: DatasetSpec, max_examples: int = 10_000) -> tuple[tuple, tuple]:
+  """Per-channel mean and std of images in [0, 1] over (a fixed sample of) a split."""
+  n = len(source)
+  rows = np.random.default_rng(0).permutation(n)[:max_examples] if n > max_examples else np.arange(n)
+  total = np.zeros(spec.image_shape[-1])
+  total_sq = np.zeros(spec.image_shape[-1])
+  count = 0
+  for lo in range(0, len(rows), 1000):
+    x = read_records(source, np.sort(rows[lo:lo + 1000]), spec)["image"].astype(np.float64) / 255.0
+    total += x.sum(axis=(0, 1, 2))
+    total_sq += np.square(x).sum(axis=(0, 1, 2))
+    count += x.shape[0] * x.shape[1] * x.shape[2]
+  mean = total / count
+  return tuple(float(m) for m in mean), tuple(float(s) for s in np.sqrt(total_sq / count - mean ** 2))
+
+
+@functools.lru_cache(maxsize=32)
+def _computed_statistics(name: str, data_dir: str, source_dir: str, split: str, spec: DatasetSpec):
+  return image_statistics(data_source(name, split, data_dir, source_dir), spec)
+
+
+def _features(b: tfds.core.DatasetBuilder, entry: DatasetEntry, name: str) -> tuple[tuple[int, int, int], int]:
+  features = b.info.features
+  try:
+    image, label = features[entry.image_key], features[entry.label_key]
+  except KeyError as e:
+    raise ValueError(f"dataset {name!r} has no feature {e}; its features are "
+                     f"{', '.join(features.keys())}") from e
+  shape = tuple(image.shape)
+  if len(shape) == 2:
+    shape = shape + (1,)
+  if len(shape) != 3 or any(d is None for d in shape):
+    raise ValueError(f"dataset {name!r}: images of shape {image.shape} are not fixed-size HWC; "
+                     "register a builder that stores them at one size")
+  num_classes = getattr(label, "num_classes", None)
+  if not num_classes:
+    raise ValueError(f"dataset {name!r}: its {entry.label_key!r} feature is not a ClassLabel")
+  return shape, int(num_classes)
+
+
+def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
+  """The configured dataset with its shape, classes, normalisation and the configured splits
+  (TFDS slicing such as 'train[:85%]' / 'train[85%:]' for a validation split; a prefix slice of
+  the training split keeps record positions, so augmentation and cached teacher outputs line up)."""
+  name, data_dir = config.dataset, config.data_dir or default_data_dir()
+  entry = _entry(name)
+  shape, num_classes = _features(builder(name, data_dir, config.dataset_source_dir), entry, name)
+  spec = DatasetSpec(name, num_classes, shape, (), (), config.train_split or entry.train_split,
+                     config.eval_split or entry.test_split, entry.image_key, entry.label_key,
+                     shape[0] // 8 if entry.crop_padding is None else entry.crop_padding, entry.flip)
+  mean, std = tuple(config.normalization.mean), tuple(config.normalization.std)
+  if not mean or not std:
+    if entry.mean is not None:
+      mean, std = entry.mean, entry.std
+    else:  # statistics of the whole default training split, whatever split this run trains on
+      mean, std = _computed_statistics(name, data_dir, config.dataset_source_dir, entry.train_split, spec)
+  if len(mean) != shape[-1] or len(std) != shape[-1]:
+    raise ValueError(f"config.normalization: dataset {name!r} has {shape[-1]} channels, the "
+                     f"normalisation gives mean {mean} and std {std}")
+  return dataclasses.replace(spec, mean=tuple(mean), std=tuple(std))
+
+
+@dataclasses.dataclass
+class Dataset:
+  """The configured dataset's spec and its train / evaluation sources, opened once."""
+  spec: DatasetSpec
+  train: Any
+  test: Any
+
+
+def open_dataset(config: ml_collections.ConfigDict) -> Dataset:
+  spec = dataset_spec(config)
+  open_split = functools.partial(data_source, config.dataset, data_dir=config.data_dir or None,
+                                 source_dir=config.dataset_source_dir)
+  return Dataset(spec, open_split(split=spec.train_split), open_split(split=spec.test_split))
+
+
+def known_names() -> Sequence[str]:
+  return DATASETS.names()

@@ -1,1 +1,1 @@
-"""Distillation building blocks: losses, feature alignment, meta-weight networks, methods."""
+"""Building blocks shared by the methods: losses, feature alignment, meta-weight networks, hard buffer."""

@@ -15,7 +15,17 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from mmkd_jax.registry import ConfigError
+
 PyTree = Any
+
+
+def check_capacity(capacity: int, batch_size: int, field: str) -> None:
+  """The buffer fills up exactly only when its capacity is a multiple of the batch size (the
+  reference's buffer otherwise never becomes full)."""
+  if capacity <= 0 or capacity % batch_size:
+    raise ConfigError(f"config.{field}: {capacity} must be a positive multiple of batch_size {batch_size} "
+                      "(the buffer must fill up exactly; the reference's buffer never fills otherwise)")
 
 
 @flax.struct.dataclass

@@ -1,13 +1,25 @@
-"""The CIFAR model zoo of the reference (RepDistiller/MMKD), as Flax linen modules.
+"""Models by name: the CIFAR zoo of the reference (RepDistiller/MMKD) and any model a user
+registers with ``@register_model``.
 
 Every model is called as ``model.apply(variables, x, train=..., preact=...)`` on NHWC
-inputs and returns ``(features, logits)``: the reference's ``is_feat=True`` feature list
-(same order and meaning, maps in NHWC, the last entry the pooled vector) and the logits.
+inputs of any size and returns ``(features, logits)``: the reference's ``is_feat=True`` feature
+list (same order and meaning, maps in NHWC, the last entry the pooled vector) and the logits.
 In train mode pass ``mutable=['batch_stats']`` to receive the updated running statistics.
+
+A user model is a factory ``(num_classes, bn_groups) -> flax.linen.Module`` following that
+calling convention::
+
+    @register_model("my_net", classifier="head")
+    def my_net(num_classes: int, bn_groups: int = 1) -> nn.Module:
+      return MyNet(num_classes)
+
+``classifier`` names the final Dense layer's parameters (methods that apply a teacher's
+classifier to other features, like CA-MKD, need it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -19,45 +31,70 @@ from mmkd_jax.models.resnet import ResNet
 from mmkd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from mmkd_jax.models.vgg import VGG, VGG_CONFIGS
 from mmkd_jax.models.wrn import WideResNet
+from mmkd_jax.registry import Registry, origin_of
 
-_CIFAR_RESNET_FILTERS = (16, 16, 32, 64)
-_X4_FILTERS = (32, 64, 128, 256)
+ModelFactory = Callable[..., nn.Module]
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    **{f"resnet{d}": functools.partial(ResNet, d, _CIFAR_RESNET_FILTERS)
-       for d in (8, 14, 20, 32, 44, 56, 110)},
-    "resnet8x4": functools.partial(ResNet, 8, _X4_FILTERS),
-    "resnet32x4": functools.partial(ResNet, 32, _X4_FILTERS),
-    **{f"wrn_{d}_{w}": functools.partial(WideResNet, d, w) for d in (16, 40) for w in (1, 2)},
-    **{name: functools.partial(VGG, channels) for name, channels in VGG_CONFIGS.items()},
-    "MobileNetV2": MobileNetV2,
-    "ShuffleV1": ShuffleNetV1,
-    "ShuffleV2": ShuffleNetV2,
-}
 
-MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  factory: ModelFactory           # (num_classes, bn_groups=1) -> module
+  classifier: str | None = None   # parameter name of the final Dense layer
 
-# Name of each model's final classifier (its head is: global average pool of feat[-2], then this).
-CLASSIFIER_NAME: dict[str, str] = {
-    name: ("fc" if name.startswith(("resnet", "wrn")) else "classifier" if name.startswith("vgg")
-           else "classifier.0" if name == "MobileNetV2" else "linear") for name in MODEL_NAMES}
 
-# Index of feat[-2], the last feature map before pooling, which MMKD matches and weights.
-PENULTIMATE_FEATURE_INDEX: dict[str, int] = {
-    name: (4 if name.startswith("vgg") or name == "MobileNetV2" else 3) for name in MODEL_NAMES}
+MODELS: Registry[ModelSpec] = Registry(
+    "model", "Register your own with @mmkd_jax.models.register_model in a module listed in config.imports.")
+
+
+def register_model(name: str, classifier: str | None = None) -> Callable[[ModelFactory], ModelFactory]:
+  """Decorator: registers ``factory(num_classes, bn_groups=1) -> nn.Module`` as ``name``."""
+  def decorator(factory: ModelFactory) -> ModelFactory:
+    MODELS.add(name, ModelSpec(factory, classifier), origin_of(factory))
+    return factory
+  return decorator
+
+
+def _add_zoo() -> None:
+  filters, x4 = (16, 16, 32, 64), (32, 64, 128, 256)
+  zoo: dict[str, tuple[ModelFactory, str]] = {
+      **{f"resnet{d}": (functools.partial(ResNet, d, filters), "fc") for d in (8, 14, 20, 32, 44, 56, 110)},
+      "resnet8x4": (functools.partial(ResNet, 8, x4), "fc"),
+      "resnet32x4": (functools.partial(ResNet, 32, x4), "fc"),
+      **{f"wrn_{d}_{w}": (functools.partial(WideResNet, d, w), "fc") for d in (16, 40) for w in (1, 2)},
+      **{name: (functools.partial(VGG, channels), "classifier") for name, channels in VGG_CONFIGS.items()},
+      "MobileNetV2": (MobileNetV2, "classifier.0"),
+      "ShuffleV1": (ShuffleNetV1, "linear"),
+      "ShuffleV2": (ShuffleNetV2, "linear"),
+  }
+  for name, (factory, classifier) in zoo.items():
+    MODELS.add(name, ModelSpec(factory, classifier), f"mmkd_jax.models:{name}")
+
+
+_add_zoo()
 
 
 def get_model(name: str, num_classes: int, bn_groups: int = 1) -> nn.Module:
-  """Returns the zoo model ``name`` with a ``num_classes``-way classifier.
+  """The registered model ``name`` with a ``num_classes``-way classifier.
 
   ``bn_groups > 1`` gives every BatchNorm per-group batch statistics (one group per device =
   PyTorch DDP's per-device BatchNorm); 1 is BatchNorm over the whole global batch.
   """
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(MODEL_NAMES)}.")
+  spec = MODELS.get(name)
   if num_classes < 1:
     raise ValueError(f"num_classes must be positive, got {num_classes}")
-  return _REGISTRY[name](num_classes=num_classes, bn_groups=bn_groups)
+  return spec.factory(num_classes=num_classes, bn_groups=bn_groups)
 
 
-__all__ = ["BatchNorm", "CLASSIFIER_NAME", "MODEL_NAMES", "PENULTIMATE_FEATURE_INDEX", "get_model"]
+def model_names() -> tuple[str, ...]:
+  return MODELS.names()
+
+
+def classifier_name(name: str) -> str:
+  classifier = MODELS.get(name).classifier
+  if classifier is None:
+    raise ValueError(f"model {name!r} was registered without classifier=...; methods that apply a "
+                     "teacher's classifier (CA-MKD) need the name of its final Dense layer")
+  return classifier
+
+
+__all__ = ["BatchNorm", "MODELS", "ModelSpec", "classifier_name", "get_model", "model_names", "register_model"]

@@ -149,10 +149,12 @@ def dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
   return nn.Dense(features, kernel_init=dense_kernel_init, bias_init=bias_init, name=name)
 
 
-def avg_pool_flatten(x: Array, window: int) -> Array:
-  """``F.avg_pool2d(x, window)`` followed by ``x.view(N, -1)`` in PyTorch's NCHW order."""
-  x = nn.avg_pool(x, (window, window), strides=(window, window))
-  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+def global_avg_pool_flatten(x: Array) -> Array:
+  """Average over the whole map, flattened: the reference's ``F.avg_pool2d(x, k)`` + ``view`` at
+  the input size it was written for (its k is the final map's size there), and global pooling at
+  any other input size (where the reference's fixed k would fail or leave a spatial grid)."""
+  x = nn.avg_pool(x, (x.shape[1], x.shape[2]), strides=(x.shape[1], x.shape[2]))
+  return x.reshape(x.shape[0], -1)
 
 
 def channel_shuffle(x: Array, groups: int) -> Array:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from mmkd_jax.models.layers import BatchNorm, avg_pool_flatten, conv, dense
+from mmkd_jax.models.layers import BatchNorm, global_avg_pool_flatten, conv, dense
 
 Array = jax.Array
 
@@ -51,9 +51,6 @@ class MobileNetV2(nn.Module):
   def __call__(self, x: Array, train: bool = False, preact: bool = False) -> tuple[list[Array], Array]:
     del preact
     bn = lambda name: BatchNorm(groups=self.bn_groups, name=name)
-    input_size = x.shape[1]
-    if input_size % 32:
-      raise ValueError(f"MobileNetV2 needs an input size divisible by 32, got {input_size}")
     out = nn.relu(bn("conv1.1")(conv(int(32 * self.width_mult), 3, 2, 1, name="conv1.0")(x), train))
     feats = [out]
     for g, (t, c, n, s) in enumerate(_SETTINGS):
@@ -66,8 +63,8 @@ class MobileNetV2(nn.Module):
     last_channels = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
     out = nn.relu(bn("conv2.1")(conv(last_channels, 1, name="conv2.0")(out), train))
     feats.append(out)
-    # AvgPool2d(input_size // 16, ceil_mode=True) on the (input_size // 16)^2 map.
-    out = avg_pool_flatten(out, input_size // 16)
+    # The reference's AvgPool2d(input_size // 16, ceil_mode=True) covers the whole final map.
+    out = global_avg_pool_flatten(out)
     feats.append(out)
     logits = dense(self.num_classes, last_channels, name="classifier.0")(out)
     return feats, logits

@@ -7,7 +7,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from mmkd_jax.models.layers import BatchNorm, avg_pool_flatten, conv, dense
+from mmkd_jax.models.layers import BatchNorm, global_avg_pool_flatten, conv, dense
 
 Array = jax.Array
 
@@ -63,7 +63,7 @@ class ResNet(nn.Module):
         x, pre = block(x, train)
         in_planes = planes
       feats.append(pre if preact else x)
-    x = avg_pool_flatten(x, 8)
+    x = global_avg_pool_flatten(x)
     feats.append(x)
     logits = dense(self.num_classes, self.num_filters[3], name="fc")(x)
     return feats, logits

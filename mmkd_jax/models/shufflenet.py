@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmkd_jax.models.layers import BatchNorm, avg_pool_flatten, channel_shuffle, conv, dense
+from mmkd_jax.models.layers import BatchNorm, global_avg_pool_flatten, channel_shuffle, conv, dense
 
 Array = jax.Array
 
@@ -65,7 +65,7 @@ class ShuffleNetV1(nn.Module):
                                        name=f"layer{layer}.{i}")(out, train)
         in_planes = planes
       feats.append(pre if preact else out)
-    out = avg_pool_flatten(out, 4)
+    out = global_avg_pool_flatten(out)
     feats.append(out)
     logits = dense(self.num_classes, self.out_planes[-1], name="linear")(out)
     return feats, logits
@@ -131,7 +131,7 @@ class ShuffleNetV2(nn.Module):
     out = nn.relu(BatchNorm(groups=self.bn_groups, name="bn2")(out, train))
     if not preact:
       feats[3] = out
-    out = avg_pool_flatten(out, 4)
+    out = global_avg_pool_flatten(out)
     feats.append(out)
     logits = dense(self.num_classes, self.out_channels[3], name="linear")(out)
     return feats, logits

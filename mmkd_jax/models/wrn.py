@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from mmkd_jax.models.layers import BatchNorm, avg_pool_flatten, conv, dense
+from mmkd_jax.models.layers import BatchNorm, global_avg_pool_flatten, conv, dense
 
 Array = jax.Array
 
@@ -67,7 +67,7 @@ class WideResNet(nn.Module):
       feats.append(out)
     out = nn.relu(bn1(out, train))
     feats[3] = out
-    out = avg_pool_flatten(out, 8)
+    out = global_avg_pool_flatten(out)
     feats.append(out)
     logits = dense(self.num_classes, widths[3], name="fc")(out)
     if preact:

@@ -1,0 +1,290 @@
+"""Run configuration: the base ConfigDict, the method-dependent fields, parsing and validation.
+
+Config files (``configs/*.py``) build on ``base_config()`` and describe a *setting* (dataset,
+models, schedule). Fields a method owns are left unset (``None``) there: ``feature_layer``,
+``temperature``, ``weights.*``, ``meta.lookahead_weights.*`` and the method's own section
+``config.<method>.*``. ``resolve`` fills each unset one from the method's preset for the dataset,
+else its default, so ``--config.method=X`` on any config gets X's settings, and an explicit
+value (config file or ``--config.<field>=...``) always wins.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import os
+import types
+from typing import Any, Iterable, Mapping, Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+from mmkd_jax import bilevel, methods, registry
+from mmkd_jax.data import sources
+from mmkd_jax.models import model_names
+from mmkd_jax.registry import ConfigError
+
+MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline")
+
+
+def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0) -> ml_collections.ConfigDict:
+  """A teacher entry: ``checkpoint`` is an orbax teacher directory or a PyTorch .pth/.npz file;
+  empty means ``<teacher_dir>/<dataset>_<name>`` (trained there by mode=train_teacher)."""
+  return ml_collections.ConfigDict({"name": name, "arch": arch, "checkpoint": checkpoint, "seed": seed})
+
+
+def _placeholders(defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({k: config_dict.placeholder(type(v) if v is not None else object)
+                                    for k, v in defaults.items()})
+
+
+def _term_names() -> list[str]:
+  return list(dict.fromkeys(t for name in methods.METHODS for t in methods.METHODS.get(name).terms))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field with its default; method-owned fields unset (see the module docstring)."""
+  c = ml_collections.ConfigDict()
+  c.mode = "pipeline"            # train_teacher | precompute | distill | evaluate | pipeline
+  c.method = "mmkd"              # a registered method (mmkd_jax.methods)
+  c.imports = ()                 # your modules (dotted names or .py paths) that register parts
+  c.resolved_for = ""            # set by resolve(): "<method>@<dataset>"
+  c.dataset = "digits"           # registered name, TFDS name, or a prepared TFDS directory
+  c.data_dir = ""                # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.dataset_source_dir = ""      # raw files of builders that read local files ("" = their default)
+  c.normalization = ml_collections.ConfigDict({"mean": (), "std": ()})  # () = the dataset's own
+  # "" = the dataset's own splits. Model selection without the test set: train on
+  # 'train[:85%]', evaluate on 'train[85%:]' (teachers trained so are stored apart).
+  c.train_split = ""
+  c.eval_split = ""
+  c.seed = 0
+  c.student = "resnet8"
+  c.teachers: Sequence[ml_collections.ConfigDict] = []
+  c.teacher_dir = "runs/teachers"
+  c.teacher_source = "precomputed"  # precomputed | online
+  c.cache_dir = ""               # "" = derived from teachers, dataset and augmentation
+  c.cache_dtype = "bfloat16"     # bfloat16 | float16 | float32
+  c.num_replays = 4              # augmentation replays stored in the cache; replay = epoch % this
+  c.augmentation_seed = 0
+  c.trust_pickle = False         # allow arbitrary objects in teacher .pth files
+  c.feature_layer = config_dict.placeholder(int)   # feat[...] of feature terms (method default -2)
+  c.temperature = config_dict.placeholder(float)   # KD temperature (method default 4)
+  c.weights = _placeholders({t: 1.0 for t in _term_names()})  # raw loss term -> weight
+  c.weights.feat_from_epoch = config_dict.placeholder(int)   # the feature term counts from this epoch
+  # Data parallelism: BatchNorm statistics per device (like PyTorch DDP) unless synchronised.
+  c.sync_batch_norm = False
+  c.distributed = ml_collections.ConfigDict({
+      "coordinator_address": "",  # host:port of process 0; "" = single process or auto
+      "num_processes": 1, "process_id": 0,
+      "auto": True})              # let JAX detect TPU pods / SLURM / JAX_COORDINATOR_ADDRESS
+
+  # Student optimisation: the reference's SGD schedule.
+  c.batch_size = 64
+  c.eval_batch_size = 128
+  c.epochs = 240
+  c.lr = 0.05
+  c.lr_milestones = (150, 180, 210)
+  c.lr_decay = 0.1
+  c.momentum = 0.9
+  c.nesterov = True
+  c.weight_decay = 5e-4
+
+  c.meta = ml_collections.ConfigDict()
+  c.meta.lr = 1e-3
+  c.meta.weight_decay = 1e-4
+  c.meta.freq = 5                # meta step every `freq` batches and on the last batch of an epoch
+  c.meta.warmup_epochs = 0       # epochs with uniform teacher weights and no meta step
+  c.meta.lookahead_matching_steps = 2
+  c.meta.lookahead_outer_steps = 1
+  c.meta.lookahead_weights = _placeholders({t: 1.0 for t in _term_names()})
+  c.meta.first_order = False
+  # How the exact hypergradient is computed (mmkd_jax.bilevel.MODES).
+  c.meta.hypergradient = "forward_over_reverse"
+  c.meta.rollback = True
+  for name in methods.METHODS:
+    section = methods.METHODS.get(name).section
+    if section:
+      c[name] = _placeholders(section)
+
+  # Teacher training (mode=train_teacher / pipeline), same SGD rule.
+  c.teacher_training = ml_collections.ConfigDict({"epochs": 240, "lr": 0.05,
+                                                  "lr_milestones": (150, 180, 210)})
+  c.log_every = 50
+  c.checkpoint_every_epochs = 1
+  c.keep_checkpoints = 2
+  c.async_checkpoints = True
+  c.stop_at_step = -1            # save and stop at this global step (tests, preemption drills)
+  return c
+
+
+# ---------------------------------------------------------------------------------------
+# Config files and overrides.
+
+
+def parse_arg(arg: str | None, positional: Sequence[str] = (), defaults: Mapping[str, str] | None = None,
+              choices: Mapping[str, Iterable[str]] | None = None, switches: Sequence[str] = ("smoke",)
+              ) -> types.SimpleNamespace:
+  """``get_config(arg)`` arguments, big_vision style: ``"vgg8,vgg13,aver"`` (positional, in
+  order), ``"student=vgg8,method=aver"``, and switches such as ``"smoke"``, comma-separated.
+  Anything unknown is a ConfigError listing what is valid."""
+  values = dict(defaults or {})
+  values.update({s: False for s in switches})
+  choices = {k: tuple(v) for k, v in (choices or {}).items()}
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  slots = iter(positional)
+  for part in parts:
+    if part in switches:
+      values[part] = True
+      continue
+    key, value = part.split("=", 1) if "=" in part else (next(slots, None), part)
+    if key is None or key not in positional:
+      raise ConfigError(f"config argument {part!r} is not understood; valid: "
+                        f"{', '.join(f'{p}=...' for p in positional)}{', ' if positional else ''}"
+                        f"switches {', '.join(switches) or '(none)'}")
+    if key in choices and value not in choices[key]:
+      raise ConfigError(f"config argument {key}={value!r} is unknown; valid: {', '.join(choices[key])}")
+    values[key] = value
+  return types.SimpleNamespace(**values)
+
+
+def _parse_value(value: Any) -> Any:
+  if not isinstance(value, str):
+    return value
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
+
+
+def set_fields(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | Iterable[str]
+               ) -> ml_collections.ConfigDict:
+  """Sets dotted fields: ``{'meta.lr': 1e-4}`` or ``['meta.lr=1e-4', ...]`` (strings are Python
+  literals, else taken as text). Unknown fields raise ConfigError naming them."""
+  items = overrides.items() if isinstance(overrides, Mapping) else (s.split("=", 1) for s in overrides)
+  for key, value in items:
+    target = config
+    *parents, leaf = key.split(".")
+    try:
+      for p in parents:
+        target = target[p]
+      if leaf not in target:
+        raise KeyError(leaf)
+      target[leaf] = _parse_value(value)
+    except (KeyError, AttributeError, TypeError) as e:
+      raise ConfigError(f"config.{key}: no such field ({e})") from e
+  return config
+
+
+def load(path: str, arg: str | None = None, overrides: Mapping[str, Any] | Iterable[str] = ()
+         ) -> ml_collections.ConfigDict:
+  """A config file's ``get_config(arg)`` with overrides, as ``--config path:arg --config.k=v``."""
+  from ml_collections.config_flags import config_flags as flags_impl  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  module = flags_impl._LoadConfigModule(os.path.splitext(os.path.basename(path))[0], path)  # pylint: disable=protected-access
+  return set_fields(module.get_config(arg), overrides)
+
+
+# ---------------------------------------------------------------------------------------
+# Resolution and validation.
+
+
+def _get(config: ml_collections.ConfigDict, path: str) -> Any:
+  for part in path.split("."):
+    config = config[part]
+  return config
+
+
+def _owned_defaults(config: ml_collections.ConfigDict, spec: methods.MethodSpec) -> dict[str, Any]:
+  """Every field the method owns with its default (look-ahead weights: the training weight)."""
+  owned: dict[str, Any] = {"feature_layer": spec.feature_layer, "temperature": spec.temperature,
+                           "weights.feat_from_epoch": spec.feat_from_epoch}
+  owned.update({f"weights.{t}": w for t, w in spec.terms.items()})
+  owned.update({f"{spec.name}.{k}": v for k, v in spec.section.items()})
+  return owned
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A locked copy with every method-owned field set (idempotent; the input is not changed)."""
+  registry.import_plugins(config.imports)
+  key = f"{config.method}@{config.dataset}"
+  if config.resolved_for == key:
+    return config
+  if config.resolved_for:
+    raise ConfigError(f"config.method: this config was resolved for {config.resolved_for}, not {key}; "
+                      "change the method or dataset on the unresolved config and resolve that")
+  if config.method not in methods.METHODS:
+    raise ConfigError(f"config.method: unknown method {config.method!r}; known: "
+                      f"{', '.join(methods.METHODS.names())}. {methods.METHODS.how_to_add}")
+  spec = methods.METHODS.get(config.method)
+  c = copy.deepcopy(config)
+  c.unlock()
+  for term in spec.terms:  # a user method's own terms
+    for section in (c.weights, c.meta.lookahead_weights):
+      if term not in section:
+        section[term] = config_dict.placeholder(float)
+  if spec.section and spec.name not in c:
+    c[spec.name] = _placeholders(spec.section)
+  preset = {**spec.presets.get("*", {}), **spec.presets.get(c.dataset, {})}
+  owned = _owned_defaults(c, spec)
+  lookahead = {f"meta.lookahead_weights.{t}" for t in spec.terms} if spec.bilevel else set()
+  unknown = set(preset) - set(owned) - lookahead
+  if unknown:
+    raise ValueError(f"method {spec.name!r}: presets name fields it does not own: {sorted(unknown)}")
+  for path, default in owned.items():
+    if _get(c, path) is None:
+      set_fields(c, {path: preset.get(path, default)})
+  for term in spec.terms if spec.bilevel else ():
+    path = f"meta.lookahead_weights.{term}"
+    if c.meta.lookahead_weights[term] is None:
+      set_fields(c, {path: preset.get(path, spec.lookahead.get(term, c.weights[term]))})
+  for name, section in (("weights", c.weights), ("meta.lookahead_weights", c.meta.lookahead_weights)):
+    valid = set(spec.terms) if (name == "weights" or spec.bilevel) else set()
+    stray = [k for k in section if k not in valid and k != "feat_from_epoch" and section[k] is not None]
+    if stray:
+      raise ConfigError(f"config.{name}.{stray[0]}: method {spec.name!r} has no such term "
+                        f"({'its terms: ' + ', '.join(sorted(valid)) if valid else 'and no look-ahead'})")
+  c.resolved_for = key
+  c.lock()
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Resolves and checks the config; returns the resolved one. Errors name the field."""
+  c = resolve(config)
+
+  def need(cond: bool, field: str, message: str) -> None:
+    if not cond:
+      raise ConfigError(f"config.{field}: {message}")
+  need(c.mode in MODES, "mode", f"{c.mode!r} is not one of {', '.join(MODES)}")
+  need(c.student in model_names(), "student", f"unknown model {c.student!r}; known: {', '.join(model_names())}")
+  names = [t.name for t in c.teachers]
+  need(len(set(names)) == len(names), "teachers", f"teacher names must be unique, got {names}")
+  for i, t in enumerate(c.teachers):
+    need(t.arch in model_names(), f"teachers[{i}].arch",
+         f"unknown model {t.arch!r}; known: {', '.join(model_names())}")
+  try:
+    sources.builder(c.dataset, c.data_dir or None, c.dataset_source_dir)
+  except registry.UnknownNameError as e:
+    raise ConfigError(f"config.dataset: {e}") from e
+  need(c.teacher_source in ("precomputed", "online"), "teacher_source",
+       f"{c.teacher_source!r} must be 'precomputed' or 'online'")
+  from mmkd_jax.teachers.cache import STORAGE_DTYPES  # pylint: disable=import-outside-toplevel
+  need(c.cache_dtype in STORAGE_DTYPES, "cache_dtype", f"{c.cache_dtype!r} must be one of {', '.join(STORAGE_DTYPES)}")
+  need(c.num_replays >= 1, "num_replays", "must be at least 1")
+  need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
+  need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
+  need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
+       f"{c.meta.hypergradient!r} is not one of {', '.join(bilevel.MODES)}")
+  need(c.temperature > 0, "temperature", "must be positive")
+  need(c.feature_layer != -1, "feature_layer", "-1 is the pooled vector, not a feature map")
+  spec = methods.METHODS.get(c.method)
+  if c.mode in ("distill", "pipeline", "precompute") and spec.needs_teachers:
+    need(len(c.teachers) >= 1, "teachers", f"method {c.method!r} needs at least one teacher")
+  if spec.validate is not None:
+    spec.validate(c)
+  return c
+
+
+__all__ = ["ConfigError", "MODES", "base_config", "load", "parse_arg", "resolve", "set_fields", "teacher",
+           "validate"]

@@ -1,0 +1,9 @@
+"""Distillation methods by name: the interface (``base.Method``), the registry (``register``)
+and one module per built-in method. Importing the package registers them all."""
+
+from mmkd_jax.methods.base import (METHODS, BilevelMethod, LossWeights, Method, MethodSpec, RunInfo,
+                                   TeacherView, WeightedTermsMethod, build_method, loss_weights, register)
+from mmkd_jax.methods import none, kd, aver, ebkd, camkd, aekd, fitnet, amtml, bomd, mmkd  # noqa: F401,E402
+
+__all__ = ["METHODS", "BilevelMethod", "LossWeights", "Method", "MethodSpec", "RunInfo", "TeacherView",
+           "WeightedTermsMethod", "build_method", "loss_weights", "register"]

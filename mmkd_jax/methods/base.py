@@ -1,0 +1,295 @@
+"""The one interface between the trainer and a distillation method, and the method registry.
+
+A method is one module: its math as plain functions, a class implementing ``Method``, and a
+registration that names its loss terms with their default weights, its own config section and
+its per-dataset presets::
+
+    @register("mine", terms={"ce": 1.0, "kd": 1.0}, section={"sharpness": 2.0})
+    def build(config, run: RunInfo) -> Method:
+      return Mine(run, loss_weights(config, run), sharpness=config.mine.sharpness)
+
+The trainer only calls the ``Method`` hooks below. Loss weights have one meaning for every
+method: a method returns its *raw* terms (``ce``: cross-entropy on labels; ``kd``: the logit
+distillation term; ``feat``: the feature term; any other it declares), and the weighted total is
+``sum_k config.weights.<k> * term_k``, formed here, not inside the method. Bi-level methods also
+have look-ahead weights (``config.meta.lookahead_weights.<k>``, default: the training weight,
+``ce`` 0 as in MMKD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmkd_jax.distill import losses
+from mmkd_jax.registry import Registry, origin_of
+
+Array = jax.Array
+PyTree = Any
+# objective(params, model_state, meta_params, batch) -> (loss, (model_state, aux)), aux holding
+# "terms" (raw named loss terms), "logits" and optionally per-sample "logits_weights" /
+# "feature_weights" (B, T).
+Objective = Callable[[PyTree, PyTree, PyTree, dict], tuple[Array, tuple[PyTree, dict]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherView:
+  """What a method may know about one teacher (its weights stay with the trainer)."""
+  name: str
+  arch: str
+  feature_shape: tuple[int, int, int]                  # (H, W, C) of feat[feature_layer]
+  head: tuple[np.ndarray, np.ndarray] | None = None    # its classifier (kernel, bias), if known
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+  """What a method needs from the run: the student, the teachers, the data's shape."""
+  student: nn.Module
+  num_classes: int
+  batch_size: int
+  feature_layer: int = -2
+  teachers: tuple[TeacherView, ...] = ()
+  bn_groups: int = 1
+  dataset: str = ""
+
+  @property
+  def num_teachers(self) -> int:
+    return len(self.teachers)
+
+  @property
+  def teacher_channels(self) -> tuple[int, ...]:
+    return tuple(t.feature_shape[-1] for t in self.teachers)
+
+  @property
+  def teacher_shapes(self) -> tuple[tuple[int, int, int], ...]:
+    return tuple(tuple(t.feature_shape) for t in self.teachers)
+
+
+@runtime_checkable
+class Method(Protocol):
+  """The hooks the trainer calls; nothing else about a method is known outside its module."""
+
+  terms: tuple[str, ...]      # the raw loss terms it reports (logged as loss_<term>, NaN-guarded)
+  bilevel: bool               # meta_params learned by the hypergradient of outer_objective
+  needs_teachers: bool
+  hard_buffer_size: int       # bi-level: meta batches from a hard-example buffer this big; 0: the batch
+
+  def init(self, rng: Array, batch: dict[str, Any]) -> tuple[PyTree, PyTree, PyTree]:
+    """(params trained by the student optimiser, model_state, meta_params)."""
+
+  def train_objective(self, params: PyTree, model_state: PyTree, meta_params: PyTree,
+                      batch: dict[str, Any]) -> tuple[Array, tuple[PyTree, dict]]:
+    """The loss of a training step (an ``Objective``)."""
+
+  def lookahead_objectives(self) -> Sequence[Objective]:
+    """Bi-level: the objectives of the unrolled look-ahead steps, in order."""
+
+  def outer_objective(self, params: PyTree, model_state: PyTree, meta_params: PyTree,
+                      batch: dict[str, Any]) -> tuple[Array, tuple[PyTree, dict]]:
+    """Bi-level: the loss after the look-ahead whose gradient trains ``meta_params``."""
+
+  def frozen(self, params: PyTree, epoch: Array) -> PyTree | None:
+    """A pytree of booleans over ``params`` (True: must not change this step), or None."""
+
+
+# ----------------------------------------------------------------------------------------
+# Loss weights.
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+  """``total = sum_k w_k * term_k`` over the terms in order; zero-weight terms are skipped,
+  unit weights are not multiplied (the same floating-point sum a hand-written loss gives)."""
+  values: tuple[tuple[str, float], ...]
+  feat_from_epoch: int = 0   # the feature term counts from this (0-based) epoch on
+
+  def __getitem__(self, term: str) -> float:
+    return dict(self.values).get(term, 0.0)
+
+  def total(self, terms: Mapping[str, Array], epoch: Array | int = 0) -> Array:
+    acc = None
+    for name, w in self.values:
+      if w == 0:
+        continue
+      value = terms[name] if w == 1 else w * terms[name]
+      if name == "feat" and self.feat_from_epoch > 0:
+        value = jnp.where(jnp.asarray(epoch) >= self.feat_from_epoch, value, jnp.zeros_like(value))
+      acc = value if acc is None else acc + value
+    return jnp.zeros(()) if acc is None else acc
+
+
+def loss_weights(config: ml_collections.ConfigDict, terms: Sequence[str]) -> LossWeights:
+  """The configured training weights of ``terms`` (a resolved config)."""
+  return LossWeights(tuple((t, float(config.weights[t])) for t in terms),
+                     int(config.weights.feat_from_epoch or 0))
+
+
+def lookahead_loss_weights(config: ml_collections.ConfigDict, terms: Sequence[str]) -> LossWeights:
+  return LossWeights(tuple((t, float(config.meta.lookahead_weights[t])) for t in terms))
+
+
+# ----------------------------------------------------------------------------------------
+# Shared pieces of methods.
+
+
+def apply_student(student: nn.Module, params: PyTree, state: PyTree, image: Array):
+  """Train-mode student forward: (features, logits, updated batch statistics)."""
+  (feats, logits), updated = student.apply(
+      {"params": params["student"], "batch_stats": state["student"]}, image, train=True,
+      mutable=["batch_stats"])
+  return feats, logits, updated["batch_stats"]
+
+
+def init_student(student: nn.Module, rng: Array, image: Array) -> tuple[PyTree, PyTree, list, Array]:
+  """(params {'student'}, state {'student'}, eval-mode features, logits) of a new student."""
+  variables = student.init(rng, image, train=False)
+  feats, logits = student.apply(variables, image, train=False)
+  return {"student": variables["params"]}, {"student": variables.get("batch_stats", {})}, feats, logits
+
+
+def kd_matrix(logits: Array, teacher_logits: Array, temperature: float) -> Array:
+  """Per-sample, per-teacher ``T^2 KL(p_t || p_s)``: (B, T)."""
+  return losses.kd_per_sample(logits[:, None, :], teacher_logits.astype(logits.dtype), temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedTermsMethod:
+  """Base of the methods here: subclasses define ``init`` and ``compute_terms``; the objectives
+  are the weighted sums of the raw terms. Trained with the student (not bi-level) by default."""
+  run: RunInfo
+  weights: LossWeights
+  temperature: float = 4.0
+
+  terms = ("ce", "kd")
+  bilevel = False
+  needs_teachers = True
+  hard_buffer_size = 0
+
+  @property
+  def student(self) -> nn.Module:
+    return self.run.student
+
+  def compute_terms(self, params: PyTree, state: PyTree, meta_params: PyTree, batch: dict[str, Any]
+                    ) -> tuple[dict[str, Array], PyTree, dict[str, Any]]:
+    """(raw terms, new model_state, extras such as logits and per-sample teacher weights)."""
+    raise NotImplementedError
+
+  def _objective(self, weights: LossWeights):
+    def objective(params, state, meta_params, batch):
+      terms, new_state, extras = self.compute_terms(params, state, meta_params, batch)
+      return weights.total(terms, batch.get("epoch", 0)), (new_state, {"terms": terms, **extras})
+    return objective
+
+  def train_objective(self, params, state, meta_params, batch):
+    return self._objective(self.weights)(params, state, meta_params, batch)
+
+  def lookahead_objectives(self) -> Sequence[Objective]:
+    return ()
+
+  def outer_objective(self, params, state, meta_params, batch):
+    raise NotImplementedError(f"{type(self).__name__} is not a bi-level method")
+
+  def frozen(self, params, epoch):
+    del params, epoch
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class BilevelMethod(WeightedTermsMethod):
+  """Weights learned by a look-ahead (MMKD, BOMD-like): ``matching_steps`` steps on the
+  look-ahead weights of the terms, ``outer_steps`` on the outer objective, whose value after
+  them trains ``meta_params`` (``mmkd_jax.bilevel``)."""
+  lookahead_weights: LossWeights = LossWeights(())
+  matching_steps: int = 2
+  outer_steps: int = 1
+  buffer_size: int = 0
+
+  bilevel = True
+
+  @property
+  def hard_buffer_size(self) -> int:  # pylint: disable=invalid-overridden-method
+    return self.buffer_size
+
+  def lookahead_objectives(self) -> Sequence[Objective]:
+    matching = self._objective(self.lookahead_weights)
+    return [matching] * self.matching_steps + [self.outer_objective] * self.outer_steps
+
+  def outer_objective(self, params, state, meta_params, batch):
+    """Cross-entropy of the student on the (meta) batch, BatchNorm in train mode."""
+    del meta_params
+    _, logits, stats = apply_student(self.student, params, state, batch["image"])
+    return losses.cross_entropy(logits, batch["label"]), (dict(state, student=stats), {"logits": logits})
+
+
+def bilevel_fields(config: ml_collections.ConfigDict, terms: Sequence[str], hard_buffer: bool,
+                   buffer_size: int) -> dict[str, Any]:
+  """The ``BilevelMethod`` fields every bi-level method reads from a resolved config."""
+  return {"lookahead_weights": lookahead_loss_weights(config, terms),
+          "matching_steps": config.meta.lookahead_matching_steps,
+          "outer_steps": config.meta.lookahead_outer_steps,
+          "buffer_size": buffer_size if hard_buffer else 0}
+
+
+# ----------------------------------------------------------------------------------------
+# The registry.
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """A registered method: how to build it, and what it owns in the config."""
+  name: str
+  build: Callable[[ml_collections.ConfigDict, RunInfo], Method]
+  terms: Mapping[str, float]                   # raw term -> default training weight
+  section: Mapping[str, Any] = dataclasses.field(default_factory=dict)   # config.<name>.* defaults
+  presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)  # dataset -> field -> value
+  bilevel: bool = False
+  lookahead: Mapping[str, float] = dataclasses.field(default_factory=dict)  # look-ahead defaults
+  feature_layer: int = -2
+  temperature: float = 4.0
+  feat_from_epoch: int = 0
+  needs_teachers: bool = True
+  validate: Callable[[ml_collections.ConfigDict], None] | None = None
+  description: str = ""
+
+
+METHODS: Registry[MethodSpec] = Registry(
+    "method", "Register your own with @mmkd_jax.methods.register in a module listed in config.imports.")
+
+
+def register(name: str, *, terms: Mapping[str, float], section: Mapping[str, Any] | None = None,
+             presets: Mapping[str, Mapping[str, Any]] | None = None, bilevel: bool = False,
+             lookahead: Mapping[str, float] | None = None, feature_layer: int = -2,
+             temperature: float = 4.0, feat_from_epoch: int = 0, needs_teachers: bool = True,
+             validate: Callable[[ml_collections.ConfigDict], None] | None = None,
+             description: str = "") -> Callable:
+  """Decorator on ``build(config, run) -> Method`` (a function, or a class with ``from_config``).
+
+  ``terms``: the raw loss terms with their default weights (``config.weights.<term>``);
+  ``section``: the method's own fields (``config.<name>.<field>``) with defaults; ``presets``:
+  per-dataset values for any of those, ``feature_layer``, ``temperature``, ``weights.<term>`` or
+  ``meta.lookahead_weights.<term>`` (``"*"`` for every dataset); ``validate(config)`` raises
+  ``ConfigError`` for invalid combinations.
+  """
+  def decorator(build):
+    fn = getattr(build, "from_config", build)
+    METHODS.add(name, MethodSpec(
+        name, fn, dict(terms), dict(section or {}), {k: dict(v) for k, v in (presets or {}).items()},
+        bilevel, dict(lookahead or {}), feature_layer, temperature, feat_from_epoch, needs_teachers,
+        validate, description or (build.__doc__ or "").strip().split("\n")[0]), origin_of(build))
+    return build
+  return decorator
+
+
+def build_method(config: ml_collections.ConfigDict, run: RunInfo) -> Method:
+  """The configured method (``config`` resolved by ``mmkd_jax.config.resolve``)."""
+  method = METHODS.get(config.method).build(config, run)
+  if not isinstance(method, Method):
+    raise TypeError(f"method {config.method!r}: build returned {type(method).__name__}, which lacks "
+                    "hooks of mmkd_jax.methods.Method")
+  return method

@@ -1,0 +1,162 @@
+"""PyTorch ``state_dict`` <-> Flax variables for every model of the zoo.
+
+The zoo names its Flax submodules after the reference's PyTorch module paths, so the
+mapping is structural: the Flax path ``('layer1.0', 'conv1', 'kernel')`` is the PyTorch key
+``layer1.0.conv1.weight``. Layouts: conv OIHW (grouped: O, I/g, kh, kw) <-> HWIO,
+linear (out, in) <-> (in, out); BatchNorm weight/bias/running_mean/running_var <->
+scale/bias (params) and mean/var (batch_stats).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmkd_jax.models import get_model
+
+# (collection, flax leaf name) -> PyTorch parameter name.
+_LEAF_TO_TORCH = {
+    ("params", "kernel"): "weight",
+    ("params", "bias"): "bias",
+    ("params", "scale"): "weight",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
+_IGNORED_TORCH_SUFFIXES = ("num_batches_tracked",)
+_MAX_LISTED = 12
+
+
+class ConversionError(ValueError):
+  """A state_dict does not fit the requested architecture."""
+
+
+def _torch_key(collection: str, path: tuple[str, ...]) -> str:
+  try:
+    leaf = _LEAF_TO_TORCH[(collection, path[-1])]
+  except KeyError:
+    raise ConversionError(f"no PyTorch counterpart for Flax variable {collection}/{'/'.join(path)}")
+  return ".".join(path[:-1] + (leaf,))
+
+
+def _to_flax_layout(value: np.ndarray, flax_ndim: int) -> np.ndarray:
+  if flax_ndim == 4:  # conv OIHW -> HWIO
+    return value.transpose(2, 3, 1, 0)
+  if flax_ndim == 2:  # linear (out, in) -> (in, out)
+    return value.T
+  return value
+
+
+def _to_torch_layout(value: np.ndarray) -> np.ndarray:
+  if value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)
+  if value.ndim == 2:
+    return value.T
+  return value
+
+
+def _listing(title: str, items: list[str]) -> str:
+  shown = ", ".join(items[:_MAX_LISTED])
+  more = f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+  return f"{title} ({len(items)}): {shown}{more}"
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], template: Mapping[str, Any],
+                  dtype: Any = np.float32) -> dict[str, Any]:
+  """Converts a PyTorch state_dict into variables shaped like ``template``.
+
+  ``template`` is the model's variables (``model.init`` or its ``jax.eval_shape``), whose
+  structure decides which keys are expected. Raises ``ConversionError`` naming every
+  missing key, unexpected key and shape mismatch.
+  """
+  state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
+  flat = flax.traverse_util.flatten_dict(
+      {c: template[c] for c in ("params", "batch_stats") if c in template})
+  out, used, missing, mismatched = {}, set(), [], []
+  for (collection, *path), leaf in flat.items():
+    key = _torch_key(collection, tuple(path))
+    if key not in state_dict:
+      missing.append(key)
+      continue
+    used.add(key)
+    value = _to_flax_layout(state_dict[key], len(leaf.shape))
+    if tuple(value.shape) != tuple(leaf.shape):
+      mismatched.append(f"{key}: checkpoint {tuple(state_dict[key].shape)} -> {tuple(value.shape)}, "
+                        f"model expects {tuple(leaf.shape)}")
+      continue
+    out[(collection, *path)] = value.astype(dtype)
+  unexpected = sorted(k for k in state_dict
+                      if k not in used and not k.endswith(_IGNORED_TORCH_SUFFIXES))
+  problems = [_listing(t, items) for t, items in
+              (("missing keys", missing), ("unexpected keys", unexpected),
+               ("shape mismatches", mismatched)) if items]
+  if problems:
+    raise ConversionError(
+        "the state_dict does not match the model; " + "; ".join(problems) +
+        ". Check that the architecture and num_classes match the checkpoint.")
+  return flax.traverse_util.unflatten_dict(out)
+
+
+def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The inverse of ``torch_to_flax``: PyTorch-layout numpy arrays keyed like a state_dict."""
+  flat = flax.traverse_util.flatten_dict(
+      {c: variables[c] for c in ("params", "batch_stats") if c in variables})
+  return {_torch_key(collection, tuple(path)): _to_torch_layout(np.asarray(v))
+          for (collection, *path), v in flat.items()}
+
+
+def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+  """Reads a state_dict from a ``.pth``/``.pt`` (RepDistiller/MMKD format) or ``.npz`` file.
+
+  A ``.pth`` whose ``'model'`` (or ``'state_dict'``) entry is the state_dict, or a bare
+  state_dict, are both accepted; a ``module.`` prefix from DataParallel is removed.
+  ``trust_pickle`` allows arbitrary pickled objects (only for files you trust).
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint file not found: {path}")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(
+        f"reading the PyTorch checkpoint {path} needs torch, which is an optional extra: "
+        "`pip install -e '.[torch]'` (or `pip install torch`), or convert it to .npz elsewhere "
+        "with {k: v.numpy() for k, v in state_dict.items()}") from e
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+  except pickle.UnpicklingError as e:
+    raise ConversionError(
+        f"{path} holds objects besides tensors and refuses to load safely ({e}). If you trust the "
+        "file, pass trust_pickle=True (--config.trust_pickle=True).") from e
+  if isinstance(obj, Mapping):
+    for entry in ("model", "state_dict"):
+      if entry in obj and isinstance(obj[entry], Mapping):
+        obj = obj[entry]
+        break
+  if not isinstance(obj, Mapping):
+    raise ConversionError(f"{path} does not contain a state_dict (found {type(obj).__name__})")
+  state_dict = {}
+  for key, value in obj.items():
+    if hasattr(value, "detach"):
+      state_dict[key.removeprefix("module.")] = value.detach().cpu().numpy()
+  return state_dict
+
+
+def load_pretrained(arch: str, num_classes: int, path: str, image_shape: tuple[int, int, int],
+                    trust_pickle: bool = False) -> tuple[Any, dict[str, Any]]:
+  """Builds the model ``arch`` and returns ``(model, variables)`` loaded from ``path``
+  (``image_shape``: the input the model will see; parameter shapes may depend on it)."""
+  model = get_model(arch, num_classes)
+  template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))
+  try:
+    variables = torch_to_flax(load_state_dict(path, trust_pickle), template)
+  except ConversionError as e:
+    raise ConversionError(f"cannot load {path} as {arch} with {num_classes} classes: {e}") from e
+  return model, jax.tree.map(jnp.asarray, variables)

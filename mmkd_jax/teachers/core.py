@@ -1,0 +1,136 @@
+"""Frozen teachers: loading (orbax or PyTorch), saving, fingerprints, and their joint forward.
+
+A teacher directory written by ``mode=train_teacher`` holds ``variables/`` (an orbax
+checkpoint of params + batch_stats) and ``teacher.json`` (architecture, dataset, classes,
+accuracy), the latter written last so a directory without it is an unfinished save. A
+``.pth``/``.npz`` file is read through ``mmkd_jax.teachers.convert``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mmkd_jax.data.augment import augment_for, normalize
+from mmkd_jax.teachers import convert
+from mmkd_jax.models import get_model
+
+PyTree = Any
+TEACHER_META = "teacher.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  name: str
+  arch: str
+  num_classes: int
+  variables: PyTree
+  fingerprint: str
+  accuracy: float | None = None
+
+  @property
+  def model(self):
+    return get_model(self.arch, self.num_classes)
+
+
+def fingerprint(variables: PyTree) -> str:
+  """sha256 over every array (path, dtype, shape, bytes) of a variables tree."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(variables)[0],
+                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+    arr = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}|{arr.dtype}|{arr.shape}|".encode())
+    digest.update(arr.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def is_complete(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, TEACHER_META))
+
+
+def save_teacher(directory: str, arch: str, num_classes: int, variables: PyTree,
+                 metadata: dict[str, Any]) -> None:
+  """Writes a teacher atomically enough: orbax's own atomic save, then the JSON marker."""
+  directory = os.path.abspath(directory)
+  if is_complete(directory):
+    raise FileExistsError(f"teacher {directory} already exists; refusing to overwrite it")
+  os.makedirs(directory, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  target = os.path.join(directory, "variables")
+  if os.path.exists(target):  # leftovers of an interrupted save
+    import shutil  # pylint: disable=import-outside-toplevel
+    shutil.rmtree(target)
+  checkpointer.save(target, jax.device_get(variables))
+  checkpointer.wait_until_finished()
+  meta = dict(metadata, arch=arch, num_classes=num_classes, fingerprint=fingerprint(variables))
+  tmp = os.path.join(directory, TEACHER_META + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(meta, f, indent=2)
+  os.replace(tmp, os.path.join(directory, TEACHER_META))
+
+
+def load_teacher(name: str, arch: str, num_classes: int, checkpoint: str,
+                 image_shape: tuple[int, int, int], trust_pickle: bool = False) -> Teacher:
+  """Loads a teacher from an orbax teacher directory or a PyTorch ``.pth``/``.npz`` file
+  (``image_shape``: (H, W, C) of the images it will see)."""
+  if os.path.isdir(checkpoint):
+    if not is_complete(checkpoint):
+      raise FileNotFoundError(f"teacher {name!r}: {checkpoint} has no {TEACHER_META}; it is not a "
+                              "finished teacher (train it with mode=train_teacher)")
+    with open(os.path.join(checkpoint, TEACHER_META)) as f:
+      meta = json.load(f)
+    if meta["arch"] != arch or int(meta["num_classes"]) != num_classes:
+      raise ValueError(f"teacher {name!r}: {checkpoint} holds a {meta['arch']} with "
+                       f"{meta['num_classes']} classes, the config asks for {arch} with {num_classes}")
+    model = get_model(arch, num_classes)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
+    try:
+      variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(checkpoint), "variables"),
+                                                     abstract)
+    except Exception as e:  # orbax raises several types for damaged files
+      raise ValueError(f"teacher {name!r}: cannot restore {checkpoint}/variables ({e}); "
+                       "re-train or re-export the teacher") from e
+    return Teacher(name, arch, num_classes, variables, fingerprint(variables), meta.get("accuracy"))
+  model, variables = convert.load_pretrained(arch, num_classes, checkpoint, image_shape, trust_pickle)
+  del model
+  return Teacher(name, arch, num_classes, variables, fingerprint(variables))
+
+
+def feature_shapes(teachers: Sequence[Teacher], image_shape: tuple[int, int, int], layer: int = -2
+                   ) -> list[tuple[int, ...]]:
+  """Shape (H, W, C) of each teacher's feat[layer] (default feat[-2], the last map) on images
+  of ``image_shape`` (H, W, C)."""
+  shapes = []
+  for t in teachers:
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    feats, _ = jax.eval_shape(lambda v, x, m=t.model: m.apply(v, x), t.variables, x)
+    shapes.append(tuple(feats[layer].shape[1:]))
+  return shapes
+
+
+def teacher_forward(teachers: Sequence[Teacher], variables: Sequence[PyTree], images: jax.Array,
+                    layer: int = -2) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  """Eval-mode outputs of every teacher on normalised images: logits (B, T, C), feat[layer] maps."""
+  logits, feats = [], []
+  for teacher, v in zip(teachers, variables):
+    f, z = teacher.model.apply(v, images, train=False)
+    logits.append(z)
+    feats.append(f[layer])
+  return jnp.stack(logits, axis=1), tuple(feats)
+
+
+def augmented_teacher_outputs(teachers: Sequence[Teacher], variables: Sequence[PyTree],
+                              images_uint8: jax.Array, index: jax.Array, replay: jax.Array | int,
+                              seed: int, spec, layer: int = -2):
+  """Teachers on the augmented view of (index, replay): what the cache stores (``spec``: the
+  dataset's ``DatasetSpec``, for its augmentation and normalisation)."""
+  x = normalize(augment_for(spec, images_uint8, index, replay, seed), spec.mean, spec.std)
+  return teacher_forward(teachers, variables, x, layer)
