@@ -23,7 +23,7 @@ torch: install
 
 # The default job: teachers (trained if missing) -> teacher cache -> MMKD student, on digits.
 run: install
-	$(PY) -m mmkd_jax.main --config configs/digits_mmkd.py --workdir $(WORKDIR)
+	$(PY) -m mmkd_jax.main --config configs/digits.py --workdir $(WORKDIR)
 
 # Parity of the model zoo and of the MMKD hypergradient against the PyTorch reference vectors.
 verify: install

@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 import numpy as np
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tables import TABLES, Published, Row, Table  # pylint: disable=wrong-import-position

@@ -31,6 +31,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
 
 
+# The stages of each mode: train missing teachers, precompute their outputs, train the student.
+_STAGES = {"train_teacher": {"teachers"}, "precompute": {"cache"}, "distill": {"student"},
+           "evaluate": {"evaluate"}, "pipeline": {"teachers", "cache", "student"}}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs ``config.mode`` on ``workdir``; returns the summary (or evaluation) dict."""
   config = config_lib.validate(config)
@@ -38,20 +43,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  if config.mode in ("train_teacher", "pipeline"):
+  stages = _STAGES[config.mode]
+  if "teachers" in stages:
     lifecycle.train_missing_teachers(config)
-    if config.mode == "train_teacher":
-      return {}
+  if stages <= {"teachers"}:
+    return {}
   dataset = sources.open_dataset(config)
   needs_teachers = METHODS.get(config.method).needs_teachers
   loaded = lifecycle.load_teachers(config, dataset.spec) if needs_teachers else []
-  if loaded and (config.mode == "precompute" or
-                 (config.mode == "pipeline" and config.teacher_source == "precomputed")):
+  if loaded and "cache" in stages and ("student" not in stages or config.teacher_source != "online"):
     lifecycle.precompute(config, loaded, dataset)
-    if config.mode == "precompute":
-      return {}
+  if stages <= {"cache"}:
+    return {}
   cache = lifecycle.open_cache(config, loaded, dataset)
-  if config.mode == "evaluate":
+  if "evaluate" in stages:
     return evaluate_checkpoint(config, workdir, loaded, cache)
   summary = train.train_and_evaluate(config, workdir, loaded, cache)
   summary.pop("state", None)

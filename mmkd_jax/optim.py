@@ -38,6 +38,3 @@ def set_momentum(opt_state: Any, buffers: Any) -> Any:
   """Replaces the SGD momentum buffers (the ``trace`` of a ``torch_sgd`` state)."""
   return optax.tree_utils.tree_set(opt_state, trace=buffers)
 
-
-def get_momentum(opt_state: Any) -> Any:
-  return optax.tree_utils.tree_get(opt_state, "trace")

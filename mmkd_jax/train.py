@@ -278,14 +278,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
   config, spe = setup.config, setup.steps_per_epoch
   loop = _start(setup, workdir, quiet)
   start_step = int(jax.device_get(loop.state.step))
-  status, started = "finished", time.time()
+  preempted, started = False, time.time()
   with _StopRequest() as stop:
     for epoch in range(start_step // spe, config.epochs):
       first_batch = start_step % spe if epoch == start_step // spe else 0
       pending, seen, tic, stopped = loop.run_epoch(epoch, first_batch, stop)
       loop.check_finite()
       if stopped:
-        status = "preempted"
+        preempted = True
         step_now = int(jax.device_get(loop.state.step))
         loop.ckpt.save(step_now, loop.state, loop.host, force=True)
         loop.ckpt.wait()
@@ -296,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
   loop.close()
   host = loop.host
   summary = {
-      "status": status, "method": config.method, "student": config.student, "dataset": config.dataset,
+      "status": "preempted" if preempted else "finished", "method": config.method, "student": config.student, "dataset": config.dataset,
       "seed": config.seed, "epochs_completed": len(host["history"]),
       "final_top1": host["history"][-1]["test_top1"] if host["history"] else None,
       "final_top5": host["history"][-1]["test_top5"] if host["history"] else None,
@@ -305,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
       "teachers": [{"name": t.name, "arch": t.arch, "fingerprint": t.fingerprint} for t in setup.teachers],
       "wall_seconds": time.time() - started,
   }
-  if status == "finished" and jax.process_index() == 0:
+  if not preempted and jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   summary["state"] = loop.state

@@ -11,7 +11,6 @@ import optax
 import pytest
 
 from mmkd_jax import bilevel, optim
-from mmkd_jax.distill import losses
 from mmkd_jax.methods import METHODS, amtml, bomd
 from mmkd_jax.methods import aekd
 from mmkd_jax.methods.camkd import confidence_weights

@@ -41,7 +41,7 @@ class HardBuffer:
 def init(example_batch: PyTree, capacity: int) -> HardBuffer:
   batch = jax.tree.leaves(example_batch)[0].shape[0]
   if capacity % batch:
-    raise ValueError(f"meta.buffer_size {capacity} must be a multiple of batch_size {batch}")
+    raise ValueError(f"hard buffer capacity {capacity} must be a multiple of the batch size {batch}")
   data = jax.tree.map(lambda x: jnp.zeros((capacity,) + x.shape[1:], x.dtype), example_batch)
   return HardBuffer(data, jnp.zeros((), jnp.int32))
 

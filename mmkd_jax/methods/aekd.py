@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, init_student, kd_matrix,
+from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, kd_matrix,
                                    loss_weights, register)
 
 Array = jax.Array
@@ -62,10 +62,6 @@ def aekd_cap(num_teachers: int, c: float) -> float:
 class AEKD(WeightedTermsMethod):
   c: float = 0.6
   normalize_gradients: bool = False
-
-  def init(self, rng, batch):
-    params, state, _, _ = init_student(self.student, jax.random.split(rng)[0], batch["image"])
-    return params, state, {}
 
   def teacher_weights(self, logits: Array, teacher_logits: Array) -> Array:
     """The capped min-norm weights (T,) of the teachers' batch-mean logit gradients."""

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, init_student, kd_matrix, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
 
 
 @dataclasses.dataclass(frozen=True)
 class AVER(WeightedTermsMethod):
-
-  def init(self, rng, batch):
-    params, state, _, _ = init_student(self.student, jax.random.split(rng)[0], batch["image"])
-    return params, state, {}
 
   def compute_terms(self, params, state, meta_params, batch):
     del meta_params

@@ -175,6 +175,26 @@ class WeightedTermsMethod:
   def student(self) -> nn.Module:
     return self.run.student
 
+  def feature_module(self) -> nn.Module | None:
+    """A module of the method's own, applied to feat[feature_layer] and trained with the student
+    (its parameters and statistics under 'match'); None if it has none."""
+    return None
+
+  def init(self, rng: Array, batch: dict[str, Any]) -> tuple[PyTree, PyTree, PyTree]:
+    k_student, k_extra = jax.random.split(rng)
+    params, state, feats, _ = init_student(self.student, k_student, batch["image"])
+    module = self.feature_module()
+    if module is not None:
+      v = module.init(k_extra, feats[self.run.feature_layer])
+      params["match"], state["match"] = v["params"], v.get("batch_stats", {})
+    return params, state, {}
+
+  def apply_feature_module(self, params: PyTree, state: PyTree, feats: Sequence[Array]) -> tuple[Any, PyTree]:
+    """``feature_module`` on the student's feature map: (its output, its updated statistics)."""
+    out, updated = self.feature_module().apply({"params": params["match"], "batch_stats": state["match"]},
+                                               feats[self.run.feature_layer], mutable=["batch_stats"])
+    return out, updated["batch_stats"]
+
   def compute_terms(self, params: PyTree, state: PyTree, meta_params: PyTree, batch: dict[str, Any]
                     ) -> tuple[dict[str, Array], PyTree, dict[str, Any]]:
     """(raw terms, new model_state, extras such as logits and per-sample teacher weights)."""

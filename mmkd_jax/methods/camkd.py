@@ -24,8 +24,7 @@ import numpy as np
 
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import Embed
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, init_student, kd_matrix,
-                                   loss_weights, register)
+from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
 from mmkd_jax.registry import ConfigError
 
 Array = jax.Array
@@ -63,17 +62,8 @@ class CAMKD(WeightedTermsMethod):
 
   terms = TERMS
 
-  @property
-  def embeds(self) -> CAEmbeds:
-    return CAEmbeds(self.run.teacher_shapes)
-
-  def init(self, rng, batch):
-    k_student, k_extra = jax.random.split(rng)
-    params, state, feats, _ = init_student(self.student, k_student, batch["image"])
-    if self.weights["feat"]:
-      v = self.embeds.init(k_extra, feats[self.run.feature_layer])
-      params["match"], state["match"] = v["params"], v["batch_stats"]
-    return params, state, {}
+  def feature_module(self) -> CAEmbeds | None:
+    return CAEmbeds(self.run.teacher_shapes) if self.weights["feat"] else None
 
   def compute_terms(self, params, state, meta_params, batch):
     del meta_params
@@ -86,8 +76,7 @@ class CAMKD(WeightedTermsMethod):
     new_state = dict(state, student=stats)
     if not self.weights["feat"]:
       return terms, new_state, extras
-    embedded, updated = self.embeds.apply({"params": params["match"], "batch_stats": state["match"]},
-                                          feats[self.run.feature_layer], mutable=["batch_stats"])
+    embedded, new_state["match"] = self.apply_feature_module(params, state, feats)
     head_logits, mse = [], []
     for h, target, (kernel, bias) in zip(embedded, batch["teacher_feat"], self.teacher_heads):
       head_logits.append(jnp.mean(h, axis=(1, 2)) @ jnp.asarray(kernel, h.dtype) + jnp.asarray(bias, h.dtype))
@@ -96,7 +85,6 @@ class CAMKD(WeightedTermsMethod):
     per_sample = jnp.stack(mse, axis=-1)
     terms["feat"] = jnp.sum(omega * per_sample) / per_sample.size
     extras["feature_weights"] = omega
-    new_state["match"] = updated["batch_stats"]
     return terms, new_state, extras
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, init_student, kd_matrix,
+from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, kd_matrix,
                                    loss_weights, register)
 
 Array = jax.Array
@@ -34,10 +34,6 @@ def ebkd_weights(teacher_logits: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class EBKD(WeightedTermsMethod):
-
-  def init(self, rng, batch):
-    params, state, _, _ = init_student(self.student, jax.random.split(rng)[0], batch["image"])
-    return params, state, {}
 
   def compute_terms(self, params, state, meta_params, batch):
     del meta_params

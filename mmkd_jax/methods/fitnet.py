@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, init_student, kd_matrix,
-                                   loss_weights, register)
+from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
 from mmkd_jax.models.layers import BatchNorm, conv
 
 Array = jax.Array
@@ -69,30 +68,21 @@ class FitNetMKD(WeightedTermsMethod):
 
   terms = TERMS
 
-  @property
-  def regressors(self) -> HintRegressors:
+  def feature_module(self) -> HintRegressors:
     return HintRegressors(self.run.teacher_shapes)
-
-  def init(self, rng, batch):
-    k_student, k_extra = jax.random.split(rng)
-    params, state, feats, _ = init_student(self.student, k_student, batch["image"])
-    v = self.regressors.init(k_extra, feats[self.run.feature_layer])
-    params["match"], state["match"] = v["params"], v["batch_stats"]
-    return params, state, {}
 
   def compute_terms(self, params, state, meta_params, batch):
     del meta_params
     feats, logits, stats = apply_student(self.student, params, state, batch["image"])
     kd = kd_matrix(logits, batch["teacher_logits"], self.temperature)
-    projected, updated = self.regressors.apply({"params": params["match"], "batch_stats": state["match"]},
-                                               feats[self.run.feature_layer], mutable=["batch_stats"])
+    projected, match_stats = self.apply_feature_module(params, state, feats)
     hints = jnp.mean(jnp.stack([jnp.mean(jnp.square(p - t.astype(p.dtype)))
                                 for p, t in zip(projected, batch["teacher_feat"])]))
     if not self.hint_gradient:
       hints = jax.lax.stop_gradient(hints)
     uniform = jnp.full(kd.shape, 1.0 / self.run.num_teachers, kd.dtype)
     terms = {"ce": losses.cross_entropy(logits, batch["label"]), "kd": jnp.mean(kd), "feat": hints}
-    return (terms, dict(state, student=stats, match=updated["batch_stats"]),
+    return (terms, dict(state, student=stats, match=match_stats),
             {"logits": logits, "logits_weights": uniform, "feature_weights": uniform})
 
 

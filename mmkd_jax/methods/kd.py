@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, init_student, kd_matrix,
-                                   loss_weights, register)
+from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, loss_weights,
+                                   register)
 from mmkd_jax.registry import ConfigError
 
 
@@ -22,16 +22,13 @@ from mmkd_jax.registry import ConfigError
 class SingleTeacherKD(WeightedTermsMethod):
   teacher_index: int = 0
 
-  def init(self, rng, batch):
-    params, state, _, _ = init_student(self.student, jax.random.split(rng)[0], batch["image"])
-    return params, state, {}
-
   def compute_terms(self, params, state, meta_params, batch):
     del meta_params
     _, logits, stats = apply_student(self.student, params, state, batch["image"])
-    kd = kd_matrix(logits, batch["teacher_logits"], self.temperature)  # (B, T)
+    teacher = batch["teacher_logits"][:, self.teacher_index].astype(logits.dtype)
     weights = jax.nn.one_hot(jnp.full(logits.shape[:1], self.teacher_index), self.run.num_teachers)
-    terms = {"ce": losses.cross_entropy(logits, batch["label"]), "kd": jnp.mean(kd[:, self.teacher_index])}
+    terms = {"ce": losses.cross_entropy(logits, batch["label"]),
+             "kd": losses.kd_batchmean(logits, teacher, self.temperature)}
     return terms, dict(state, student=stats), {"logits": logits, "logits_weights": weights}
 
 

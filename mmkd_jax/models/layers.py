@@ -2,7 +2,7 @@
 
 Module names inside the networks mirror the PyTorch module paths of the reference
 (``layer1.0.conv1`` ...), so a Flax variable path joined with dots *is* the PyTorch
-``state_dict`` prefix; ``mmkd_jax.convert`` relies on this.
+``state_dict`` prefix; ``mmkd_jax.teachers.convert`` relies on this.
 """
 
 from __future__ import annotations
