@@ -23,6 +23,14 @@ BatchNorm batch statistics included). Two exact ways compute the same number:
 
 Both assume ``model_state`` does not change any loss (train-mode BatchNorm: running statistics
 are outputs only); ``"reverse"`` also differentiates through it, the recursion does not.
+
+``"original"`` is not exact: it is the reverse pass of the original MMKD code (L2T-ww's
+``MetaSGD.meta_backward``), the adjoint recursion of *heavy-ball* SGD with coupled weight decay
+(``v = c - lr a``; ``a <- a (1 - lr wd) + wd c + H v``; ``c <- momentum v``; meta grads
+``+= (d grad / d meta)^T v``), applied whatever the optimiser is; with Nesterov (the reference
+README's setting) it differs from the exact hypergradient. The look-ahead itself is the exact
+forward pass of the configured optimiser, as in the original. It needs
+``heavy_ball=(lr, momentum, weight_decay)``.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import optax
 PyTree = Any
 Objective = Callable[[PyTree, PyTree, PyTree, PyTree], tuple[jax.Array, tuple[PyTree, dict]]]
 
-MODES = ("reverse", "forward_over_reverse")
+MODES = ("reverse", "forward_over_reverse", "original")
 
 
 class LookaheadResult(NamedTuple):
@@ -45,6 +53,7 @@ class LookaheadResult(NamedTuple):
   model_state: PyTree
   losses: list[jax.Array]
   metrics: list[dict]
+  model_states: list[PyTree] = []  # model_state after each step
 
 
 def inner_step(optimizer: optax.GradientTransformation, objective: Objective, params: PyTree,
@@ -68,32 +77,38 @@ def lookahead(optimizer: optax.GradientTransformation, objectives: Sequence[Obje
               params: PyTree, opt_state: PyTree, model_state: PyTree, meta_params: PyTree,
               batch: PyTree, first_order: bool = False) -> LookaheadResult:
   """Unrolls one inner step per objective, in order."""
-  losses, metrics = [], []
+  losses, metrics, states = [], [], []
   for objective in objectives:
     params, opt_state, model_state, loss, m = inner_step(
         optimizer, objective, params, opt_state, model_state, meta_params, batch, first_order)
     losses.append(loss)
     metrics.append(m)
-  return LookaheadResult(params, opt_state, model_state, losses, metrics)
+    states.append(model_state)
+  return LookaheadResult(params, opt_state, model_state, losses, metrics, states)
 
 
 def hypergradient(optimizer: optax.GradientTransformation, inner_objectives: Sequence[Objective],
                   outer_objective: Objective, params: PyTree, opt_state: PyTree,
                   model_state: PyTree, meta_params: PyTree, batch: PyTree,
                   first_order: bool = False, mode: str = "forward_over_reverse",
+                  heavy_ball: tuple[Any, float, float] | None = None,
                   ) -> tuple[jax.Array, PyTree, LookaheadResult]:
   """``d outer(lookahead(params; meta_params)) / d meta_params``.
 
   Returns (final outer loss, hypergradient, look-ahead result). The look-ahead result is
-  what a caller keeps when it does not roll back. ``mode`` picks one of ``MODES`` (same
-  result up to rounding; see the module docstring).
+  what a caller keeps when it does not roll back. ``mode`` picks one of ``MODES`` (the two
+  exact ones agree up to rounding; see the module docstring); ``heavy_ball`` is
+  ``(lr, momentum, weight_decay)`` for ``"original"``.
   """
+  args = (optimizer, inner_objectives, outer_objective, params, opt_state, model_state, meta_params, batch)
   if mode == "reverse":
-    return _reverse_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
-                                 model_state, meta_params, batch, first_order)
+    return _reverse_over_reverse(*args, first_order)
   if mode == "forward_over_reverse":
-    return _forward_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
-                                 model_state, meta_params, batch, first_order)
+    return _forward_over_reverse(*args, first_order)
+  if mode == "original":
+    if heavy_ball is None:
+      raise ValueError("hypergradient mode 'original' needs heavy_ball=(lr, momentum, weight_decay)")
+    return _original_recursion(*args, heavy_ball)
   raise ValueError(f"unknown hypergradient mode {mode!r}; expected one of {MODES}")
 
 
@@ -126,9 +141,9 @@ def _tree_add(a: PyTree, b: PyTree) -> PyTree:
   return jax.tree.map(jnp.add, a, b)
 
 
-def _forward_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
-                          model_state, meta_params, batch, first_order):
-  records, losses, metrics = [], [], []
+def _linearized_lookahead(optimizer, inner_objectives, params, opt_state, model_state, meta_params, batch):
+  """The look-ahead, each step's joint gradient linearised: (records, result)."""
+  records, losses, metrics, states = [], [], [], []
   for objective in inner_objectives:
     def joint_grad(p, objective=objective, model_state=model_state):
       (loss, (new_state, m)), grads = jax.value_and_grad(
@@ -143,11 +158,17 @@ def _forward_over_reverse(optimizer, inner_objectives, outer_objective, params, 
     params = optax.apply_updates(params, updates)
     losses.append(loss)
     metrics.append(m)
-  result = LookaheadResult(params, opt_state, model_state, losses, metrics)
+    states.append(model_state)
+  return records, LookaheadResult(params, opt_state, model_state, losses, metrics, states)
 
+
+def _forward_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
+                          model_state, meta_params, batch, first_order):
+  records, result = _linearized_lookahead(optimizer, inner_objectives, params, opt_state, model_state,
+                                          meta_params, batch)
   (final_loss, _), (params_bar, meta_bar) = jax.value_and_grad(
-      outer_objective, argnums=(0, 2), has_aux=True)(params, model_state, meta_params, batch)
-  state_bar = [jnp.zeros_like(x) for x in _split_inexact(opt_state)[0]]
+      outer_objective, argnums=(0, 2), has_aux=True)(result.params, result.model_state, meta_params, batch)
+  state_bar = [jnp.zeros_like(x) for x in _split_inexact(result.opt_state)[0]]
   for t in reversed(range(len(records))):
     p, float_state, rebuild_state, grads, tangent_fn = records[t]
 
@@ -161,4 +182,22 @@ def _forward_over_reverse(optimizer, inner_objectives, outer_objective, params, 
     meta_bar = _tree_add(meta_bar, mixed_v)
     # params_bar of step 0 is the adjoint of the initial point, which nothing needs.
     params_bar = p_bar if (first_order or t == 0) else _tree_add(p_bar, hessian_v)
+  return final_loss, meta_bar, result
+
+
+def _original_recursion(optimizer, inner_objectives, outer_objective, params, opt_state, model_state,
+                        meta_params, batch, heavy_ball):
+  lr, momentum, weight_decay = heavy_ball
+  records, result = _linearized_lookahead(optimizer, inner_objectives, params, opt_state, model_state,
+                                          meta_params, batch)
+  (final_loss, _), (a, meta_bar) = jax.value_and_grad(
+      outer_objective, argnums=(0, 2), has_aux=True)(result.params, result.model_state, meta_params, batch)
+  c = jax.tree.map(jnp.zeros_like, a)
+  for t in reversed(range(len(records))):
+    tangent_fn = records[t][-1]
+    v = jax.tree.map(lambda c, a: c - lr * a, c, a)
+    hessian_v, mixed_v = tangent_fn(v)
+    meta_bar = _tree_add(meta_bar, mixed_v)
+    a = jax.tree.map(lambda a, c, hv: a * (1 - lr * weight_decay) + weight_decay * c + hv, a, c, hessian_v)
+    c = jax.tree.map(lambda v: momentum * v, v)
   return final_loss, meta_bar, result

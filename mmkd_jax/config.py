@@ -101,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   # How the exact hypergradient is computed (mmkd_jax.bilevel.MODES).
   c.meta.hypergradient = "forward_over_reverse"
   c.meta.rollback = True
+  c.meta.rollback_bn = "exact"   # exact: restore BN statistics too; replay: the original's extra update
   for name in methods.METHODS:
     section = methods.METHODS.get(name).section
     if section:
@@ -277,6 +278,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
        f"{c.meta.hypergradient!r} is not one of {', '.join(bilevel.MODES)}")
   need(c.temperature > 0, "temperature", "must be positive")
+  need(c.meta.rollback_bn in ("exact", "replay"), "meta.rollback_bn", f"{c.meta.rollback_bn!r} is not 'exact' or 'replay'")
   need(c.feature_layer != -1, "feature_layer", "-1 is the pooled vector, not a feature map")
   spec = methods.METHODS.get(c.method)
   if c.mode in ("distill", "pipeline", "precompute") and spec.needs_teachers:

@@ -53,6 +53,7 @@ class Steps:
   online: bool
   # Sharding of batch-major arrays (the mesh's 'data' axis); None on a single device.
   data_sharding: Any = None
+  schedule: Any = None  # the student's learning rate as a function of the step count
 
   @property
   def tracked(self) -> tuple[str, ...]:
@@ -96,6 +97,7 @@ class Steps:
     for key in ("logits_weights", "feature_weights"):
       if aux.get(key) is not None:
         metrics[f"mean_{key}"] = jnp.mean(aux[key], axis=0)
+    metrics.update({f"diag_{k}": v for k, v in aux.get("diagnostics", {}).items()})
     if aux.get("logits_weights") is not None:
       # Per-class sums and counts; their ratio over an epoch is each class's mean teacher weight.
       onehot = jax.nn.one_hot(batch["label"], self.spec.num_classes, dtype=jnp.float32)
@@ -118,16 +120,29 @@ class Steps:
     else:
       batch = self.device_batch(raw, teacher_vars)
     batch = dict(batch, epoch=epoch)
+    # The look-ahead uses the learning rate of the training step just taken (the reference's
+    # lr of the epoch), not that of the next step, which may lie after a milestone.
+    count = optim.step_count(state.opt_state)
+    current = None if count is None else jnp.maximum(count - 1, 0)
+    opt_state = optim.with_step_count(state.opt_state, current)
+    heavy_ball = None
+    if meta.hypergradient == "original":
+      lr = self.schedule(current) if self.schedule is not None and current is not None else self.config.lr
+      heavy_ball = (lr, self.config.momentum, self.config.weight_decay)
     final, grads, result = bilevel.hypergradient(
         self.optimizer, self.method.lookahead_objectives(), self.method.outer_objective, state.params,
-        state.opt_state, state.model_state, state.meta_params, batch, first_order=meta.first_order,
-        mode=meta.hypergradient)
+        opt_state, state.model_state, state.meta_params, batch, first_order=meta.first_order,
+        mode=meta.hypergradient, heavy_ball=heavy_ball)
     updates, meta_opt_state = self.meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
     new = state.replace(meta_params=optax.apply_updates(state.meta_params, updates),
                         meta_opt_state=meta_opt_state, rng=jax.random.key_data(rng))
-    if not meta.rollback:
-      new = new.replace(params=result.params, opt_state=result.opt_state, model_state=result.model_state)
-    metrics = {"meta_outer_loss": final, "hypergrad_norm": optax.tree.norm(grads)}
+    if not meta.rollback:  # keep the look-ahead; the schedule still counts training steps only
+      new = new.replace(params=result.params, opt_state=optim.with_step_count(result.opt_state, count),
+                        model_state=result.model_state)
+    elif meta.rollback_bn == "replay":  # the original: one BN update from replaying step 1
+      new = new.replace(model_state=result.model_states[0])
+    metrics = {"meta_outer_loss": final, "hypergrad_norm": optax.tree.norm(grads),
+               **{f"hypergrad_norm/{k}": optax.tree.norm(v) for k, v in grads.items()}}
     return new.replace(nonfinite=self.track_nonfinite(new, metrics)), metrics
 
   def eval_step(self, state: TrainState, raw: dict[str, Any]) -> dict[str, jax.Array]:
@@ -170,7 +185,7 @@ def make_steps(config: ml_collections.ConfigDict, method: Method, spec: DatasetS
   meta_optimizer = optim.torch_adam(config.meta.lr, config.meta.weight_decay)
   return Steps(config, method, optimizer, meta_optimizer, spec, tuple(teachers),
                config.teacher_source == "online",
-               parallel.batch_sharding(mesh) if mesh.devices.size > 1 else None)
+               parallel.batch_sharding(mesh) if mesh.devices.size > 1 else None, schedule)
 
 
 def init_state(steps: Steps, example_raw: dict[str, Any], seed: int) -> TrainState:
