@@ -26,6 +26,13 @@ from mmkd_jax.registry import ConfigError
 
 MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline")
 
+# config.faithful=True: what the original PyTorch code computed, bugs included (docs/methods.md).
+FAITHFUL = {
+    "meta.hypergradient": "original",  # MMKD/L2T-ww's heavy-ball reverse pass, even under Nesterov
+    "meta.rollback_bn": "replay",      # rollback keeps one BN update from replaying look-ahead step 1
+    "fitnet.hint_gradient": False,     # FitNet-MKD's hint loss rebuilt from floats: no gradient
+}
+
 
 def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0) -> ml_collections.ConfigDict:
   """A teacher entry: ``checkpoint`` is an orbax teacher directory or a PyTorch .pth/.npz file;
@@ -49,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "mmkd"              # a registered method (mmkd_jax.methods)
   c.imports = ()                 # your modules (dotted names or .py paths) that register parts
   c.resolved_for = ""            # set by resolve(): "<method>@<dataset>"
+  c.faithful = False             # True: every "as the original code computed it" switch (FAITHFUL)
   c.dataset = "digits"           # registered name, TFDS name, or a prepared TFDS directory
   c.data_dir = ""                # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset_source_dir = ""      # raw files of builders that read local files ("" = their default)
@@ -63,7 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher_dir = "runs/teachers"
   c.teacher_source = "precomputed"  # precomputed | online
   c.cache_dir = ""               # "" = derived from teachers, dataset and augmentation
-  c.cache_dtype = "bfloat16"     # bfloat16 | float16 | float32
+  c.cache_dtype = "bfloat16"     # feature maps in the cache: bfloat16 | float16 | float32
+  c.cache_logits_dtype = "float32"  # logits in the cache (experiments/RESULTS.md: cache precision)
   c.num_replays = 4              # augmentation replays stored in the cache; replay = epoch % this
   c.augmentation_seed = 0
   c.trust_pickle = False         # allow arbitrary objects in teacher .pth files
@@ -245,6 +254,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if stray:
       raise ConfigError(f"config.{name}.{stray[0]}: method {spec.name!r} has no such term "
                         f"({'its terms: ' + ', '.join(sorted(valid)) if valid else 'and no look-ahead'})")
+  if c.faithful:
+    set_fields(c, FAITHFUL)
   c.resolved_for = key
   c.lock()
   return c
@@ -271,7 +282,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.teacher_source in ("precomputed", "online"), "teacher_source",
        f"{c.teacher_source!r} must be 'precomputed' or 'online'")
   from mmkd_jax.teachers.cache import STORAGE_DTYPES  # pylint: disable=import-outside-toplevel
-  need(c.cache_dtype in STORAGE_DTYPES, "cache_dtype", f"{c.cache_dtype!r} must be one of {', '.join(STORAGE_DTYPES)}")
+  for field in ("cache_dtype", "cache_logits_dtype"):
+    need(c[field] in STORAGE_DTYPES, field, f"{c[field]!r} must be one of {', '.join(STORAGE_DTYPES)}")
   need(c.num_replays >= 1, "num_replays", "must be at least 1")
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")

@@ -40,14 +40,12 @@ def set_momentum(opt_state: Any, buffers: Any) -> Any:
 
 
 
+def momentum_of(opt_state: Any) -> Any:
+  """The SGD momentum buffers (the ``trace``) of a ``torch_sgd`` state."""
+  return optax.tree_utils.tree_get(opt_state, "trace")
+
+
 def step_count(opt_state: Any) -> Any:
   """The step count the learning-rate schedule of a ``torch_sgd`` state reads (None: a constant
   learning rate, no count)."""
   return optax.tree_utils.tree_get(opt_state, "count", default=None)
-
-
-def with_step_count(opt_state: Any, count: Any) -> Any:
-  """``opt_state`` with the schedule's step count replaced (unchanged without a schedule)."""
-  if count is None or step_count(opt_state) is None:
-    return opt_state
-  return optax.tree_utils.tree_set(opt_state, count=count)

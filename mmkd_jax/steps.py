@@ -120,25 +120,23 @@ class Steps:
     else:
       batch = self.device_batch(raw, teacher_vars)
     batch = dict(batch, epoch=epoch)
-    # The look-ahead uses the learning rate of the training step just taken (the reference's
-    # lr of the epoch), not that of the next step, which may lie after a milestone.
+    # The look-ahead runs at the learning rate of the training step just taken, held fixed over
+    # its steps, as the reference's MetaSGD (the schedule's next step may lie past a milestone).
     count = optim.step_count(state.opt_state)
-    current = None if count is None else jnp.maximum(count - 1, 0)
-    opt_state = optim.with_step_count(state.opt_state, current)
-    heavy_ball = None
-    if meta.hypergradient == "original":
-      lr = self.schedule(current) if self.schedule is not None and current is not None else self.config.lr
-      heavy_ball = (lr, self.config.momentum, self.config.weight_decay)
+    lr = self.schedule(jnp.maximum(count - 1, 0)) if self.schedule is not None and count is not None else self.config.lr
+    inner = optim.torch_sgd(lr, self.config.momentum, self.config.nesterov, self.config.weight_decay)
+    inner_state = optim.set_momentum(inner.init(state.params), optim.momentum_of(state.opt_state))
+    heavy_ball = (lr, self.config.momentum, self.config.weight_decay) if meta.hypergradient == "original" else None
     final, grads, result = bilevel.hypergradient(
-        self.optimizer, self.method.lookahead_objectives(), self.method.outer_objective, state.params,
-        opt_state, state.model_state, state.meta_params, batch, first_order=meta.first_order,
-        mode=meta.hypergradient, heavy_ball=heavy_ball)
+        inner, self.method.lookahead_objectives(), self.method.outer_objective, state.params, inner_state,
+        state.model_state, state.meta_params, batch, first_order=meta.first_order, mode=meta.hypergradient,
+        heavy_ball=heavy_ball)
     updates, meta_opt_state = self.meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
     new = state.replace(meta_params=optax.apply_updates(state.meta_params, updates),
                         meta_opt_state=meta_opt_state, rng=jax.random.key_data(rng))
     if not meta.rollback:  # keep the look-ahead; the schedule still counts training steps only
-      new = new.replace(params=result.params, opt_state=optim.with_step_count(result.opt_state, count),
-                        model_state=result.model_state)
+      new = new.replace(params=result.params, model_state=result.model_state,
+                        opt_state=optim.set_momentum(state.opt_state, optim.momentum_of(result.opt_state)))
     elif meta.rollback_bn == "replay":  # the original: one BN update from replaying step 1
       new = new.replace(model_state=result.model_states[0])
     metrics = {"meta_outer_loss": final, "hypergrad_norm": optax.tree.norm(grads),

@@ -128,6 +128,13 @@ def evaluate_teachers(setup: Setup) -> dict[str, float]:
                                      setup.config.eval_batch_size, setup.mesh, setup.config.feature_layer)
 
 
+def is_meta_step(setup: Setup, idx: int) -> bool:
+  """The reference's rule: every ``meta.freq`` batches and on the loader's last batch, which
+  it reaches only when the split divides into whole batches (it skips a partial last batch)."""
+  last = idx == setup.steps_per_epoch - 1 and len(setup.dataset.train) % setup.config.batch_size == 0
+  return idx % setup.config.meta.freq == 0 or last
+
+
 class _StopRequest:
   """Turns SIGTERM into a flag the loop checks after each step."""
 
@@ -179,8 +186,7 @@ class _Loop:
     for idx, raw in enumerate(train_batches(setup, epoch, first_batch), start=first_batch):
       device_raw = parallel.shard_batch(raw, setup.mesh)
       self.state, metrics = self.train_fn(self.state, device_raw, self.teacher_vars, epoch_array)
-      if (setup.method.bilevel and epoch >= config.meta.warmup_epochs
-          and (idx % config.meta.freq == 0 or idx == spe - 1)):
+      if setup.method.bilevel and epoch >= config.meta.warmup_epochs and is_meta_step(setup, idx):
         self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.teacher_vars, epoch_array)
         metrics = {**metrics, **meta_metrics}
       pending.append(metrics)

@@ -56,3 +56,28 @@ def method_and_batch(name: str, batch_size: int = 16, num_classes: int = 10, fea
   spec = DatasetSpec("synthetic", num_classes, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
   run = train.run_info(c, spec, teachers, get_model("resnet8", num_classes), 1)
   return build_method(c, run), batch
+
+
+def steps_and_state(name: str, batch_size: int = 16, num_classes: int = 10, steps_per_epoch: int = 10,
+                    **overrides):
+  """The real Steps of a method (synthetic 32x32 data, 3 random teachers, precomputed outputs),
+  its initial state and a raw host batch."""
+  from mmkd_jax import parallel, steps as steps_lib  # pylint: disable=import-outside-toplevel
+  teachers = random_teachers(num_classes=num_classes)
+  c = config_lib.base_config()
+  config_lib.set_fields(c, {"method": name, "batch_size": batch_size, "teacher_source": "precomputed"})
+  c.teachers = [config_lib.teacher(t.name, t.arch) for t in teachers]
+  if name in ("mmkd", "bomd"):
+    c[name].buffer_size = batch_size
+  c = config_lib.resolve(config_lib.set_fields(c, overrides))
+  rng = np.random.default_rng(0)
+  raw = {"image": rng.integers(0, 256, (batch_size, 32, 32, 3)).astype(np.uint8),
+         "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
+         "index": np.arange(batch_size, dtype=np.int32), "replay": np.zeros(batch_size, np.int32)}
+  x = (raw["image"].astype(np.float32) / 255 - 0.5) / 0.25
+  logits, feats = teacher_forward(teachers, [t.variables for t in teachers], jnp.asarray(x), c.feature_layer)
+  raw.update(teacher_logits=np.asarray(logits) * 3.0, teacher_feat=tuple(np.asarray(f) for f in feats))
+  spec = DatasetSpec("synthetic", num_classes, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
+  method = build_method(c, train.run_info(c, spec, teachers, get_model("resnet8", num_classes), 1))
+  steps = steps_lib.make_steps(c, method, spec, teachers, parallel.data_mesh(), steps_per_epoch)
+  return steps, steps_lib.init_state(steps, raw, seed=0), jax.tree.map(jnp.asarray, raw)

@@ -29,7 +29,7 @@ def test_sgd_matches_pytorch_rule():
       p = optax.apply_updates(p, updates)
     expected, buf = _torch_sgd_reference(p0, grads, 0.05, 0.9, 5e-4, nesterov)
     np.testing.assert_allclose(p, expected, rtol=1e-6)
-    np.testing.assert_allclose(optax.tree_utils.tree_get(state, "trace"), buf, rtol=1e-6)
+    np.testing.assert_allclose(optim.momentum_of(state), buf, rtol=1e-6)
 
 
 def test_set_momentum_continues_from_given_buffer():

@@ -62,20 +62,32 @@ def logits_weight_input(teacher_logits: Array, student_logits: Array,
                           _maybe_detach(student_logits, detach_student)], axis=-1)
 
 
-def _grouped_gram(feature_map: Array, groups: int) -> Array:
-  """Rows of the Gram matrix within each of ``groups`` consecutive groups: (B, B / groups)."""
-  if groups == 1:
-    return gram(feature_map)
+FEATURE_INPUTS = ("raw", "cosine")
+
+
+def _grouped_gram(feature_map: Array, groups: int, normalize: bool = False) -> Array:
+  """Rows of the Gram matrix within each of ``groups`` consecutive groups: (B, B / groups);
+  ``normalize``: of the unit-normalised flattened maps (cosine similarities, in [-1, 1])."""
   b = feature_map.shape[0]
-  flat = feature_map.reshape(groups, b // groups, -1)
+  flat = feature_map.reshape(b, -1)
+  if normalize:
+    flat = flat * jax.lax.rsqrt(jnp.sum(jnp.square(flat), axis=-1, keepdims=True) + 1e-12)
+  if groups == 1:
+    return gram(flat)
+  flat = flat.reshape(groups, b // groups, -1)
   return jnp.einsum("gid,gjd->gij", flat, flat).reshape(b, b // groups)
 
 
 def feature_weight_input(teacher_feats: Sequence[Array], student_feat: Array,
-                         detach_student: bool = True, groups: int = 1) -> Array:
+                         detach_student: bool = True, groups: int = 1, mode: str = "raw") -> Array:
   """``concat([G_t0, ..., G_s], axis=1)`` of batch Gram matrices ``F F^T``: (B, B (T+1)).
 
+  ``mode='raw'`` is the reference's (entries ~1e3-1e4 on CIFAR nets: its softmax saturates);
+  ``'cosine'`` normalises each sample's map first, so entries are cosine similarities.
   ``groups > 1`` uses each device's (group's) own Gram matrix: (B, B / groups * (T+1)).
   """
+  if mode not in FEATURE_INPUTS:
+    raise ValueError(f"feature weight input {mode!r} is not one of {FEATURE_INPUTS}")
   maps = list(teacher_feats) + [_maybe_detach(student_feat, detach_student)]
-  return jnp.concatenate([_grouped_gram(m.astype(student_feat.dtype), groups) for m in maps], axis=-1)
+  return jnp.concatenate([_grouped_gram(m.astype(student_feat.dtype), groups, mode == "cosine")
+                          for m in maps], axis=-1)

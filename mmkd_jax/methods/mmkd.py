@@ -30,12 +30,19 @@ import ml_collections
 
 from mmkd_jax.distill import hard_buffer, losses
 from mmkd_jax.distill.align import FeatureAligner
-from mmkd_jax.distill.meta_nets import WeightMLP, feature_weight_input, logits_weight_input
+from mmkd_jax.distill.meta_nets import FEATURE_INPUTS, WeightMLP, feature_weight_input, logits_weight_input
 from mmkd_jax.methods.base import BilevelMethod, RunInfo, apply_student, bilevel_fields, loss_weights, register
+from mmkd_jax.registry import ConfigError
 
 Array = jax.Array
 PyTree = Any
 TERMS = ("ce", "kd", "feat")
+
+
+def one_hot_fraction(weights: Array, tolerance: float = 1e-3) -> Array:
+  """The fraction of samples whose teacher weights are within ``tolerance`` of one-hot (a
+  saturated softmax: its hypergradient vanishes and the weights stop learning)."""
+  return jnp.mean(jnp.max(weights, axis=-1) > 1.0 - tolerance)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +54,7 @@ class MMKD(BilevelMethod):
   detach_student: bool = True
   warmup_epochs: int = 0
   gram_groups: int = 1  # >1: Gram matrices within each group (device) instead of the global batch
+  feature_input: str = "raw"  # the feature weight net's input: 'raw' Gram matrices, or 'cosine'
 
   terms = TERMS
 
@@ -76,7 +84,8 @@ class MMKD(BilevelMethod):
       match_vars = self.aligner.init(k_match, student_feat, batch["teacher_feat"])
       params["match"], state["match"] = match_vars["params"], match_vars["batch_stats"]
       meta["feature_weight"] = self.weight_net.init(
-          k_fw, feature_weight_input(batch["teacher_feat"], student_feat, groups=self.gram_groups))["params"]
+          k_fw, feature_weight_input(batch["teacher_feat"], student_feat, groups=self.gram_groups,
+                                     mode=self.feature_input))["params"]
     return params, state, meta
 
   def teacher_weights(self, meta_params: PyTree, batch: dict[str, Any], logits: Array,
@@ -87,7 +96,7 @@ class MMKD(BilevelMethod):
     if self.uses_features:
       w_feat = self.weight_net.apply({"params": meta_params["feature_weight"]},
                                      feature_weight_input(batch["teacher_feat"], student_feat,
-                                                          self.detach_student, self.gram_groups))
+                                                          self.detach_student, self.gram_groups, self.feature_input))
     if "epoch" in batch and self.warmup_epochs > 0:  # equal weights until the meta nets train
       warm = batch["epoch"] < self.warmup_epochs
       uniform = 1.0 / self.run.num_teachers
@@ -104,7 +113,8 @@ class MMKD(BilevelMethod):
         logits[:, None, :], batch["teacher_logits"].astype(logits.dtype), self.temperature)  # (B, T)
     terms = {"ce": losses.cross_entropy(logits, batch["label"]),
              "kd": losses.weighted_batch_sum(per_sample_kd, w_logits)}
-    extras = {"logits": logits, "per_sample_kd": per_sample_kd, "logits_weights": w_logits}
+    extras = {"logits": logits, "per_sample_kd": per_sample_kd, "logits_weights": w_logits,
+              "diagnostics": {"logits_weights_onehot": one_hot_fraction(w_logits)}}
     new_state = dict(state)
     if self.uses_features:
       per_sample_feat, match_updated = self.aligner.apply(
@@ -113,6 +123,7 @@ class MMKD(BilevelMethod):
       new_state["match"] = match_updated["batch_stats"]
       terms["feat"] = losses.weighted_batch_sum(per_sample_feat, w_feat)
       extras.update(student_feat=student_feat, feature_weights=w_feat, per_sample_feat=per_sample_feat)
+      extras["diagnostics"]["feature_weights_onehot"] = one_hot_fraction(w_feat)
     return terms, new_state, extras
 
   def compute_terms(self, params, state, meta_params, batch):
@@ -124,12 +135,15 @@ class MMKD(BilevelMethod):
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
+  if config.mmkd.feature_input not in FEATURE_INPUTS:
+    raise ConfigError(f"config.mmkd.feature_input: {config.mmkd.feature_input!r} is not one of {FEATURE_INPUTS}")
   if config.mmkd.hard_buffer:
     hard_buffer.check_capacity(config.mmkd.buffer_size, config.batch_size, "mmkd.buffer_size")
 
 
 @register("mmkd", terms={"ce": 1.0, "kd": 1.0, "feat": 100.0}, bilevel=True, lookahead={"ce": 0.0},
-          section={"hard_buffer": True, "buffer_size": 256, "deep_aligner": False, "gram_per_device": False},
+          section={"hard_buffer": True, "buffer_size": 256, "deep_aligner": False, "gram_per_device": False,
+                   "feature_input": "raw"},
           # digits: weights.feat chosen on a validation split (train[:85%] / train[85%:], 3 seeds,
           # 15 epochs), never on test: 0 / 10 / 100 gave 92.59 / 94.44 / 92.28% (experiments/RESULTS.md).
           presets={"digits": {"weights.feat": 10.0}}, validate=_validate)
@@ -139,4 +153,4 @@ def build(config: ml_collections.ConfigDict, run: RunInfo) -> MMKD:
   return MMKD(run, loss_weights(config, TERMS), config.temperature,
               **bilevel_fields(config, TERMS, m.hard_buffer, m.buffer_size),
               deep_aligner=m.deep_aligner, warmup_epochs=config.meta.warmup_epochs,
-              gram_groups=run.bn_groups if m.gram_per_device else 1)
+              gram_groups=run.bn_groups if m.gram_per_device else 1, feature_input=m.feature_input)

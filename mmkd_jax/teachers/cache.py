@@ -2,7 +2,7 @@
 
 ``write_cache`` runs the frozen teachers over ``num_replays`` augmented views of the training
 split and stores, per (example index, replay), every teacher's logits and feat[-2] map in a
-compact dtype (bfloat16 is stored as its uint16 bit pattern, since TFDS has no bfloat16
+compact dtype (logits in float32 by default, feature maps in bfloat16; bfloat16 is stored as its uint16 bit pattern, since TFDS has no bfloat16
 feature without TensorFlow). Record ``replay * N + index`` holds that pair. The metadata
 (teacher names and parameter fingerprints, dataset, split, augmentation seed, replays,
 feature layer, dtype) is part of the dataset; ``open_cache`` refuses a cache whose metadata
@@ -50,8 +50,9 @@ class CacheSpec:
   feature_layer: str
   num_classes: int
   feature_shapes: tuple[tuple[int, ...], ...]
-  dtype: str = "bfloat16"
+  dtype: str = "bfloat16"               # feature maps
   augmentation: str = "pad4+crop+flip"  # the dataset's augmentation (``augmentation_name``)
+  logits_dtype: str = "float32"         # logits: small, and the KD loss is sensitive to them
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -107,7 +108,7 @@ class TeacherOutputs(tfds.core.GeneratorBasedBuilder):
     storage = STORAGE_DTYPES[self._spec.dtype]
     t, c = len(self._spec.teacher_names), self._spec.num_classes
     features = {"index": np.int64, "replay": np.int64,
-                "logits": tfds.features.Tensor(shape=(t, c), dtype=storage)}
+                "logits": tfds.features.Tensor(shape=(t, c), dtype=STORAGE_DTYPES[self._spec.logits_dtype])}
     for i, shape in enumerate(self._spec.feature_shapes):
       features[f"feat_{i}"] = tfds.features.Tensor(shape=tuple(shape), dtype=storage)
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
@@ -130,7 +131,7 @@ class TeacherOutputs(tfds.core.GeneratorBasedBuilder):
       for lo in range(first, end, self._batch_size):
         indices = np.arange(lo, min(lo + self._batch_size, end))
         logits, feats = self._producer(indices, replay)
-        logits = to_storage(logits, spec.dtype)
+        logits = to_storage(logits, spec.logits_dtype)
         feats = [to_storage(f, spec.dtype) for f in feats]
         for j, i in enumerate(indices):
           example = {"index": int(i), "replay": replay, "logits": logits[j]}
@@ -252,7 +253,7 @@ class TeacherCache:
                                  f"{r['index']} replay {r['replay']}: the cache is corrupt")
     dtype = self.spec.dtype
     return {
-        "teacher_logits": from_storage(np.stack([r["logits"] for r in records]), dtype),
+        "teacher_logits": from_storage(np.stack([r["logits"] for r in records]), self.spec.logits_dtype),
         "teacher_feat": tuple(from_storage(np.stack([r[f"feat_{t}"] for r in records]), dtype)
                               for t in range(len(self.spec.teacher_names))),
         "replay": np.full(len(indices), replay, np.int32),

@@ -98,7 +98,8 @@ def cache_spec(config: ml_collections.ConfigDict, loaded: list[Teacher], dataset
       augmentation_seed=config.augmentation_seed, num_replays=config.num_replays,
       feature_layer=f"feat[{config.feature_layer}]", num_classes=spec.num_classes,
       feature_shapes=tuple(tuple(s) for s in feature_shapes(loaded, spec.image_shape, config.feature_layer)),
-      dtype=config.cache_dtype, augmentation=cache_lib.augmentation_name(spec.crop_padding, spec.flip))
+      dtype=config.cache_dtype, augmentation=cache_lib.augmentation_name(spec.crop_padding, spec.flip),
+      logits_dtype=config.cache_logits_dtype)
 
 
 def cache_dir(config: ml_collections.ConfigDict, spec: cache_lib.CacheSpec) -> str:
