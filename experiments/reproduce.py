@@ -12,17 +12,22 @@ whose ``summary.json`` exists is reused, so an interrupted table continues where
 runs made elsewhere (e.g. on a GPU cluster, same layout) are collected with ``--collect_only``.
 ``--set field=value`` overrides win over the methods' presets.
 
-Writes to ``--out``: ``results.md`` (ours: mean +- sample std over seeds of the last-epoch and of
-the best-epoch test top-1, next to the published PyTorch number and its source),
-``results.json``, and per setting ``curves_<setting>.png`` (test top-1 per epoch, mean over
-seeds) and ``weights_<setting>_<method>.png`` (heatmaps of the learned teacher weights over
-training, per teacher and per class, seed 0, for methods whose weights change).
+A table's entries are methods or ``Variant``s (a method with overrides, for ablations); tables
+of one ``group`` share run directories (an ablation reuses the main table's runs).
+
+Writes to ``--out`` (default ``runs/reproduce/<group or table>``): ``results_<table>.md`` (ours:
+mean +- sample std over seeds of the last-epoch and of the best-epoch top-1, minutes per run, the
+published PyTorch number and its source; for ablations, differences to the baseline with 2
+standard errors), ``results_<table>.json``, ``curves_<table>_<setting>.png`` (top-1 per epoch,
+mean and min..max band over seeds) and ``weights_<setting>_<variant>.png`` (heatmaps of the
+learned teacher weights over training, per teacher and per class, seed 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -32,7 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tables import TABLES, Published, Row, Table  # pylint: disable=wrong-import-position
+from tables import TABLES, Published, Row, Table, Variant  # pylint: disable=wrong-import-position
 
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax import train  # pylint: disable=wrong-import-position
@@ -45,6 +50,13 @@ DISPLAY = {"none": "Student (no KD)", "kd": "KD (1 teacher)", "aver": "AVER", "e
            "bomd": "BOMD-like", "mmkd": "MMKD"}
 
 
+def display(variant: Variant) -> str:
+  if variant.label:
+    return variant.label
+  name = DISPLAY.get(variant.method, variant.method)
+  return f"{name} ({', '.join(variant.overrides)})" if variant.overrides else name
+
+
 def method_config(config, method: str, overrides=(), **fields) -> Any:
   """The setting's (unresolved) config with ``method``, the user's overrides (which win over the
   method's presets) and ``fields``, resolved."""
@@ -53,9 +65,9 @@ def method_config(config, method: str, overrides=(), **fields) -> Any:
   return config_lib.resolve(config_lib.set_fields(c, overrides))
 
 
-def prepare_setting(config, methods, overrides) -> list:
-  """Teachers (trained if missing) and one teacher cache per feature layer the methods read."""
-  resolved = [config_lib.validate(method_config(config, m, overrides)) for m in methods]
+def prepare_setting(config, variants, overrides) -> list:
+  """Teachers (trained if missing) and one teacher cache per feature layer the variants read."""
+  resolved = [config_lib.validate(method_config(config, v.method, (*v.overrides, *overrides))) for v in variants]
   lifecycle.train_missing_teachers(resolved[0])
   loaded = lifecycle.load_teachers(resolved[0])
   done = set()
@@ -66,18 +78,19 @@ def prepare_setting(config, methods, overrides) -> list:
   return loaded
 
 
-def run_one(config, method: str, seed: int, workdir: str, loaded, overrides=()) -> dict:
+def run_one(config, variant: Variant, seed: int, workdir: str, loaded, overrides=()) -> dict:
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     with open(summary_path) as f:
       return json.load(f)
-  c = config_lib.validate(method_config(config, method, overrides, seed=seed, mode="distill"))
-  teachers = loaded if METHODS.get(method).needs_teachers else []
-  print(f"== {method} seed {seed} -> {workdir}", flush=True)
+  c = config_lib.validate(method_config(config, variant.method, (*variant.overrides, *overrides),
+                                        seed=seed, mode="distill"))
+  teachers = loaded if METHODS.get(variant.method).needs_teachers else []
+  print(f"== {display(variant)} seed {seed} -> {workdir}", flush=True)
   summary = train.train_and_evaluate(c, workdir, teachers, lifecycle.open_cache(c, teachers))
   summary.pop("state", None)
   if summary["status"] != "finished":  # SIGTERM: the run saved a checkpoint; stop the table too
-    raise SystemExit(f"{method} seed {seed} stopped ({summary['status']}) in {workdir}; "
+    raise SystemExit(f"{display(variant)} seed {seed} stopped ({summary['status']}) in {workdir}; "
                      "run the same command again to continue")
   return summary
 
@@ -111,32 +124,38 @@ def mean_std(values) -> str:
   return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
 
 
+def _minutes(runs) -> str:
+  return f"{np.mean([r.get('wall_seconds', 0) / 60 for r in runs]):.1f}" if runs else "—"
+
+
+def _settings_line(runs) -> str:
+  """How the runs were made (teacher source, cache, replays), from their summaries."""
+  seen = sorted({json.dumps(r.get("setting", {}), sort_keys=True) for r in runs if r.get("setting")})
+  return "; ".join(", ".join(f"{k} {v}" for k, v in json.loads(s).items()) for s in seen) or "not recorded"
+
+
 def render_table(table: Table, results: dict) -> str:
   """Methods down, settings across (the papers' layout); ours next to the published number."""
   header = ["method"]
   for row in table.rows:
-    header += [f"{row.label}: ours, last (best)", "published"]
-  lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
+    header += [f"{row.label}: ours, last (best)", "min/run", "published"]
+  lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   teacher_cells, footnotes = ["Teachers (ensemble / each)"], []
   for row in table.rows:
     acc = next((r["teacher_accuracy"] for runs in results[row.label].values() for r in runs
                 if r.get("teacher_accuracy")), {})
     ensemble = acc.get("teacher/ensemble")
-    each = [v for k, v in acc.items() if k != "teacher/ensemble"]
-    teacher_cells += [f"{ensemble:.2f} / " + ", ".join(f"{v:.2f}" for v in each) if acc else "not run", ""]
+    each = [f"{k.split('/', 1)[1]} {v:.2f}" for k, v in acc.items() if k != "teacher/ensemble"]
+    teacher_cells += [f"{ensemble:.2f} / " + ", ".join(each) if acc else "not run", "", ""]
   lines.append("| " + " | ".join(teacher_cells) + " |")
-  for method in table.methods:
-    cells = [DISPLAY.get(method, method)]
+  for variant in table.variants:
+    cells = [display(variant)]
     for row in table.rows:
-      runs = results[row.label].get(method, [])
-      if runs:
-        finals = [r["final_top1"] for r in runs]
-        bests = [r["best_top1"] for r in runs]
-        cells.append(f"{mean_std(finals)} ({mean_std(bests)}), n={len(runs)}")
-      else:
-        cells.append("not run")
-      published: Published | None = table.published.get((row.label, method))
+      runs = results[row.label].get(variant.slug, [])
+      cells.append(f"{mean_std([r['final_top1'] for r in runs])} ({mean_std([r['best_top1'] for r in runs])}), "
+                   f"n={len(runs)}" if runs else "not run")
+      cells.append(_minutes(runs))
+      published: Published | None = table.published.get((row.label, variant.method)) if not variant.overrides else None
       if published is None:
         cells.append("—")
       else:
@@ -144,42 +163,69 @@ def render_table(table: Table, results: dict) -> str:
         mark = f"[{len(footnotes)}]"
         cells.append(f"{published.top1:.2f} {mark}" if published.top1 is not None else f"n/a {mark}")
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "Test top-1 (%), mean ± sample std over seeds: last epoch, and in parentheses the best "
-            "epoch (the originals report only the best epoch, i.e. model selection on the test set)."]
+  lines += ["", "Top-1 (%) on the evaluation split, mean ± sample std over seeds: last epoch, and in parentheses "
+            "the best epoch (the originals report only the best epoch, i.e. model selection on the test set). "
+            "min/run: wall minutes per run on the machine that ran it."]
   lines += [f"[{i}] {s}" for i, s in enumerate(footnotes, 1)]
   if table.note:
     lines += ["", table.note]
   for row in table.rows:
-    config_line = (f"`{row.label}`: `{row.config}{':' + row.arg if row.arg else ''}`"
-                   + (f" with {', '.join(row.overrides)}" if row.overrides else ""))
-    minutes = [r.get("wall_seconds", 0) / 60 for runs in results[row.label].values() for r in runs]
-    if minutes:
-      config_line += f"; {np.mean(minutes):.1f} min per run on average"
-    lines.append(f"- {config_line}")
+    all_runs = [r for runs in results[row.label].values() for r in runs]
+    lines.append(f"- `{row.label}`: `{row.config}{':' + row.arg if row.arg else ''}`"
+                 + (f" with {', '.join(row.overrides)}" if row.overrides else "")
+                 + f"; runs made with: {_settings_line(all_runs)}")
+    versions = sorted({r.get("code_version", "unrecorded") for r in all_runs})
+    if len(versions) > 1:  # a reused run from other code: the table mixes versions
+      lines.append(f"- WARNING: these runs come from {len(versions)} code versions: {', '.join(versions)}")
+  if table.baseline:
+    lines += ["", render_differences(table, results)]
   return "\n".join(lines) + "\n"
 
 
-def plot_curves(out: str, row: Row, methods, seeds: int, path: str) -> bool:
+def render_differences(table: Table, results: dict) -> str:
+  """Each variant against the baseline: the difference of mean last-epoch top-1 with its
+  standard error sqrt(s1^2/n1 + s2^2/n2); only a difference beyond 2 SE is called one."""
+  lines = [f"Differences to `{table.baseline}` (last epoch; 'yes' = |difference| > 2 standard errors):", "",
+           "| variant | difference (points) | 2 SE | beyond 2 SE |", "|---|---|---|---|"]
+  for row in table.rows:
+    base = [r["final_top1"] for r in results[row.label].get(table.baseline, [])]
+    for variant in table.variants:
+      runs = [r["final_top1"] for r in results[row.label].get(variant.slug, [])]
+      if variant.slug == table.baseline or len(runs) < 2 or len(base) < 2:
+        continue
+      diff = np.mean(runs) - np.mean(base)
+      se = np.sqrt(np.var(runs, ddof=1) / len(runs) + np.var(base, ddof=1) / len(base))
+      lines.append(f"| {display(variant)} | {diff:+.2f} | {2 * se:.2f} | {'yes' if abs(diff) > 2 * se else 'no'} |")
+  return "\n".join(lines)
+
+
+def plot_curves(out: str, row: Row, variants, seeds: int, path: str) -> bool:
+  """Evaluation top-1 per epoch: mean over seeds, with a band from the lowest to the highest seed."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(7, 4))
-  drawn = False
-  for method in methods:
-    curves = [[r["test_top1"] for r in epoch_records(os.path.join(out, row.slug, method, f"seed{s}"))]
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  drawn, lows = False, []
+  for variant in variants:
+    curves = [[r["test_top1"] for r in epoch_records(os.path.join(out, row.slug, variant.slug, f"seed{s}"))]
               for s in range(seeds)]
     curves = [c for c in curves if c]
     if curves:
       length = min(len(c) for c in curves)
-      ax.plot(np.arange(1, length + 1), np.mean([c[:length] for c in curves], axis=0),
-              label=DISPLAY.get(method, method))
+      values = np.array([c[:length] for c in curves])
+      epochs = np.arange(1, length + 1)
+      line, = ax.plot(epochs, values.mean(axis=0), label=display(variant))
+      if len(curves) > 1:
+        ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
+      lows.append(values.mean(axis=0).max())
       drawn = True
   if drawn:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%), mean over seeds")
+    ax.set_ylabel("top-1 (%): mean, band = min..max over seeds")
     ax.set_title(row.label, fontsize=9)
-    low = min(line.get_ydata().max() for line in ax.get_lines())
-    ax.set_ylim(bottom=max(0.0, low - 15))
+    ax.set_ylim(bottom=max(0.0, min(lows) - 15))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -223,23 +269,24 @@ def plot_weight_heatmap(workdir: str, title: str, path: str) -> bool:
 
 
 def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool) -> dict:
+  """{row label: {variant slug: [summaries]}}; finished runs are reused, missing ones run."""
   results: dict[str, dict[str, list]] = {}
   for row in table.rows:
     base = config_lib.load(row.config, row.arg, row.overrides)
     results[row.label] = {}
     loaded = None
-    for method in table.methods:
+    for variant in table.variants:
       runs = []
       for seed in range(seeds):
-        workdir = os.path.join(out, row.slug, method, f"seed{seed}")
+        workdir = os.path.join(out, row.slug, variant.slug, f"seed{seed}")
         summary = collect(workdir)
         if summary is None and not collect_only:
           if loaded is None:
-            loaded = prepare_setting(base, table.methods, overrides)
-          summary = run_one(base, method, seed, workdir, loaded, overrides)
+            loaded = prepare_setting(base, table.variants, overrides)
+          summary = run_one(base, variant, seed, workdir, loaded, overrides)
         if summary is not None:
           runs.append(summary)
-      results[row.label][method] = runs
+      results[row.label][variant.slug] = runs
   return results
 
 
@@ -263,30 +310,33 @@ def main(argv=None) -> int:
     name = os.path.splitext(os.path.basename(args.config))[0]
     table = Table(title=f"{name}" + (f" ({', '.join(args.set)})" if args.set else ""),
                   rows=(Row(name, args.config),), methods=tuple(METHODS.names()))
-  if args.methods:
-    methods = tuple(args.methods.split(","))
-    unknown = [m for m in methods if m not in METHODS]
+  if args.methods:  # a subset of the table's variants (by method or slug), or plain methods
+    wanted = args.methods.split(",")
+    known = {v.slug: v for v in table.variants}
+    chosen = tuple(v for v in table.variants if v.method in wanted or v.slug in wanted)
+    extra = tuple(Variant(m) for m in wanted if m not in known and not any(v.method == m for v in chosen))
+    unknown = [v.method for v in extra if v.method not in METHODS]
     if unknown:
       parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS.names())}")
-    table = Table(table.title, table.rows, methods, table.published, table.note)
-  out = args.out or os.path.join("runs", "reproduce", name)
+    table = dataclasses.replace(table, methods=chosen + extra)
+  out = args.out or os.path.join("runs", "reproduce", table.group or name)
   started = time.time()
   results = run_table(table, out, args.seeds, args.set, args.collect_only)
   os.makedirs(out, exist_ok=True)
   markdown = render_table(table, results)
-  with open(os.path.join(out, "results.md"), "w") as f:
+  with open(os.path.join(out, f"results_{name}.md"), "w") as f:
     f.write(markdown)
-  with open(os.path.join(out, "results.json"), "w") as f:
+  with open(os.path.join(out, f"results_{name}.json"), "w") as f:
     json.dump({"table": table.title, "overrides": args.set, "results": results}, f, indent=2)
   figures = []
   for row in table.rows:
-    path = os.path.join(out, f"curves_{row.slug}.png")
-    if plot_curves(out, row, table.methods, args.seeds, path):
+    path = os.path.join(out, f"curves_{name}_{row.slug}.png")
+    if plot_curves(out, row, table.variants, args.seeds, path):
       figures.append(path)
-    for method in table.methods:
-      path = os.path.join(out, f"weights_{row.slug}_{method}.png")
-      title = f"{DISPLAY.get(method, method)}, {row.label}, seed 0: learned teacher weights (KD term)"
-      if plot_weight_heatmap(os.path.join(out, row.slug, method, "seed0"), title, path):
+    for variant in table.variants:
+      path = os.path.join(out, f"weights_{row.slug}_{variant.slug}.png")
+      title = f"{display(variant)}, {row.label}, seed 0: learned teacher weights (KD term)"
+      if plot_weight_heatmap(os.path.join(out, row.slug, variant.slug, "seed0"), title, path):
         figures.append(path)
   print(markdown)
   print(f"{(time.time() - started) / 60:.1f} min; figures: {', '.join(figures) or 'none'}")

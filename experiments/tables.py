@@ -31,18 +31,69 @@ class Row:
 
 
 @dataclasses.dataclass(frozen=True)
+class Variant:
+  """A method with overrides (an ablation); a plain method name is a Variant without any."""
+  method: str
+  overrides: tuple[str, ...] = ()
+  label: str = ""
+
+  @property
+  def slug(self) -> str:
+    if not self.overrides:
+      return self.method
+    return self.method + "__" + "_".join("".join(c if c.isalnum() else "-" for c in o) for o in self.overrides)
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
   title: str
   rows: tuple[Row, ...]
-  methods: tuple[str, ...]
+  methods: tuple  # method names or Variants
   published: dict = dataclasses.field(default_factory=dict)  # (row label, method) -> Published
   note: str = ""
+  baseline: str = ""  # a variant slug: render differences to it (+- 2 standard errors)
+  group: str = ""     # tables of one group share their run directories (runs/reproduce/<group>)
+
+  @property
+  def variants(self) -> tuple[Variant, ...]:
+    return tuple(m if isinstance(m, Variant) else Variant(m) for m in self.methods)
 
 
 _MMKD_ISSUE = ("Rorozhl/MMKD#4: the MMKD paper's Table 1, row 2 is 3 x ResNet32x4 -> MobileNetV2 on "
                "CIFAR-100; its value is not in any retrievable source (REFERENCE_NOTES 1.11)")
 
+_FM_ROW = Row("resnet20, wrn_16_2, vgg8 -> resnet8", "configs/fashion_mnist.py")
+_FM_NOTE = ("Fashion-MNIST from the Debian package's IDX files; student and teachers train on the first "
+            "5,000 training images (the 2-core CPU budget), 10 student epochs, tested on the 10,000 test "
+            "images; hyperparameters chosen on train[90%:] (never on test). No published PyTorch numbers "
+            "exist for this setting.")
+
 TABLES: dict[str, Table] = {
+    "fashion_mnist": Table(
+        title="Fashion-MNIST (5,000 training images, 10 epochs), precomputed teachers (8 replays)",
+        rows=(_FM_ROW,),
+        methods=("none", Variant("kd", ("kd.teacher_index=1",), "KD (best teacher: wrn_16_2)"), "aver", "ebkd",
+                 "camkd", "aekd", "fitnet", "amtml", "bomd", "mmkd"),
+        note=_FM_NOTE, group="fashion_mnist"),
+    "fashion_mnist_ablations": Table(
+        title="Fashion-MNIST ablations of MMKD (same setting)",
+        rows=(_FM_ROW,),
+        methods=(Variant("mmkd", (), "MMKD, exact hypergradient (forward-over-reverse)"),
+                 Variant("mmkd", ("meta.hypergradient=original",), "MMKD, original approximate hypergradient"),
+                 Variant("mmkd", ("meta.first_order=True",), "MMKD, first-order hypergradient"),
+                 Variant("aver", (), "uniform weights (= AVER)"),
+                 Variant("mmkd", ("mmkd.feature_input=cosine",), "MMKD, cosine-normalised feature-weight input"),
+                 Variant("mmkd", ("teacher_source=online",), "MMKD, online teachers (fresh augmentation each epoch)"),
+                 Variant("mmkd", ("meta.freq=1",), "MMKD, meta step every batch"),
+                 Variant("mmkd", ("meta.freq=20",), "MMKD, meta step every 20 batches")),
+        baseline="mmkd", note=_FM_NOTE, group="fashion_mnist"),
+    "fashion_mnist_val": Table(
+        title="Fashion-MNIST model selection on train[90%:] (validation, not test)",
+        rows=(Row("resnet20, wrn_16_2, vgg8 -> resnet8 (validation)", "configs/fashion_mnist.py", "val"),),
+        methods=("aver", Variant("mmkd", ("weights.feat=1.0",)), Variant("mmkd", ("weights.feat=10.0",)),
+                 Variant("mmkd", ("weights.feat=100.0",))),
+        note="Selection runs: evaluated on 6,000 training images the students and teachers never train on.",
+        group="fashion_mnist"),
     "digits": Table(
         title="digits (offline, 1,438 train / 359 test), 15 epochs",
         rows=(Row("resnet14, resnet20, wrn_16_1 -> resnet8", "configs/digits.py"),),

@@ -128,6 +128,19 @@ def evaluate_teachers(setup: Setup) -> dict[str, float]:
                                      setup.config.eval_batch_size, setup.mesh, setup.config.feature_layer)
 
 
+def code_version() -> str:
+  """The package version and, in a git checkout, its commit (+dirty): which code made a run."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import __version__  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, timeout=5, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    commit = ""
+  return f"{__version__}+{commit}" if commit else __version__
+
+
 def is_meta_step(setup: Setup, idx: int) -> bool:
   """The reference's rule: every ``meta.freq`` batches and on the loader's last batch, which
   it reaches only when the split divides into whole batches (it skips a partial last batch)."""
@@ -308,8 +321,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
       "final_top5": host["history"][-1]["test_top5"] if host["history"] else None,
       "best_top1": host["best_top1"], "best_epoch": host["best_epoch"],
       "teacher_accuracy": host["teacher_accuracy"],
+      "setting": {"teacher_source": config.teacher_source,
+                  **({"num_replays": config.num_replays, "cache_dtype": config.cache_dtype,
+                      "cache_logits_dtype": config.cache_logits_dtype}
+                     if config.teacher_source == "precomputed" and setup.teachers else {}),
+                  "train_split": setup.spec.train_split, "eval_split": setup.spec.test_split,
+                  "hypergradient": config.meta.hypergradient if setup.method.bilevel else None},
       "teachers": [{"name": t.name, "arch": t.arch, "fingerprint": t.fingerprint} for t in setup.teachers],
       "wall_seconds": time.time() - started,
+      "code_version": code_version(),
   }
   if not preempted and jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:

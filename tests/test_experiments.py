@@ -12,11 +12,11 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 import reproduce  # pylint: disable=wrong-import-position
-from tables import TABLES, Published, Row, Table  # pylint: disable=wrong-import-position
+from tables import TABLES, Published, Row, Table, Variant  # pylint: disable=wrong-import-position
 
 
 def _summary(final, best, teachers=("a", "b")):
-  return {"final_top1": final, "best_top1": best, "wall_seconds": 60.0,
+  return {"final_top1": final, "best_top1": best, "wall_seconds": 90.0,
           "teacher_accuracy": {"teacher/ensemble": 97.5, **{f"teacher/{t}": 96.0 for t in teachers}},
           "teachers": [{"name": t} for t in teachers]}
 
@@ -28,10 +28,22 @@ def test_render_table_layout_and_footnotes():
                            (row.label, "aver"): Published(71.25, "source Y")})
   results = {row.label: {"aver": [_summary(96.0, 96.5), _summary(97.0, 97.5)], "mmkd": []}}
   text = reproduce.render_table(table, results)
-  assert "| AVER | 96.50 ± 0.71 (97.00 ± 0.71), n=2 | 71.25 [1] |" in text
-  assert "| MMKD | not run | n/a [2] |" in text
+  assert "| AVER | 96.50 ± 0.71 (97.00 ± 0.71), n=2 | 1.5 | 71.25 [1] |" in text
+  assert "| MMKD | not run | — | n/a [2] |" in text
   assert "[1] source Y" in text and "[2] source X" in text
-  assert "97.50 / 96.00, 96.00" in text
+  assert "97.50 / a 96.00, b 96.00" in text
+
+
+def test_ablation_differences_respect_two_standard_errors():
+  row = Row("s", "configs/digits.py")
+  table = Table("toy", (row,), ("mmkd", Variant("mmkd", ("meta.freq=1",)), Variant("mmkd", ("meta.freq=20",))),
+                baseline="mmkd")
+  results = {row.label: {"mmkd": [_summary(90.0, 90), _summary(90.2, 90), _summary(89.8, 90)],
+                         "mmkd__meta-freq-1": [_summary(93.0, 93), _summary(93.2, 93), _summary(92.8, 93)],
+                         "mmkd__meta-freq-20": [_summary(90.1, 90), _summary(90.5, 90), _summary(89.9, 90)]}}
+  text = reproduce.render_differences(table, results)
+  assert "| MMKD (meta.freq=1) | +3.00 | 0.33 | yes |" in text
+  assert "| MMKD (meta.freq=20) | +0.17 | 0.42 | no |" in text  # 2 sqrt(0.306^2/3 + 0.2^2/3)
 
 
 def test_tables_name_existing_configs():
