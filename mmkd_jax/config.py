@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 import os
 import types
 from typing import Any, Iterable, Mapping, Sequence
@@ -298,6 +299,34 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if spec.validate is not None:
     spec.validate(c)
   return c
+
+
+# Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and
+# where files are, not what is computed. Anything else differing from the stored run is refused.
+RESUMABLE = ("mode", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
+             "stop_at_step", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
+             "eval_batch_size", "distributed.", "teacher_training.", "trust_pickle", "resolved_for", "progress")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+  if isinstance(tree, (list, tuple)) and tree and isinstance(tree[0], Mapping):
+    return {k: v for i, value in enumerate(tree) for k, v in _flatten(value, f"{prefix}[{i}].").items()}
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """``field: stored -> now`` for every field (but the resumable ones and teacher checkpoint
+  paths) whose value differs between a stored run's config and ``config``."""
+  old, new = _flatten(stored), _flatten(json.loads(config.to_json_best_effort()))
+  out = []
+  for key in sorted(set(old) | set(new)):
+    if key.startswith(RESUMABLE) or (key.startswith("teachers[") and key.endswith(".checkpoint")):
+      continue
+    if old.get(key, "<unset>") != new.get(key, "<unset>"):
+      out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+  return out
 
 
 __all__ = ["ConfigError", "MODES", "base_config", "load", "parse_arg", "resolve", "set_fields", "teacher",

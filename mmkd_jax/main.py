@@ -25,6 +25,7 @@ from mmkd_jax.data import sources
 from mmkd_jax.methods import METHODS
 from mmkd_jax.registry import ConfigError, UnknownNameError
 from mmkd_jax.teachers import cache as cache_lib
+from mmkd_jax.teachers import convert
 from mmkd_jax.teachers import lifecycle
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -39,6 +40,8 @@ _STAGES = {"train_teacher": {"teachers"}, "precompute": {"cache"}, "distill": {"
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs ``config.mode`` on ``workdir``; returns the summary (or evaluation) dict."""
   config = config_lib.validate(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir} is a file, not a directory")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -95,24 +98,51 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     jax.distributed.initialize()
 
 
+# Mistakes of the user (config, files, data, a busy or unwritable workdir): one line, exit code 2.
 USER_ERRORS = (train.NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
-               FileNotFoundError, checkpoint.CheckpointError)
+               checkpoint.CheckpointError, checkpoint.WorkdirLockedError, convert.ConversionError, OSError,
+               ImportError, ValueError)
+
+
+def fail(message: str) -> None:
+  """Prints one line on stderr and exits with code 2 (no traceback)."""
+  message = str(message)
+  if "Traceback (most recent call last)" in message:  # config_flags wraps the config file's error
+    head = message.split("Traceback", 1)[0].strip().rstrip(":")
+    message = f"{head}: {message.strip().splitlines()[-1].strip()}"
+  message = message.replace("\\'", "'").replace("\\n", " ")
+  print("error: " + " ".join(message.split()), file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad config (typo in a field, unknown argument, missing file)
+  reported in one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e))
+  except Exception as e:  # pylint: disable=broad-except  (raised by the config file or an override)
+    cause = e.__cause__ or e
+    fail(f"--config: {type(cause).__name__}: {str(cause).strip(chr(39)).strip()}")
+  return []
 
 
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  if _CONFIG.value is None:
+    fail("--config is required, e.g. --config configs/digits.py (see README.md)")
   if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
-  initialize_distributed(_CONFIG.value)
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.ERROR)
+    fail("--workdir is required: the directory for checkpoints, metrics and the summary")
   try:
+    initialize_distributed(_CONFIG.value)
+    if jax.process_index() != 0:
+      logging.set_verbosity(logging.ERROR)
     run(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -159,12 +159,13 @@ class Steps:
 
   def nonfinite_message(self, nonfinite: np.ndarray, steps_per_epoch: int) -> str | None:
     step, term = int(nonfinite[0]), int(nonfinite[1])
-    if step < 0:
-      return None
-    return (f"loss term {self.tracked[term]!r} became NaN/inf at step {step} (epoch "
-            f"{step // steps_per_epoch + 1}, batch {step % steps_per_epoch}); training stopped and the "
-            "last good checkpoint is kept. Lower the learning rate or the loss weights "
-            "(config.weights.*), or check the teacher outputs.")
+    return None if step < 0 else describe_nonfinite(self.tracked[term], step, steps_per_epoch)
+
+
+def describe_nonfinite(term: str, step: int, steps_per_epoch: int) -> str:
+  return (f"loss term {term!r} became NaN/inf at step {step} (epoch {step // steps_per_epoch + 1}, batch "
+          f"{step % steps_per_epoch}); training stopped and the last good checkpoint is kept. Lower the "
+          "learning rate or the loss weights (config.weights.*), or check the teacher outputs.")
 
 
 def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:

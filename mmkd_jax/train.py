@@ -25,7 +25,7 @@ from mmkd_jax.methods import Method, RunInfo, TeacherView, build_method
 from mmkd_jax.metrics import MetricWriter, mean_metrics
 from mmkd_jax.models import MODELS, get_model
 from mmkd_jax.registry import ConfigError
-from mmkd_jax.steps import Steps, TrainState, init_state, make_steps
+from mmkd_jax.steps import Steps, TrainState, describe_nonfinite, init_state, make_steps
 from mmkd_jax.teachers import Teacher, feature_shapes
 
 PyTree = Any
@@ -33,6 +33,10 @@ PyTree = Any
 
 class NonFiniteLossError(FloatingPointError):
   """A loss term became NaN or infinite."""
+
+
+class ConfigMismatchError(ConfigError):
+  """The work directory holds a run made with another config."""
 
 
 @dataclasses.dataclass
@@ -156,6 +160,8 @@ class _StopRequest:
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:  # JAX's preemption notifier takes SIGTERM; all hosts stop together
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread
@@ -208,10 +214,13 @@ class _Loop:
       if (idx + 1) % config.log_every == 0 and len(pending) > config.log_every:
         # The window before the last one: those steps are done, so reading them does not
         # drain the device queue (no host round-trip stalls the epoch).
-        means = mean_metrics(pending[-2 * config.log_every:-config.log_every])
+        window = pending[-2 * config.log_every:-config.log_every]
+        self.check_window(window, epoch * spe + idx + 1 - 2 * config.log_every)
+        means = mean_metrics(window)
         bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
                         img_s=f"{seen / (time.perf_counter() - tic):.0f}")
-      if stop.requested or epoch * spe + idx + 1 == config.stop_at_step:
+      global_step = epoch * spe + idx + 1
+      if stop.requested or global_step == config.stop_at_step or self.ckpt.reached_preemption(global_step):
         stopped = True
         break
     bar.close()
@@ -251,6 +260,16 @@ class _Loop:
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or is_best:
       self.ckpt.save(step_now, self.state, self.host, is_best=is_best)
 
+  def check_window(self, window: list[dict], first_step: int) -> None:
+    """Stops within two log windows of a non-finite term (not at the end of the epoch): names
+    the first step and term in ``window`` (step metrics from ``first_step`` on)."""
+    tracked = self.setup.steps.tracked
+    for offset, metrics in enumerate(jax.device_get(window)):
+      bad = [k for k in tracked if k in metrics and not np.all(np.isfinite(metrics[k]))]
+      if bad:
+        self.close()
+        raise NonFiniteLossError(describe_nonfinite(bad[0], first_step + offset, self.setup.steps_per_epoch))
+
   def check_finite(self) -> None:
     message = self.setup.steps.nonfinite_message(np.asarray(jax.device_get(self.state.nonfinite)),
                                                  self.setup.steps_per_epoch)
@@ -263,12 +282,41 @@ class _Loop:
     self.writer.close()
 
 
+def run_identity(setup: Setup, state: TrainState) -> dict[str, Any]:
+  """What a checkpoint must match to be resumed: the config, the teachers, the state's shapes."""
+  shapes = {jax.tree_util.keystr(p): list(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  return {"config": json.loads(setup.config.to_json_best_effort()),
+          "teacher_fingerprints": {t.name: t.fingerprint for t in setup.teachers}, "state_shapes": shapes}
+
+
+def check_resumable(ckpt: checkpoint.Checkpoints, identity: dict[str, Any], which: str = "latest") -> None:
+  """Refuses a work directory whose checkpoints were made by another run, naming what differs
+  (and whether the state's shape does, which no restore could bridge)."""
+  found = ckpt.latest_meta(which)
+  if found is None or "config" not in found[0]:
+    return
+  meta, step = found
+  changes = config_lib.changed_fields(meta["config"], ml_collections.ConfigDict(identity["config"]))
+  teachers = [f"teacher {name}: fingerprint {meta.get('teacher_fingerprints', {}).get(name)} -> {fp}"
+              for name, fp in identity["teacher_fingerprints"].items()
+              if meta.get("teacher_fingerprints", {}).get(name, fp) != fp]
+  if changes or teachers:
+    shape = ("the train state's shape differs too, so it cannot be restored"
+             if meta.get("state_shapes") != identity["state_shapes"] else "the train state's shape is the same")
+    raise ConfigMismatchError(
+        f"{ckpt.workdir} holds checkpoint step {step} of another run: " + "; ".join(changes + teachers) +
+        f" ({shape}). Use another --workdir, or the stored config (its config.json, or the fields above). "
+        f"Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
+
+
 def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
   """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
   config, steps = setup.config, setup.steps
   state = initial_state(setup)
   ckpt = checkpoint.Checkpoints(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
-  host = {"best_top1": -1.0, "best_epoch": 0, "history": [], "teacher_accuracy": {}}
+  host = {"best_top1": -1.0, "best_epoch": 0, "history": [], "teacher_accuracy": {},
+          **run_identity(setup, state)}
+  check_resumable(ckpt, host)
   restored = ckpt.restore(state)
   if restored is not None:
     state, host, restored_step = restored
@@ -294,6 +342,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
   os.makedirs(workdir, exist_ok=True)
   quiet = quiet or jax.process_index() != 0  # logging and progress from process 0 only
   setup = build(config, teachers, cache)
+  with checkpoint.WorkdirLock(workdir):
+    return _train(setup, workdir, quiet)
+
+
+def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
   config, spe = setup.config, setup.steps_per_epoch
   loop = _start(setup, workdir, quiet)
   start_step = int(jax.device_get(loop.state.step))
