@@ -25,7 +25,7 @@ from mmkd_jax.data import sources
 from mmkd_jax.models import model_names
 from mmkd_jax.registry import ConfigError
 
-MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline")
+MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export")
 
 # config.faithful=True: what the original PyTorch code computed, bugs included (docs/methods.md).
 FAITHFUL = {
@@ -53,7 +53,8 @@ def _term_names() -> list[str]:
 def base_config() -> ml_collections.ConfigDict:
   """Every field with its default; method-owned fields unset (see the module docstring)."""
   c = ml_collections.ConfigDict()
-  c.mode = "pipeline"            # train_teacher | precompute | distill | evaluate | pipeline
+  c.mode = "pipeline"            # train_teacher | precompute | distill | evaluate | pipeline | export
+  c.export_dir = ""              # mode=export: where the student goes ("" = <workdir>/export)
   c.method = "mmkd"              # a registered method (mmkd_jax.methods)
   c.imports = ()                 # your modules (dotted names or .py paths) that register parts
   c.resolved_for = ""            # set by resolve(): "<method>@<dataset>"
@@ -83,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.weights.feat_from_epoch = config_dict.placeholder(int)   # the feature term counts from this epoch
   # Data parallelism: BatchNorm statistics per device (like PyTorch DDP) unless synchronised.
   c.sync_batch_norm = False
+  # BatchNorm statistics groups per global batch; 0 = one per device (1 with sync_batch_norm).
+  # E.g. 8 on one device computes what 8 devices with per-device BatchNorm compute.
+  c.batch_norm_groups = 0
   c.distributed = ml_collections.ConfigDict({
       "coordinator_address": "",  # host:port of process 0; "" = single process or auto
       "num_processes": 1, "process_id": 0,
@@ -303,7 +307,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 # Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and
 # where files are, not what is computed. Anything else differing from the stored run is refused.
-RESUMABLE = ("mode", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
+RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
              "stop_at_step", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
              "eval_batch_size", "distributed.", "teacher_training.", "trust_pickle", "resolved_for", "progress")
 

@@ -4,8 +4,9 @@
         [--config.epochs=10 --config.method=aver ...]
 
 ``config.mode``: train_teacher (train the missing teachers), precompute (write the teacher
-cache), distill (train the student), evaluate (test the best checkpoint), or pipeline (all of
-them, skipping what already exists).
+cache), distill (train the student), evaluate (test the best checkpoint's student; no teachers
+needed), export (write the student out: orbax, .npz, .pth), or pipeline (teachers, cache and
+student, skipping what already exists).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from mmkd_jax import checkpoint, parallel, train
+from mmkd_jax import checkpoint, train
+from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import sources
 from mmkd_jax.methods import METHODS
@@ -34,7 +36,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 # The stages of each mode: train missing teachers, precompute their outputs, train the student.
 _STAGES = {"train_teacher": {"teachers"}, "precompute": {"cache"}, "distill": {"student"},
-           "evaluate": {"evaluate"}, "pipeline": {"teachers", "cache", "student"}}
+           "evaluate": {"evaluate"}, "export": {"export"}, "pipeline": {"teachers", "cache", "student"}}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -43,10 +45,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir {workdir} is a file, not a directory")
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not _STAGES[config.mode] & {"evaluate", "export"}:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   stages = _STAGES[config.mode]
+  if "evaluate" in stages:
+    return student_lib.evaluate_workdir(config, workdir)
+  if "export" in stages:
+    written = student_lib.export_student(workdir, config.export_dir or os.path.join(workdir, "export"))
+    print("exported the student: " + ", ".join(f"{k} {v}" for k, v in written.items()))
+    return written
   if "teachers" in stages:
     lifecycle.train_missing_teachers(config)
   if stages <= {"teachers"}:
@@ -59,27 +67,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if stages <= {"cache"}:
     return {}
   cache = lifecycle.open_cache(config, loaded, dataset)
-  if "evaluate" in stages:
-    return evaluate_checkpoint(config, workdir, loaded, cache)
   summary = train.train_and_evaluate(config, workdir, loaded, cache)
   summary.pop("state", None)
   print(json.dumps({k: v for k, v in summary.items() if k != "teachers"}, indent=2))
   return summary
-
-
-def evaluate_checkpoint(config, workdir, loaded, cache) -> dict:
-  """Test accuracy of the best (else latest) checkpoint in ``workdir``."""
-  setup = train.build(config, loaded, cache)
-  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints, async_save=False)
-  state = train.initial_state(setup)
-  restored = ckpts.restore(state, "best") or ckpts.restore(state, "latest")
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir} to evaluate")
-  state, _, step = restored
-  result = train.evaluate(setup, parallel.replicate(state, setup.mesh), jax.jit(setup.steps.eval_step))
-  print(f"checkpoint step {step}: test top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, "
-        f"loss {result['loss']:.4f}")
-  return result
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:

@@ -87,7 +87,9 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher] = (), c
   spe = pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  bn_groups = 1 if config.sync_batch_norm else mesh.devices.size
+  bn_groups = config.batch_norm_groups or (1 if config.sync_batch_norm else mesh.devices.size)
+  if config.batch_size % bn_groups:
+    raise ConfigError(f"config.batch_norm_groups: {bn_groups} groups do not divide batch_size {config.batch_size}")
   student = get_model(config.student, dataset.spec.num_classes, bn_groups)
   method = build_method(config, run_info(config, dataset.spec, teachers, student, bn_groups))
   if method.needs_teachers and not teachers:

@@ -2,7 +2,7 @@
 
     python tests/kill_worker.py POINT N -- --config ... --workdir ...
 
-POINT: teacher_step (the N-th training batch of a teacher run), precompute (the N-th batch of
+POINT: disk_full (the N-th student checkpoint save fails with ENOSPC, as on a full disk), teacher_step (the N-th training batch of a teacher run), precompute (the N-th batch of
 teacher outputs), step (the N-th training batch of the student run), async_save (right after
 the N-th checkpoint save was started, while orbax writes it in the background), after_epoch
 (after the N-th checkpoint save has completed), evaluation (in the N-th evaluation pass).
@@ -61,6 +61,16 @@ def main() -> None:
       if "teacher" not in self.workdir and not self.workdir.endswith(".run"):
         _tick()
     checkpoint.Checkpoints.save = dying_save
+  elif point == "disk_full":
+    import errno  # pylint: disable=import-outside-toplevel
+    save = checkpoint.Checkpoints.save
+
+    def full_save(self, *a, **k):
+      calls["n"] += 1
+      if calls["n"] == count:
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(self.workdir, "checkpoints"))
+      save(self, *a, **k)
+    checkpoint.Checkpoints.save = full_save
   elif point == "evaluation":
     accuracy = evaluation.student_accuracy
 

@@ -40,8 +40,9 @@ def config(sync_bn: bool = True):
   # the loss 52 -> 24 and amplify float32 rounding of the reduction order ~1e6-fold (float64 agrees).
   return config_lib.resolve(digits_smoke(
       data_dir=data_dir, teacher_source="online", sync_batch_norm=sync_bn, async_checkpoints=False,
-      epochs=1, lr_milestones=(1,), **{"weights.feat": float(os.environ.get("MMKD_BETA", "1.0"))},
-      lr=float(os.environ.get("MMKD_LR", "0.01"))))
+      epochs=1, lr_milestones=(1,), **{"weights.feat": float(os.environ.get("MMKD_BETA", "1.0")),
+                                       "mmkd.gram_per_device": os.environ.get("MMKD_GRAM_PER_DEVICE") == "1"},
+      lr=float(os.environ.get("MMKD_LR", "0.01")), batch_norm_groups=int(os.environ.get("MMKD_BN_GROUPS", "0"))))
 
 
 def flat(tree):
@@ -83,9 +84,12 @@ if mode == "steps":
 elif mode == "train":
   c = config()
   c.stop_at_step = 10
+  initial = train.initial_state(train.build(c, teachers(), None))
   summary = train.train_and_evaluate(c, sys.argv[5], teachers(), quiet=True)
   if jax.process_index() == 0:
     np.savez(out, step=int(jax.device_get(summary["state"].step)), processes=jax.process_count(),
+             **{"init_params" + k: v for k, v in flat(initial.params).items()},
+             **{"init_meta" + k: v for k, v in flat(initial.meta_params).items()},
              **{"params" + k: v for k, v in flat(summary["state"].params).items()},
              **{"meta" + k: v for k, v in flat(summary["state"].meta_params).items()})
 elif mode == "restore":

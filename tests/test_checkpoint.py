@@ -1,4 +1,5 @@
-"""Orbax checkpoints: round trip, and a corrupt latest checkpoint falls back to the previous one."""
+"""Orbax checkpoints: round trip; a corrupt latest checkpoint falls back to the previous one, is
+moved aside (not deleted) and is saved anew when training reaches that step again."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ def test_corrupt_latest_falls_back_with_a_message(tmp_path, capsys):
   assert step == 1
   np.testing.assert_array_equal(state["w"], [1.0, 1.0, 1.0])
   assert "checkpoint step 2" in capsys.readouterr().out
+  # The damaged step is kept aside, and a new save of step 2 is not skipped (it used to be: the
+  # corrupt step stayed and every later restore fell back again).
+  assert len(os.listdir(tmp_path / "corrupt")) == 1
+  ckpt.save(2, _state(22), {})
+  ckpt.close()
+  state, _, step = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False).restore(_state(0))
+  assert step == 2
+  np.testing.assert_array_equal(state["w"], [22.0, 22.0, 22.0])
 
 
 def test_all_corrupt_is_a_clear_error(tmp_path):
@@ -56,7 +65,7 @@ def test_all_corrupt_is_a_clear_error(tmp_path):
     if os.path.isfile(path):
       with open(path, "wb") as f:
         f.write(b"garbage")
-  with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint.*fresh --workdir"):
+  with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint.*moved aside, not deleted"):
     checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False).restore(_state(0))
 
 

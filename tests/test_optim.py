@@ -49,9 +49,29 @@ def test_multistep_lr_changes_after_milestone_epochs():
   np.testing.assert_allclose(schedule(2100), 0.00005, rtol=1e-6)
 
 
+def _torch_adam_reference(p, grads, lr, wd, betas=(0.9, 0.999), eps=1e-8):
+  """torch.optim.Adam(weight_decay=wd): L2 added to the gradient, then Adam (float64)."""
+  p, m, v = np.array(p, np.float64), 0.0, 0.0
+  for t, g in enumerate(grads, start=1):
+    d = np.asarray(g, np.float64) + wd * p
+    m = betas[0] * m + (1 - betas[0]) * d
+    v = betas[1] * v + (1 - betas[1]) * d * d
+    p = p - lr * (m / (1 - betas[0] ** t)) / (np.sqrt(v / (1 - betas[1] ** t)) + eps)
+  return p
+
+
 def test_adam_l2_coupled():
-  opt = optim.torch_adam(1e-3, 1e-4)
-  p = jnp.array([1.0, -1.0])
-  updates, _ = opt.update(jnp.array([0.5, 0.5]), opt.init(p), p)
-  # First Adam step moves each coordinate by lr * sign(g + wd * p).
-  np.testing.assert_allclose(updates, [-1e-3, -1e-3], rtol=1e-4)
+  """Five steps against torch's Adam with coupled L2; the check must fail with no weight decay
+  or 1000x it (the gradients are chosen so that the decay term matters)."""
+  grads = [np.array([0.004, 0.003, -0.002]) * (1 + 0.5 * np.sin(t)) for t in range(5)]
+  p0 = np.array([1.0, -2.0, 0.5])
+  lr, wd = 1e-2, 3e-3
+  opt = optim.torch_adam(lr, wd)
+  p, state = jnp.asarray(p0), opt.init(jnp.asarray(p0))
+  for g in grads:
+    updates, state = opt.update(jnp.asarray(g), state, p)
+    p = p + updates
+  expected = _torch_adam_reference(p0, grads, lr, wd)
+  np.testing.assert_allclose(p, expected, rtol=1e-6)
+  for wrong in (0.0, 1000 * wd):  # the test can tell the decay apart
+    assert not np.allclose(_torch_adam_reference(p0, grads, lr, wrong), expected, rtol=1e-4)

@@ -22,8 +22,8 @@ def data_dir(tmp_path_factory):
   return path
 
 
-def _run(*args, x64=False):
-  env = dict(os.environ, PYTHONUNBUFFERED="1", MMKD_X64="1" if x64 else "0")
+def _run(*args, x64=False, **env_extra):
+  env = dict(os.environ, PYTHONUNBUFFERED="1", MMKD_X64="1" if x64 else "0", **env_extra)
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen([sys.executable, WORKER, *map(str, args)], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -75,6 +75,24 @@ def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_d
   assert max(diffs.values()) < (F64_TOLERANCE if x64 else F32_TOLERANCE), diffs
 
 
+@pytest.mark.slow  # ~4 min: three float64 worker processes (8 fake devices)
+@pytest.mark.parametrize("gram_per_device", [False, True], ids=["global_gram", "gram_per_device"])
+def test_default_per_device_batchnorm_equals_its_groups_on_one_device(tmp_path, data_dir, gram_per_device):
+  """The default (per-device BatchNorm, like DDP without SyncBN) on 8 devices computes exactly what
+  one device computes with 8 statistics groups; with meta.gram_per_device the feature weighter's
+  Gram matrices are per device too. float64."""
+  one, eight = tmp_path / "one.npz", tmp_path / "eight.npz"
+  flag = {"MMKD_GRAM_PER_DEVICE": "1" if gram_per_device else "0"}
+  _wait(_run("steps", one, data_dir, 1, 0, x64=True, MMKD_BN_GROUPS="8", **flag))
+  _wait(_run("steps", eight, data_dir, 8, 0, x64=True, **flag))
+  diffs = _compare(np.load(one), np.load(eight))
+  print(f"8 devices per-device BN vs 1 device with 8 groups: {diffs}")
+  assert max(diffs.values()) < F64_TOLERANCE, diffs
+  synced = tmp_path / "synced.npz"  # and the groups matter: synchronised statistics differ
+  _wait(_run("steps", synced, data_dir, 1, 1, x64=True, **flag))
+  assert relative_difference(np.load(synced), np.load(one), "params") > 1e-6
+
+
 @pytest.mark.slow
 def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_dir):
   # Exactness of the multi-process program: float64 steps, 2 processes x 2 devices vs 1 x 4.
@@ -96,10 +114,14 @@ def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_d
     _wait(p)
   a, b = np.load(tmp_path / "train_single.npz"), np.load(tmp_path / "train_multi0.npz")
   assert int(b["processes"]) == 2 and int(a["step"]) == int(b["step"]) == 10
-  for prefix in ("params", "meta"):
+  # Bounded by the parameters' own movement over the 10 steps (a student that never updates
+  # differs by exactly that much): params within a fifth of it, meta params within half.
+  for prefix, share in (("params", 0.2), ("meta", 0.5)):
     diff = relative_difference(b, a, prefix)
-    print(f"trainer, 2 processes vs 1 process (float32), {prefix}: {diff:.2e}")
-    assert diff < F32_TOLERANCE, (prefix, diff)
+    moved = np.sqrt(sum(np.sum((a[k].astype(np.float64) - a["init_" + k]) ** 2) for k in a.files if k.startswith(prefix)))
+    moved /= np.sqrt(sum(np.sum(a[k].astype(np.float64) ** 2) for k in a.files if k.startswith(prefix)))
+    print(f"trainer, 2 processes vs 1 process (float32), {prefix}: {diff:.2e} (movement {moved:.2e})")
+    assert diff < share * moved, (prefix, diff, moved)
   restored = tmp_path / "restored.npz"
   _wait(_run("restore", restored, data_dir, 1, workdir))
   r = np.load(restored)

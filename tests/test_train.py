@@ -161,3 +161,23 @@ def test_seeds_give_different_initial_parameters_and_batch_orders(teacher_dir, d
 def teachers_lib_random():
   from helpers import random_teachers  # pylint: disable=import-outside-toplevel
   return random_teachers(("resnet8", "resnet8"), names=("s_resnet8a", "s_resnet8b"))
+
+
+def test_resuming_with_another_config_names_the_fields(tmp_path, teacher_dir, data_dir):
+  """Evaluating or resuming a workdir with another method is a config mismatch, not corruption:
+  the message names the fields and says the state's shape differs; no checkpoint is touched."""
+  workdir = str(tmp_path / "w")
+  _run(_config(teacher_dir, data_dir, method="aver"), workdir)
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(train.ConfigMismatchError) as error:
+    _run(_config(teacher_dir, data_dir, method="mmkd"), workdir)
+  message = str(error.value)
+  assert "method: 'aver' -> 'mmkd'" in message and "shape differs" in message
+  assert "delete" not in message.lower()
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, "corrupt"))
+  # A field that may change (more epochs) resumes.
+  resumed = _run(_config(teacher_dir, data_dir, method="aver", epochs=2), workdir)
+  assert resumed["epochs_completed"] == 2
+  with pytest.raises(train.ConfigMismatchError, match="lr: 0.05 -> 0.1 .*shape is the same"):
+    _run(_config(teacher_dir, data_dir, method="aver", epochs=3, lr=0.1), workdir)

@@ -18,13 +18,17 @@ def test_passes_on_reference_file(testvectors, capsys):
 def test_recipe_is_deterministic(testvectors):
   with np.load(testvectors / "models" / "resnet8.npz") as f:
     npz = {k: f[k] for k in f.files}
-  a, b = verify.recipe_state_dict(npz), verify.recipe_state_dict(npz)
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k])
-  # The 0th key is conv1.weight, drawn from default_rng([0, 0]).
-  expected = np.random.default_rng([0, 0]).standard_normal((16, 3, 3, 3)) / np.sqrt(27)
+  a = verify.recipe_state_dict(npz)
+  keys = [str(k) for k in npz["keys"]]
+  # Every kind of tensor, against values computed here from the documented recipe.
+  expected = np.random.default_rng([0, 0]).standard_normal((16, 3, 3, 3)) / np.sqrt(27)  # key 0: conv1.weight
   np.testing.assert_array_equal(a["conv1.weight"], expected.astype(np.float32))
+  i = keys.index("bn1.weight")
+  np.testing.assert_array_equal(a["bn1.weight"], (1 + 0.1 * np.random.default_rng([0, i]).standard_normal(16)).astype(np.float32))
+  i = keys.index("bn1.bias")
+  np.testing.assert_array_equal(a["bn1.bias"], (0.1 * np.random.default_rng([0, i]).standard_normal(16)).astype(np.float32))
+  np.testing.assert_array_equal(a["bn1.running_var"], npz["bn_stats/bn1.running_var"])
+  assert "bn1.num_batches_tracked" not in a
 
 
 def test_fails_on_perturbed_output_and_names_it(testvectors, tmp_path, capsys):

@@ -1,0 +1,198 @@
+"""Getting the trained student out: load-and-predict, export, and evaluation without teachers.
+
+    student = mmkd_jax.load_student("runs/digits")          # a run's work directory, or an export
+    probabilities = student.predict(images_uint8)           # (N, H, W, C) uint8 or [0, 1] floats
+    mmkd_jax.student.export_student("runs/digits", "runs/digits/export")
+
+An export directory holds ``student.json`` (architecture, classes, input shape, normalisation,
+the run's accuracy and which split chose the checkpoint), ``variables/`` (an orbax checkpoint of
+the student's parameters and BatchNorm statistics alone), ``student.npz`` (the same arrays in
+PyTorch layout, keyed like a ``state_dict``) and, when torch is installed, ``student.pth`` (a
+``state_dict`` loadable into the reference's own model class of that architecture).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mmkd_jax.data.augment import normalize
+from mmkd_jax.models import get_model
+from mmkd_jax.teachers import convert
+
+STUDENT_META = "student.json"
+
+
+@dataclasses.dataclass
+class Student:
+  """A trained student: its architecture, variables and the preprocessing it was trained with."""
+  arch: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  variables: Any
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    model = get_model(self.arch, self.num_classes)
+    mean, std = self.mean, self.std
+
+    @jax.jit
+    def logits(variables, images):
+      if images.dtype == jnp.uint8:
+        x = normalize(images, mean, std)
+      else:  # floats in [0, 1]
+        x = (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
+      return model.apply(variables, x, train=False)[1]
+    self._logits = logits
+
+  def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Eval-mode logits of (N, H, W, C) images, uint8 in [0, 255] or floats in [0, 1]."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[..., None] if self.image_shape[-1] == 1 and images.shape[-1] != 1 else images[None]
+    if tuple(images.shape[1:]) != tuple(self.image_shape):
+      raise ValueError(f"the student takes images of shape {self.image_shape}, got {images.shape[1:]}")
+    out = []
+    for lo in range(0, len(images), batch_size):
+      chunk = images[lo:lo + batch_size]
+      pad = batch_size - len(chunk) if len(images) > batch_size else 0  # one compiled shape per run
+      padded = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk
+      out.append(np.asarray(self._logits(self.variables, jnp.asarray(padded)))[:len(chunk)])
+    return np.concatenate(out)
+
+  def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, classes)."""
+    return np.asarray(jax.nn.softmax(self.logits(images, batch_size), axis=-1))
+
+
+def _restore_raw(directory: str) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                           meta=ocp.args.JsonRestore()))
+  return restored["state"], dict(restored["meta"]), step
+
+
+def student_from_workdir(workdir: str, which: str = "best") -> Student:
+  """The student of a run's best (or latest) checkpoint, with its run's preprocessing."""
+  from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
+  found = None
+  for name in ((which, "checkpoints") if which == "best" else ("checkpoints",)):
+    directory = os.path.join(workdir, "best" if name == "best" else "checkpoints")
+    if os.path.isdir(directory):
+      found = _restore_raw(directory)
+      if found is not None:
+        break
+  if found is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best or {workdir}/checkpoints)")
+  state, meta, step = found
+  if "config" not in meta:
+    raise FileNotFoundError(f"{workdir}: its checkpoints do not record their config (made before 0.2); "
+                            "export from a run of this version")
+  config = meta["config"]
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.registry import import_plugins  # pylint: disable=import-outside-toplevel
+  import_plugins(config.get("imports", ()))
+  spec = sources.dataset_spec(ml_collections.ConfigDict(config))
+  variables = {"params": state["params"]["student"], "batch_stats": state["model_state"]["student"]}
+  history = meta.get("history", [])
+  record = next((r for r in history if r.get("epoch") == meta.get("best_epoch")), history[-1] if history else {})
+  info = {"workdir": os.path.abspath(workdir), "step": step, "method": config["method"],
+          "dataset": config["dataset"], "selected_on": f"{spec.test_split} ({'best' if which == 'best' else 'latest'})",
+          "top1": record.get("test_top1"), "epoch": record.get("epoch"),
+          "teachers": [t["name"] for t in config.get("teachers", [])]}
+  info["config"] = config
+  return Student(config["student"], spec.num_classes, tuple(spec.image_shape), tuple(spec.mean), tuple(spec.std),
+                 jax.tree.map(jnp.asarray, variables), info)
+
+
+def load_student(path: str, which: str = "best") -> Student:
+  """A student from an export directory (``student.json``) or a run's work directory."""
+  meta_path = os.path.join(path, STUDENT_META)
+  if not os.path.isfile(meta_path):
+    return student_from_workdir(path, which)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  model = get_model(meta["arch"], meta["num_classes"])
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["image_shape"])))
+  variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "variables"), abstract)
+  return Student(meta["arch"], meta["num_classes"], tuple(meta["image_shape"]), tuple(meta["mean"]),
+                 tuple(meta["std"]), variables, meta.get("run", {}))
+
+
+def export_student(workdir: str, out_dir: str, which: str = "best",
+                   formats: Sequence[str] = ("orbax", "npz", "pth")) -> dict[str, str]:
+  """Writes the student of ``workdir`` to ``out_dir``; returns the written paths. ``pth`` needs
+  torch (the optional extra) and is skipped, with a note in ``student.json``, without it."""
+  student = student_from_workdir(workdir, which)
+  os.makedirs(out_dir, exist_ok=True)
+  written: dict[str, str] = {}
+  host = jax.device_get(student.variables)
+  if "orbax" in formats:
+    target = os.path.join(os.path.abspath(out_dir), "variables")
+    if os.path.exists(target):
+      raise FileExistsError(f"{target} exists; export into a new directory")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(target, host)
+    checkpointer.wait_until_finished()
+    written["orbax"] = target
+  state_dict = convert.flax_to_torch(host)
+  if "npz" in formats:
+    written["npz"] = os.path.join(out_dir, "student.npz")
+    np.savez(written["npz"], **state_dict)
+  notes = []
+  if "pth" in formats:
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+      written["pth"] = os.path.join(out_dir, "student.pth")
+      torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}},
+                 written["pth"])
+    except Exception as e:  # pylint: disable=broad-except  (torch missing, or a CUDA-only wheel)
+      notes.append(f"student.pth not written: torch unavailable ({type(e).__name__}); pip install -e '.[torch]'")
+  meta = {"arch": student.arch, "num_classes": student.num_classes, "image_shape": list(student.image_shape),
+          "mean": list(student.mean), "std": list(student.std), "layout": "flax NHWC (variables/), PyTorch NCHW (npz, pth)",
+          "run": {k: v for k, v in student.info.items() if k != "config"}, "files": {k: os.path.basename(v) for k, v in written.items()}, "notes": notes}
+  with open(os.path.join(out_dir, STUDENT_META), "w") as f:
+    json.dump(meta, f, indent=2)
+  written["meta"] = os.path.join(out_dir, STUDENT_META)
+  return written
+
+
+def evaluate_workdir(config, workdir: str, which: str = "best") -> dict[str, Any]:
+  """``mode=evaluate``: the run's student on ``config``'s evaluation split; no teachers or cache
+  are needed. Teachers configured and on disk are reported too (accuracy, ensemble, and the
+  student's top-1 agreement and KL with each)."""
+  from mmkd_jax import evaluation, parallel  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  student = student_from_workdir(workdir, which)
+  dataset = sources.open_dataset(config)
+  if (dataset.spec.num_classes, tuple(dataset.spec.image_shape)) != (student.num_classes, student.image_shape):
+    raise ValueError(f"the student of {workdir} takes {student.image_shape} images of {student.num_classes} "
+                     f"classes; config.dataset {config.dataset!r} has {dataset.spec.image_shape} and "
+                     f"{dataset.spec.num_classes}")
+  teachers = []
+  if config.teachers:
+    try:
+      teachers = lifecycle.load_teachers(config, dataset.spec)
+    except FileNotFoundError as e:
+      print(f"note: evaluating the student alone ({e})")
+  result = evaluation.student_against_teachers(student, teachers, dataset.test, dataset.spec,
+                                               config.eval_batch_size, parallel.data_mesh(), config.feature_layer)
+  result.update(split=dataset.spec.test_split, step=student.info["step"], checkpoint=which)
+  print(f"{which} checkpoint (step {result['step']}) on {result['split']}: top-1 {result['top1']:.2f}%, "
+        f"top-5 {result['top5']:.2f}%, loss {result['loss']:.4f}"
+        + "".join(f"; {t.name}: top-1 {result['teacher/' + t.name]:.2f}%, agreement "
+                  f"{result['agreement/' + t.name]:.2f}%, KL {result['kl/' + t.name]:.4f}" for t in teachers))
+  return result

@@ -1,0 +1,86 @@
+"""Getting the student out: export, load-and-predict, and evaluation without teachers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import mmkd_jax
+from mmkd_jax import config as config_lib
+from mmkd_jax import student as student_lib
+from mmkd_jax import train
+from mmkd_jax.data import sources
+from mmkd_jax.teachers import convert
+
+from helpers import digits_smoke, random_teachers
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp("student")
+  config = config_lib.validate(digits_smoke(data_dir=str(root / "tfds"), teacher_source="online", method="aver",
+                                            async_checkpoints=False, teacher_dir=str(root / "t")))
+  summary = train.train_and_evaluate(config, str(root / "run"), random_teachers(("resnet8", "resnet8"),
+                                                                                names=("s_resnet8a", "s_resnet8b")),
+                                     quiet=True)
+  return config, str(root / "run"), summary
+
+
+def _test_images(config):
+  dataset = sources.open_dataset(config)
+  records = sources.read_records(dataset.test, np.arange(len(dataset.test)), dataset.spec)
+  return records["image"], records["label"]
+
+
+def test_export_reload_predict_and_evaluate_agree(trained, tmp_path):
+  """The exported student, reloaded through load_student, scores what mode=evaluate reports and
+  what training logged for the best checkpoint."""
+  config, workdir, summary = trained
+  written = student_lib.export_student(workdir, str(tmp_path / "export"))
+  assert {"orbax", "npz", "meta"} <= set(written)
+  with open(written["meta"]) as f:
+    meta = json.load(f)
+  assert meta["arch"] == "resnet8" and meta["image_shape"] == [32, 32, 3] and meta["run"]["top1"] == summary["best_top1"]
+  images, labels = _test_images(config)
+  accuracies = {}
+  for name, path in (("export", str(tmp_path / "export")), ("workdir", workdir)):
+    student = mmkd_jax.load_student(path)
+    accuracies[name] = 100.0 * float(np.mean(np.argmax(student.predict(images), -1) == labels))
+    np.testing.assert_allclose(student.predict(images[:5]).sum(-1), 1.0, rtol=1e-5)
+  evaluated = student_lib.evaluate_workdir(config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver",
+                                                                            teachers=[], mode="evaluate")), workdir)
+  assert accuracies["export"] == accuracies["workdir"] == pytest.approx(evaluated["top1"]) == pytest.approx(summary["best_top1"])
+  # float images in [0, 1] give the same predictions as uint8
+  student = mmkd_jax.load_student(str(tmp_path / "export"))
+  np.testing.assert_allclose(student.predict(images[:8] / 255.0), student.predict(images[:8]), atol=1e-5)
+  with pytest.raises(ValueError, match="takes images of shape"):
+    student.predict(images[:2, :28, :28])
+
+
+def test_npz_and_pth_round_trip_to_float32(trained, tmp_path):
+  config, workdir, _ = trained
+  written = student_lib.export_student(workdir, str(tmp_path / "export"))
+  student = mmkd_jax.load_student(workdir)
+  images, _ = _test_images(config)
+  expected = student.logits(images[:16])
+  model, variables = convert.load_pretrained("resnet8", 10, written["npz"], (32, 32, 3))
+  x = (images[:16].astype(np.float32) / 255 - np.float32(student.mean[0])) / np.float32(student.std[0])
+  np.testing.assert_allclose(np.asarray(model.apply(variables, x)[1]), expected, rtol=1e-5, atol=1e-5)
+  if "pth" in written:  # torch installed: the .pth reloads through the converter (and torch.load)
+    _, pth_vars = convert.load_pretrained("resnet8", 10, written["pth"], (32, 32, 3))
+    np.testing.assert_allclose(np.asarray(model.apply(pth_vars, x)[1]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_reports_teachers_agreement_and_kl(trained, tmp_path):
+  config, workdir, _ = trained
+  from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
+  for t in random_teachers(("resnet8", "resnet8"), names=("s_resnet8a", "s_resnet8b")):
+    teachers_lib.save_teacher(os.path.join(str(tmp_path), f"digits_{t.name}"), t.arch, 10, t.variables, {})
+  result = student_lib.evaluate_workdir(config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver",
+                                                                         teacher_dir=str(tmp_path), mode="evaluate")), workdir)
+  for name in ("s_resnet8a", "s_resnet8b"):
+    assert 0 <= result[f"agreement/{name}"] <= 100 and result[f"kl/{name}"] > 0
+  assert "teacher/ensemble" in result and result["split"] == "test"
