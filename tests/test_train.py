@@ -181,3 +181,47 @@ def test_resuming_with_another_config_names_the_fields(tmp_path, teacher_dir, da
   assert resumed["epochs_completed"] == 2
   with pytest.raises(train.ConfigMismatchError, match="lr: 0.05 -> 0.1 .*shape is the same"):
     _run(_config(teacher_dir, data_dir, method="aver", epochs=3, lr=0.1), workdir)
+
+
+def test_warmup_epochs_use_uniform_weights_and_no_meta_steps(tmp_path, teacher_dir, data_dir):
+  _run(_config(teacher_dir, data_dir, method="mmkd", epochs=2, **{"meta.warmup_epochs": 1}), str(tmp_path / "w"))
+  with open(tmp_path / "w" / "metrics.jsonl") as f:
+    epochs = [json.loads(line) for line in f if '"epoch"' in line]
+  assert "train_meta_outer_loss" not in epochs[0] and "train_meta_outer_loss" in epochs[1]
+  np.testing.assert_allclose(epochs[0]["train_mean_logits_weights/0"], 0.5, rtol=1e-6)
+  assert abs(epochs[1]["train_mean_logits_weights/0"] - 0.5) > 1e-6
+
+
+def test_pipeline_skips_what_exists(tmp_path, teacher_dir, data_dir, capsys):
+  config = config_lib.validate(_config(teacher_dir, data_dir, teacher_source="precomputed",
+                                       cache_dir=str(tmp_path / "cache")))
+  lifecycle.train_missing_teachers(config)  # both exist: nothing is trained
+  assert not [d for d in os.listdir(teacher_dir) if d.endswith(".run")]
+  loaded = lifecycle.load_teachers(config)
+  lifecycle.precompute(config, loaded)
+  stamp = os.path.getmtime(tmp_path / "cache")
+  lifecycle.precompute(config, loaded)
+  assert "teacher cache already present" in capsys.readouterr().out
+  assert os.path.getmtime(tmp_path / "cache") == stamp
+
+
+def test_nan_stops_within_two_log_windows_not_at_the_end_of_the_epoch(tmp_path, data_dir, monkeypatch):
+  """A NaN at step 0 used to run the rest of the epoch (22 steps) on NaN weights."""
+  broken = str(tmp_path / "teachers")
+  os.makedirs(broken)
+  for i, name in enumerate(("s_resnet8a", "s_resnet8b")):
+    variables = get_model("resnet8", 10).init(jax.random.key(i), jnp.zeros((1, 32, 32, 3)))
+    variables["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] * jnp.nan
+    teachers_lib.save_teacher(os.path.join(broken, f"digits_{name}"), "resnet8", 10, variables, {})
+  seen = {"batches": 0}
+  original = train.train_batches
+
+  def counted(setup, epoch, start_batch=0):
+    for batch in original(setup, epoch, start_batch):
+      seen["batches"] += 1
+      yield batch
+
+  monkeypatch.setattr(train, "train_batches", counted)
+  with pytest.raises(train.NonFiniteLossError, match=r"'loss_kd' became NaN/inf at step 0"):
+    _run(_config(broken, data_dir, method="aver", log_every=2), str(tmp_path / "w"))
+  assert seen["batches"] <= 1 + 3 * 2  # the example batch, then at most three log windows
