@@ -110,13 +110,25 @@ def epoch_records(workdir: str) -> list[dict]:
   by_epoch = {}
   with open(path) as f:
     for record in map(json.loads, f):
-      if "test_top1" in record:  # a resumed run logs its epochs again: the last record wins
+      if eval_top1(record) is not None:  # a resumed run logs its epochs again: the last record wins
         by_epoch[record.get("epoch", len(by_epoch) + 1)] = record
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 # ------------------------------------------------------------------------------------------
 # Rendering.
+
+
+def eval_top1(record: dict) -> float | None:
+  """An epoch record's evaluation top-1 (``test/top1`` or ``val/top1``; older runs: ``test_top1``)."""
+  for key in ("test/top1", "val/top1", "test_top1"):
+    if key in record:
+      return record[key]
+  return None
+
+
+def class_weights(record: dict):
+  return record.get("teacher_weights/per_class", record.get("train_class_logits_weights"))
 
 
 def mean_std(values) -> str:
@@ -208,7 +220,7 @@ def plot_curves(out: str, row: Row, variants, seeds: int, path: str) -> bool:
   fig, ax = plt.subplots(figsize=(7.5, 4.2))
   drawn, lows = False, []
   for variant in variants:
-    curves = [[r["test_top1"] for r in epoch_records(os.path.join(out, row.slug, variant.slug, f"seed{s}"))]
+    curves = [[eval_top1(r) for r in epoch_records(os.path.join(out, row.slug, variant.slug, f"seed{s}"))]
               for s in range(seeds)]
     curves = [c for c in curves if c]
     if curves:
@@ -236,10 +248,10 @@ def plot_curves(out: str, row: Row, variants, seeds: int, path: str) -> bool:
 
 def plot_weight_heatmap(workdir: str, title: str, path: str) -> bool:
   """Per teacher: mean learned weight of each class (rows) at each epoch (columns)."""
-  records = [r for r in epoch_records(workdir) if r.get("train_class_logits_weights")]
+  records = [r for r in epoch_records(workdir) if class_weights(r)]
   if not records:
     return False
-  weights = np.array([[[np.nan if v is None else v for v in cls] for cls in r["train_class_logits_weights"]]
+  weights = np.array([[[np.nan if v is None else v for v in cls] for cls in class_weights(r)]
                       for r in records], float)  # (epochs, classes, teachers)
   if np.nanstd(weights) < 1e-6:  # fixed weights (AVER, FitNet): nothing to show
     return False

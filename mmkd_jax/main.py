@@ -69,7 +69,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cache = lifecycle.open_cache(config, loaded, dataset)
   summary = train.train_and_evaluate(config, workdir, loaded, cache)
   summary.pop("state", None)
-  print(json.dumps({k: v for k, v in summary.items() if k != "teachers"}, indent=2))
+  print(json.dumps({k: v for k, v in summary.items() if k not in ("teachers", "setting")}, indent=2))
+  where = {"summary": "summary.json", "resolved config": "config.json", "metrics": "metrics.jsonl",
+           "TensorBoard": "tensorboard/", "checkpoints": "checkpoints/ (latest) and best/"}
+  print(f"written to {os.path.abspath(workdir)}: " + ", ".join(f"{k} {v}" for k, v in where.items())
+        + (f"; teachers and their cache under {os.path.abspath(config.teacher_dir)}" if loaded else ""))
   return summary
 
 

@@ -57,3 +57,28 @@ def mean_metrics(pending: list[dict[str, Any]]) -> dict[str, np.ndarray]:
   fetched = jax.device_get(pending)
   keys = set().union(*[m.keys() for m in fetched]) if fetched else set()
   return {k: np.mean([np.asarray(m[k]) for m in fetched if k in m], axis=0) for k in sorted(keys)}
+
+
+def eval_name(spec) -> str:
+  """'test' when evaluating on the dataset's test split, else 'val' (model selection)."""
+  return "test" if spec.test_split.split("[")[0] == "test" else "val"
+
+
+def tagged_train_metrics(means: dict[str, np.ndarray], teacher_names: list[str]) -> dict[str, Any]:
+  """Step-metric means under grouped names: ``train/...`` (accuracy in percent),
+  ``teacher_weights/{logits,feature}/<teacher>``."""
+  out: dict[str, Any] = {}
+  for key, value in means.items():
+    if key in ("class_weight_sums", "class_counts"):
+      continue
+    if key.startswith("mean_") and key.endswith("_weights"):
+      kind = key[len("mean_"):-len("_weights")]
+      for i, v in enumerate(np.asarray(value)):
+        out[f"teacher_weights/{kind}/{teacher_names[i] if i < len(teacher_names) else i}"] = float(v)
+    elif key == "accuracy":
+      out["train/accuracy"] = 100.0 * float(value)
+    elif key.startswith("diag_"):
+      out[f"train/diag/{key[len('diag_'):]}"] = float(value)
+    else:
+      out[f"train/{key}"] = value if np.ndim(value) else float(value)
+  return out

@@ -109,8 +109,8 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
   history = meta.get("history", [])
   record = next((r for r in history if r.get("epoch") == meta.get("best_epoch")), history[-1] if history else {})
   info = {"workdir": os.path.abspath(workdir), "step": step, "method": config["method"],
-          "dataset": config["dataset"], "selected_on": f"{spec.test_split} ({'best' if which == 'best' else 'latest'})",
-          "top1": record.get("test_top1"), "epoch": record.get("epoch"),
+          "dataset": config["dataset"], "selected_on": f"{meta.get('best_chosen_on', spec.test_split)} ({'best epoch' if which == 'best' else 'latest'})",
+          "top1": record.get("test/top1", record.get("val/top1")), "epoch": record.get("epoch"),
           "teachers": [t["name"] for t in config.get("teachers", [])]}
   info["config"] = config
   return Student(config["student"], spec.num_classes, tuple(spec.image_shape), tuple(spec.mean), tuple(spec.std),

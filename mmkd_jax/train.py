@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from typing import Any, Sequence
 
@@ -18,11 +17,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from mmkd_jax import checkpoint, evaluation, parallel
+from mmkd_jax import checkpoint, evaluation, parallel, runs
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import pipeline, sources
 from mmkd_jax.methods import Method, RunInfo, TeacherView, build_method
-from mmkd_jax.metrics import MetricWriter, mean_metrics
+from mmkd_jax.metrics import MetricWriter, eval_name, mean_metrics, tagged_train_metrics
 from mmkd_jax.models import MODELS, get_model
 from mmkd_jax.registry import ConfigError
 from mmkd_jax.steps import Steps, TrainState, describe_nonfinite, init_state, make_steps
@@ -33,10 +32,6 @@ PyTree = Any
 
 class NonFiniteLossError(FloatingPointError):
   """A loss term became NaN or infinite."""
-
-
-class ConfigMismatchError(ConfigError):
-  """The work directory holds a run made with another config."""
 
 
 @dataclasses.dataclass
@@ -134,49 +129,11 @@ def evaluate_teachers(setup: Setup) -> dict[str, float]:
                                      setup.config.eval_batch_size, setup.mesh, setup.config.feature_layer)
 
 
-def code_version() -> str:
-  """The package version and, in a git checkout, its commit (+dirty): which code made a run."""
-  import subprocess  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import __version__  # pylint: disable=import-outside-toplevel
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    commit = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True,
-                            text=True, timeout=5, check=True).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    commit = ""
-  return f"{__version__}+{commit}" if commit else __version__
-
-
 def is_meta_step(setup: Setup, idx: int) -> bool:
   """The reference's rule: every ``meta.freq`` batches and on the loader's last batch, which
   it reaches only when the split divides into whole batches (it skips a partial last batch)."""
   last = idx == setup.steps_per_epoch - 1 and len(setup.dataset.train) % setup.config.batch_size == 0
   return idx % setup.config.meta.freq == 0 or last
-
-
-class _StopRequest:
-  """Turns SIGTERM into a flag the loop checks after each step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if jax.process_count() > 1:  # JAX's preemption notifier takes SIGTERM; all hosts stop together
-      return self
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -194,16 +151,17 @@ class _Loop:
   meta_fn: Any
   eval_fn: Any
 
-  def run_epoch(self, epoch: int, first_batch: int, stop: _StopRequest) -> tuple[list, int, float, bool]:
+  def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[list, int, float, bool]:
     """Trains one epoch (from ``first_batch``); returns (step metrics, images seen, start time,
-    whether a stop was requested)."""
+    whether a stop was requested). Every ``log_every`` steps the window before the last one
+    (finished, so reading it stalls nothing) is logged and checked for non-finite terms."""
     setup, config = self.setup, self.setup.config
-    spe = setup.steps_per_epoch
+    spe, window_size = setup.steps_per_epoch, config.log_every
     epoch_array = jnp.asarray(epoch, jnp.int32)
+    # The bar counts finished steps (not dispatched ones) and is off when stderr is no terminal.
     bar = tqdm(total=spe, initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-               disable=self.quiet, unit="step")
-    pending, tic, seen = [], time.perf_counter(), 0
-    stopped = False
+               disable=True if self.quiet else None, unit="step")
+    pending, tic, seen, done, stopped = [], time.perf_counter(), 0, 0, False
     for idx, raw in enumerate(train_batches(setup, epoch, first_batch), start=first_batch):
       device_raw = parallel.shard_batch(raw, setup.mesh)
       self.state, metrics = self.train_fn(self.state, device_raw, self.teacher_vars, epoch_array)
@@ -212,25 +170,32 @@ class _Loop:
         metrics = {**metrics, **meta_metrics}
       pending.append(metrics)
       seen += config.batch_size
-      bar.update(1)
-      if (idx + 1) % config.log_every == 0 and len(pending) > config.log_every:
-        # The window before the last one: those steps are done, so reading them does not
-        # drain the device queue (no host round-trip stalls the epoch).
-        window = pending[-2 * config.log_every:-config.log_every]
-        self.check_window(window, epoch * spe + idx + 1 - 2 * config.log_every)
+      while done < len(pending) and pending[done]["loss"].is_ready():
+        done += 1
+        bar.update(1)
+      global_step = epoch * spe + idx + 1
+      if (idx + 1) % window_size == 0 and len(pending) > window_size:
+        window = pending[-2 * window_size:-window_size]
+        self.check_window(window, global_step - 2 * window_size)
         means = mean_metrics(window)
+        self.writer.write(global_step - window_size, {**tagged_train_metrics(means, self.teacher_names),
+                                                      "train/lr": float(setup.steps.schedule(global_step - window_size))})
         bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
                         img_s=f"{seen / (time.perf_counter() - tic):.0f}")
-      global_step = epoch * spe + idx + 1
       if stop.requested or global_step == config.stop_at_step or self.ckpt.reached_preemption(global_step):
         stopped = True
         break
+    bar.update(len(pending) - done)
     bar.close()
     return pending, seen, tic, stopped
 
+  @property
+  def teacher_names(self) -> list[str]:
+    return [t.name for t in self.setup.teachers]
+
   def end_epoch(self, epoch: int, pending: list, seen: int, tic: float) -> None:
     """Evaluates, logs and checkpoints after a finished epoch."""
-    config = self.setup.config
+    config, spec = self.setup.config, self.setup.spec
     train_means = mean_metrics(pending)
     class_weights = None
     if "class_weight_sums" in train_means:
@@ -239,26 +204,29 @@ class _Loop:
       class_weights = np.where(counts > 0, sums / np.maximum(counts, 1e-12), np.nan)
     result = evaluate(self.setup, self.state, self.eval_fn)
     epoch_seconds = time.perf_counter() - tic
+    self.host["train_seconds"] = self.host.get("train_seconds", 0.0) + epoch_seconds
+    name = eval_name(spec)
     is_best = result["top1"] > self.host["best_top1"]
     if is_best:
       self.host["best_top1"], self.host["best_epoch"] = result["top1"], epoch + 1
-    record = {"epoch": epoch + 1, "test_top1": result["top1"], "test_top5": result["top5"],
-              "test_loss": result["loss"], "train_images_per_s": seen / epoch_seconds,
-              **{f"train_{k}": v.tolist() if np.ndim(v) else float(v) for k, v in train_means.items()}}
+      self.host["best_chosen_on"] = spec.test_split
+    record = {"epoch": epoch + 1, "eval_split": spec.test_split, f"{name}/top1": result["top1"],
+              f"{name}/top5": result["top5"], f"{name}/loss": result["loss"],
+              "train/images_per_s": seen / epoch_seconds,
+              **{k: v.tolist() if np.ndim(v) else float(v) for k, v in tagged_train_metrics(train_means, self.teacher_names).items()}}
     self.host["history"].append(record)
-    logged = ({k: v for k, v in record.items() if not isinstance(v, list)}
-              | {k: np.asarray(v) for k, v in record.items() if isinstance(v, list)})
+    logged = dict(record)
     if class_weights is not None:  # (classes, teachers): logged, not kept in the checkpoint
-      logged["train_class_logits_weights"] = class_weights
+      logged["teacher_weights/per_class"] = class_weights
     step_now = int(jax.device_get(self.state.step))
-    self.writer.write(step_now, logged)
+    self.writer.write(step_now, {k: v for k, v in logged.items() if k != "eval_split"})
     if not self.quiet:
-      weights = record.get("train_mean_logits_weights")
-      extra = f", teacher weights {np.round(weights, 3).tolist()}" if weights is not None else ""
-      print(f"epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train_loss', float('nan')):.4f}, "
-            f"train acc {100 * record.get('train_accuracy', 0):.2f}%, test top-1 {result['top1']:.2f}% "
+      weights = [v for k, v in record.items() if k.startswith("teacher_weights/logits/")]
+      extra = f", teacher weights {np.round(weights, 3).tolist()}" if weights else ""
+      print(f"epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train/loss', float('nan')):.4f}, "
+            f"train acc {record.get('train/accuracy', 0):.2f}%, {name} top-1 {result['top1']:.2f}% "
             f"(best {self.host['best_top1']:.2f}% @ {self.host['best_epoch']}), "
-            f"{record['train_images_per_s']:.0f} img/s{extra}")
+            f"{record['train/images_per_s']:.0f} img/s{extra}", flush=True)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or is_best:
       self.ckpt.save(step_now, self.state, self.host, is_best=is_best)
 
@@ -284,41 +252,14 @@ class _Loop:
     self.writer.close()
 
 
-def run_identity(setup: Setup, state: TrainState) -> dict[str, Any]:
-  """What a checkpoint must match to be resumed: the config, the teachers, the state's shapes."""
-  shapes = {jax.tree_util.keystr(p): list(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
-  return {"config": json.loads(setup.config.to_json_best_effort()),
-          "teacher_fingerprints": {t.name: t.fingerprint for t in setup.teachers}, "state_shapes": shapes}
-
-
-def check_resumable(ckpt: checkpoint.Checkpoints, identity: dict[str, Any], which: str = "latest") -> None:
-  """Refuses a work directory whose checkpoints were made by another run, naming what differs
-  (and whether the state's shape does, which no restore could bridge)."""
-  found = ckpt.latest_meta(which)
-  if found is None or "config" not in found[0]:
-    return
-  meta, step = found
-  changes = config_lib.changed_fields(meta["config"], ml_collections.ConfigDict(identity["config"]))
-  teachers = [f"teacher {name}: fingerprint {meta.get('teacher_fingerprints', {}).get(name)} -> {fp}"
-              for name, fp in identity["teacher_fingerprints"].items()
-              if meta.get("teacher_fingerprints", {}).get(name, fp) != fp]
-  if changes or teachers:
-    shape = ("the train state's shape differs too, so it cannot be restored"
-             if meta.get("state_shapes") != identity["state_shapes"] else "the train state's shape is the same")
-    raise ConfigMismatchError(
-        f"{ckpt.workdir} holds checkpoint step {step} of another run: " + "; ".join(changes + teachers) +
-        f" ({shape}). Use another --workdir, or the stored config (its config.json, or the fields above). "
-        f"Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
-
-
 def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
   """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
   config, steps = setup.config, setup.steps
   state = initial_state(setup)
   ckpt = checkpoint.Checkpoints(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
   host = {"best_top1": -1.0, "best_epoch": 0, "history": [], "teacher_accuracy": {},
-          **run_identity(setup, state)}
-  check_resumable(ckpt, host)
+          **runs.run_identity(setup, state)}
+  runs.check_resumable(ckpt, host)
   restored = ckpt.restore(state)
   if restored is not None:
     state, host, restored_step = restored
@@ -353,7 +294,7 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
   loop = _start(setup, workdir, quiet)
   start_step = int(jax.device_get(loop.state.step))
   preempted, started = False, time.time()
-  with _StopRequest() as stop:
+  with runs.StopRequest() as stop:
     for epoch in range(start_step // spe, config.epochs):
       first_batch = start_step % spe if epoch == start_step // spe else 0
       pending, seen, tic, stopped = loop.run_epoch(epoch, first_batch, stop)
@@ -372,8 +313,9 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
   summary = {
       "status": "preempted" if preempted else "finished", "method": config.method, "student": config.student, "dataset": config.dataset,
       "seed": config.seed, "epochs_completed": len(host["history"]),
-      "final_top1": host["history"][-1]["test_top1"] if host["history"] else None,
-      "final_top5": host["history"][-1]["test_top5"] if host["history"] else None,
+      "final_top1": host["history"][-1][f"{eval_name(setup.spec)}/top1"] if host["history"] else None,
+      "final_top5": host["history"][-1][f"{eval_name(setup.spec)}/top5"] if host["history"] else None,
+      "eval_split": setup.spec.test_split, "best_chosen_on": host.get("best_chosen_on", setup.spec.test_split),
       "best_top1": host["best_top1"], "best_epoch": host["best_epoch"],
       "teacher_accuracy": host["teacher_accuracy"],
       "setting": {"teacher_source": config.teacher_source,
@@ -383,8 +325,8 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
                   "train_split": setup.spec.train_split, "eval_split": setup.spec.test_split,
                   "hypergradient": config.meta.hypergradient if setup.method.bilevel else None},
       "teachers": [{"name": t.name, "arch": t.arch, "fingerprint": t.fingerprint} for t in setup.teachers],
-      "wall_seconds": time.time() - started,
-      "code_version": code_version(),
+      "wall_seconds": host.get("train_seconds", time.time() - started),  # every session of the run
+      "code_version": runs.code_version(),
   }
   if not preempted and jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:

@@ -60,8 +60,8 @@ def test_weight_heatmap_from_logged_per_class_weights(tmp_path):
   with open(tmp_path / "metrics.jsonl", "w") as f:
     for epoch in range(1, 4):
       w = rng.dirichlet(np.ones(2), size=10)
-      f.write(json.dumps({"step": epoch, "test_top1": 90.0 + epoch,
-                          "train_class_logits_weights": w.tolist()}) + "\n")
+      f.write(json.dumps({"step": epoch, "epoch": epoch, "test/top1": 90.0 + epoch,
+                          "teacher_weights/per_class": w.tolist()}) + "\n")
   with open(tmp_path / "summary.json", "w") as f:
     json.dump(_summary(93.0, 93.0), f)
   path = tmp_path / "w.png"

@@ -36,10 +36,10 @@ def test_user_parts_train_and_evaluate_end_to_end(tmp_path):
   assert resolved["confident_kd"]["sharpness"] == 3.0 and resolved["temperature"] == 2.0
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     logged = [json.loads(line) for line in f]
-  assert any("train_loss_kd" in r for r in logged)
+  assert any("train/loss_kd" in r for r in logged) and any("train/lr" in r for r in logged)
   evaluated = _cli(tmp_path, "--config.mode=evaluate", "--config.confident_kd.sharpness=3.0")
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert f"test top-1 {summary['best_top1']:.2f}%" in evaluated.stdout
+  assert f"on test: top-1 {summary['best_top1']:.2f}%" in evaluated.stdout and "agreement" in evaluated.stdout
 
 
 def test_extending_doc_shows_the_tested_files():

@@ -13,7 +13,7 @@ import pytest
 
 from mmkd_jax import config as config_lib
 from mmkd_jax import teachers as teachers_lib
-from mmkd_jax import train
+from mmkd_jax import runs, train
 from mmkd_jax.models import get_model
 from mmkd_jax.teachers import lifecycle
 
@@ -67,8 +67,8 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path, teacher_dir, dat
   assert resumed["final_top1"] == straight["final_top1"]
   # Per-class mean teacher weights are logged each epoch: (classes, teachers), rows on the simplex.
   with open(tmp_path / "straight" / "metrics.jsonl") as f:
-    records = [json.loads(line) for line in f if "train_class_logits_weights" in line]
-  per_class = np.array(records[-1]["train_class_logits_weights"], float)
+    records = [json.loads(line) for line in f if "teacher_weights/per_class" in line]
+  per_class = np.array(records[-1]["teacher_weights/per_class"], float)
   assert per_class.shape == (10, 2)
   np.testing.assert_allclose(per_class.sum(axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(per_class.mean(axis=0) @ [1, 1], 1.0, rtol=1e-5)
@@ -169,7 +169,7 @@ def test_resuming_with_another_config_names_the_fields(tmp_path, teacher_dir, da
   workdir = str(tmp_path / "w")
   _run(_config(teacher_dir, data_dir, method="aver"), workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  with pytest.raises(train.ConfigMismatchError) as error:
+  with pytest.raises(runs.ConfigMismatchError) as error:
     _run(_config(teacher_dir, data_dir, method="mmkd"), workdir)
   message = str(error.value)
   assert "method: 'aver' -> 'mmkd'" in message and "shape differs" in message
@@ -179,7 +179,7 @@ def test_resuming_with_another_config_names_the_fields(tmp_path, teacher_dir, da
   # A field that may change (more epochs) resumes.
   resumed = _run(_config(teacher_dir, data_dir, method="aver", epochs=2), workdir)
   assert resumed["epochs_completed"] == 2
-  with pytest.raises(train.ConfigMismatchError, match="lr: 0.05 -> 0.1 .*shape is the same"):
+  with pytest.raises(runs.ConfigMismatchError, match="lr: 0.05 -> 0.1 .*shape is the same"):
     _run(_config(teacher_dir, data_dir, method="aver", epochs=3, lr=0.1), workdir)
 
 
@@ -187,9 +187,9 @@ def test_warmup_epochs_use_uniform_weights_and_no_meta_steps(tmp_path, teacher_d
   _run(_config(teacher_dir, data_dir, method="mmkd", epochs=2, **{"meta.warmup_epochs": 1}), str(tmp_path / "w"))
   with open(tmp_path / "w" / "metrics.jsonl") as f:
     epochs = [json.loads(line) for line in f if '"epoch"' in line]
-  assert "train_meta_outer_loss" not in epochs[0] and "train_meta_outer_loss" in epochs[1]
-  np.testing.assert_allclose(epochs[0]["train_mean_logits_weights/0"], 0.5, rtol=1e-6)
-  assert abs(epochs[1]["train_mean_logits_weights/0"] - 0.5) > 1e-6
+  assert "train/meta_outer_loss" not in epochs[0] and "train/meta_outer_loss" in epochs[1]
+  np.testing.assert_allclose(epochs[0]["teacher_weights/logits/s_resnet8a"], 0.5, rtol=1e-6)
+  assert abs(epochs[1]["teacher_weights/logits/s_resnet8a"] - 0.5) > 1e-6
 
 
 def test_pipeline_skips_what_exists(tmp_path, teacher_dir, data_dir, capsys):
