@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/digits
 TESTVECTORS ?= $(or $(MMKD_TESTVECTORS),../shared/testvectors)
 
-.PHONY: install torch run test test-all verify clean
+.PHONY: install torch run test test-all verify wheel-check clean
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,24 @@ torch: install
 run: install
 	$(PY) -m mmkd_jax.main --config configs/digits.py --workdir $(WORKDIR)
 
-# Parity of the model zoo and of the MMKD hypergradient against the PyTorch reference vectors.
+# Parity of the model zoo and of the MMKD hypergradient against the PyTorch reference vectors:
+# outputs of the original PyTorch code, not shipped here (MMKD_TESTVECTORS=<their folder>).
 verify: install
+	@test -d $(TESTVECTORS) || { echo "no reference vectors in $(TESTVECTORS): set MMKD_TESTVECTORS to the folder of testvectors (models/, mmkd/) made from the original PyTorch code"; exit 2; }
 	$(PY) -m mmkd_jax.verify models $(TESTVECTORS)/models/*.npz
 	$(PY) -m mmkd_jax.verify hypergrad $(TESTVECTORS)/mmkd/hypergrad_*.npz
+	$(PY) -m mmkd_jax.verify hypergrad --mode original $(TESTVECTORS)/mmkd/hypergrad_*.npz
+
+# The built wheel installs into a fresh virtualenv and its console script runs a shipped config.
+WHEEL_DIR ?= build/wheel-check
+wheel-check: install
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR) .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/pip install -q -r requirements.txt $(WHEEL_DIR)/mmkd_jax-*.whl
+	cd $(WHEEL_DIR) && TFDS_DATA_DIR=$$PWD/tfds venv/bin/mmkd-jax --config mmkd_jax:configs/digits.py:aver,smoke \
+	    --workdir run --config.teacher_dir=teachers --config.epochs=1 --config.teacher_training.epochs=1
+	test -f $(WHEEL_DIR)/run/summary.json
 
 test: install
 	$(PY) -m pytest -q

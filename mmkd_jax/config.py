@@ -25,7 +25,7 @@ from mmkd_jax.data import sources
 from mmkd_jax.models import model_names
 from mmkd_jax.registry import ConfigError
 
-MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export")
+MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export", "show_config")
 
 # config.faithful=True: what the original PyTorch code computed, bugs included (docs/methods.md).
 FAITHFUL = {
@@ -53,7 +53,7 @@ def _term_names() -> list[str]:
 def base_config() -> ml_collections.ConfigDict:
   """Every field with its default; method-owned fields unset (see the module docstring)."""
   c = ml_collections.ConfigDict()
-  c.mode = "pipeline"            # train_teacher | precompute | distill | evaluate | pipeline | export
+  c.mode = "pipeline"            # train_teacher | precompute | distill | evaluate | pipeline | export | show_config
   c.export_dir = ""              # mode=export: where the student goes ("" = <workdir>/export)
   c.method = "mmkd"              # a registered method (mmkd_jax.methods)
   c.imports = ()                 # your modules (dotted names or .py paths) that register parts
@@ -66,17 +66,17 @@ def base_config() -> ml_collections.ConfigDict:
   # "" = the dataset's own splits. Model selection without the test set: train on
   # 'train[:85%]', evaluate on 'train[85%:]' (teachers trained so are stored apart).
   c.train_split = ""
-  c.eval_split = ""
-  c.seed = 0
-  c.student = "resnet8"
-  c.teachers: Sequence[ml_collections.ConfigDict] = []
-  c.teacher_dir = "runs/teachers"
+  c.eval_split = ""             # "" = the dataset's test split; e.g. train[90%:] for validation
+  c.seed = 0                     # initialisation, data order and the hard buffer's draws
+  c.student = "resnet8"          # a registered model (mmkd_jax.models)
+  c.teachers: Sequence[ml_collections.ConfigDict] = []  # config.teacher(name, arch, checkpoint, seed) entries
+  c.teacher_dir = "runs/teachers"  # trained teachers and teacher caches
   c.teacher_source = "precomputed"  # precomputed | online
   c.cache_dir = ""               # "" = derived from teachers, dataset and augmentation
   c.cache_dtype = "bfloat16"     # feature maps in the cache: bfloat16 | float16 | float32
   c.cache_logits_dtype = "float32"  # logits in the cache (experiments/RESULTS.md: cache precision)
   c.num_replays = 4              # augmentation replays stored in the cache; replay = epoch % this
-  c.augmentation_seed = 0
+  c.augmentation_seed = 0        # crop offsets and flips of every (example, replay)
   c.trust_pickle = False         # allow arbitrary objects in teacher .pth files
   c.feature_layer = config_dict.placeholder(int)   # feat[...] of feature terms (method default -2)
   c.temperature = config_dict.placeholder(float)   # KD temperature (method default 4)
@@ -87,34 +87,35 @@ def base_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics groups per global batch; 0 = one per device (1 with sync_batch_norm).
   # E.g. 8 on one device computes what 8 devices with per-device BatchNorm compute.
   c.batch_norm_groups = 0
-  c.distributed = ml_collections.ConfigDict({
-      "coordinator_address": "",  # host:port of process 0; "" = single process or auto
-      "num_processes": 1, "process_id": 0,
-      "auto": True})              # let JAX detect TPU pods / SLURM / JAX_COORDINATOR_ADDRESS
+  c.distributed = ml_collections.ConfigDict()  # jax.distributed (docs/scaling.md)
+  c.distributed.coordinator_address = ""  # host:port of process 0; "" = single process or auto
+  c.distributed.num_processes = 1         # processes in the job (with coordinator_address)
+  c.distributed.process_id = 0            # this process (with coordinator_address)
+  c.distributed.auto = True               # let JAX detect TPU pods / SLURM / JAX_COORDINATOR_ADDRESS
 
   # Student optimisation: the reference's SGD schedule.
-  c.batch_size = 64
-  c.eval_batch_size = 128
-  c.epochs = 240
-  c.lr = 0.05
-  c.lr_milestones = (150, 180, 210)
-  c.lr_decay = 0.1
-  c.momentum = 0.9
-  c.nesterov = True
-  c.weight_decay = 5e-4
+  c.batch_size = 64              # global batch (all devices and hosts)
+  c.eval_batch_size = 128        # evaluation batch (padding is masked)
+  c.epochs = 240                 # student epochs
+  c.lr = 0.05                    # student SGD learning rate
+  c.lr_milestones = (150, 180, 210)  # epochs after which the learning rate is multiplied by lr_decay
+  c.lr_decay = 0.1               # multistep factor
+  c.momentum = 0.9               # SGD momentum (PyTorch semantics)
+  c.nesterov = True              # Nesterov momentum (the reference README's --nesterov)
+  c.weight_decay = 5e-4          # L2 added to the gradient (PyTorch SGD), every parameter
 
   c.meta = ml_collections.ConfigDict()
-  c.meta.lr = 1e-3
-  c.meta.weight_decay = 1e-4
+  c.meta.lr = 1e-3               # Adam learning rate of learned teacher weights (meta_params)
+  c.meta.weight_decay = 1e-4     # Adam's L2-coupled weight decay (PyTorch Adam)
   c.meta.freq = 5                # meta step every `freq` batches and on the last batch of an epoch
   c.meta.warmup_epochs = 0       # epochs with uniform teacher weights and no meta step
-  c.meta.lookahead_matching_steps = 2
-  c.meta.lookahead_outer_steps = 1
+  c.meta.lookahead_matching_steps = 2  # look-ahead steps on the look-ahead weights
+  c.meta.lookahead_outer_steps = 1     # then steps on the outer objective (CE)
   c.meta.lookahead_weights = _placeholders({t: 1.0 for t in _term_names()})
-  c.meta.first_order = False
+  c.meta.first_order = False     # drop the look-ahead's Hessian terms (cheaper, approximate)
   # How the exact hypergradient is computed (mmkd_jax.bilevel.MODES).
-  c.meta.hypergradient = "forward_over_reverse"
-  c.meta.rollback = True
+  c.meta.hypergradient = "forward_over_reverse"  # forward_over_reverse | reverse (exact) | original (the original code's)
+  c.meta.rollback = True         # restore the student after the look-ahead (the reference always does)
   c.meta.rollback_bn = "exact"   # exact: restore BN statistics too; replay: the original's extra update
   for name in methods.METHODS:
     section = methods.METHODS.get(name).section
@@ -122,12 +123,14 @@ def base_config() -> ml_collections.ConfigDict:
       c[name] = _placeholders(section)
 
   # Teacher training (mode=train_teacher / pipeline), same SGD rule.
-  c.teacher_training = ml_collections.ConfigDict({"epochs": 240, "lr": 0.05,
-                                                  "lr_milestones": (150, 180, 210)})
-  c.log_every = 50
-  c.checkpoint_every_epochs = 1
-  c.keep_checkpoints = 2
-  c.async_checkpoints = True
+  c.teacher_training = ml_collections.ConfigDict()
+  c.teacher_training.epochs = 240        # epochs of a teacher trained by mode=train_teacher / pipeline
+  c.teacher_training.lr = 0.05           # its learning rate
+  c.teacher_training.lr_milestones = (150, 180, 210)  # its multistep milestones
+  c.log_every = 50               # steps per logged window of training metrics
+  c.checkpoint_every_epochs = 1  # latest checkpoint every this many epochs (and the best one)
+  c.keep_checkpoints = 2         # latest checkpoints kept
+  c.async_checkpoints = True     # write checkpoints in the background
   c.stop_at_step = -1            # save and stop at this global step (tests, preemption drills)
   return c
 
@@ -331,6 +334,43 @@ def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict)
     if old.get(key, "<unset>") != new.get(key, "<unset>"):
       out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
   return out
+
+
+def _field_comments() -> dict[str, str]:
+  """The comments beside the fields in ``base_config``'s source: their one-line descriptions."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+  out, previous = {}, ""
+  for line in inspect.getsource(base_config).splitlines():
+    stripped = line.strip()
+    match = re.match(r"c\.([\w.]+)(?::[^=]*)?\s*=.*?#\s*(.+)$", stripped)
+    if match:
+      out[match.group(1)] = match.group(2)
+    elif re.match(r"c\.([\w.]+)(?::[^=]*)?\s*=", stripped) and previous.startswith("#"):
+      out[re.match(r"c\.([\w.]+)", stripped).group(1)] = previous.lstrip("# ")
+    previous = stripped
+  return out
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """Every field of ``config`` (resolved) with its value, the base default and a description."""
+  resolved = resolve(config)
+  base, comments = _flatten(json.loads(base_config().to_json_best_effort())), _field_comments()
+  spec = methods.METHODS.get(resolved.method)
+  rows = []
+  for key, value in _flatten(json.loads(resolved.to_json_best_effort())).items():
+    head = key.split(".")[0]
+    note = comments.get(key) or comments.get(head) or ""
+    if head == spec.name:
+      note = note or f"method {spec.name}'s own field ({spec.description})"
+    elif head in methods.METHODS:
+      note = note or f"method {head}'s field, set when --config.method={head}"
+    elif key.startswith("weights.") or key.startswith("meta.lookahead_weights."):
+      note = note or ("weight of the raw loss term " + key.split(".")[-1])
+    default = base.get(key, "<method default>")
+    rows.append(f"{key:40s} {json.dumps(value):>28s}   default {json.dumps(default) if default is not None else '<method default>'}"
+                + (f"   # {note}" if note else ""))
+  return "\n".join(rows)
 
 
 __all__ = ["ConfigError", "MODES", "base_config", "load", "parse_arg", "resolve", "set_fields", "teacher",

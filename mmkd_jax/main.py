@@ -11,6 +11,7 @@ student, skipping what already exists).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -36,12 +37,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 # The stages of each mode: train missing teachers, precompute their outputs, train the student.
 _STAGES = {"train_teacher": {"teachers"}, "precompute": {"cache"}, "distill": {"student"},
-           "evaluate": {"evaluate"}, "export": {"export"}, "pipeline": {"teachers", "cache", "student"}}
+           "evaluate": {"evaluate"}, "export": {"export"}, "show_config": set(),
+           "pipeline": {"teachers", "cache", "student"}}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs ``config.mode`` on ``workdir``; returns the summary (or evaluation) dict."""
   config = config_lib.validate(config)
+  if config.mode == "show_config":
+    print(config_lib.describe(config))
+    return {}
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir {workdir} is a file, not a directory")
   os.makedirs(workdir, exist_ok=True)
@@ -110,9 +115,28 @@ def fail(message: str) -> None:
   sys.exit(2)
 
 
+def resolve_config_path(value: str) -> str:
+  """``--config`` may name a file, a shipped config (``mmkd_jax:configs/digits.py``), or just its
+  name (``digits``, ``fashion_mnist.py:aver``); the ``:arg`` suffix is kept."""
+  spec = value.removeprefix("mmkd_jax:")
+  path, sep, arg = spec.partition(":")
+  if spec == value and os.path.exists(path):
+    return value
+  name = os.path.basename(path.removeprefix("configs/"))
+  name = name if name.endswith(".py") else name + ".py"
+  shipped = os.path.join(os.path.dirname(os.path.abspath(importlib.import_module("mmkd_jax.configs").__file__)), name)
+  return shipped + sep + arg if os.path.isfile(shipped) else value
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad config (typo in a field, unknown argument, missing file)
-  reported in one line instead of a traceback."""
+  reported in one line instead of a traceback, and shipped configs found by name."""
+  argv = list(argv)
+  for i, item in enumerate(argv):
+    if item.startswith("--config=") and not item.startswith("--config."):
+      argv[i] = "--config=" + resolve_config_path(item[len("--config="):])
+    elif item == "--config" and i + 1 < len(argv):
+      argv[i + 1] = resolve_config_path(argv[i + 1])
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -128,7 +152,7 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   if _CONFIG.value is None:
     fail("--config is required, e.g. --config configs/digits.py (see README.md)")
-  if _WORKDIR.value is None:
+  if _WORKDIR.value is None and _CONFIG.value.mode != "show_config":
     fail("--workdir is required: the directory for checkpoints, metrics and the summary")
   try:
     initialize_distributed(_CONFIG.value)
@@ -139,5 +163,10 @@ def main(argv) -> None:
     fail(f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The ``mmkd-jax`` console script."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

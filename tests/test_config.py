@@ -96,3 +96,12 @@ def test_set_fields_parses_literals_and_names_unknown_fields():
   assert (c.lr_milestones, c.teacher_dir, c.meta.lr) == ((3, 4), "/x/y", 0.5)
   with pytest.raises(ConfigError, match="config.meta.lrr: no such field"):
     config_lib.set_fields(c, {"meta.lrr": 1})
+
+
+def test_show_config_describes_every_field():
+  text = config_lib.describe(config_lib.load(DIGITS))
+  lines = text.splitlines()
+  assert len(lines) > 80 and all("default" in line for line in lines)
+  weights = next(line for line in lines if line.startswith("weights.feat "))
+  assert "10.0" in weights and "<method default>" in weights  # the digits preset, and where it comes from
+  assert any(line.startswith("lr ") and "# student SGD learning rate" in line for line in lines)
