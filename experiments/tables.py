@@ -3,7 +3,7 @@
 Each row is a config file (with its argument and overrides); each method is resolved on top of it
 with its presets (``mmkd_jax.config.resolve``). ``published`` holds the PyTorch numbers printed next to ours,
 each with its source. The MMKD paper's tables (and CA-MKD's, EBKD's, AEKD's) could not be
-retrieved (../shared/REFERENCE_NOTES.md, sections 0 and 1.11): those cells say so instead of
+retrieved from any public source the project could read (only the abstracts are stored): those cells say so instead of
 showing a number; nothing here is copied from memory.
 """
 
@@ -60,7 +60,7 @@ class Table:
 
 
 _MMKD_ISSUE = ("Rorozhl/MMKD#4: the MMKD paper's Table 1, row 2 is 3 x ResNet32x4 -> MobileNetV2 on "
-               "CIFAR-100; its value is not in any retrievable source (REFERENCE_NOTES 1.11)")
+               "CIFAR-100; its value is not in any retrievable source")
 
 _FM_ROW = Row("resnet20, wrn_16_2, vgg8 -> resnet8", "configs/fashion_mnist.py")
 _FM_NOTE = ("Fashion-MNIST from the Debian package's IDX files; student and teachers train on the first "
@@ -110,7 +110,7 @@ TABLES: dict[str, Table] = {
         methods=("none", "aver", "fitnet", "ebkd", "aekd", "camkd", "mmkd"),
         published={("3 x resnet32x4 -> MobileNetV2", "mmkd"): Published(None, _MMKD_ISSUE)},
         note=("Published CIFAR-100 numbers of MMKD, CA-MKD, EBKD, AEKD, AVER and FitNet-MKD could not be "
-              "retrieved (REFERENCE_NOTES sections 0, 1.11, 2): 'n/a' marks a cell the papers have but "
+              "retrieved (only the papers' abstracts could be read): 'n/a' marks a cell the papers have but "
               "we could not read. AMTML-KD's Fig. 3 gives approximate CIFAR-100 bars for 2/3/5 "
               "unnamed teachers (about 70.4% for 3), which fit no row here.")),
 }

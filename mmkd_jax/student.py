@@ -97,9 +97,11 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
   if found is None:
     raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best or {workdir}/checkpoints)")
   state, meta, step = found
+  if "config" not in meta and os.path.isfile(os.path.join(workdir, "config.json")):
+    with open(os.path.join(workdir, "config.json")) as f:
+      meta["config"] = json.load(f)
   if "config" not in meta:
-    raise FileNotFoundError(f"{workdir}: its checkpoints do not record their config (made before 0.2); "
-                            "export from a run of this version")
+    raise FileNotFoundError(f"{workdir}: neither its checkpoints nor a config.json record its config")
   config = meta["config"]
   import ml_collections  # pylint: disable=import-outside-toplevel
   from mmkd_jax.registry import import_plugins  # pylint: disable=import-outside-toplevel

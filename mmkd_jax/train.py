@@ -291,6 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
 
 def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
   config, spe = setup.config, setup.steps_per_epoch
+  if jax.process_index() == 0:  # the resolved config beside the checkpoints (they hold it too)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   loop = _start(setup, workdir, quiet)
   start_step = int(jax.device_get(loop.state.step))
   preempted, started = False, time.time()

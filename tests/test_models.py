@@ -27,6 +27,20 @@ def test_matches_reference_eval_train_and_preact(testvectors, arch):
   assert not failed, failed
 
 
+IMAGENET = ["ResNet18", "ResNet34", "ResNet34x4", "ResNet50", "MobileNetV2_Imagenet", "ShuffleV2_Imagenet",
+            "vgg8_imagenet", "vgg13_imagenet"]
+
+
+@pytest.mark.parametrize("arch", IMAGENET)
+def test_imagenet_style_models_match_the_reference(testvectors, arch):
+  """The reference's ImageNet-style models (120 classes, 112x112 inputs): eval logits, every
+  feature (VGG taps that end before an in-place ReLU included), train-mode logits and statistics."""
+  report = verify.check_model_file(str(testvectors / "models_imagenet" / f"{arch}.npz"))
+  assert report.arch == arch and {"logits", "train_logits", "feat_0"} <= {c.name for c in report.checks}
+  failed = [f"{c.name}: {c.error:.3e} > {c.atol:.1e}" for c in report.checks if not c.ok]
+  assert not failed, failed
+
+
 def test_all_21_architectures_registered():
   assert len(MODEL_NAMES) == 21 and "ShuffleV2" in MODEL_NAMES
 

@@ -1,5 +1,5 @@
-"""Models by name: the CIFAR zoo of the reference (RepDistiller/MMKD) and any model a user
-registers with ``@register_model``.
+"""Models by name: the CIFAR zoo of the reference (RepDistiller/MMKD), its ImageNet-style models
+(``models/imagenet.py``) and any model a user registers with ``@register_model``.
 
 Every model is called as ``model.apply(variables, x, train=..., preact=...)`` on NHWC
 inputs of any size and returns ``(features, logits)``: the reference's ``is_feat=True`` feature
@@ -25,6 +25,7 @@ from typing import Callable
 
 import flax.linen as nn
 
+from mmkd_jax.models import imagenet
 from mmkd_jax.models.layers import BatchNorm
 from mmkd_jax.models.mobilenetv2 import MobileNetV2
 from mmkd_jax.models.resnet import ResNet
@@ -66,6 +67,22 @@ def _add_zoo() -> None:
       "ShuffleV1": (ShuffleNetV1, "linear"),
       "ShuffleV2": (ShuffleNetV2, "linear"),
   }
+  resnet = functools.partial
+  zoo.update({  # the reference's ImageNet-style models (models/imagenet.py), names as its model_dict
+      "ResNet18": (resnet(imagenet.ResNetImagenet, (2, 2, 2, 2), False), "fc"),
+      "ResNet18Double": (resnet(imagenet.ResNetImagenet, (2, 2, 2, 2), False), "fc"),  # the reference's ignores its width
+      "ResNet34": (resnet(imagenet.ResNetImagenet, (3, 4, 6, 3), False), "fc"),
+      "ResNet34x2": (resnet(imagenet.ResNetImagenet, (3, 4, 6, 3), False), "fc"),  # = ResNet34, as the reference
+      "ResNet34x4": (resnet(imagenet.ResNetImagenet, (3, 4, 6, 3), False), "fc"),  # = ResNet34, as the reference
+      "ResNet50": (resnet(imagenet.ResNetImagenet, (3, 4, 6, 3), True), "fc"),
+      "ResNet101": (resnet(imagenet.ResNetImagenet, (3, 4, 23, 3), True), "fc"),
+      "wrn_50_2": (resnet(imagenet.ResNetImagenet, (3, 4, 6, 3), True, width_per_group=128), "fc"),
+      "resnext50_32x4d": (resnet(imagenet.ResNetImagenet, (3, 4, 6, 3), True, groups=32, width_per_group=4), "fc"),
+      "MobileNetV2_Imagenet": (imagenet.MobileNetV2Imagenet, "classifier.1"),
+      "ShuffleV2_Imagenet": (imagenet.ShuffleNetV2Imagenet, "fc"),
+      **{name: (resnet(imagenet.VGGImagenet, cfg, split), "classifier.6")
+         for name, (cfg, split) in imagenet.VGG_IMAGENET.items()},
+  })
   for name, (factory, classifier) in zoo.items():
     MODELS.add(name, ModelSpec(factory, classifier), f"mmkd_jax.models:{name}")
 
