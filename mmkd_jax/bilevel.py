@@ -75,11 +75,13 @@ def inner_step(optimizer: optax.GradientTransformation, objective: Objective, pa
 
 def lookahead(optimizer: optax.GradientTransformation, objectives: Sequence[Objective],
               params: PyTree, opt_state: PyTree, model_state: PyTree, meta_params: PyTree,
-              batch: PyTree, first_order: bool = False) -> LookaheadResult:
-  """Unrolls one inner step per objective, in order."""
+              batch: PyTree, first_order: bool = False, remat: bool = False) -> LookaheadResult:
+  """Unrolls one inner step per objective, in order (``remat``: each step under
+  ``jax.checkpoint``, so reverse mode stores only the steps' inputs)."""
   losses, metrics, states = [], [], []
   for objective in objectives:
-    params, opt_state, model_state, loss, m = inner_step(
+    step = jax.checkpoint(inner_step, static_argnums=(0, 1, 7)) if remat else inner_step
+    params, opt_state, model_state, loss, m = step(
         optimizer, objective, params, opt_state, model_state, meta_params, batch, first_order)
     losses.append(loss)
     metrics.append(m)
@@ -91,18 +93,23 @@ def hypergradient(optimizer: optax.GradientTransformation, inner_objectives: Seq
                   outer_objective: Objective, params: PyTree, opt_state: PyTree,
                   model_state: PyTree, meta_params: PyTree, batch: PyTree,
                   first_order: bool = False, mode: str = "forward_over_reverse",
-                  heavy_ball: tuple[Any, float, float] | None = None,
+                  heavy_ball: tuple[Any, float, float] | None = None, remat: bool = False,
                   ) -> tuple[jax.Array, PyTree, LookaheadResult]:
   """``d outer(lookahead(params; meta_params)) / d meta_params``.
 
   Returns (final outer loss, hypergradient, look-ahead result). The look-ahead result is
   what a caller keeps when it does not roll back. ``mode`` picks one of ``MODES`` (the two
   exact ones agree up to rounding; see the module docstring); ``heavy_ball`` is
-  ``(lr, momentum, weight_decay)`` for ``"original"``.
+  ``(lr, momentum, weight_decay)`` for ``"original"``. ``remat`` wraps every look-ahead
+  objective in ``jax.checkpoint``: its activations are recomputed instead of stored (less memory
+  for the unrolled steps, more compute).
   """
   args = (optimizer, inner_objectives, outer_objective, params, opt_state, model_state, meta_params, batch)
   if mode == "reverse":
-    return _reverse_over_reverse(*args, first_order)
+    return _reverse_over_reverse(*args, first_order, remat)
+  if remat:
+    inner_objectives = [jax.checkpoint(o) for o in inner_objectives]
+    args = (optimizer, inner_objectives, outer_objective, params, opt_state, model_state, meta_params, batch)
   if mode == "forward_over_reverse":
     return _forward_over_reverse(*args, first_order)
   if mode == "original":
@@ -113,10 +120,10 @@ def hypergradient(optimizer: optax.GradientTransformation, inner_objectives: Seq
 
 
 def _reverse_over_reverse(optimizer, inner_objectives, outer_objective, params, opt_state,
-                          model_state, meta_params, batch, first_order):
+                          model_state, meta_params, batch, first_order, remat=False):
   def outer_after_lookahead(meta):
     result = lookahead(optimizer, inner_objectives, params, opt_state, model_state, meta, batch,
-                       first_order)
+                       first_order, remat)
     final_loss, _ = outer_objective(result.params, result.model_state, meta, batch)
     return final_loss, result
 

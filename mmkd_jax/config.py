@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""                # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset_source_dir = ""      # raw files of builders that read local files ("" = their default)
   c.normalization = ml_collections.ConfigDict({"mean": (), "std": ()})  # () = the dataset's own
+  c.image_size = 0               # datasets of variable-size images: the crop size (0 = the dataset's, 224)
   # "" = the dataset's own splits. Model selection without the test set: train on
   # 'train[:85%]', evaluate on 'train[85%:]' (teachers trained so are stored apart).
   c.train_split = ""
@@ -115,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.first_order = False     # drop the look-ahead's Hessian terms (cheaper, approximate)
   # How the exact hypergradient is computed (mmkd_jax.bilevel.MODES).
   c.meta.hypergradient = "forward_over_reverse"  # forward_over_reverse | reverse (exact) | original (the original code's)
+  c.meta.remat = False           # recompute the look-ahead's activations (jax.checkpoint): less memory
   c.meta.rollback = True         # restore the student after the look-ahead (the reference always does)
   c.meta.rollback_bn = "exact"   # exact: restore BN statistics too; replay: the original's extra update
   for name in methods.METHODS:

@@ -130,7 +130,7 @@ class Steps:
     final, grads, result = bilevel.hypergradient(
         inner, self.method.lookahead_objectives(), self.method.outer_objective, state.params, inner_state,
         state.model_state, state.meta_params, batch, first_order=meta.first_order, mode=meta.hypergradient,
-        heavy_ball=heavy_ball)
+        heavy_ball=heavy_ball, remat=meta.remat)
     updates, meta_opt_state = self.meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
     new = state.replace(meta_params=optax.apply_updates(state.meta_params, updates),
                         meta_opt_state=meta_opt_state, rng=jax.random.key_data(rng))

@@ -102,12 +102,21 @@ def _host_batch(setup: Setup, indices: np.ndarray, epoch: int) -> dict[str, Any]
   return {"replay": np.full(len(indices), epoch, np.int32)}
 
 
+def replay_of(setup: Setup, epoch: int) -> int:
+  """The augmentation replay of an epoch: the cache's (epoch mod its replays) with precomputed
+  teachers, else the epoch itself (a fresh view every epoch)."""
+  if setup.cache is not None and setup.method.needs_teachers and not setup.steps.online:
+    return epoch % setup.config.num_replays
+  return epoch
+
+
 def train_batches(setup: Setup, epoch: int, start_batch: int = 0):
   """This process's training batches of ``epoch`` from ``start_batch`` on, with joined arrays."""
   c = setup.config
+  view = (c.augmentation_seed, replay_of(setup, epoch)) if setup.spec.host_transform else None
   return pipeline.train_batches(setup.dataset.train, setup.spec, c.batch_size, c.seed, epoch, start_batch,
                                 jax.process_index(), jax.process_count(),
-                                join=lambda i, e: _host_batch(setup, i, e))
+                                join=lambda i, e: _host_batch(setup, i, e), train_view=view)
 
 
 def example_batch(setup: Setup) -> dict[str, Any]:

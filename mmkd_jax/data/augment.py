@@ -37,6 +37,8 @@ def augment(images: Array, index: Array, replay: int | Array, seed: int | Array,
   """Zero-pads by ``pad`` (like torchvision's RandomCrop(padding=pad) on the uint8 image), crops
   back to the original size at the per-example offsets, and flips where drawn (if ``flip``)."""
   n, h, w, c = images.shape
+  if pad == 0 and not flip:  # cut on the host (data/transforms.py): nothing to do here
+    return images
   padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   dy, dx, flips = crop_flip_params(seed, index, replay, pad)
 

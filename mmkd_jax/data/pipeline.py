@@ -45,10 +45,13 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, epoch: int,
                   start_batch: int = 0, process_index: int = 0, process_count: int = 1,
-                  join: Join | None = None, num_threads: int = 2) -> Iterator[Batch]:
+                  join: Join | None = None, num_threads: int = 2,
+                  train_view: tuple[int, int] | None = None) -> Iterator[Batch]:
   """The batches of one training epoch for this process, from ``start_batch`` on.
 
-  ``join(indices, epoch)`` may add per-example arrays (e.g. cached teacher outputs).
+  ``join(indices, epoch)`` may add per-example arrays (e.g. cached teacher outputs);
+  ``train_view = (augmentation seed, replay)`` cuts variable-size images on the host
+  (``sources.read_records``).
   """
   n = len(source)
   steps = steps_per_epoch(n, global_batch)
@@ -57,7 +60,7 @@ def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, 
 
   def load(b: int) -> Batch:
     indices = rows[b]
-    batch = read_records(source, indices, spec)
+    batch = read_records(source, indices, spec, train_view)
     batch["index"] = indices.astype(np.int32)
     if join is not None:
       batch.update(join(indices, epoch))

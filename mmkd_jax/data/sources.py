@@ -43,6 +43,8 @@ class DatasetSpec:
   label_key: str = "label"
   crop_padding: int = 4               # pad-and-crop augmentation; 0 = no crop
   flip: bool = True
+  host_transform: bool = False        # variable-size images: RandomResizedCrop / Resize+CenterCrop on the host
+  eval_resize: int = 0                # host_transform: the shorter side before the centre crop
 
   @property
   def image_size(self) -> int:
@@ -63,6 +65,11 @@ class DatasetEntry:
   offline: bool = False            # prepared on first use from local files, never downloads
   crop_padding: int | None = None  # None: image height // 8 (4 at 32x32, as the reference)
   flip: bool = True
+  # Variable-size images (data/transforms.py): train RandomResizedCrop(image_size) + flip, eval
+  # Resize(eval_resize) + CenterCrop(image_size); image_size 0 = config.image_size.
+  host_transform: bool = False
+  image_size: int = 0
+  eval_resize: int = 0
 
 
 DATASETS: Registry[DatasetEntry] = Registry(
@@ -84,6 +91,13 @@ DATASETS.add("cifar100", DatasetEntry(tfds_name="cifar100", mean=(0.5071, 0.4867
                                       std=(0.2675, 0.2565, 0.2761)), "mmkd_jax.data.sources")
 DATASETS.add("cifar10", DatasetEntry(tfds_name="cifar10", mean=(0.4914, 0.4822, 0.4465),
                                      std=(0.2470, 0.2435, 0.2616)), "mmkd_jax.data.sources")
+# The reference's 224x224 fine-grained datasets: RandomResizedCrop(224) + flip, Resize(256) +
+# CenterCrop(224), ImageNet mean/std (its dataset/finegrained.py). TFDS prepares them with a
+# download (on a machine with internet: python -m mmkd_jax.data.prepare stanford_dogs).
+_IMAGENET_NORM = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+for _name, _tfds in (("stanford_dogs", "stanford_dogs"), ("cub_200_2011", "caltech_birds2011")):
+  DATASETS.add(_name, DatasetEntry(tfds_name=_tfds, host_transform=True, image_size=224, eval_resize=256,
+                                   **_IMAGENET_NORM), "mmkd_jax.data.sources")
 
 
 def default_data_dir() -> str:
@@ -154,14 +168,28 @@ def data_source(name: str, split: str, data_dir: str | None = None, source_dir: 
         f"with `python -m mmkd_jax.data.prepare {name} --data_dir {data_dir}`.") from e
 
 
-def read_records(source: Any, indices: np.ndarray, spec: DatasetSpec) -> dict[str, np.ndarray]:
-  """Reads records by index into ``{'image': (N, H, W, C) uint8, 'label': (N,) int32}``."""
+def read_records(source: Any, indices: np.ndarray, spec: DatasetSpec,
+                 train_view: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+  """Reads records by index into ``{'image': (N, H, W, C) uint8, 'label': (N,) int32}``.
+
+  Datasets of variable-size images (``spec.host_transform``) are cut to ``spec.image_shape``
+  here: the training view of ``train_view = (augmentation seed, replay)`` (RandomResizedCrop +
+  flip of each (index, replay)), else the evaluation view (Resize + CenterCrop).
+  """
   keys = [int(i) for i in indices]
   try:
     records = source.__getitems__(keys)
   except (AttributeError, TypeError):  # tfds.testing.mock_data patches it with another signature
     records = [source[k] for k in keys]
-  images = np.stack([np.asarray(r[spec.image_key], np.uint8) for r in records])
+  raw = [np.asarray(r[spec.image_key], np.uint8) for r in records]
+  if spec.host_transform:
+    from mmkd_jax.data import transforms  # pylint: disable=import-outside-toplevel
+    size = spec.image_shape[0]
+    if train_view is not None:
+      raw = [transforms.train_view(x, size, train_view[0], k, train_view[1]) for x, k in zip(raw, keys)]
+    else:
+      raw = [transforms.eval_view(x, size, spec.eval_resize) for x in raw]
+  images = np.stack(raw)
   if images.ndim == 3:  # (N, H, W) grey images without a channel axis
     images = images[..., None]
   return {"image": images, "label": np.asarray([int(r[spec.label_key]) for r in records], np.int32)}
@@ -198,13 +226,20 @@ def _features(b: tfds.core.DatasetBuilder, entry: DatasetEntry, name: str) -> tu
   shape = tuple(image.shape)
   if len(shape) == 2:
     shape = shape + (1,)
+  if entry.host_transform:  # cut to a fixed size on the host: only the channels are the image's
+    shape = (None, None, shape[-1] or 3)
+    return shape, _num_classes(features, entry, name)
   if len(shape) != 3 or any(d is None for d in shape):
     raise ValueError(f"dataset {name!r}: images of shape {image.shape} are not fixed-size HWC; "
                      "register a builder that stores them at one size")
-  num_classes = getattr(label, "num_classes", None)
+  return shape, _num_classes(features, entry, name)
+
+
+def _num_classes(features, entry: DatasetEntry, name: str) -> int:
+  num_classes = getattr(features[entry.label_key], "num_classes", None)
   if not num_classes:
     raise ValueError(f"dataset {name!r}: its {entry.label_key!r} feature is not a ClassLabel")
-  return shape, int(num_classes)
+  return int(num_classes)
 
 
 def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
@@ -214,9 +249,16 @@ def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
   name, data_dir = config.dataset, config.data_dir or default_data_dir()
   entry = _entry(name)
   shape, num_classes = _features(builder(name, data_dir, config.dataset_source_dir), entry, name)
-  spec = DatasetSpec(name, num_classes, shape, (), (), config.train_split or entry.train_split,
-                     config.eval_split or entry.test_split, entry.image_key, entry.label_key,
-                     shape[0] // 8 if entry.crop_padding is None else entry.crop_padding, entry.flip)
+  if entry.host_transform:
+    size = config.image_size or entry.image_size
+    shape = (size, size, shape[-1])
+    spec = DatasetSpec(name, num_classes, shape, (), (), config.train_split or entry.train_split,
+                       config.eval_split or entry.test_split, entry.image_key, entry.label_key, 0, False,
+                       True, entry.eval_resize * size // (entry.image_size or size) or round(size * 256 / 224))
+  else:
+    spec = DatasetSpec(name, num_classes, shape, (), (), config.train_split or entry.train_split,
+                       config.eval_split or entry.test_split, entry.image_key, entry.label_key,
+                       shape[0] // 8 if entry.crop_padding is None else entry.crop_padding, entry.flip)
   mean, std = tuple(config.normalization.mean), tuple(config.normalization.std)
   if not mean or not std:
     if entry.mean is not None:

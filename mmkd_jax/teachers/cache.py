@@ -70,7 +70,9 @@ class CacheSpec:
     return cls(**d)
 
 
-def augmentation_name(crop_padding: int, flip: bool) -> str:
+def augmentation_name(crop_padding: int, flip: bool, host_transform: bool = False) -> str:
+  if host_transform:
+    return "random_resized_crop+flip"
   return f"pad{crop_padding}+crop" + ("+flip" if flip else "")
 
 

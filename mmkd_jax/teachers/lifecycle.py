@@ -98,7 +98,7 @@ def cache_spec(config: ml_collections.ConfigDict, loaded: list[Teacher], dataset
       augmentation_seed=config.augmentation_seed, num_replays=config.num_replays,
       feature_layer=f"feat[{config.feature_layer}]", num_classes=spec.num_classes,
       feature_shapes=tuple(tuple(s) for s in feature_shapes(loaded, spec.image_shape, config.feature_layer)),
-      dtype=config.cache_dtype, augmentation=cache_lib.augmentation_name(spec.crop_padding, spec.flip),
+      dtype=config.cache_dtype, augmentation=cache_lib.augmentation_name(spec.crop_padding, spec.flip, spec.host_transform),
       logits_dtype=config.cache_logits_dtype)
 
 
@@ -125,7 +125,8 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
   forward = jax.jit(lambda v, images, index, replay: augmented_teacher_outputs(
       loaded, v, images, index, replay, config.augmentation_seed, ds, config.feature_layer))
   def producer(indices: np.ndarray, replay: int):
-    images = sources.read_records(dataset.train, indices, ds)["image"]
+    view = (config.augmentation_seed, replay) if ds.host_transform else None
+    images = sources.read_records(dataset.train, indices, ds, view)["image"]
     pad = (-len(indices)) % 32  # few shapes: one compilation for the full batches, one for the last
     images = np.concatenate([images, np.repeat(images[:1], pad, 0)]) if pad else images
     idx = np.concatenate([indices, np.repeat(indices[:1], pad)]) if pad else indices
