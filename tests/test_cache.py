@@ -3,6 +3,7 @@ and survives interruption (mmkd_jax/teachers/cache.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -155,3 +156,16 @@ def test_sharded_cache_reads_like_one(tmp_path):
   indices = np.array([9, 0, 4, 3, 7])
   for epoch in (0, 1):
     np.testing.assert_array_equal(a.lookup(indices, epoch)["teacher_logits"], b.lookup(indices, epoch)["teacher_logits"])
+
+
+def test_large_caches_are_split_into_shards_below_tfds_memory_buffer(tmp_path, monkeypatch):
+  """TFDS spills a split over 1 GB through TensorFlow (not installed): precompute writes shards
+  below MAX_SHARD_BYTES; a reader sees them as one cache."""
+  loaded = _random_teachers(tmp_path)
+  spec = _spec(loaded, 10)
+  assert teacher_cache.shards_per_host(spec) == 1
+  monkeypatch.setattr(teacher_cache, "MAX_SHARD_BYTES", teacher_cache.example_bytes(spec) * 2 * 4)
+  assert teacher_cache.shards_per_host(spec) == 3  # 10 examples x 2 replays, 8 records per shard
+  big = teacher_cache.example_bytes(dataclasses.replace(spec, num_examples=5000, num_replays=8,
+                                                        feature_shapes=((7, 7, 512),) * 3))
+  assert big * 5000 * 8 > (1 << 30)  # the Fashion-MNIST-sized case that needed TensorFlow

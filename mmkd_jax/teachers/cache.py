@@ -146,6 +146,24 @@ class TeacherOutputs(tfds.core.GeneratorBasedBuilder):
           f"({total / max(elapsed, 1e-9):.0f} examples/s)")
 
 
+# TFDS's writer buffers a split in memory and spills to disk through TensorFlow beyond 1 GB
+# (tensorflow_datasets/core/shuffle.py): shards stay below this, so no TensorFlow is needed.
+MAX_SHARD_BYTES = 800 << 20
+
+
+def example_bytes(spec: CacheSpec) -> int:
+  """Bytes of one (example, replay) record (raw arrays; the file adds a little)."""
+  logits = len(spec.teacher_names) * spec.num_classes * np.dtype(STORAGE_DTYPES[spec.logits_dtype]).itemsize
+  feats = sum(int(np.prod(s)) for s in spec.feature_shapes) * np.dtype(STORAGE_DTYPES[spec.dtype]).itemsize
+  return logits + feats
+
+
+def shards_per_host(spec: CacheSpec, num_hosts: int = 1) -> int:
+  """How many shards each host writes so that none exceeds ``MAX_SHARD_BYTES``."""
+  per_host = example_bytes(spec) * spec.num_replays * -(-spec.num_examples // num_hosts)
+  return max(1, -(-per_host // MAX_SHARD_BYTES))
+
+
 def shard_range(num_examples: int, shard: int, num_shards: int) -> tuple[int, int]:
   return shard * num_examples // num_shards, (shard + 1) * num_examples // num_shards
 

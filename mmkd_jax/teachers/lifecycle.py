@@ -135,8 +135,10 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
     return logits[:n], tuple(f[:n] for f in feats)
 
   pi, pc = jax.process_index(), jax.process_count()
-  if not cache_lib.shard_exists(directory, pi, pc):
-    cache_lib.write_cache(directory, spec, producer, batch_size=256, shard=pi, num_shards=pc)
+  per_host = cache_lib.shards_per_host(spec, pc)
+  for shard in range(pi * per_host, (pi + 1) * per_host):
+    if not cache_lib.shard_exists(directory, shard, pc * per_host):
+      cache_lib.write_cache(directory, spec, producer, batch_size=256, shard=shard, num_shards=pc * per_host)
   if pc > 1:  # every host writes its shard; all wait until the cache is whole
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("mmkd_jax teacher cache written")
