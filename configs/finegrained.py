@@ -42,12 +42,5 @@ def get_config(arg: str | None = None):
   c.log_every = 50
   if args.smoke:
     c.image_size = 32
-    c.teachers = [config_lib.teacher(f"s{i}", "ResNet18", seed=2100 + i) for i in range(2)]
-    c.batch_size, c.eval_batch_size = 8, 8
-    c.epochs = c.teacher_training.epochs = 1
-    c.lr_milestones = c.teacher_training.lr_milestones = (1,)
-    c.num_replays = 1
-    c.log_every = 1
-    for name in ("mmkd", "bomd"):
-      c[name].buffer_size = 8
+    config_lib.smoke(c, [config_lib.teacher(f"s{i}", "ResNet18", seed=2100 + i) for i in range(2)])
   return c

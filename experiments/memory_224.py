@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
@@ -64,13 +63,8 @@ def measure(student: str, teacher: str, batch: int, size: int, repeats: int, cla
       entry[name] = {"compile_s": time.perf_counter() - start, **benchmark_step.xla_memory_mib(compiled),
                      "gflops": benchmark_step.flops_of(compiled) / 1e9}
       if repeats:
-        jax.block_until_ready(compiled(state, device_raw, (), epoch))
-        times = []
-        for _ in range(repeats):
-          tic = time.perf_counter()
-          jax.block_until_ready(compiled(state, device_raw, (), epoch))
-          times.append(time.perf_counter() - tic)
-        entry[name]["ms"] = 1e3 * statistics.median(times)
+        median, _ = benchmark_step.timed(compiled, state, device_raw, (), epoch, repeats=repeats, warmup=1)
+        entry[name]["ms"] = 1e3 * median
     out[f"{mode}{'+remat' if remat else ''}"] = entry
   return out
 

@@ -137,6 +137,21 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def smoke(c: ml_collections.ConfigDict, teachers: Sequence[ml_collections.ConfigDict],
+          batch_size: int = 8) -> ml_collections.ConfigDict:
+  """The ``smoke`` variant of a setting: tiny teachers and batches, one epoch, one replay."""
+  c.teachers = list(teachers)
+  c.batch_size = c.eval_batch_size = batch_size
+  c.epochs = c.teacher_training.epochs = 1
+  c.lr_milestones = c.teacher_training.lr_milestones = (1,)
+  c.num_replays = 1
+  c.log_every = 1
+  for name in methods.METHODS:  # hard buffers sized to the small batch
+    if name in c and "buffer_size" in c[name]:
+      c[name].buffer_size = batch_size
+  return c
+
+
 # ---------------------------------------------------------------------------------------
 # Config files and overrides.
 

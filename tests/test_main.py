@@ -61,11 +61,9 @@ def test_missing_explicit_teacher_checkpoint_is_named_not_trained(tmp_path):
 
 def test_pth_teacher_without_torch_names_the_extra(tmp_path):
   pytest.importorskip("numpy")
-  try:
-    import torch  # pylint: disable=import-outside-toplevel,unused-import
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  if importlib.util.find_spec("torch") is not None:
     pytest.skip("torch is installed here")
-  except Exception:  # pylint: disable=broad-except
-    pass
   pth = tmp_path / "teacher.pth"
   pth.write_bytes(b"not really a checkpoint")
   done = _cli("--config", f"{DIGITS}:smoke", "--workdir", str(tmp_path / "w"), f"--config.teacher_dir={tmp_path / 't'}",

@@ -219,7 +219,7 @@ def _computed_statistics(name: str, data_dir: str, source_dir: str, split: str, 
 def _features(b: tfds.core.DatasetBuilder, entry: DatasetEntry, name: str) -> tuple[tuple[int, int, int], int]:
   features = b.info.features
   try:
-    image, label = features[entry.image_key], features[entry.label_key]
+    image, _ = features[entry.image_key], features[entry.label_key]
   except KeyError as e:
     raise ValueError(f"dataset {name!r} has no feature {e}; its features are "
                      f"{', '.join(features.keys())}") from e
