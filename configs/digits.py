@@ -6,7 +6,7 @@
 
 Argument: ``[method][,smoke]`` (default ``mmkd``; ``--config.method=X`` works the same).
 ``pipeline`` mode trains the three teachers if they are missing (resnet14, resnet20, wrn_16_1,
-into runs/teachers, 8 epochs each), precomputes their outputs for 4 augmentation replays, and
+into runs/teachers, 15 epochs each), precomputes their outputs for 4 augmentation replays, and
 distils a resnet8 student for 15 epochs. With MMKD: meta-weighted KD + feature matching
 (weights.feat 10 on digits, chosen on a validation split), hard buffer, exact hypergradient.
 Expected (test split, 3 seeds, 2-core CPU; experiments/RESULTS.md): MMKD 96.19 +- 0.16 % last
@@ -31,8 +31,8 @@ def get_config(arg: str | None = None):
   c.epochs = 15
   c.lr_milestones = (10, 13)
   c.eval_batch_size = 359  # the whole digits test split in one batch
-  c.teacher_training.epochs = 8
-  c.teacher_training.lr_milestones = (5, 7)
+  c.teacher_training.epochs = 15
+  c.teacher_training.lr_milestones = (10, 13)
   c.log_every = 11
   if args.smoke:
     c.epochs = 2
