@@ -2,6 +2,7 @@
 
     python experiments/reproduce.py --table digits --seeds 3            # this machine: ~1 h CPU
     python experiments/reproduce.py --table cifar100 --collect_only     # table from finished runs
+    python experiments/reproduce.py --table digits --seeds 3 --replicas # seeds as replicas of one program
     python experiments/reproduce.py --config configs/digits.py --methods aver,mmkd \
         --seeds 3 --out runs/val --set weights.feat=10.0                # an ad-hoc comparison
 
@@ -40,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tables import TABLES, Published, Row, Table, Variant  # pylint: disable=wrong-import-position
 
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
-from mmkd_jax import train  # pylint: disable=wrong-import-position
+from mmkd_jax import replicas, train  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
 from mmkd_jax.teachers import lifecycle  # pylint: disable=wrong-import-position
 
@@ -93,6 +94,19 @@ def run_one(config, variant: Variant, seed: int, workdir: str, loaded, overrides
     raise SystemExit(f"{display(variant)} seed {seed} stopped ({summary['status']}) in {workdir}; "
                      "run the same command again to continue")
   return summary
+
+
+def run_replicas(config, variant: Variant, seeds: list[int], workdir: str, loaded, overrides=()) -> None:
+  """The seeds of one variant as replicas of one program (mmkd_jax/replicas.py); each writes
+  ``<workdir>/seed<s>/``, the layout of single runs."""
+  c = config_lib.validate(method_config(config, variant.method, (*variant.overrides, *overrides),
+                                        replicas=",".join(map(str, seeds)), mode="distill"))
+  teachers = loaded if METHODS.get(variant.method).needs_teachers else []
+  print(f"== {display(variant)} seeds {seeds} as replicas -> {workdir}", flush=True)
+  result = replicas.train_replicas(c, workdir, teachers, lifecycle.open_cache(c, teachers))
+  unfinished = [s["seed"] for s in result["replicas"] if s["status"] == "preempted"]
+  if unfinished:
+    raise SystemExit(f"{display(variant)} seeds {unfinished} stopped in {workdir}; run the same command again")
 
 
 def collect(workdir: str) -> dict | None:
@@ -280,14 +294,21 @@ def plot_weight_heatmap(workdir: str, title: str, path: str) -> bool:
 # ------------------------------------------------------------------------------------------
 
 
-def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool) -> dict:
-  """{row label: {variant slug: [summaries]}}; finished runs are reused, missing ones run."""
+def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool,
+              as_replicas: bool = False) -> dict:
+  """{row label: {variant slug: [summaries]}}; finished runs are reused, missing ones run
+  (``as_replicas``: a variant's missing seeds together, as replicas of one program)."""
   results: dict[str, dict[str, list]] = {}
   for row in table.rows:
     base = config_lib.load(row.config, row.arg, row.overrides)
     results[row.label] = {}
     loaded = None
     for variant in table.variants:
+      missing = [s for s in range(seeds) if collect(os.path.join(out, row.slug, variant.slug, f"seed{s}")) is None]
+      if as_replicas and missing and not collect_only:
+        if loaded is None:
+          loaded = prepare_setting(base, table.variants, overrides)
+        run_replicas(base, variant, missing, os.path.join(out, row.slug, variant.slug), loaded, overrides)
       runs = []
       for seed in range(seeds):
         workdir = os.path.join(out, row.slug, variant.slug, f"seed{seed}")
@@ -310,6 +331,8 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--out", help="default runs/reproduce/<table or config name>")
   parser.add_argument("--set", action="append", default=[], help="config override field=value")
+  parser.add_argument("--replicas", action="store_true",
+                      help="train a variant's seeds together as replicas of one program (config.replicas)")
   parser.add_argument("--collect_only", action="store_true",
                       help="render from the runs that exist; start none")
   args = parser.parse_args(argv)
@@ -333,7 +356,7 @@ def main(argv=None) -> int:
     table = dataclasses.replace(table, methods=chosen + extra)
   out = args.out or os.path.join("runs", "reproduce", table.group or name)
   started = time.time()
-  results = run_table(table, out, args.seeds, args.set, args.collect_only)
+  results = run_table(table, out, args.seeds, args.set, args.collect_only, args.replicas)
   os.makedirs(out, exist_ok=True)
   markdown = render_table(table, results)
   with open(os.path.join(out, f"results_{name}.md"), "w") as f:

@@ -22,7 +22,7 @@ from ml_collections import config_dict
 
 from mmkd_jax import bilevel, methods, registry
 from mmkd_jax.data import sources
-from mmkd_jax.models import model_names
+from mmkd_jax.models import COMPUTE_DTYPES, model_names
 from mmkd_jax.registry import ConfigError
 
 MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export", "show_config")
@@ -69,7 +69,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_split = ""
   c.eval_split = ""             # "" = the dataset's test split; e.g. train[90%:] for validation
   c.seed = 0                     # initialisation, data order and the hard buffer's draws
+  # Comma-separated seeds ("0,1,2"): one student per seed, trained together by one vmapped step
+  # (mmkd_jax/replicas.py; seed s writes <workdir>/seed<s>/); "" = one run of `seed`.
+  c.replicas = ""
   c.student = "resnet8"          # a registered model (mmkd_jax.models)
+  # Compute dtype of the student's (and online teachers') convolutions and matmuls: float32 |
+  # bfloat16 (parameters, optimiser state, BatchNorm statistics and losses stay float32).
+  c.dtype = "float32"
   c.teachers: Sequence[ml_collections.ConfigDict] = []  # config.teacher(name, arch, checkpoint, seed) entries
   c.teacher_dir = "runs/teachers"  # trained teachers and teacher caches
   c.teacher_source = "precomputed"  # precomputed | online
@@ -204,7 +210,10 @@ def set_fields(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] |
         target = target[p]
       if leaf not in target:
         raise KeyError(leaf)
-      target[leaf] = _parse_value(value)
+      parsed = _parse_value(value)
+      if isinstance(target[leaf], str) and isinstance(value, str):
+        parsed = value  # a text field keeps the text ("0,1,2" is not a tuple here)
+      target[leaf] = parsed
     except (KeyError, AttributeError, TypeError) as e:
       raise ConfigError(f"config.{key}: no such field ({e})") from e
   return config
@@ -286,6 +295,21 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def replica_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The seeds of ``config.replicas`` ("0,1,2" -> (0, 1, 2)); () without replicas."""
+  text = str(config.get("replicas", "")).strip()
+  if not text:
+    return ()
+  try:
+    seeds = tuple(int(part) for part in text.split(","))
+  except ValueError:
+    raise ConfigError(f"config.replicas: {text!r} is not a comma-separated list of integer seeds, "
+                      "e.g. '0,1,2'") from None
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f"config.replicas: {text!r} repeats a seed; its replicas would be identical")
+  return seeds
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Resolves and checks the config; returns the resolved one. Errors name the field."""
   c = resolve(config)
@@ -309,7 +333,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from mmkd_jax.teachers.cache import STORAGE_DTYPES  # pylint: disable=import-outside-toplevel
   for field in ("cache_dtype", "cache_logits_dtype"):
     need(c[field] in STORAGE_DTYPES, field, f"{c[field]!r} must be one of {', '.join(STORAGE_DTYPES)}")
+  need(c.dtype in COMPUTE_DTYPES, "dtype", f"{c.dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
   need(c.num_replays >= 1, "num_replays", "must be at least 1")
+  replica_seeds(c)
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",

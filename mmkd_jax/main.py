@@ -21,7 +21,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from mmkd_jax import checkpoint, train
+from mmkd_jax import checkpoint, replicas, train
 from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import sources
@@ -54,6 +54,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   stages = _STAGES[config.mode]
+  if stages & {"evaluate", "export"} and config_lib.replica_seeds(config):
+    raise ConfigError(f"config.replicas: mode={config.mode} reads one run; point --workdir at a replica's "
+                      f"directory (e.g. {os.path.join(workdir, 'seed0')}) and drop --config.replicas")
   if "evaluate" in stages:
     return student_lib.evaluate_workdir(config, workdir)
   if "export" in stages:
@@ -72,6 +75,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if stages <= {"cache"}:
     return {}
   cache = lifecycle.open_cache(config, loaded, dataset)
+  if config_lib.replica_seeds(config):
+    result = replicas.train_replicas(config, workdir, loaded, cache)
+    for summary in result["replicas"]:
+      print(f"replica {summary['replica']['index']} (seed {summary['seed']}): {summary['status']}, final top-1 "
+            f"{summary['final_top1']}, best {summary['best_top1']} @ {summary['best_epoch']}")
+    print(f"written to {os.path.abspath(workdir)}/seed<s>/: summary.json, config.json, metrics.jsonl, "
+          "checkpoints/, best/ (each an ordinary run directory)")
+    return {k: v for k, v in result.items() if k != "state"}
   summary = train.train_and_evaluate(config, workdir, loaded, cache)
   summary.pop("state", None)
   print(json.dumps({k: v for k, v in summary.items() if k not in ("teachers", "setting")}, indent=2))

@@ -32,12 +32,13 @@ def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  """Batch-major arrays: axis 0 split over the 'data' axis."""
-  return NamedSharding(mesh, P("data"))
+def batch_sharding(mesh: jax.sharding.Mesh, batch_axis: int = 0) -> NamedSharding:
+  """Batch-major arrays: axis ``batch_axis`` (0; 1 for replica-stacked batches) split over the
+  'data' axis."""
+  return NamedSharding(mesh, P(*([None] * batch_axis), "data"))
 
 
-def shard_batch(batch: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
-  """Process-local rows -> global arrays sharded along axis 0 over the mesh."""
-  sharding = batch_sharding(mesh)
+def shard_batch(batch: PyTree, mesh: jax.sharding.Mesh, batch_axis: int = 0) -> PyTree:
+  """Process-local rows -> global arrays sharded along ``batch_axis`` over the mesh."""
+  sharding = batch_sharding(mesh, batch_axis)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

@@ -67,7 +67,8 @@ class Steps:
     batch = {"image": x, "label": raw["label"]}
     if self.method.needs_teachers:
       if self.online:
-        logits, feats = teacher_forward(self.teachers, teacher_vars, x, self.config.feature_layer)
+        logits, feats = teacher_forward(self.teachers, teacher_vars, x, self.config.feature_layer,
+                                        self.config.dtype)
       else:
         logits, feats = raw["teacher_logits"], raw["teacher_feat"]
       batch["teacher_logits"] = jax.lax.stop_gradient(logits.astype(jnp.float32))
@@ -107,8 +108,10 @@ class Steps:
                               opt_state=opt_state, buffer=buffer, rng=jax.random.key_data(rng))
     return new_state.replace(nonfinite=self.track_nonfinite(state, metrics)), metrics
 
-  def meta_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
-                epoch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  def hypergradient(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
+                    epoch: jax.Array) -> tuple[jax.Array, PyTree, Any, jax.Array]:
+    """The meta step's outer loss, hypergradient (per meta network), look-ahead result and the
+    advanced RNG key, on a batch from the hard buffer (or ``raw`` without one)."""
     meta = self.config.meta
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     if isinstance(state.buffer, hard_buffer.HardBuffer):
@@ -131,6 +134,12 @@ class Steps:
         inner, self.method.lookahead_objectives(), self.method.outer_objective, state.params, inner_state,
         state.model_state, state.meta_params, batch, first_order=meta.first_order, mode=meta.hypergradient,
         heavy_ball=heavy_ball, remat=meta.remat)
+    return final, grads, result, rng
+
+  def meta_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
+                epoch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    meta = self.config.meta
+    final, grads, result, rng = self.hypergradient(state, raw, teacher_vars, epoch)
     updates, meta_opt_state = self.meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
     new = state.replace(meta_params=optax.apply_updates(state.meta_params, updates),
                         meta_opt_state=meta_opt_state, rng=jax.random.key_data(rng))

@@ -85,7 +85,7 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher] = (), c
   bn_groups = config.batch_norm_groups or (1 if config.sync_batch_norm else mesh.devices.size)
   if config.batch_size % bn_groups:
     raise ConfigError(f"config.batch_norm_groups: {bn_groups} groups do not divide batch_size {config.batch_size}")
-  student = get_model(config.student, dataset.spec.num_classes, bn_groups)
+  student = get_model(config.student, dataset.spec.num_classes, bn_groups, config.dtype)
   method = build_method(config, run_info(config, dataset.spec, teachers, student, bn_groups))
   if method.needs_teachers and not teachers:
     raise ConfigError(f"config.teachers: method {config.method!r} needs teachers; none are loaded")
@@ -159,6 +159,7 @@ class _Loop:
   train_fn: Any
   meta_fn: Any
   eval_fn: Any
+  label: str = ""  # printed before each epoch line (a replica's name)
 
   def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[list, int, float, bool]:
     """Trains one epoch (from ``first_batch``); returns (step metrics, images seen, start time,
@@ -232,7 +233,7 @@ class _Loop:
     if not self.quiet:
       weights = [v for k, v in record.items() if k.startswith("teacher_weights/logits/")]
       extra = f", teacher weights {np.round(weights, 3).tolist()}" if weights else ""
-      print(f"epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train/loss', float('nan')):.4f}, "
+      print(f"{self.label}epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train/loss', float('nan')):.4f}, "
             f"train acc {record.get('train/accuracy', 0):.2f}%, {name} top-1 {result['top1']:.2f}% "
             f"(best {self.host['best_top1']:.2f}% @ {self.host['best_epoch']}), "
             f"{record['train/images_per_s']:.0f} img/s{extra}", flush=True)
@@ -261,9 +262,10 @@ class _Loop:
     self.writer.close()
 
 
-def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
-  """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
-  config, steps = setup.config, setup.steps
+def restore_or_init(setup: Setup, workdir: str, quiet: bool) -> tuple[TrainState, dict[str, Any], checkpoint.Checkpoints]:
+  """The latest checkpoint of ``workdir`` (refused if another run made it) or the initial state,
+  with the host-side history and the checkpoint manager."""
+  config = setup.config
   state = initial_state(setup)
   ckpt = checkpoint.Checkpoints(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
   host = {"best_top1": -1.0, "best_epoch": 0, "history": [], "teacher_accuracy": {},
@@ -274,17 +276,31 @@ def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
     state, host, restored_step = restored
     if not quiet:
       print(f"resumed from checkpoint step {restored_step} in {workdir}")
+  return state, host, ckpt
+
+
+def record_teacher_accuracy(loop: _Loop, accuracy: dict[str, float] | None = None) -> None:
+  """Evaluates the teachers once per run (or takes ``accuracy``) and logs it at step 0."""
+  host, setup = loop.host, loop.setup
+  if host["teacher_accuracy"] or not setup.teachers:
+    return
+  host["teacher_accuracy"] = accuracy or evaluate_teachers(setup)
+  if not loop.quiet:
+    print("teachers (test top-1): " + ", ".join(f"{k.split('/')[1]} {v:.2f}%"
+                                                for k, v in host["teacher_accuracy"].items()))
+  loop.writer.write(0, host["teacher_accuracy"])
+
+
+def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
+  """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
+  steps = setup.steps
+  state, host, ckpt = restore_or_init(setup, workdir, quiet)
   state = parallel.replicate(state, setup.mesh)
   teacher_vars = parallel.replicate(tuple(t.variables for t in setup.teachers), setup.mesh) if steps.online else ()
   loop = _Loop(setup, workdir, quiet, state, host, ckpt, MetricWriter(workdir), teacher_vars,
                jax.jit(steps.train_step, donate_argnums=(0,)), jax.jit(steps.meta_step, donate_argnums=(0,)),
                jax.jit(steps.eval_step))
-  if not host["teacher_accuracy"] and setup.teachers:
-    host["teacher_accuracy"] = evaluate_teachers(setup)
-    if not quiet:
-      print("teachers (test top-1): " + ", ".join(f"{k.split('/')[1]} {v:.2f}%"
-                                                  for k, v in host["teacher_accuracy"].items()))
-    loop.writer.write(0, host["teacher_accuracy"])
+  record_teacher_accuracy(loop)
   return loop
 
 
@@ -298,11 +314,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
     return _train(setup, workdir, quiet)
 
 
-def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
-  config, spe = setup.config, setup.steps_per_epoch
-  if jax.process_index() == 0:  # the resolved config beside the checkpoints (they hold it too)
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The resolved config beside the checkpoints (they hold it too)."""
+  if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+
+
+def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
+  config, spe = setup.config, setup.steps_per_epoch
+  write_config(config, workdir)
   loop = _start(setup, workdir, quiet)
   start_step = int(jax.device_get(loop.state.step))
   preempted, started = False, time.time()
@@ -321,9 +342,18 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
         break
       loop.end_epoch(epoch, pending, seen, tic)
   loop.close()
-  host = loop.host
-  summary = {
-      "status": "preempted" if preempted else "finished", "method": config.method, "student": config.student, "dataset": config.dataset,
+  summary = run_summary(setup, loop.host, "preempted" if preempted else "finished", started)
+  if not preempted:
+    write_summary(summary, workdir)
+  summary["state"] = loop.state
+  return summary
+
+
+def run_summary(setup: Setup, host: dict[str, Any], status: str, started: float) -> dict[str, Any]:
+  """What ``summary.json`` says about a run: results, setting, teachers, time, code version."""
+  config = setup.config
+  return {
+      "status": status, "method": config.method, "student": config.student, "dataset": config.dataset,
       "seed": config.seed, "epochs_completed": len(host["history"]),
       "final_top1": host["history"][-1][f"{eval_name(setup.spec)}/top1"] if host["history"] else None,
       "final_top5": host["history"][-1][f"{eval_name(setup.spec)}/top5"] if host["history"] else None,
@@ -340,8 +370,9 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
       "wall_seconds": host.get("train_seconds", time.time() - started),  # every session of the run
       "code_version": runs.code_version(),
   }
-  if not preempted and jax.process_index() == 0:
+
+
+def write_summary(summary: dict[str, Any], workdir: str) -> None:
+  if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
-  summary["state"] = loop.state
-  return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Sequence
 
@@ -20,13 +21,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 
 
+@functools.lru_cache(maxsize=64)
+def _random_variables(arch: str, num_classes: int, seed: int, image_shape: tuple, x64: bool):
+  del x64  # part of the cache key: float64 tests need float64 variables
+  init = get_model(arch, num_classes).init
+  v = init(jax.random.key(seed), jnp.zeros((1, *image_shape)))
+  return v, fingerprint(v)
+
+
 def random_teachers(archs: Sequence[str] = ("resnet8", "resnet14", "wrn_16_1"), num_classes: int = 10,
                     seed: int = 50, image_shape=(32, 32, 3), names: Sequence[str] | None = None) -> list[Teacher]:
   teachers = []
   for i, arch in enumerate(archs):
-    v = get_model(arch, num_classes).init(jax.random.key(seed + i), jnp.zeros((1, *image_shape)))
-    teachers.append(Teacher(names[i] if names else f"t{i}", arch, num_classes, v, fingerprint(v)))
+    v, fp = _random_variables(arch, num_classes, seed + i, tuple(image_shape), bool(jax.config.jax_enable_x64))
+    teachers.append(Teacher(names[i] if names else f"t{i}", arch, num_classes, v, fp))
   return teachers
+
+
+def _teacher_outputs(teachers, x, layer):
+  return jax.jit(lambda v, x: teacher_forward(teachers, v, x, layer))([t.variables for t in teachers], x)
 
 
 def digits_smoke(**overrides):
@@ -50,7 +63,7 @@ def method_and_batch(name: str, batch_size: int = 16, num_classes: int = 10, fea
   c = config_lib.resolve(c)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch_size, 32, 32, 3)), jnp.float32)
-  logits, feats = teacher_forward(teachers, [t.variables for t in teachers], x, c.feature_layer)
+  logits, feats = _teacher_outputs(teachers, x, c.feature_layer)
   batch = {"image": x, "label": jnp.asarray(rng.integers(0, num_classes, batch_size), jnp.int32),
            "teacher_logits": logits * 3.0, "teacher_feat": feats, "epoch": jnp.asarray(1)}
   spec = DatasetSpec("synthetic", num_classes, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
@@ -75,9 +88,9 @@ def steps_and_state(name: str, batch_size: int = 16, num_classes: int = 10, step
          "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
          "index": np.arange(batch_size, dtype=np.int32), "replay": np.zeros(batch_size, np.int32)}
   x = (raw["image"].astype(np.float32) / 255 - 0.5) / 0.25
-  logits, feats = teacher_forward(teachers, [t.variables for t in teachers], jnp.asarray(x), c.feature_layer)
+  logits, feats = _teacher_outputs(teachers, jnp.asarray(x), c.feature_layer)
   raw.update(teacher_logits=np.asarray(logits) * 3.0, teacher_feat=tuple(np.asarray(f) for f in feats))
   spec = DatasetSpec("synthetic", num_classes, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
-  method = build_method(c, train.run_info(c, spec, teachers, get_model("resnet8", num_classes), 1))
+  method = build_method(c, train.run_info(c, spec, teachers, get_model(c.student, num_classes, 1, c.dtype), 1))
   steps = steps_lib.make_steps(c, method, spec, teachers, parallel.data_mesh(), steps_per_epoch)
   return steps, steps_lib.init_state(steps, raw, seed=0), jax.tree.map(jnp.asarray, raw)

@@ -90,3 +90,25 @@ def test_one_plain_step_matches_the_pytorch_reference():
   import compare_pytorch  # pylint: disable=import-outside-toplevel
   assert compare_pytorch.main(["--reference", os.environ["MMKD_REFERENCE"], "--preset", "vgg8",
                                "--skip_timing"]) == 0
+
+
+def test_roofline_takes_the_slower_of_compute_and_bandwidth():
+  import accelerator_bench  # pylint: disable=import-outside-toplevel
+  device = {"float32": 1e12, "bfloat16": 4e12, "bandwidth": 1e11}
+  assert accelerator_bench.roofline_ms(2e9, 1e8, device, "float32") == pytest.approx(2.0)   # compute-bound
+  assert accelerator_bench.roofline_ms(2e9, 1e8, device, "bfloat16") == pytest.approx(1.0)  # bandwidth-bound
+
+
+def test_accelerator_bench_smoke_on_cpu(tmp_path, monkeypatch):
+  import accelerator_bench  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(accelerator_bench.CPU_SETTINGS, "resnet8", ("resnet8", ("resnet8", "resnet8")))
+  out = tmp_path / "bench.json"
+  accelerator_bench.main(["--cpu", "--replicas", "2", "--dtypes", "bfloat16", "--sources", "online",
+                          "--batch", "4", "--repeats", "1", "--warmup", "0", "--json", str(out),
+                          "--set", "meta.lookahead_matching_steps=1"])
+  report = json.loads(out.read_text())
+  (entry,) = report["results"]
+  assert (entry["replicas"], entry["dtype"], entry["source"]) == (2, "bfloat16", "online")
+  assert entry["images_per_s"] == pytest.approx(2 * 4 / (entry["amortised_ms"] / 1e3))
+  assert entry["plain"]["gflops"] > 0 and entry["meta"]["gflops"] > entry["plain"]["gflops"]
+  assert all(r["plain"] > 0 for r in entry["roofline_ms"].values())

@@ -40,8 +40,9 @@ class HardBuffer:
 
 def init(example_batch: PyTree, capacity: int) -> HardBuffer:
   batch = jax.tree.leaves(example_batch)[0].shape[0]
-  if capacity % batch:
-    raise ValueError(f"hard buffer capacity {capacity} must be a multiple of the batch size {batch}")
+  if capacity <= 0 or capacity % batch:
+    raise ValueError(f"hard buffer capacity {capacity} must be a positive multiple of batch_size {batch} "
+                     "(the buffer must fill up exactly)")
   data = jax.tree.map(lambda x: jnp.zeros((capacity,) + x.shape[1:], x.dtype), example_batch)
   return HardBuffer(data, jnp.zeros((), jnp.int32))
 

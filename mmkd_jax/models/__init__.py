@@ -28,6 +28,7 @@ import flax.linen as nn
 from mmkd_jax.models import imagenet
 from mmkd_jax.models.layers import BatchNorm
 from mmkd_jax.models.mobilenetv2 import MobileNetV2
+from mmkd_jax.models.precision import COMPUTE_DTYPES, with_compute_dtype
 from mmkd_jax.models.resnet import ResNet
 from mmkd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from mmkd_jax.models.vgg import VGG, VGG_CONFIGS
@@ -90,16 +91,17 @@ def _add_zoo() -> None:
 _add_zoo()
 
 
-def get_model(name: str, num_classes: int, bn_groups: int = 1) -> nn.Module:
+def get_model(name: str, num_classes: int, bn_groups: int = 1, dtype: str | None = None) -> nn.Module:
   """The registered model ``name`` with a ``num_classes``-way classifier.
 
   ``bn_groups > 1`` gives every BatchNorm per-group batch statistics (one group per device =
   PyTorch DDP's per-device BatchNorm); 1 is BatchNorm over the whole global batch.
+  ``dtype="bfloat16"`` computes the forward pass in bfloat16 (``models/precision.py``).
   """
   spec = MODELS.get(name)
   if num_classes < 1:
     raise ValueError(f"num_classes must be positive, got {num_classes}")
-  return spec.factory(num_classes=num_classes, bn_groups=bn_groups)
+  return with_compute_dtype(spec.factory(num_classes=num_classes, bn_groups=bn_groups), dtype)
 
 
 def model_names() -> tuple[str, ...]:
@@ -114,4 +116,4 @@ def classifier_name(name: str) -> str:
   return classifier
 
 
-__all__ = ["BatchNorm", "MODELS", "ModelSpec", "classifier_name", "get_model", "model_names", "register_model"]
+__all__ = ["BatchNorm", "COMPUTE_DTYPES", "with_compute_dtype", "MODELS", "ModelSpec", "classifier_name", "get_model", "model_names", "register_model"]

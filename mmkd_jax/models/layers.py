@@ -54,9 +54,14 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (features,))
     running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     running_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    # Statistics and normalisation in float32 also when the network computes in bfloat16
+    # (models/precision.py); a no-op in float32.
+    compute_dtype = x.dtype
+    stats_dtype = jnp.promote_types(compute_dtype, jnp.float32)
+    x, scale, bias = x.astype(stats_dtype), scale.astype(stats_dtype), bias.astype(stats_dtype)
     if not train:
       inv = jax.lax.rsqrt(running_var.value + self.epsilon) * scale
-      return (x - running_mean.value) * inv + bias
+      return ((x - running_mean.value) * inv + bias).astype(compute_dtype)
     groups = self.groups if x.shape[0] % self.groups == 0 else 1
     grouped = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
     reduce_axes = tuple(range(1, grouped.ndim - 1))
@@ -72,7 +77,7 @@ class BatchNorm(nn.Module):
       running_mean.value = (1 - m) * running_mean.value + m * batch_mean
       running_var.value = (1 - m) * running_var.value + m * batch_var
     y = (grouped - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-    return y.reshape(x.shape)
+    return y.reshape(x.shape).astype(compute_dtype)
 
 
 # Below this many output positions per image, XLA:CPU's own kernel-gradient convolution is as

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.teachers import convert
-from mmkd_jax.models import get_model
+from mmkd_jax.models import get_model, with_compute_dtype
 
 PyTree = Any
 TEACHER_META = "teacher.json"
@@ -117,11 +117,12 @@ def feature_shapes(teachers: Sequence[Teacher], image_shape: tuple[int, int, int
 
 
 def teacher_forward(teachers: Sequence[Teacher], variables: Sequence[PyTree], images: jax.Array,
-                    layer: int = -2) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-  """Eval-mode outputs of every teacher on normalised images: logits (B, T, C), feat[layer] maps."""
+                    layer: int = -2, dtype: str | None = None) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  """Eval-mode outputs of every teacher on normalised images: logits (B, T, C), feat[layer] maps
+  (``dtype="bfloat16"``: computed in bfloat16, returned float32)."""
   logits, feats = [], []
   for teacher, v in zip(teachers, variables):
-    f, z = teacher.model.apply(v, images, train=False)
+    f, z = with_compute_dtype(teacher.model, dtype).apply(v, images, train=False)
     logits.append(z)
     feats.append(f[layer])
   return jnp.stack(logits, axis=1), tuple(feats)

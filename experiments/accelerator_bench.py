@@ -1,0 +1,233 @@
+"""One-shot throughput benchmark for whatever backend is present (GPU, TPU or CPU).
+
+    python experiments/accelerator_bench.py --json runs/accel.json --markdown runs/accel.md
+    python experiments/accelerator_bench.py --cpu          # small settings for a CPU (~3 min)
+
+For vgg8 <- 3 x vgg13 and resnet8x4 <- 3 x resnet32x4 (CIFAR-100 shapes, batch 64, synthetic
+data) it measures, for teachers precomputed and online, compute dtype float32 and bfloat16, and
+R = 1 / 4 / 16 replicas (R independent students trained by one ``jax.vmap``-ed step, each
+with its own parameters, optimiser and meta state, hard buffer and batch):
+  * ms per plain step, per meta step (3-step look-ahead, exact hypergradient) and amortised at
+    meta_freq 5, all for the R replicas together; images/s = R x batch / amortised time;
+  * FLOPs and bytes accessed per step (XLA cost analysis), achieved FLOP/s against the device's
+    peak (published figure where the device is known, else a measured matmul peak);
+  * XLA's temporary memory per step and the device's peak memory;
+  * the roofline prediction max(FLOPs / peak FLOP/s, bytes / bandwidth) of each step on an H100
+    SXM and a TPU v5e chip, from the same cost analysis (``ROOFLINE_DEVICES``).
+Medians of --repeats interleaved calls after warm-up; compile time excluded and reported.
+Time-boxed: a setting is skipped (and said so) once --budget_s is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_step import (flops_of, make_config, peak_flops, peak_memory_bytes,  # pylint: disable=wrong-import-position
+                            synthetic_raw, timed_interleaved, xla_memory_mib)
+
+from mmkd_jax import steps as steps_lib, train  # pylint: disable=wrong-import-position
+from mmkd_jax import parallel  # pylint: disable=wrong-import-position
+from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
+from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position
+from mmkd_jax.models import get_model  # pylint: disable=wrong-import-position
+from mmkd_jax.teachers import Teacher, fingerprint, teacher_forward  # pylint: disable=wrong-import-position
+
+SETTINGS = {"vgg8": ("vgg8", ("vgg13",) * 3), "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3)}
+CPU_SETTINGS = {"resnet8": ("resnet8", ("resnet14",) * 3)}
+
+# Dense peak FLOP/s (float32 without tensor cores / bfloat16 tensor cores) and memory bandwidth.
+# H100 SXM5 and H200: NVIDIA H100 / H200 Tensor Core GPU datasheets (FP32 67 TFLOP/s; BF16 dense
+# 989 TFLOP/s, i.e. half the 1,979 "with sparsity"; HBM3 3.35 TB/s, H200 HBM3e 4.8 TB/s).
+# TPU v5e: Google Cloud TPU v5e documentation (197 TFLOP/s bf16, 819 GB/s HBM2e; float32 matmuls
+# run as multi-pass bf16 on the MXU, taken here as 1/3 of the bf16 peak).
+ROOFLINE_DEVICES = {
+    "H100 SXM": {"float32": 67e12, "bfloat16": 989e12, "bandwidth": 3.35e12},
+    "H200": {"float32": 67e12, "bfloat16": 989e12, "bandwidth": 4.8e12},
+    "TPU v5e": {"float32": 197e12 / 3, "bfloat16": 197e12, "bandwidth": 819e9},
+}
+_DEVICE_KINDS = {"H100": "H100 SXM", "H200": "H200", "TPU v5 lite": "TPU v5e", "TPU v5e": "TPU v5e"}
+
+
+def bytes_of(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0]
+  return float(cost.get("bytes accessed", float("nan"))) if cost else float("nan")
+
+
+def known_device() -> str | None:
+  kind = getattr(jax.devices()[0], "device_kind", "")
+  return next((name for key, name in _DEVICE_KINDS.items() if key in kind), None)
+
+
+def roofline_ms(flops: float, bytes_accessed: float, device: dict, dtype: str) -> float:
+  """Lower bound on a step's time: compute-bound or bandwidth-bound, whichever is slower."""
+  return 1e3 * max(flops / device[dtype], bytes_accessed / device["bandwidth"])
+
+
+def stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def random_teachers(archs, num_classes: int, image_shape) -> list[Teacher]:
+  teachers = []
+  for i, arch in enumerate(archs):
+    v = get_model(arch, num_classes).init(jax.random.key(100 + i), jnp.zeros((1, *image_shape)))
+    teachers.append(Teacher(f"t{i}", arch, num_classes, v, fingerprint(v)))
+  return teachers
+
+
+def measure(student: str, teacher_archs, batch: int, num_classes: int, source: str, dtype: str,
+            replicas: int, repeats: int, warmup: int, overrides: dict | None = None) -> dict:
+  """Plain / meta / amortised step of ``replicas`` vmapped students; everything per call."""
+  image_shape = (32, 32, 3)
+  teachers = random_teachers(teacher_archs, num_classes, image_shape)
+  teacher_vars = tuple(t.variables for t in teachers)
+  spec = DatasetSpec("synthetic", num_classes, image_shape, (0.5,) * 3, (0.25,) * 3)
+  config = make_config(batch, num_classes, source, dtype=dtype, **(overrides or {}))
+  run = train.run_info(config, spec, teachers, get_model(student, num_classes, 1, dtype), 1)
+  steps = steps_lib.make_steps(config, build_method(config, run), spec, teachers, parallel.data_mesh(),
+                               steps_per_epoch=781)
+  forward = jax.jit(lambda v, x: teacher_forward(teachers, v, x))
+  raws = []
+  for k in range(replicas):  # every replica its own batch (its own data order)
+    raw = synthetic_raw(batch, num_classes, seed=k)
+    if source == "precomputed":
+      x = (raw["image"].astype(np.float32) / 255 - 0.5) / 0.25
+      logits, feats = forward(teacher_vars, jnp.asarray(x))
+      raw = dict(raw, teacher_logits=np.asarray(logits), teacher_feat=tuple(np.asarray(f) for f in feats))
+    raws.append(raw)
+  states = [steps_lib.init_state(steps, raws[k], seed=k) for k in range(replicas)]
+  state, raw = stack(states), stack([jax.tree.map(jnp.asarray, r) for r in raws])
+  tv = teacher_vars if source == "online" else ()
+  epoch = jnp.asarray(1, jnp.int32)
+  fns = {"plain": steps.train_step, "meta": dataclasses.replace(steps, config=config).meta_step}
+  compiled, compile_s = {}, {}
+  for name, fn in fns.items():
+    start = time.perf_counter()
+    vmapped = jax.vmap(fn, in_axes=(0, 0, None, None))
+    compiled[name] = jax.jit(vmapped).lower(state, raw, tv, epoch).compile()
+    compile_s[name] = time.perf_counter() - start
+  for _ in range(4):  # fill the hard buffers so the meta step samples real entries
+    state, _ = compiled["plain"](state, raw, tv, epoch)
+  medians = timed_interleaved(compiled, (state, raw, tv, epoch), repeats, warmup)
+  entry = {"student": student, "teachers": list(teacher_archs), "batch": batch, "source": source,
+           "dtype": dtype, "replicas": replicas}
+  for name in compiled:
+    entry[name] = {"ms": 1e3 * medians[name], "compile_s": compile_s[name],
+                   "gflops": flops_of(compiled[name]) / 1e9, "gbytes": bytes_of(compiled[name]) / 1e9,
+                   "xla_temp_mib": xla_memory_mib(compiled[name]).get("temp", float("nan"))}
+  entry["amortised_ms"] = (5 * entry["plain"]["ms"] + entry["meta"]["ms"]) / 5
+  entry["images_per_s"] = replicas * batch / (entry["amortised_ms"] / 1e3)
+  entry["amortised_gflops"] = (5 * entry["plain"]["gflops"] + entry["meta"]["gflops"]) / 5
+  entry["achieved_gflops_per_s"] = entry["amortised_gflops"] / (entry["amortised_ms"] / 1e3)
+  entry["roofline_ms"] = {
+      device: {name: roofline_ms(1e9 * entry[name]["gflops"], 1e9 * entry[name]["gbytes"], spec_, dtype)
+               for name in ("plain", "meta")}
+      for device, spec_ in ROOFLINE_DEVICES.items()}
+  return entry
+
+
+def markdown(report: dict) -> str:
+  peak = report["peak_gflops"]
+  lines = [f"Device: {report['device']} ({report['peak_source']} peak: "
+           f"{', '.join(f'{k} {v / 1e3:.1f} TFLOP/s' for k, v in peak.items())}); jax {report['jax']}.", "",
+           "| setting | teachers | dtype | R | plain ms | meta ms | meta/plain | amortised ms | img/s | "
+           "per-replica ms | GFLOP/plain | achieved GFLOP/s | % peak | XLA temp MiB (plain/meta) | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for e in report["results"]:
+    pct = 100 * e["achieved_gflops_per_s"] / peak[e["dtype"]]
+    lines.append(
+        f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | {e['replicas']} | "
+        f"{e['plain']['ms']:.1f} | {e['meta']['ms']:.1f} | {e['meta']['ms'] / e['plain']['ms']:.2f} | "
+        f"{e['amortised_ms']:.1f} | {e['images_per_s']:.0f} | {e['amortised_ms'] / e['replicas']:.1f} | "
+        f"{e['plain']['gflops']:.2f} | {e['achieved_gflops_per_s']:.0f} | {pct:.1f} | "
+        f"{e['plain']['xla_temp_mib']:.0f}/{e['meta']['xla_temp_mib']:.0f} | "
+        f"{e['plain']['compile_s']:.0f}+{e['meta']['compile_s']:.0f} |")
+  lines += ["", f"Peak device memory: {report['peak_memory_mib']:.0f} MiB.", "",
+            "Roofline prediction from the cost analysis above, ms per plain / meta step "
+            "(max of FLOPs / peak and bytes / bandwidth):", "",
+            "| setting | teachers | dtype | R | " + " | ".join(ROOFLINE_DEVICES) + " |",
+            "|---|---|---|---|" + "---|" * len(ROOFLINE_DEVICES)]
+  for e in report["results"]:
+    cells = " | ".join(f"{r['plain']:.2f} / {r['meta']:.2f}" for r in e["roofline_ms"].values())
+    lines.append(f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
+                 f"{e['replicas']} | {cells} |")
+  if report["skipped"]:
+    lines += ["", "Skipped (time budget spent): " + "; ".join(report["skipped"])]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--cpu", action="store_true", help="small settings (resnet8 <- 3 x resnet14, batch 16)")
+  parser.add_argument("--settings", default="", help="comma-separated names of SETTINGS (default: all)")
+  parser.add_argument("--replicas", default="", help="comma-separated R values (default 1,4,16; --cpu: 1,4)")
+  parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--sources", default="precomputed,online")
+  parser.add_argument("--batch", type=int, default=0, help="default 64 (--cpu: 16)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--budget_s", type=float, default=300.0, help="stop starting new measurements after this")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="config overrides, e.g. meta.lookahead_matching_steps=1 (values parsed as Python literals)")
+  parser.add_argument("--json", default="")
+  parser.add_argument("--markdown", default="")
+  args = parser.parse_args(argv)
+  overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+  table = CPU_SETTINGS if args.cpu else SETTINGS
+  names = args.settings.split(",") if args.settings else list(table)
+  replicas = [int(r) for r in (args.replicas or ("1,4" if args.cpu else "1,4,16")).split(",")]
+  batch = args.batch or (16 if args.cpu else 64)
+  device = jax.devices()[0]
+  known = known_device()
+  if known:
+    peak = {k: ROOFLINE_DEVICES[known][k] / 1e9 for k in ("float32", "bfloat16")}
+    peak_source = f"published {known}"
+  else:
+    measured = peak_flops() / 1e9
+    peak = {"float32": measured, "bfloat16": measured}
+    peak_source = "measured float32 matmul"
+  report = {"device": f"{device.platform}:{getattr(device, 'device_kind', '')} x {len(jax.devices())}",
+            "jax": jax.__version__, "overrides": overrides, "peak_gflops": peak, "peak_source": peak_source, "results": [],
+            "skipped": []}
+  start = time.perf_counter()
+  for name in names:
+    student, teacher_archs = table[name]
+    for source in args.sources.split(","):
+      for dtype in args.dtypes.split(","):
+        for r in replicas:
+          label = f"{name} {source} {dtype} R={r}"
+          if time.perf_counter() - start > args.budget_s:
+            report["skipped"].append(label)
+            continue
+          entry = measure(student, teacher_archs, batch, 100, source, dtype, r, args.repeats, args.warmup,
+                          overrides)
+          report["results"].append(entry)
+          print(f"{label}: plain {entry['plain']['ms']:.1f} ms, meta {entry['meta']['ms']:.1f} ms, "
+                f"{entry['images_per_s']:.0f} img/s", flush=True)
+  report["peak_memory_mib"] = peak_memory_bytes() / 2**20
+  report["wall_s"] = time.perf_counter() - start
+  text = markdown(report)
+  print(text)
+  for path, content in ((args.json, json.dumps(report, indent=2)), (args.markdown, text + "\n")):
+    if path:
+      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+      with open(path, "w") as f:
+        f.write(content)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

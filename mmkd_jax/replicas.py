@@ -1,0 +1,206 @@
+"""Several independent students in one compiled program: ``config.replicas = "0,1,2"``.
+
+Each replica is the run of one seed of the same setting: its own parameters, optimiser state,
+meta networks, hard buffer, RNG and data order (the seed's permutation) — the single run of that
+seed, bit for bit in float64 (tests/test_replicas.py). The replicas' states are stacked along a
+leading axis and one ``jax.vmap``-ed train / meta step advances all of them, so a results
+table's seeds share one compilation and fill an accelerator that one CIFAR-size student leaves
+idle (experiments/accelerator_bench.py measures the gain).
+
+``<workdir>/seed<s>/`` is an ordinary run directory of the replica of seed s (config.json with its seed,
+metrics.jsonl, checkpoints/, best/, summary.json): ``mode=evaluate`` / ``mode=export`` and
+``experiments/reproduce.py`` read it like any run, and each replica resumes from its own
+checkpoints. A replica whose loss becomes NaN/inf is frozen at its last good state and stops
+(its summary says so); the others go on. Evaluation runs per replica on its slice of the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmkd_jax import checkpoint, parallel, runs, train
+from mmkd_jax import config as config_lib
+from mmkd_jax.metrics import MetricWriter, mean_metrics, tagged_train_metrics
+from mmkd_jax.steps import TrainState
+
+PyTree = Any
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def take(tree: PyTree, k: int) -> PyTree:
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def replica_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  c = config.copy_and_resolve_references()
+  c.seed, c.replicas = seed, ""
+  return c
+
+
+def freeze_on_nonfinite(step_fn):
+  """``step_fn`` vmapped over replicas; a replica whose step turns a tracked term non-finite
+  keeps its previous state (with the non-finite record), so it stops where it was last good."""
+  def step(state: TrainState, raw: dict[str, Any], teacher_vars: Any, epoch: jax.Array):
+    new, metrics = step_fn(state, raw, teacher_vars, epoch)
+    bad = new.nonfinite[0] >= 0
+    kept = jax.tree.map(lambda old, fresh: jnp.where(bad, old, fresh), state, new)
+    return kept.replace(nonfinite=new.nonfinite), metrics
+  return jax.vmap(step, in_axes=(0, 0, None, None))
+
+
+@dataclasses.dataclass
+class ReplicaRun:
+  loops: list                    # train._Loop per replica: its setup, workdir, host, checkpoints, writer
+  state: TrainState              # stacked along axis 0
+  train_fn: Any
+  meta_fn: Any
+  stopped: list                  # per replica: its non-finite message once it stopped, else None
+
+  @property
+  def setup(self) -> train.Setup:
+    return self.loops[0].setup
+
+  def active(self) -> list[int]:
+    return [k for k, message in enumerate(self.stopped) if message is None]
+
+  def batches(self, epoch: int, first_batch: int):
+    """Every replica's batch of each step (its own data order), stacked along axis 0."""
+    streams = [train.train_batches(loop.setup, epoch, first_batch) for loop in self.loops]
+    for raws in zip(*streams):
+      yield jax.tree.map(lambda *xs: np.stack(xs), *raws)
+
+  def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[list, int, float, bool]:
+    setup, config = self.setup, self.setup.config
+    spe, window_size = setup.steps_per_epoch, config.log_every
+    epoch_array = jnp.asarray(epoch, jnp.int32)
+    pending, tic, seen, interrupted = [], time.perf_counter(), 0, False
+    for idx, raw in enumerate(self.batches(epoch, first_batch), start=first_batch):
+      device_raw = parallel.shard_batch(raw, setup.mesh, batch_axis=1)
+      self.state, metrics = self.train_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array)
+      if setup.method.bilevel and epoch >= config.meta.warmup_epochs and train.is_meta_step(setup, idx):
+        self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array)
+        metrics = {**metrics, **meta_metrics}
+      pending.append(metrics)
+      seen += config.batch_size
+      global_step = epoch * spe + idx + 1
+      if (idx + 1) % window_size == 0 and len(pending) > window_size:
+        means = mean_metrics(pending[-2 * window_size:-window_size])
+        lr = float(setup.steps.schedule(global_step - window_size))
+        tracked = [means[t] for t in setup.steps.tracked if t in means]
+        if not all(np.all(np.isfinite(np.asarray(v)[self.active()])) for v in tracked):
+          self.check_finite()  # the finished window holds a non-finite term: stop its replica now
+        for k in self.active():
+          loop = self.loops[k]
+          loop.writer.write(global_step - window_size,
+                            {**tagged_train_metrics(take(means, k), loop.teacher_names), "train/lr": lr})
+      if stop.requested or global_step == config.stop_at_step or self.loops[0].ckpt.reached_preemption(global_step):
+        interrupted = True
+        break
+    return pending, seen, tic, interrupted
+
+  def check_finite(self) -> None:
+    """Stops (for good) each replica that recorded a non-finite term; the others go on."""
+    nonfinite = np.asarray(jax.device_get(self.state.nonfinite))
+    for k in self.active():
+      message = self.setup.steps.nonfinite_message(nonfinite[k], self.setup.steps_per_epoch)
+      if message:
+        self.stopped[k] = message
+        loop = self.loops[k]
+        if not loop.quiet:
+          print(f"{loop.label}{message} The other replicas go on.")
+
+  def sync(self, k: int) -> None:
+    """Replica k's slice of the stacked state, for its evaluation and checkpoints."""
+    self.loops[k].state = take(self.state, k)
+
+
+def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Any], cache: Any,
+          quiet: bool) -> ReplicaRun:
+  seeds = config_lib.replica_seeds(config)
+  base = train.build(replica_config(config, seeds[0]), teachers, cache)
+  steps = base.steps
+  teacher_vars = parallel.replicate(tuple(t.variables for t in base.teachers), base.mesh) if steps.online else ()
+  eval_fn = jax.jit(steps.eval_step)
+  loops, states = [], []
+  for k, seed in enumerate(seeds):
+    setup = dataclasses.replace(base, config=config_lib.resolve(replica_config(config, seed)))
+    directory = os.path.join(workdir, f"seed{seed}")
+    os.makedirs(directory, exist_ok=True)
+    train.write_config(setup.config, directory)
+    state, host, ckpt = train.restore_or_init(setup, directory, quiet)
+    loop = train._Loop(setup, directory, quiet, state, host, ckpt,  # pylint: disable=protected-access
+                       MetricWriter(directory), teacher_vars, None, None, eval_fn,
+                       label=f"replica {k} (seed {seed}): ")
+    accuracy = loops[0].host["teacher_accuracy"] if loops else None
+    train.record_teacher_accuracy(loop, accuracy)
+    loops.append(loop)
+    states.append(state)
+  state = parallel.replicate(stack(states), base.mesh)
+  stopped = [steps.nonfinite_message(np.asarray(s.nonfinite), base.steps_per_epoch) for s in states]
+  return ReplicaRun(loops, state, jax.jit(freeze_on_nonfinite(steps.train_step), donate_argnums=(0,)),
+                    jax.jit(freeze_on_nonfinite(steps.meta_step), donate_argnums=(0,)), stopped)
+
+
+def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Any] = (),
+                   cache: Any = None, quiet: bool = False) -> dict[str, Any]:
+  """Trains the replicas of ``config.replicas`` together (resuming each from its directory);
+  returns {"replicas": [each replica's summary], "seeds": [...]} and writes the summaries."""
+  os.makedirs(workdir, exist_ok=True)
+  quiet = quiet or jax.process_index() != 0
+  with checkpoint.WorkdirLock(workdir):
+    run = _open(config, workdir, teachers, cache, quiet)
+    setup, spe = run.setup, run.setup.steps_per_epoch
+    start_step = max(int(jax.device_get(loop.state.step)) for k, loop in enumerate(run.loops)
+                     if run.stopped[k] is None) if run.active() else setup.config.epochs * spe
+    preempted, started = False, time.time()
+    with runs.StopRequest() as stop:
+      for epoch in range(start_step // spe, setup.config.epochs):
+        if not run.active():
+          break
+        first_batch = start_step % spe if epoch == start_step // spe else 0
+        pending, seen, tic, interrupted = run.run_epoch(epoch, first_batch, stop)
+        run.check_finite()
+        for k in run.active():
+          run.sync(k)
+          loop = run.loops[k]
+          if interrupted:
+            loop.ckpt.save(int(jax.device_get(loop.state.step)), loop.state, loop.host, force=True)
+          else:
+            loop.end_epoch(epoch, [take(m, k) for m in pending], seen, tic)
+        if interrupted:
+          preempted = True
+          for loop in run.loops:
+            loop.ckpt.wait()
+          if not quiet:
+            print(f"stopped at step {int(jax.device_get(run.state.step).max())}; checkpoints saved in "
+                  f"{workdir}/seed*")
+          break
+    summaries = []
+    for k, loop in enumerate(run.loops):
+      loop.close()
+      status = "nonfinite" if run.stopped[k] else "preempted" if preempted else "finished"
+      summary = train.run_summary(loop.setup, loop.host, status, started)
+      summary["replica"] = {"index": k, "of": len(run.loops), "workdir": workdir}
+      if run.stopped[k]:
+        summary["stopped"] = run.stopped[k]
+      if not preempted:
+        train.write_summary(summary, loop.workdir)
+      summaries.append(summary)
+  if not preempted and not run.active():
+    messages = "; ".join(f"replica {k}: {m}" for k, m in enumerate(run.stopped))
+    raise train.NonFiniteLossError(f"every replica stopped on a non-finite loss ({messages})")
+  return {"seeds": list(config_lib.replica_seeds(config)), "replicas": summaries, "state": run.state}
+
+
+__all__ = ["ReplicaRun", "freeze_on_nonfinite", "stack", "take", "train_replicas"]

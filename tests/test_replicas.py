@@ -1,0 +1,159 @@
+"""Replicas: R students in one vmapped program equal R single runs; each stops and resumes alone."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmkd_jax import config as config_lib
+from mmkd_jax import replicas, steps as steps_lib, train
+from mmkd_jax.registry import ConfigError
+from mmkd_jax.teachers import lifecycle
+
+from helpers import digits_smoke, random_teachers, steps_and_state
+
+
+def _as_float64(state):
+  cast = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, tree)
+  return state.replace(params=cast(state.params), model_state=cast(state.model_state),
+                       opt_state=cast(state.opt_state), meta_params=cast(state.meta_params),
+                       meta_opt_state=cast(state.meta_opt_state), buffer=cast(state.buffer))
+
+
+def _raw(seed: int, like: dict) -> dict:
+  """Another batch of the same shapes: a replica's own data."""
+  rng = np.random.default_rng(seed)
+  out = dict(like)
+  out["image"] = jnp.asarray(rng.integers(0, 256, like["image"].shape).astype(np.uint8))
+  out["label"] = jnp.asarray(rng.integers(0, 10, like["label"].shape).astype(np.int32))
+  out["teacher_logits"] = like["teacher_logits"] * (1.0 + 0.1 * seed)
+  return out
+
+
+def _rel(a, b) -> float:
+  """Max difference relative to the leaf's scale (leaves at rounding level, ~1e-18, count as 1e-3)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-3))
+
+
+def test_vmapped_steps_equal_single_steps_in_float64():
+  """Three replicas (own seed, own batches) through 2 train steps and a meta step: the stacked
+  program gives each single run's parameters, meta parameters and buffer to 1e-12 relative."""
+  with jax.enable_x64(True):
+    steps, _, raw = steps_and_state("mmkd", batch_size=8, **{"meta.lookahead_matching_steps": 1})
+    raws = [_raw(k, raw) for k in range(3)]
+    singles = [_as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)) for k in range(3)]
+    train_fn, meta_fn = jax.jit(steps.train_step), jax.jit(steps.meta_step)
+    vtrain = jax.jit(replicas.freeze_on_nonfinite(steps.train_step))
+    vmeta = jax.jit(replicas.freeze_on_nonfinite(steps.meta_step))
+    stacked = replicas.stack(singles)
+    batch = replicas.stack(raws)
+    epoch = jnp.asarray(1, jnp.int32)
+    for _ in range(2):
+      singles = [train_fn(s, r, (), epoch)[0] for s, r in zip(singles, raws)]
+      stacked, metrics = vtrain(stacked, batch, (), epoch)
+    singles = [meta_fn(s, r, (), epoch)[0] for s, r in zip(singles, raws)]
+    stacked, meta_metrics = vmeta(stacked, batch, (), epoch)
+    assert metrics["loss"].shape == (3,) and meta_metrics["meta_outer_loss"].shape == (3,)
+    for k, single in enumerate(singles):
+      mine = replicas.take(stacked, k)
+      for a, b in zip(jax.tree.leaves((mine.params, mine.meta_params, mine.buffer.data)),
+                      jax.tree.leaves((single.params, single.meta_params, single.buffer.data))):
+        assert _rel(a, b) <= 1e-12
+      assert int(mine.step) == int(single.step) == 2
+    # The replicas are different students: their parameters differ.
+    assert _rel(replicas.take(stacked, 0).params["student"]["conv1"]["kernel"],
+                replicas.take(stacked, 1).params["student"]["conv1"]["kernel"]) > 1e-2
+
+
+def test_a_nonfinite_replica_freezes_and_the_others_go_on():
+  steps, state, raw = steps_and_state("aver", batch_size=8)
+  raws = [raw, dict(raw, teacher_logits=raw["teacher_logits"].at[0, 0, 0].set(jnp.nan))]
+  stacked = replicas.stack([state, steps_lib.init_state(steps, jax.device_get(raw), seed=1)])
+  before = jax.device_get(stacked)
+  step = jax.jit(replicas.freeze_on_nonfinite(steps.train_step))
+  epoch = jnp.asarray(1, jnp.int32)
+  for _ in range(2):
+    stacked, _ = step(stacked, replicas.stack(raws), (), epoch)
+  after = jax.device_get(stacked)
+  np.testing.assert_array_equal(after.step, [2, 0])          # replica 1 stayed at its last good state
+  assert after.nonfinite[0, 0] == -1 and after.nonfinite[1, 0] == 0
+  for a, b in zip(jax.tree.leaves(replicas.take(after, 1).params), jax.tree.leaves(replicas.take(before, 1).params)):
+    np.testing.assert_array_equal(a, b)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(after.params))
+  message = steps.nonfinite_message(after.nonfinite[1], 10)
+  assert "loss_kd" in message and "step 0" in message
+
+
+def test_replicas_field_is_checked():
+  assert config_lib.replica_seeds(config_lib.set_fields(config_lib.base_config(), ["replicas=0,1,2"])) == (0, 1, 2)
+  assert config_lib.replica_seeds(config_lib.base_config()) == ()
+  for bad, words in (("0,x", "integer seeds"), ("1,1", "repeats a seed")):
+    with pytest.raises(ConfigError, match=words):
+      config_lib.replica_seeds(config_lib.set_fields(config_lib.base_config(), {"replicas": bad}))
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+  from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("teachers")
+  for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
+    teachers_lib.save_teacher(str(root / f"digits_{t.name}"), t.arch, 10, t.variables, {"dataset": "digits"})
+  return str(root), str(tmp_path_factory.mktemp("tfds"))
+
+
+def _config(setting, **overrides):
+  teacher_dir, data_dir = setting
+  c = digits_smoke(teacher_dir=teacher_dir, data_dir=data_dir, teacher_source="online", epochs=1,
+                   lr_milestones=(1,), async_checkpoints=False, method="aver", lr=0.01)
+  return config_lib.validate(config_lib.set_fields(c, overrides))
+
+
+def _train(config, workdir):
+  loaded = lifecycle.load_teachers(config)
+  cache = lifecycle.open_cache(config, loaded)
+  if config_lib.replica_seeds(config):
+    return replicas.train_replicas(config, workdir, loaded, cache, quiet=True)
+  return train.train_and_evaluate(config, workdir, loaded, cache, quiet=True)
+
+
+def _params(state):
+  return jax.tree.leaves(jax.device_get(state.params))
+
+
+def test_replicas_start_as_their_single_runs_resume_exactly_and_write_run_directories(tmp_path, setting):
+  """Seeds 0 and 1 in one program. After one step each replica is the single run of its seed
+  (its own initialisation and data order; float32 rounding only, measured 2e-7 — later steps of
+  this random-teacher setting amplify float32 rounding ~1e4-fold, so exactness over many steps
+  is the float64 test above). Preempted after 5 steps and resumed, the replicas end bit for bit
+  where an uninterrupted replica run ends; each seed's directory is an ordinary run."""
+  first = _train(_config(setting, replicas="0,1", stop_at_step=1), str(tmp_path / "one_step"))
+  for s in (0, 1):
+    single = _train(_config(setting, seed=s, stop_at_step=1), str(tmp_path / f"single{s}"))
+    for a, b in zip(_params(replicas.take(first["state"], s)), _params(single["state"])):
+      assert _rel(a, b) <= 1e-5
+  straight = _train(_config(setting, replicas="0,1"), str(tmp_path / "straight"))
+  workdir = str(tmp_path / "resumed")
+  first = _train(_config(setting, replicas="0,1", stop_at_step=5), workdir)
+  assert [s["status"] for s in first["replicas"]] == ["preempted", "preempted"]
+  assert not os.path.exists(os.path.join(workdir, "seed0", "summary.json"))
+  assert os.listdir(os.path.join(workdir, "seed1", "checkpoints")) == ["5"]
+  done = _train(_config(setting, replicas="0,1"), workdir)
+  for a, b in zip(_params(done["state"]), _params(straight["state"])):
+    np.testing.assert_array_equal(a, b)
+  for k in (0, 1):
+    summary = done["replicas"][k]
+    assert summary["status"] == "finished" and summary["seed"] == k and summary["epochs_completed"] == 1
+    assert summary["final_top1"] == straight["replicas"][k]["final_top1"]
+    with open(os.path.join(workdir, f"seed{k}", "summary.json")) as f:
+      assert json.load(f)["seed"] == k
+    with open(os.path.join(workdir, f"seed{k}", "config.json")) as f:
+      assert json.load(f)["seed"] == k
+    assert os.listdir(os.path.join(workdir, f"seed{k}", "best"))
+  assert _rel(replicas.take(done["state"], 0).params["student"]["conv1"]["kernel"],
+              replicas.take(done["state"], 1).params["student"]["conv1"]["kernel"]) > 1e-2
