@@ -285,7 +285,7 @@ def record_teacher_accuracy(loop: _Loop, accuracy: dict[str, float] | None = Non
   if host["teacher_accuracy"] or not setup.teachers:
     return
   host["teacher_accuracy"] = accuracy or evaluate_teachers(setup)
-  if not loop.quiet:
+  if not loop.quiet and not accuracy:  # replicas share one evaluation: printed once
     print("teachers (test top-1): " + ", ".join(f"{k.split('/')[1]} {v:.2f}%"
                                                 for k, v in host["teacher_accuracy"].items()))
   loop.writer.write(0, host["teacher_accuracy"])

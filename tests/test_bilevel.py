@@ -133,6 +133,7 @@ def test_unknown_mode_is_named():
                           jnp.zeros(2), None, mode="backward")
 
 
+@pytest.mark.slow
 def test_modes_agree_with_momentum_and_schedule():
   """Forward-over-reverse recursion == reverse-over-reverse, float64, on an MMKD meta step with
   non-zero momentum buffers and a scheduled learning rate (an integer step count in the state)."""
@@ -186,6 +187,7 @@ def test_hypergradient_matches_central_differences():
     np.testing.assert_allclose(float(numeric), float(analytic), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_first_order_on_a_real_model_agrees_across_modes_and_differs_from_exact():
   with jax.enable_x64(True):
     method, batch, params, state, meta = _random_meta_step(detach_student=True)

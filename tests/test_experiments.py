@@ -99,6 +99,7 @@ def test_roofline_takes_the_slower_of_compute_and_bandwidth():
   assert accelerator_bench.roofline_ms(2e9, 1e8, device, "bfloat16") == pytest.approx(1.0)  # bandwidth-bound
 
 
+@pytest.mark.slow
 def test_accelerator_bench_smoke_on_cpu(tmp_path, monkeypatch):
   import accelerator_bench  # pylint: disable=import-outside-toplevel
   monkeypatch.setitem(accelerator_bench.CPU_SETTINGS, "resnet8", ("resnet8", ("resnet8", "resnet8")))

@@ -100,6 +100,7 @@ def test_tfds_finegrained_smoke_configs_run_on_mock_data(tmp_path, dataset):
   assert summary["status"] == "finished" and summary["final_top1"] is not None
 
 
+@pytest.mark.slow
 def test_mit67_and_tiny_imagenet_smoke_configs_run_end_to_end(tmp_path):
   fake_mit67(str(tmp_path / "mit67"))
   fake_tiny_imagenet(str(tmp_path / "tiny"))

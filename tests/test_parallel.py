@@ -64,6 +64,7 @@ F32_TOLERANCE = 2e-2
 
 
 @pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
+@pytest.mark.slow
 def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_dir, x64):
   one, eight = tmp_path / "one.npz", tmp_path / "eight.npz"
   _wait(_run("steps", one, data_dir, 1, 1, x64=x64))

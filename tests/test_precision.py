@@ -60,6 +60,7 @@ def test_outputs_statistics_and_gradients_stay_close_to_float32(pair):
   assert _cos(_flat(g16), _flat(g32)) > 0.99
 
 
+@pytest.mark.slow
 def test_bfloat16_steps_keep_the_state_float32_and_the_hypergradient_direction():
   fast = {"mmkd.hard_buffer": False, "meta.lookahead_matching_steps": 1, "meta.hypergradient": "reverse"}
   steps32, state32, raw = steps_and_state("mmkd", **fast)

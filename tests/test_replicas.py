@@ -126,6 +126,7 @@ def _params(state):
   return jax.tree.leaves(jax.device_get(state.params))
 
 
+@pytest.mark.slow
 def test_replicas_start_as_their_single_runs_resume_exactly_and_write_run_directories(tmp_path, setting):
   """Seeds 0 and 1 in one program. After one step each replica is the single run of its seed
   (its own initialisation and data order; float32 rounding only, measured 2e-7 — later steps of

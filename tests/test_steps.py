@@ -42,6 +42,7 @@ def test_rollback_false_keeps_the_schedule_on_training_steps():
   assert any(not np.array_equal(a, b) for a, b in zip(_leaves(moved.params), _leaves(state.params)))  # kept
 
 
+@pytest.mark.slow
 def test_lookahead_uses_the_learning_rate_of_the_step_just_taken():
   """A meta step after the last training step of an epoch before a milestone unrolls at that
   epoch's learning rate (the reference's), not the decayed one of the next step."""
@@ -73,6 +74,7 @@ def test_rollback_restores_or_replays_batchnorm(rollback_bn):
     np.testing.assert_array_equal(a, b)  # parameters are rolled back in both modes
 
 
+@pytest.mark.slow
 def test_original_hypergradient_in_a_real_meta_step_differs_from_the_exact_one():
   results = {}
   for mode in ("forward_over_reverse", "original"):

@@ -53,6 +53,7 @@ def _leaves(state):
       (state.params, state.model_state, state.opt_state, state.meta_params, state.buffer)))]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_identical_parameters(tmp_path, teacher_dir, data_dir):
   config = _config(teacher_dir, data_dir)
   straight = _run(config, str(tmp_path / "straight"))
@@ -125,6 +126,7 @@ def test_batch_size_must_divide_over_devices():
     parallel.check_batch_size(60, eight)
 
 
+@pytest.mark.slow
 def test_online_and_precomputed_teachers_give_the_same_losses(tmp_path, teacher_dir, data_dir):
   base = config_lib.validate(_config(teacher_dir, data_dir, cache_dtype="float32",
                                      cache_dir=str(tmp_path / "cache"), num_replays=2))
@@ -183,6 +185,7 @@ def test_resuming_with_another_config_names_the_fields(tmp_path, teacher_dir, da
     _run(_config(teacher_dir, data_dir, method="aver", epochs=3, lr=0.1), workdir)
 
 
+@pytest.mark.slow
 def test_warmup_epochs_use_uniform_weights_and_no_meta_steps(tmp_path, teacher_dir, data_dir):
   _run(_config(teacher_dir, data_dir, method="mmkd", epochs=2, **{"meta.warmup_epochs": 1}), str(tmp_path / "w"))
   with open(tmp_path / "w" / "metrics.jsonl") as f:
