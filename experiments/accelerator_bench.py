@@ -5,7 +5,8 @@
 
 For vgg8 <- 3 x vgg13 and resnet8x4 <- 3 x resnet32x4 (CIFAR-100 shapes, batch 64, synthetic
 data) it measures, for teachers precomputed and online, compute dtype float32 and bfloat16, and
-R = 1 / 4 / 16 replicas (R independent students trained by one ``jax.vmap``-ed step, each
+R = 1 / 4 / 16 replicas (R independent students trained by one ``jax.vmap``-ed step (or
+``lax.map``, --replica_loop), each
 with its own parameters, optimiser and meta state, hard buffer and batch):
   * ms per plain step, per meta step (3-step look-ahead, exact hypergradient) and amortised at
     meta_freq 5, all for the R replicas together; images/s = R x batch / amortised time;
@@ -38,6 +39,7 @@ from benchmark_step import (flops_of, make_config, peak_flops, peak_memory_bytes
 
 from mmkd_jax import steps as steps_lib, train  # pylint: disable=wrong-import-position
 from mmkd_jax import parallel  # pylint: disable=wrong-import-position
+from mmkd_jax import replicas as replicas_lib  # pylint: disable=wrong-import-position
 from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position
 from mmkd_jax.models import get_model  # pylint: disable=wrong-import-position
@@ -89,7 +91,8 @@ def random_teachers(archs, num_classes: int, image_shape) -> list[Teacher]:
 
 
 def measure(student: str, teacher_archs, batch: int, num_classes: int, source: str, dtype: str,
-            replicas: int, repeats: int, warmup: int, overrides: dict | None = None) -> dict:
+            replicas: int, repeats: int, warmup: int, overrides: dict | None = None,
+            replica_loop: str = "vmap") -> dict:
   """Plain / meta / amortised step of ``replicas`` vmapped students; everything per call."""
   image_shape = (32, 32, 3)
   teachers = random_teachers(teacher_archs, num_classes, image_shape)
@@ -116,14 +119,14 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
   compiled, compile_s = {}, {}
   for name, fn in fns.items():
     start = time.perf_counter()
-    vmapped = jax.vmap(fn, in_axes=(0, 0, None, None))
-    compiled[name] = jax.jit(vmapped).lower(state, raw, tv, epoch).compile()
+    stepped = replicas_lib.freeze_on_nonfinite(fn, replica_loop)  # the trainer's own replica step
+    compiled[name] = jax.jit(stepped).lower(state, raw, tv, epoch).compile()
     compile_s[name] = time.perf_counter() - start
   for _ in range(4):  # fill the hard buffers so the meta step samples real entries
     state, _ = compiled["plain"](state, raw, tv, epoch)
   medians = timed_interleaved(compiled, (state, raw, tv, epoch), repeats, warmup)
   entry = {"student": student, "teachers": list(teacher_archs), "batch": batch, "source": source,
-           "dtype": dtype, "replicas": replicas}
+           "dtype": dtype, "replicas": replicas, "replica_loop": replicas_lib.loop_kind(replica_loop)}
   for name in compiled:
     entry[name] = {"ms": 1e3 * medians[name], "compile_s": compile_s[name],
                    "gflops": flops_of(compiled[name]) / 1e9, "gbytes": bytes_of(compiled[name]) / 1e9,
@@ -143,14 +146,14 @@ def markdown(report: dict) -> str:
   peak = report["peak_gflops"]
   lines = [f"Device: {report['device']} ({report['peak_source']} peak: "
            f"{', '.join(f'{k} {v / 1e3:.1f} TFLOP/s' for k, v in peak.items())}); jax {report['jax']}.", "",
-           "| setting | teachers | dtype | R | plain ms | meta ms | meta/plain | amortised ms | img/s | "
+           "| setting | teachers | dtype | R (loop) | plain ms | meta ms | meta/plain | amortised ms | img/s | "
            "per-replica ms | GFLOP/plain | achieved GFLOP/s | % peak | XLA temp MiB (plain/meta) | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for e in report["results"]:
     pct = 100 * e["achieved_gflops_per_s"] / peak[e["dtype"]]
     lines.append(
-        f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | {e['replicas']} | "
-        f"{e['plain']['ms']:.1f} | {e['meta']['ms']:.1f} | {e['meta']['ms'] / e['plain']['ms']:.2f} | "
+        f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
+        f"{e['replicas']} ({e['replica_loop']}) | {e['plain']['ms']:.1f} | {e['meta']['ms']:.1f} | {e['meta']['ms'] / e['plain']['ms']:.2f} | "
         f"{e['amortised_ms']:.1f} | {e['images_per_s']:.0f} | {e['amortised_ms'] / e['replicas']:.1f} | "
         f"{e['plain']['gflops']:.2f} | {e['achieved_gflops_per_s']:.0f} | {pct:.1f} | "
         f"{e['plain']['xla_temp_mib']:.0f}/{e['meta']['xla_temp_mib']:.0f} | "
@@ -175,6 +178,8 @@ def main(argv=None) -> int:
   parser.add_argument("--settings", default="", help="comma-separated names of SETTINGS (default: all)")
   parser.add_argument("--replicas", default="", help="comma-separated R values (default 1,4,16; --cpu: 1,4)")
   parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--replica_loop", default="vmap", choices=("auto", "vmap", "map"),
+                      help="how one program steps the replicas (the trainer's config.replica_loop)")
   parser.add_argument("--sources", default="precomputed,online")
   parser.add_argument("--batch", type=int, default=0, help="default 64 (--cpu: 16)")
   parser.add_argument("--repeats", type=int, default=5)
@@ -213,7 +218,7 @@ def main(argv=None) -> int:
             report["skipped"].append(label)
             continue
           entry = measure(student, teacher_archs, batch, 100, source, dtype, r, args.repeats, args.warmup,
-                          overrides)
+                          overrides, args.replica_loop)
           report["results"].append(entry)
           print(f"{label}: plain {entry['plain']['ms']:.1f} ms, meta {entry['meta']['ms']:.1f} ms, "
                 f"{entry['images_per_s']:.0f} img/s", flush=True)

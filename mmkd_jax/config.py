@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Comma-separated seeds ("0,1,2"): one student per seed, trained together by one vmapped step
   # (mmkd_jax/replicas.py; seed s writes <workdir>/seed<s>/); "" = one run of `seed`.
   c.replicas = ""
+  c.replica_loop = "auto"        # auto (map on CPU, vmap elsewhere) | vmap | map: how one program steps them
   c.student = "resnet8"          # a registered model (mmkd_jax.models)
   # Compute dtype of the student's (and online teachers') convolutions and matmuls: float32 |
   # bfloat16 (parameters, optimiser state, BatchNorm statistics and losses stay float32).
@@ -336,6 +337,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.dtype in COMPUTE_DTYPES, "dtype", f"{c.dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
   need(c.num_replays >= 1, "num_replays", "must be at least 1")
   replica_seeds(c)
+  need(c.replica_loop in ("auto", "vmap", "map"), "replica_loop", f"{c.replica_loop!r} is not auto, vmap or map")
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",

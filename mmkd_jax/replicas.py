@@ -3,7 +3,8 @@
 Each replica is the run of one seed of the same setting: its own parameters, optimiser state,
 meta networks, hard buffer, RNG and data order (the seed's permutation) — the single run of that
 seed, bit for bit in float64 (tests/test_replicas.py). The replicas' states are stacked along a
-leading axis and one ``jax.vmap``-ed train / meta step advances all of them, so a results
+leading axis and one ``jax.vmap``-ed train / meta step advances all of them (``replica_loop``:
+``lax.map`` on the CPU, where batched convolutions are slow), so a results
 table's seeds share one compilation and fill an accelerator that one CIFAR-size student leaves
 idle (experiments/accelerator_bench.py measures the gain).
 
@@ -48,14 +49,33 @@ def replica_config(config: ml_collections.ConfigDict, seed: int) -> ml_collectio
   return c
 
 
-def freeze_on_nonfinite(step_fn):
-  """``step_fn`` vmapped over replicas; a replica whose step turns a tracked term non-finite
-  keeps its previous state (with the non-finite record), so it stops where it was last good."""
+LOOPS = ("auto", "vmap", "map")
+
+
+def loop_kind(kind: str) -> str:
+  """``auto``: ``map`` on the CPU, ``vmap`` on accelerators. XLA:CPU turns a convolution whose
+  kernel is batched (vmap over replicas' parameters) into a grouped convolution that runs far
+  slower than R separate ones (measured: R=2 plain step 4x the single one); ``map`` runs the
+  replicas one after another inside the same compiled program (one compilation, one process)."""
+  if kind not in LOOPS:
+    raise ValueError(f"replica loop {kind!r} is not one of {LOOPS}")
+  if kind == "auto":
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+  return kind
+
+
+def freeze_on_nonfinite(step_fn, kind: str = "vmap"):
+  """``step_fn`` over the replicas' leading axis (``jax.vmap``, or ``lax.map`` for ``kind="map"``);
+  a replica whose step turns a tracked term non-finite keeps its previous state (with the
+  non-finite record), so it stops where it was last good."""
   def step(state: TrainState, raw: dict[str, Any], teacher_vars: Any, epoch: jax.Array):
     new, metrics = step_fn(state, raw, teacher_vars, epoch)
     bad = new.nonfinite[0] >= 0
     kept = jax.tree.map(lambda old, fresh: jnp.where(bad, old, fresh), state, new)
     return kept.replace(nonfinite=new.nonfinite), metrics
+  if loop_kind(kind) == "map":
+    return lambda state, raw, teacher_vars, epoch: jax.lax.map(
+        lambda pair: step(pair[0], pair[1], teacher_vars, epoch), (state, raw))
   return jax.vmap(step, in_axes=(0, 0, None, None))
 
 
@@ -148,8 +168,9 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
     states.append(state)
   state = parallel.replicate(stack(states), base.mesh)
   stopped = [steps.nonfinite_message(np.asarray(s.nonfinite), base.steps_per_epoch) for s in states]
-  return ReplicaRun(loops, state, jax.jit(freeze_on_nonfinite(steps.train_step), donate_argnums=(0,)),
-                    jax.jit(freeze_on_nonfinite(steps.meta_step), donate_argnums=(0,)), stopped)
+  kind = config.replica_loop
+  return ReplicaRun(loops, state, jax.jit(freeze_on_nonfinite(steps.train_step, kind), donate_argnums=(0,)),
+                    jax.jit(freeze_on_nonfinite(steps.meta_step, kind), donate_argnums=(0,)), stopped)
 
 
 def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Any] = (),
@@ -203,4 +224,4 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
   return {"seeds": list(config_lib.replica_seeds(config)), "replicas": summaries, "state": run.state}
 
 
-__all__ = ["ReplicaRun", "freeze_on_nonfinite", "stack", "take", "train_replicas"]
+__all__ = ["LOOPS", "ReplicaRun", "freeze_on_nonfinite", "loop_kind", "stack", "take", "train_replicas"]

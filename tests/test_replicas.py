@@ -41,7 +41,7 @@ def _rel(a, b) -> float:
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-3))
 
 
-def test_vmapped_steps_equal_single_steps_in_float64():
+def test_vmapped_steps_equal_single_steps_in_float64(kind="vmap"):
   """Three replicas (own seed, own batches) through 2 train steps and a meta step: the stacked
   program gives each single run's parameters, meta parameters and buffer to 1e-12 relative."""
   with jax.enable_x64(True):
@@ -49,8 +49,8 @@ def test_vmapped_steps_equal_single_steps_in_float64():
     raws = [_raw(k, raw) for k in range(3)]
     singles = [_as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)) for k in range(3)]
     train_fn, meta_fn = jax.jit(steps.train_step), jax.jit(steps.meta_step)
-    vtrain = jax.jit(replicas.freeze_on_nonfinite(steps.train_step))
-    vmeta = jax.jit(replicas.freeze_on_nonfinite(steps.meta_step))
+    vtrain = jax.jit(replicas.freeze_on_nonfinite(steps.train_step, kind))
+    vmeta = jax.jit(replicas.freeze_on_nonfinite(steps.meta_step, kind))
     stacked = replicas.stack(singles)
     batch = replicas.stack(raws)
     epoch = jnp.asarray(1, jnp.int32)
@@ -71,12 +71,13 @@ def test_vmapped_steps_equal_single_steps_in_float64():
                 replicas.take(stacked, 1).params["student"]["conv1"]["kernel"]) > 1e-2
 
 
-def test_a_nonfinite_replica_freezes_and_the_others_go_on():
+@pytest.mark.parametrize("kind", ["vmap", "map"])
+def test_a_nonfinite_replica_freezes_and_the_others_go_on(kind):
   steps, state, raw = steps_and_state("aver", batch_size=8)
   raws = [raw, dict(raw, teacher_logits=raw["teacher_logits"].at[0, 0, 0].set(jnp.nan))]
   stacked = replicas.stack([state, steps_lib.init_state(steps, jax.device_get(raw), seed=1)])
   before = jax.device_get(stacked)
-  step = jax.jit(replicas.freeze_on_nonfinite(steps.train_step))
+  step = jax.jit(replicas.freeze_on_nonfinite(steps.train_step, kind))
   epoch = jnp.asarray(1, jnp.int32)
   for _ in range(2):
     stacked, _ = step(stacked, replicas.stack(raws), (), epoch)
