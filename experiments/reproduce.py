@@ -147,7 +147,9 @@ def class_weights(record: dict):
 
 def mean_std(values) -> str:
   values = np.asarray(values, float)
-  return f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+  if len(values) == 1:  # one seed has no spread to report
+    return f"{values[0]:.2f}"
+  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
 
 
 def _minutes(runs) -> str:

@@ -95,7 +95,7 @@ TABLES: dict[str, Table] = {
         note="Selection runs: evaluated on 6,000 training images the students and teachers never train on.",
         group="fashion_mnist"),
     "digits": Table(
-        title="digits (offline, 1,438 train / 359 test), 15 epochs, teachers 8 epochs",
+        title="digits (offline, 1,438 train / 359 test), 15 epochs, teachers 15 epochs",
         rows=(Row("resnet14, resnet20, wrn_16_1 -> resnet8", "configs/digits.py"),),
         methods=("none", "kd", "aver", "ebkd", "camkd", "aekd", "fitnet", "amtml", "bomd", "mmkd",
                  Variant("mmkd", ("mmkd.feature_input=cosine",), "MMKD, cosine-normalised feature-weight input")),
