@@ -41,6 +41,7 @@ def _rel(a, b) -> float:
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-3))
 
 
+@pytest.mark.slow  # ~140 s: float64 compiles of the meta step, vmapped and single
 def test_vmapped_steps_equal_single_steps_in_float64(kind="vmap"):
   """Three replicas (own seed, own batches) through 2 train steps and a meta step: the stacked
   program gives each single run's parameters, meta parameters and buffer to 1e-12 relative."""
