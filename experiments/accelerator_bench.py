@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_step import (flops_of, make_config, peak_flops, peak_memory_bytes,  # pylint: disable=wrong-import-position
-                            synthetic_raw, timed_interleaved, xla_memory_mib)
+                            random_teachers, synthetic_raw, timed_interleaved, write_report, xla_memory_mib)
 
 from mmkd_jax import steps as steps_lib, train  # pylint: disable=wrong-import-position
 from mmkd_jax import parallel  # pylint: disable=wrong-import-position
@@ -43,7 +43,7 @@ from mmkd_jax import replicas as replicas_lib  # pylint: disable=wrong-import-po
 from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position
 from mmkd_jax.models import get_model  # pylint: disable=wrong-import-position
-from mmkd_jax.teachers import Teacher, fingerprint, teacher_forward  # pylint: disable=wrong-import-position
+from mmkd_jax.teachers import teacher_forward  # pylint: disable=wrong-import-position
 
 SETTINGS = {"vgg8": ("vgg8", ("vgg13",) * 3), "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3)}
 CPU_SETTINGS = {"resnet8": ("resnet8", ("resnet14",) * 3)}
@@ -78,18 +78,6 @@ def roofline_ms(flops: float, bytes_accessed: float, device: dict, dtype: str) -
   return 1e3 * max(flops / device[dtype], bytes_accessed / device["bandwidth"])
 
 
-def stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def random_teachers(archs, num_classes: int, image_shape) -> list[Teacher]:
-  teachers = []
-  for i, arch in enumerate(archs):
-    v = get_model(arch, num_classes).init(jax.random.key(100 + i), jnp.zeros((1, *image_shape)))
-    teachers.append(Teacher(f"t{i}", arch, num_classes, v, fingerprint(v)))
-  return teachers
-
-
 def measure(student: str, teacher_archs, batch: int, num_classes: int, source: str, dtype: str,
             replicas: int, repeats: int, warmup: int, overrides: dict | None = None,
             replica_loop: str = "vmap") -> dict:
@@ -112,7 +100,7 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
       raw = dict(raw, teacher_logits=np.asarray(logits), teacher_feat=tuple(np.asarray(f) for f in feats))
     raws.append(raw)
   states = [steps_lib.init_state(steps, raws[k], seed=k) for k in range(replicas)]
-  state, raw = stack(states), stack([jax.tree.map(jnp.asarray, r) for r in raws])
+  state, raw = replicas_lib.stack(states), replicas_lib.stack([jax.tree.map(jnp.asarray, r) for r in raws])
   tv = teacher_vars if source == "online" else ()
   epoch = jnp.asarray(1, jnp.int32)
   fns = {"plain": steps.train_step, "meta": dataclasses.replace(steps, config=config).meta_step}
@@ -226,11 +214,8 @@ def main(argv=None) -> int:
   report["wall_s"] = time.perf_counter() - start
   text = markdown(report)
   print(text)
-  for path, content in ((args.json, json.dumps(report, indent=2)), (args.markdown, text + "\n")):
-    if path:
-      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-      with open(path, "w") as f:
-        f.write(content)
+  write_report(args.json, json.dumps(report, indent=2))
+  write_report(args.markdown, text + "\n")
   return 0
 
 

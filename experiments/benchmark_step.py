@@ -43,6 +43,23 @@ PRESETS = {
 }
 
 
+def random_teachers(archs, num_classes: int, image_shape=(32, 32, 3)) -> list[Teacher]:
+  """Randomly initialised teachers (keys 100, 101, ...): shapes and FLOPs are what a benchmark needs."""
+  teachers = []
+  for i, arch in enumerate(archs):
+    v = get_model(arch, num_classes).init(jax.random.key(100 + i), jnp.zeros((1, *image_shape)))
+    teachers.append(Teacher(f"t{i}", arch, num_classes, v, fingerprint(v)))
+  return teachers
+
+
+def write_report(path: str, text: str) -> None:
+  """Writes a benchmark's JSON or markdown to ``path`` (its folder created); nothing for ""."""
+  if path:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+      f.write(text)
+
+
 def timed(fn, *args, repeats: int, warmup: int) -> tuple[float, list[float]]:
   for _ in range(warmup):
     jax.block_until_ready(fn(*args))
@@ -125,10 +142,7 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
               modes: tuple[str, ...] = ("forward_over_reverse",)) -> dict:
   """``modes``: hypergradient modes to time (the first is the one the amortised figure uses)."""
   rng = np.random.default_rng(0)
-  teachers = []
-  for i, arch in enumerate(teacher_archs):
-    v = get_model(arch, num_classes).init(jax.random.key(100 + i), jnp.zeros((1, 32, 32, 3)))
-    teachers.append(Teacher(f"t{i}", arch, num_classes, v, fingerprint(v)))
+  teachers = random_teachers(teacher_archs, num_classes)
   teacher_vars = tuple(t.variables for t in teachers)
   raw = jax.tree.map(jnp.asarray, synthetic_raw(batch, num_classes))
   spec = DatasetSpec("synthetic", num_classes, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
@@ -226,10 +240,7 @@ def main(argv=None) -> int:
                          for name, v in e.items() if name != "meta" and isinstance(v, dict) and "xla_memory_mib" in v)
       print(f"|   XLA temporaries (MiB): {memory} | | | | | | | | | | | |")
     print(f"peak process memory {r['peak_memory_bytes'] / 2**20:.0f} MiB")
-  if args.json:
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=2)
+  write_report(args.json, json.dumps(report, indent=2))
   return 0
 
 

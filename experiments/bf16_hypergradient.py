@@ -22,9 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmkd_jax import config as config_lib
-from mmkd_jax import parallel, train
-from mmkd_jax.teachers import lifecycle
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_step import write_report  # pylint: disable=wrong-import-position
+
+from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
+from mmkd_jax import parallel, train  # pylint: disable=wrong-import-position
+from mmkd_jax.teachers import lifecycle  # pylint: disable=wrong-import-position
 
 
 def _flat(tree) -> np.ndarray:
@@ -74,10 +77,7 @@ def main(argv=None) -> int:
     print(json.dumps(row), flush=True)
   report = {"config": args.config, "overrides": args.set, "warm_steps": args.warm_steps, "rows": rows,
             "device": str(jax.devices()[0])}
-  if args.json:
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=2)
+  write_report(args.json, json.dumps(report, indent=2))
   return 0
 
 

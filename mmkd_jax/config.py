@@ -25,6 +25,7 @@ from mmkd_jax.data import sources
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
 from mmkd_jax.registry import ConfigError
 
+REPLICA_LOOPS = ("auto", "vmap", "map")  # how one program steps the replicas (mmkd_jax/replicas.py)
 MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export", "show_config")
 
 # config.faithful=True: what the original PyTorch code computed, bugs included (docs/methods.md).
@@ -337,7 +338,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.dtype in COMPUTE_DTYPES, "dtype", f"{c.dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
   need(c.num_replays >= 1, "num_replays", "must be at least 1")
   replica_seeds(c)
-  need(c.replica_loop in ("auto", "vmap", "map"), "replica_loop", f"{c.replica_loop!r} is not auto, vmap or map")
+  need(c.replica_loop in REPLICA_LOOPS, "replica_loop", f"{c.replica_loop!r} is not one of {', '.join(REPLICA_LOOPS)}")
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",

@@ -50,9 +50,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir {workdir} is a file, not a directory")
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0 and not _STAGES[config.mode] & {"evaluate", "export"}:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  if not _STAGES[config.mode] & {"evaluate", "export"}:
+    train.write_config(config, workdir)
   stages = _STAGES[config.mode]
   if stages & {"evaluate", "export"} and config_lib.replica_seeds(config):
     raise ConfigError(f"config.replicas: mode={config.mode} reads one run; point --workdir at a replica's "

@@ -49,16 +49,13 @@ def replica_config(config: ml_collections.ConfigDict, seed: int) -> ml_collectio
   return c
 
 
-LOOPS = ("auto", "vmap", "map")
-
-
 def loop_kind(kind: str) -> str:
   """``auto``: ``map`` on the CPU, ``vmap`` on accelerators. XLA:CPU turns a convolution whose
   kernel is batched (vmap over replicas' parameters) into a grouped convolution that runs far
   slower than R separate ones (measured: R=2 plain step 4x the single one); ``map`` runs the
   replicas one after another inside the same compiled program (one compilation, one process)."""
-  if kind not in LOOPS:
-    raise ValueError(f"replica loop {kind!r} is not one of {LOOPS}")
+  if kind not in config_lib.REPLICA_LOOPS:
+    raise ValueError(f"replica loop {kind!r} is not one of {config_lib.REPLICA_LOOPS}")
   if kind == "auto":
     return "map" if jax.default_backend() == "cpu" else "vmap"
   return kind
@@ -224,4 +221,4 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
   return {"seeds": list(config_lib.replica_seeds(config)), "replicas": summaries, "state": run.state}
 
 
-__all__ = ["LOOPS", "ReplicaRun", "freeze_on_nonfinite", "loop_kind", "stack", "take", "train_replicas"]
+__all__ = ["ReplicaRun", "freeze_on_nonfinite", "loop_kind", "stack", "take", "train_replicas"]
