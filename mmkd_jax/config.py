@@ -11,6 +11,7 @@ value (config file or ``--config.<field>=...``) always wins.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import copy
 import json
 import os
@@ -74,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (mmkd_jax/replicas.py; seed s writes <workdir>/seed<s>/); "" = one run of `seed`.
   c.replicas = ""
   c.replica_loop = "auto"        # auto (map on CPU, vmap elsewhere) | vmap | map: how one program steps them
+  c.replica_shards = 1           # G > 1: a (G, devices/G) ('replica', 'data') mesh, replicas sharded over G groups
   c.student = "resnet8"          # a registered model (mmkd_jax.models)
   # Compute dtype of the student's (and online teachers') convolutions and matmuls: float32 |
   # bfloat16 (parameters, optimiser state, BatchNorm statistics and losses stay float32).
@@ -297,19 +299,85 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def replica_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The seeds of ``config.replicas`` ("0,1,2" -> (0, 1, 2)); () without replicas."""
+# Scalar hyperparameters a replica may override (``config.replicas = "0:weights.feat=10,..."``):
+# the ones that enter the compiled step as numbers, so one program can carry a value per replica
+# (steps.with_values). ``weights.<term>`` / ``meta.lookahead_weights.<term>`` for the method's terms.
+TUNABLE = ("lr", "temperature", "meta.lr", "weights.<term>", "meta.lookahead_weights.<term>")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaEntry:
+  """One replica of ``config.replicas``: its seed and its overrides of tunable fields."""
+  seed: int
+  overrides: tuple[tuple[str, float], ...] = ()
+
+  @property
+  def name(self) -> str:
+    """Its run directory under the workdir: ``seed<s>``, plus ``_<field>=<value>`` per override."""
+    return "_".join([f"seed{self.seed}", *(f"{k}={v:g}" for k, v in self.overrides)])
+
+
+def _tunable(field: str) -> bool:
+  head, _, term = field.rpartition(".")
+  return field in ("lr", "temperature", "meta.lr") or (head in ("weights", "meta.lookahead_weights")
+                                                       and bool(term) and term != "feat_from_epoch")
+
+
+def replica_entries(config: ml_collections.ConfigDict) -> tuple[ReplicaEntry, ...]:
+  """``config.replicas``: comma-separated entries ``seed[:field=value[:field=value...]]``
+  ("0,1,2"; "0:weights.feat=1,0:weights.feat=10"); () without replicas."""
   text = str(config.get("replicas", "")).strip()
   if not text:
     return ()
-  try:
-    seeds = tuple(int(part) for part in text.split(","))
-  except ValueError:
-    raise ConfigError(f"config.replicas: {text!r} is not a comma-separated list of integer seeds, "
-                      "e.g. '0,1,2'") from None
-  if len(set(seeds)) != len(seeds):
-    raise ConfigError(f"config.replicas: {text!r} repeats a seed; its replicas would be identical")
-  return seeds
+  entries = []
+  for part in text.split(","):
+    seed_text, *assignments = part.strip().split(":")
+    try:
+      seed = int(seed_text)
+    except ValueError:
+      raise ConfigError(f"config.replicas: {part.strip()!r} does not start with an integer seed; entries are "
+                        "seed[:field=value...], e.g. '0,1,2' or '0:weights.feat=10,1:weights.feat=10'") from None
+    overrides = {}
+    for assignment in assignments:
+      field, eq, value = assignment.partition("=")
+      field = field.strip()
+      if not eq or not _tunable(field):
+        raise ConfigError(f"config.replicas: {assignment!r} in entry {part.strip()!r} is not field=value of a "
+                          f"tunable scalar; tunable: {', '.join(TUNABLE)}")
+      try:
+        overrides[field] = float(value)
+      except ValueError:
+        raise ConfigError(f"config.replicas: {field}={value!r} in entry {part.strip()!r} is not a number") from None
+    entries.append(ReplicaEntry(seed, tuple(sorted(overrides.items()))))
+  if len(set(entries)) != len(entries):
+    raise ConfigError(f"config.replicas: {text!r} repeats an entry (same seed, same overrides); "
+                      "its replicas would be identical")
+  return tuple(entries)
+
+
+def replica_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The seeds of ``config.replicas`` ("0,1,2" -> (0, 1, 2)); () without replicas."""
+  return tuple(entry.seed for entry in replica_entries(config))
+
+
+def check_replica_overrides(config: ml_collections.ConfigDict) -> None:
+  """Each override names a field of the resolved config; weight overrides need a non-zero base
+  weight, because the base config decides which terms the compiled step computes."""
+  spec = methods.METHODS.get(config.method)
+  for entry in replica_entries(config):
+    for field, _ in entry.overrides:
+      head, _, term = field.rpartition(".")
+      if head in ("weights", "meta.lookahead_weights"):
+        if term not in spec.terms:
+          raise ConfigError(f"config.replicas: {field}: method {config.method!r} has no term {term!r}; "
+                            f"its terms: {', '.join(spec.terms)}")
+        if head == "meta.lookahead_weights" and not spec.bilevel:
+          raise ConfigError(f"config.replicas: {field}: method {config.method!r} has no look-ahead")
+        if not _get(config, field):
+          raise ConfigError(f"config.replicas: {field} is overridden but the base config's {field} is 0, so the "
+                            "compiled step does not compute that term; set it non-zero in the base config")
+      elif field == "meta.lr" and not spec.bilevel:
+        raise ConfigError(f"config.replicas: meta.lr: method {config.method!r} has no meta networks")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -337,8 +405,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c[field] in STORAGE_DTYPES, field, f"{c[field]!r} must be one of {', '.join(STORAGE_DTYPES)}")
   need(c.dtype in COMPUTE_DTYPES, "dtype", f"{c.dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
   need(c.num_replays >= 1, "num_replays", "must be at least 1")
-  replica_seeds(c)
+  check_replica_overrides(c)
   need(c.replica_loop in REPLICA_LOOPS, "replica_loop", f"{c.replica_loop!r} is not one of {', '.join(REPLICA_LOOPS)}")
+  if c.replica_shards != 1:
+    count = len(replica_entries(c))
+    need(count > 0, "replica_shards", "shards the replicas of config.replicas; set config.replicas or use 1")
+    need(c.replica_shards > 0 and count % c.replica_shards == 0, "replica_shards",
+         f"{c.replica_shards} groups do not divide the {count} replicas evenly")
+    need(c.replica_loop != "map", "replica_shards", "a sharded replica axis is stepped by vmap; "
+         "set config.replica_loop=vmap (or auto on an accelerator)")
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
@@ -357,7 +432,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and
 # where files are, not what is computed. Anything else differing from the stored run is refused.
 RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
-             "stop_at_step", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
+             "stop_at_step", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
              "eval_batch_size", "distributed.", "teacher_training.", "trust_pickle", "resolved_for", "progress")
 
 

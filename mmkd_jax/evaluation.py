@@ -19,7 +19,7 @@ from mmkd_jax.teachers import Teacher, teacher_forward
 
 def rounded_batch(batch_size: int, mesh: Any) -> int:
   """The eval batch rounded up to a multiple of the devices (padding rows are masked)."""
-  devices = mesh.devices.size
+  devices = parallel.data_devices(mesh)
   return -(-batch_size // devices) * devices
 
 

@@ -8,7 +8,13 @@ leading axis and one ``jax.vmap``-ed train / meta step advances all of them (``r
 table's seeds share one compilation and fill an accelerator that one CIFAR-size student leaves
 idle (experiments/accelerator_bench.py measures the gain).
 
-``<workdir>/seed<s>/`` is an ordinary run directory of the replica of seed s (config.json with its seed,
+An entry may override tunable scalars (``"0:weights.feat=10"``, config.TUNABLE): their per-replica
+values are an argument of the compiled step (``steps.with_values``), so a hyperparameter sweep is
+one program too. ``config.replica_shards = G`` shards the replica axis over G device groups of a
+('replica', 'data') mesh (docs/scaling.md).
+
+``<workdir>/<entry>/`` (``seed<s>``, plus ``_<field>=<value>`` per override) is an ordinary run
+directory of that replica (config.json with its seed and values,
 metrics.jsonl, checkpoints/, best/, summary.json): ``mode=evaluate`` / ``mode=export`` and
 ``experiments/reproduce.py`` read it like any run, and each replica resumes from its own
 checkpoints. A replica whose loss becomes NaN/inf is frozen at its last good state and stops
@@ -27,7 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import checkpoint, parallel, runs, train
+from mmkd_jax import checkpoint, optim, parallel, runs, train
+from mmkd_jax import steps as steps_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.metrics import MetricWriter, mean_metrics, tagged_train_metrics
 from mmkd_jax.steps import TrainState
@@ -43,10 +50,31 @@ def take(tree: PyTree, k: int) -> PyTree:
   return jax.tree.map(lambda x: x[k], tree)
 
 
-def replica_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+def replica_config(config: ml_collections.ConfigDict, entry: config_lib.ReplicaEntry | int) -> ml_collections.ConfigDict:
+  """The single run a replica is: the config with its seed and overrides, without replicas."""
+  entry = entry if isinstance(entry, config_lib.ReplicaEntry) else config_lib.ReplicaEntry(int(entry))
   c = config.copy_and_resolve_references()
-  c.seed, c.replicas = seed, ""
-  return c
+  c.seed, c.replicas = entry.seed, ""
+  return config_lib.set_fields(c, dict(entry.overrides))
+
+
+def replica_values(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Each overridden field's value per replica (shape (R,), float32, float64 under x64): the replica's override,
+  else the config's own value; {} when no replica overrides anything."""
+  entries = config_lib.replica_entries(config)
+  fields = sorted({field for entry in entries for field, _ in entry.overrides})
+  resolved = config_lib.resolve(config)
+  return {field: np.asarray([dict(entry.overrides).get(field, float(config_lib._get(resolved, field)))  # pylint: disable=protected-access
+                             for entry in entries], jax.dtypes.canonicalize_dtype(np.float64))
+          for field in fields}
+
+
+def step_with_values(steps: Any, name: str):
+  """``steps.<name>`` (train_step / meta_step) taking a replica's tunable values as a 5th
+  argument (steps_lib.with_values)."""
+  def step(state, raw, teacher_vars, epoch, values):
+    return getattr(steps_lib.with_values(steps, values), name)(state, raw, teacher_vars, epoch)
+  return step
 
 
 def loop_kind(kind: str) -> str:
@@ -61,19 +89,25 @@ def loop_kind(kind: str) -> str:
   return kind
 
 
-def freeze_on_nonfinite(step_fn, kind: str = "vmap"):
+def freeze_on_nonfinite(step_fn, kind: str = "vmap", spmd_axis_name: str | None = None):
   """``step_fn`` over the replicas' leading axis (``jax.vmap``, or ``lax.map`` for ``kind="map"``);
   a replica whose step turns a tracked term non-finite keeps its previous state (with the
-  non-finite record), so it stops where it was last good."""
-  def step(state: TrainState, raw: dict[str, Any], teacher_vars: Any, epoch: jax.Array):
-    new, metrics = step_fn(state, raw, teacher_vars, epoch)
+  non-finite record), so it stops where it was last good. ``spmd_axis_name``: the mesh axis the
+  replica axis is sharded over ('replica'), so the step's own batch-sharding constraints keep it."""
+  def step(state: TrainState, raw: dict[str, Any], teacher_vars: Any, epoch: jax.Array, values: dict):
+    new, metrics = step_fn(state, raw, teacher_vars, epoch, values) if values else step_fn(state, raw, teacher_vars, epoch)
     bad = new.nonfinite[0] >= 0
     kept = jax.tree.map(lambda old, fresh: jnp.where(bad, old, fresh), state, new)
     return kept.replace(nonfinite=new.nonfinite), metrics
-  if loop_kind(kind) == "map":
-    return lambda state, raw, teacher_vars, epoch: jax.lax.map(
-        lambda pair: step(pair[0], pair[1], teacher_vars, epoch), (state, raw))
-  return jax.vmap(step, in_axes=(0, 0, None, None))
+
+  def stepped(state: TrainState, raw: dict[str, Any], teacher_vars: Any, epoch: jax.Array, values=None):
+    """``values``: per-replica tunable scalars, each of shape (R,) (replica_values), or None."""
+    values = values or {}
+    if loop_kind(kind) == "map":
+      return jax.lax.map(lambda args: step(args[0], args[1], teacher_vars, epoch, args[2]), (state, raw, values))
+    return jax.vmap(step, in_axes=(0, 0, None, None, 0), spmd_axis_name=spmd_axis_name)(
+        state, raw, teacher_vars, epoch, values)
+  return stepped
 
 
 @dataclasses.dataclass
@@ -83,6 +117,7 @@ class ReplicaRun:
   train_fn: Any
   meta_fn: Any
   stopped: list                  # per replica: its non-finite message once it stopped, else None
+  values: dict = dataclasses.field(default_factory=dict)  # per-replica tunable scalars (replica_values)
 
   @property
   def setup(self) -> train.Setup:
@@ -102,29 +137,37 @@ class ReplicaRun:
     spe, window_size = setup.steps_per_epoch, config.log_every
     epoch_array = jnp.asarray(epoch, jnp.int32)
     pending, tic, seen, interrupted = [], time.perf_counter(), 0, False
-    for idx, raw in enumerate(self.batches(epoch, first_batch), start=first_batch):
-      device_raw = parallel.shard_batch(raw, setup.mesh, batch_axis=1)
-      self.state, metrics = self.train_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array)
+    batches = parallel.prefetch_to_device(self.batches(epoch, first_batch), setup.mesh, batch_axis=1)
+    for idx, device_raw in enumerate(batches, start=first_batch):
+      self.state, metrics = self.train_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array, self.values)
       if setup.method.bilevel and epoch >= config.meta.warmup_epochs and train.is_meta_step(setup, idx):
-        self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array)
+        self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array,
+                                                self.values)
         metrics = {**metrics, **meta_metrics}
       pending.append(metrics)
       seen += config.batch_size
       global_step = epoch * spe + idx + 1
       if (idx + 1) % window_size == 0 and len(pending) > window_size:
         means = mean_metrics(pending[-2 * window_size:-window_size])
-        lr = float(setup.steps.schedule(global_step - window_size))
+        lr = np.broadcast_to(np.asarray(self.lr(global_step - window_size)), (len(self.loops),))
         tracked = [means[t] for t in setup.steps.tracked if t in means]
         if not all(np.all(np.isfinite(np.asarray(v)[self.active()])) for v in tracked):
           self.check_finite()  # the finished window holds a non-finite term: stop its replica now
         for k in self.active():
           loop = self.loops[k]
           loop.writer.write(global_step - window_size,
-                            {**tagged_train_metrics(take(means, k), loop.teacher_names), "train/lr": lr})
+                            {**tagged_train_metrics(take(means, k), loop.teacher_names), "train/lr": float(lr[k])})
       if stop.requested or global_step == config.stop_at_step or self.loops[0].ckpt.reached_preemption(global_step):
         interrupted = True
         break
     return pending, seen, tic, interrupted
+
+  def lr(self, step: int) -> Any:
+    """The student's learning rate at ``step``: one value, or one per replica with lr overrides."""
+    if "lr" in self.values:
+      return optim.multistep_lr(self.values["lr"], self.setup.steps_per_epoch, self.setup.config.lr_milestones,
+                                self.setup.config.lr_decay)(step)
+    return float(self.setup.steps.schedule(step))
 
   def check_finite(self) -> None:
     """Stops (for good) each replica that recorded a non-finite term; the others go on."""
@@ -138,36 +181,51 @@ class ReplicaRun:
           print(f"{loop.label}{message} The other replicas go on.")
 
   def sync(self, k: int) -> None:
-    """Replica k's slice of the stacked state, for its evaluation and checkpoints."""
-    self.loops[k].state = take(self.state, k)
+    """Replica k's slice of the stacked state (on every device of the mesh), for its evaluation
+    and checkpoints."""
+    self.loops[k].state = parallel.replicate(take(self.state, k), self.setup.mesh)
 
 
 def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Any], cache: Any,
           quiet: bool) -> ReplicaRun:
-  seeds = config_lib.replica_seeds(config)
-  base = train.build(replica_config(config, seeds[0]), teachers, cache)
+  entries = config_lib.replica_entries(config)
+  shards = int(config.replica_shards)
+  kind = loop_kind(config.replica_loop)
+  if shards > 1 and kind == "map":
+    raise config_lib.ConfigError("config.replica_shards: a sharded replica axis is stepped by vmap, and "
+                                 f"replica_loop={config.replica_loop!r} means lax.map on {jax.default_backend()}; "
+                                 "set config.replica_loop=vmap")
+  if shards > 1 and jax.process_count() > 1:
+    raise config_lib.ConfigError("config.replica_shards: replica groups across processes are not supported yet; "
+                                 "use replica_shards=1 (replicas replicated, each batch sharded over every device)")
+  mesh = parallel.data_mesh(shards)
+  base = train.build(replica_config(config, config_lib.ReplicaEntry(entries[0].seed)), teachers, cache, mesh=mesh)
   steps = base.steps
   teacher_vars = parallel.replicate(tuple(t.variables for t in base.teachers), base.mesh) if steps.online else ()
   eval_fn = jax.jit(steps.eval_step)
   loops, states = [], []
-  for k, seed in enumerate(seeds):
-    setup = dataclasses.replace(base, config=config_lib.resolve(replica_config(config, seed)))
-    directory = os.path.join(workdir, f"seed{seed}")
+  for k, entry in enumerate(entries):
+    setup = dataclasses.replace(base, config=config_lib.resolve(replica_config(config, entry)))
+    directory = os.path.join(workdir, entry.name)
     os.makedirs(directory, exist_ok=True)
     train.write_config(setup.config, directory)
     state, host, ckpt = train.restore_or_init(setup, directory, quiet)
     loop = train._Loop(setup, directory, quiet, state, host, ckpt,  # pylint: disable=protected-access
                        MetricWriter(directory), teacher_vars, None, None, eval_fn,
-                       label=f"replica {k} (seed {seed}): ")
+                       label=f"replica {k} ({entry.name}): ")
     accuracy = loops[0].host["teacher_accuracy"] if loops else None
     train.record_teacher_accuracy(loop, accuracy)
     loops.append(loop)
     states.append(state)
-  state = parallel.replicate(stack(states), base.mesh)
+  state = parallel.shard_replicas(stack(states), mesh)
   stopped = [steps.nonfinite_message(np.asarray(s.nonfinite), base.steps_per_epoch) for s in states]
-  kind = config.replica_loop
-  return ReplicaRun(loops, state, jax.jit(freeze_on_nonfinite(steps.train_step, kind), donate_argnums=(0,)),
-                    jax.jit(freeze_on_nonfinite(steps.meta_step, kind), donate_argnums=(0,)), stopped)
+  axis = "replica" if shards > 1 else None
+  values = replica_values(config)
+  train_step, meta_step = ((step_with_values(steps, "train_step"), step_with_values(steps, "meta_step")) if values
+                           else (steps.train_step, steps.meta_step))
+  device_values = parallel.shard_replicas(values, mesh) if values else {}
+  return ReplicaRun(loops, state, jax.jit(freeze_on_nonfinite(train_step, kind, axis), donate_argnums=(0,)),
+                    jax.jit(freeze_on_nonfinite(meta_step, kind, axis), donate_argnums=(0,)), stopped, device_values)
 
 
 def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Any] = (),

@@ -54,6 +54,7 @@ class Steps:
   # Sharding of batch-major arrays (the mesh's 'data' axis); None on a single device.
   data_sharding: Any = None
   schedule: Any = None  # the student's learning rate as a function of the step count
+  steps_per_epoch: int = 0
 
   @property
   def tracked(self) -> tuple[str, ...]:
@@ -185,15 +186,49 @@ def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str
           "loss": jnp.sum(per_sample_loss * mask), "count": jnp.sum(mask)}
 
 
+def _optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int, lr: Any, meta_lr: Any):
+  schedule = optim.multistep_lr(lr, steps_per_epoch, config.lr_milestones, config.lr_decay)
+  return (schedule, optim.torch_sgd(schedule, config.momentum, config.nesterov, config.weight_decay),
+          optim.torch_adam(meta_lr, config.meta.weight_decay))
+
+
 def make_steps(config: ml_collections.ConfigDict, method: Method, spec: DatasetSpec,
                teachers: Sequence[Teacher], mesh: Any, steps_per_epoch: int) -> Steps:
   """The steps of a run: the reference's SGD schedule and Adam for the meta networks."""
-  schedule = optim.multistep_lr(float(config.lr), steps_per_epoch, config.lr_milestones, config.lr_decay)
-  optimizer = optim.torch_sgd(schedule, config.momentum, config.nesterov, config.weight_decay)
-  meta_optimizer = optim.torch_adam(config.meta.lr, config.meta.weight_decay)
+  schedule, optimizer, meta_optimizer = _optimizers(config, steps_per_epoch, float(config.lr), config.meta.lr)
   return Steps(config, method, optimizer, meta_optimizer, spec, tuple(teachers),
                config.teacher_source == "online",
-               parallel.batch_sharding(mesh) if mesh.devices.size > 1 else None, schedule)
+               parallel.batch_sharding(mesh) if parallel.data_devices(mesh) > 1 else None, schedule,
+               steps_per_epoch)
+
+
+def with_values(steps: Steps, values: dict[str, jax.Array]) -> Steps:
+  """The same steps with tunable scalars (``config.TUNABLE``: ``lr``, ``temperature``,
+  ``meta.lr``, ``weights.<term>``, ``meta.lookahead_weights.<term>``) taken from ``values``,
+  which may be traced: how one vmapped program gives each replica its own hyperparameters. The
+  structure (which terms are computed, the optimisers' state) stays that of ``steps``."""
+  if not values:
+    return steps
+  method, config = steps.method, steps.config
+  changes = {}
+  if "temperature" in values:
+    changes["temperature"] = values["temperature"]
+  for field, prefix in (("weights", "weights."), ("lookahead_weights", "meta.lookahead_weights.")):
+    chosen = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+    if chosen:
+      changes[field] = getattr(method, field).with_values(chosen)
+  if changes:
+    try:
+      method = dataclasses.replace(method, **changes)
+    except TypeError as e:
+      raise TypeError(f"method {config.method!r} ({type(method).__name__}) does not take per-replica "
+                      f"{', '.join(changes)}: it is not a dataclass with those fields ({e})") from e
+  out = dataclasses.replace(steps, method=method)
+  if "lr" in values or "meta.lr" in values:
+    schedule, optimizer, meta_optimizer = _optimizers(config, steps.steps_per_epoch, values.get("lr", float(config.lr)),
+                                                      values.get("meta.lr", config.meta.lr))
+    out = dataclasses.replace(out, schedule=schedule, optimizer=optimizer, meta_optimizer=meta_optimizer)
+  return out
 
 
 def init_state(steps: Steps, example_raw: dict[str, Any], seed: int) -> TrainState:

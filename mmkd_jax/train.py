@@ -76,13 +76,15 @@ def run_info(config: ml_collections.ConfigDict, spec: sources.DatasetSpec, teach
 
 
 def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher] = (), cache: Any = None,
-          dataset: sources.Dataset | None = None) -> Setup:
+          dataset: sources.Dataset | None = None, mesh: Any = None) -> Setup:
+  """Everything a run needs; ``mesh``: the device mesh (default: every device as one
+  data-parallel group; replicas pass their ('replica', 'data') mesh)."""
   config = config_lib.resolve(config)
   dataset = dataset or sources.open_dataset(config)
   spe = pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
-  mesh = parallel.data_mesh()
+  mesh = mesh if mesh is not None else parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  bn_groups = config.batch_norm_groups or (1 if config.sync_batch_norm else mesh.devices.size)
+  bn_groups = config.batch_norm_groups or (1 if config.sync_batch_norm else parallel.data_devices(mesh))
   if config.batch_size % bn_groups:
     raise ConfigError(f"config.batch_norm_groups: {bn_groups} groups do not divide batch_size {config.batch_size}")
   student = get_model(config.student, dataset.spec.num_classes, bn_groups, config.dtype)
@@ -172,8 +174,8 @@ class _Loop:
     bar = tqdm(total=spe, initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=True if self.quiet else None, unit="step")
     pending, tic, seen, done, stopped = [], time.perf_counter(), 0, 0, False
-    for idx, raw in enumerate(train_batches(setup, epoch, first_batch), start=first_batch):
-      device_raw = parallel.shard_batch(raw, setup.mesh)
+    batches = parallel.prefetch_to_device(train_batches(setup, epoch, first_batch), setup.mesh)
+    for idx, device_raw in enumerate(batches, start=first_batch):
       self.state, metrics = self.train_fn(self.state, device_raw, self.teacher_vars, epoch_array)
       if setup.method.bilevel and epoch >= config.meta.warmup_epochs and is_meta_step(setup, idx):
         self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.teacher_vars, epoch_array)

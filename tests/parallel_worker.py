@@ -1,6 +1,7 @@
 """Subprocess worker for tests/test_parallel.py (device count must be set before JAX starts).
 
-    python tests/parallel_worker.py steps  OUT.npz DATA_DIR DEVICES SYNC_BN
+    python tests/parallel_worker.py steps  OUT.npz DATA_DIR DEVICES SYNC_BN            (env MMKD_SEED)
+    python tests/parallel_worker.py replica_steps OUT.npz DATA_DIR DEVICES REPLICA_SHARDS
     python tests/parallel_worker.py train  OUT.npz DATA_DIR LOCAL_DEVICES WORKDIR [PORT PROCESS_ID NUM_PROCESSES]
     python tests/parallel_worker.py restore OUT.npz DATA_DIR LOCAL_DEVICES WORKDIR
 """
@@ -42,7 +43,8 @@ def config(sync_bn: bool = True):
       data_dir=data_dir, teacher_source="online", sync_batch_norm=sync_bn, async_checkpoints=False,
       epochs=1, lr_milestones=(1,), **{"weights.feat": float(os.environ.get("MMKD_BETA", "1.0")),
                                        "mmkd.gram_per_device": os.environ.get("MMKD_GRAM_PER_DEVICE") == "1"},
-      lr=float(os.environ.get("MMKD_LR", "0.01")), batch_norm_groups=int(os.environ.get("MMKD_BN_GROUPS", "0"))))
+      lr=float(os.environ.get("MMKD_LR", "0.01")), batch_norm_groups=int(os.environ.get("MMKD_BN_GROUPS", "0")),
+      method=os.environ.get("MMKD_METHOD", "mmkd")))
 
 
 def flat(tree):
@@ -50,37 +52,78 @@ def flat(tree):
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
+def as_float64(state):
+  cast = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, tree)
+  return state.replace(params=cast(state.params), meta_params=cast(state.meta_params),
+                       opt_state=cast(state.opt_state), meta_opt_state=cast(state.meta_opt_state))
+
+
+def initial(setup):
+  state = train.initial_state(setup)
+  return as_float64(state) if jax.config.jax_enable_x64 else state
+
+
+def record(state, prefix=""):
+  result = {prefix + "params" + k: v for k, v in flat(state.params).items()}
+  result.update({prefix + "meta" + k: v for k, v in flat(state.meta_params).items()})
+  result.update({prefix + "stats" + k: v for k, v in flat(state.model_state).items()})
+  return result
+
+
+STEPS = int(os.environ.get("MMKD_STEPS", "10"))
+
+
 if mode == "steps":
   c = config(sync_bn=sys.argv[5] == "1")
+  c.seed = int(os.environ.get("MMKD_SEED", "0"))
   loaded = teachers()
   setup = train.build(c, loaded, None)
   batches = list(train.train_batches(setup, 0))
-  state = train.initial_state(setup)
-  if jax.config.jax_enable_x64:
-    state = state.replace(params=jax.tree.map(lambda x: x.astype(jnp.float64), state.params),
-                          meta_params=jax.tree.map(lambda x: x.astype(jnp.float64), state.meta_params),
-                          opt_state=jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x,
-                                                 state.opt_state),
-                          meta_opt_state=jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x,
-                                                      state.meta_opt_state))
-  state = parallel.replicate(state, setup.mesh)
+  state = parallel.replicate(initial(setup), setup.mesh)
   tv = parallel.replicate(tuple(t.variables for t in loaded), setup.mesh)
   train_fn, meta_fn = jax.jit(setup.steps.train_step), jax.jit(setup.steps.meta_step)
   epoch = jnp.asarray(0, jnp.int32)
   losses, meta_losses = [], []
-  for idx in range(10):
+  for idx in range(STEPS):
     raw = parallel.shard_batch(batches[idx], setup.mesh)
     state, m = train_fn(state, raw, tv, epoch)
     losses.append(float(m["loss"]))
-    if idx % c.meta.freq == 0:
+    if setup.method.bilevel and idx % c.meta.freq == 0:
       state, mm = meta_fn(state, raw, tv, epoch)
       meta_losses.append(float(mm["meta_outer_loss"]))
-  result = {"losses": np.array(losses), "meta_losses": np.array(meta_losses)}
-  result.update({"params" + k: v for k, v in flat(state.params).items()})
-  result.update({"meta" + k: v for k, v in flat(state.meta_params).items()})
-  result.update({"stats" + k: v for k, v in flat(state.model_state).items()})
+  result = {"losses": np.array(losses), "meta_losses": np.array(meta_losses), **record(state)}
   if jax.process_index() == 0:
     np.savez(out, devices=len(jax.devices()), **result)
+elif mode == "replica_steps":
+  # The replicas of seeds 0 and 1 on a (shards, devices/shards) ('replica', 'data') mesh: the
+  # stacked state sharded over 'replica', each replica's batch over its group's 'data' devices.
+  from mmkd_jax import replicas  # noqa: E402  pylint: disable=import-outside-toplevel
+  shards, seeds = int(sys.argv[5]), (0, 1)
+  c = config(sync_bn=True)
+  c.replicas, c.replica_shards, c.replica_loop = "0,1", shards, "vmap"
+  config_lib.validate(c)
+  loaded = teachers()
+  mesh = parallel.data_mesh(shards)
+  setups = [train.build(replicas.replica_config(c, s), loaded, None, mesh=mesh) for s in seeds]
+  streams = [list(train.train_batches(setup, 0)) for setup in setups]
+  state = parallel.shard_replicas(replicas.stack([initial(setup) for setup in setups]), mesh)
+  tv = parallel.replicate(tuple(t.variables for t in loaded), mesh)
+  steps = setups[0].steps
+  train_fn = jax.jit(replicas.freeze_on_nonfinite(steps.train_step, "vmap", "replica"))
+  meta_fn = jax.jit(replicas.freeze_on_nonfinite(steps.meta_step, "vmap", "replica"))
+  epoch = jnp.asarray(0, jnp.int32)
+  for idx in range(STEPS):
+    raw = parallel.shard_batch(replicas.stack([stream[idx] for stream in streams]), mesh, batch_axis=1)
+    state, _ = train_fn(state, raw, tv, epoch)
+    if steps.method.bilevel and idx % c.meta.freq == 0:
+      state, _ = meta_fn(state, raw, tv, epoch)
+  kernel = jax.tree.leaves(state.params)[0]
+  result = {"mesh_shape": np.array([mesh.shape["replica"], mesh.shape["data"]]),
+            "state_spec": np.array(str(kernel.sharding.spec)),
+            "shard_rows": np.array(sorted({s.data.shape[0] for s in kernel.addressable_shards}))}
+  for k in range(len(seeds)):
+    result.update(record(replicas.take(state, k), prefix=f"r{k}_"))
+  np.savez(out, devices=len(jax.devices()), **result)
 elif mode == "train":
   c = config()
   c.stop_at_step = 10

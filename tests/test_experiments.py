@@ -113,3 +113,14 @@ def test_accelerator_bench_smoke_on_cpu(tmp_path, monkeypatch):
   assert entry["images_per_s"] == pytest.approx(2 * 4 / (entry["amortised_ms"] / 1e3))
   assert entry["plain"]["gflops"] > 0 and entry["meta"]["gflops"] > entry["plain"]["gflops"]
   assert all(r["plain"] > 0 for r in entry["roofline_ms"].values())
+
+
+def test_input_pipeline_measures_every_combination(tmp_path):
+  import input_pipeline  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "pipeline.json"
+  input_pipeline.main(["--examples", "96", "--batches", "2", "--repeats", "1", "--batch_size", "16",
+                       "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert {(r["threads"], r["teacher_cache"], r["to_device"]) for r in rows} == {
+      (t, c, d) for t in (1, 2) for c in (False, True) for d in (False, True)}
+  assert all(r["images_per_s"] == pytest.approx(16 * r["batches_per_s"]) and r["batches_per_s"] > 0 for r in rows)

@@ -1,4 +1,5 @@
-"""Data parallelism: 8 devices reproduce 1 device; 2 processes reproduce 1 process with 4 devices."""
+"""Data parallelism: 8 devices reproduce 1 device; 2 processes reproduce 1 process with 4 devices;
+replicas on a 2 x 4 ('replica', 'data') mesh reproduce their single-device runs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from mmkd_jax import parallel
 from mmkd_jax.data import sources
 
 WORKER = os.path.join(os.path.dirname(__file__), "parallel_worker.py")
@@ -128,3 +131,62 @@ def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_d
   r = np.load(restored)
   assert int(r["step"]) == 10
   assert relative_difference(r, b, "params") == 0.0 and relative_difference(r, b, "meta") == 0.0
+
+
+@pytest.mark.slow  # ~4 min alone on 2 cores: three float64 compiles of the MMKD train and meta steps
+@pytest.mark.xfail(strict=True, reason="known open defect (issue 14): on the 2 x 4 mesh the MMKD replicas differ "
+                   "from their single runs (float64, 10 steps: params 3.5e-3, meta 5.4e-2, BN statistics 0.13; "
+                   "after 1 step in float32 the student's statistics agree to 1e-7 but the feature "
+                   "regressors' differ by 6%), while the same vmapped step on one device agrees to 1e-7")
+def test_replicas_on_a_two_by_four_mesh_reproduce_their_single_device_runs(tmp_path, data_dir):
+  """Seeds 0 and 1 as replicas sharded over 2 groups of 4 fake devices (each replica's batch
+  split over its group's 4 devices) equal the two single runs on one device: 10 float64 MMKD
+  steps with 2 meta steps, parameters, meta parameters and BatchNorm statistics."""
+  mesh_run = tmp_path / "mesh.npz"
+  procs = [_run("replica_steps", mesh_run, data_dir, 8, 2, x64=True)]
+  procs += [_run("steps", tmp_path / f"single{s}.npz", data_dir, 1, 1, x64=True, MMKD_SEED=str(s)) for s in (0, 1)]
+  for p in procs:
+    _wait(p)
+  mesh = np.load(mesh_run)
+  assert list(mesh["mesh_shape"]) == [2, 4] and int(mesh["devices"]) == 8
+  assert "'replica'" in str(mesh["state_spec"]) and list(mesh["shard_rows"]) == [1]  # 1 of 2 rows per group
+  for k in (0, 1):
+    single = np.load(tmp_path / f"single{k}.npz")
+    mine = {key[len(f"r{k}_"):]: mesh[key] for key in mesh.files if key.startswith(f"r{k}_")}
+    diffs = {p: relative_difference(_Npz(mine), single, p) for p in ("params", "meta", "stats")}
+    print(f"replica {k} on the 2 x 4 mesh vs its single run on 1 device (float64): {diffs}")
+    assert max(diffs.values()) < F64_TOLERANCE, diffs
+  # The two replicas are different students (own seed and data order).
+  other = {key[3:]: mesh[key] for key in mesh.files if key.startswith("r1_")}
+  assert relative_difference(_Npz(other), np.load(tmp_path / "single0.npz"), "params") > 1e-2
+
+
+class _Npz(dict):
+  """A dict with the ``files`` attribute of a loaded .npz (what relative_difference reads)."""
+
+  @property
+  def files(self):
+    return list(self.keys())
+
+
+def test_prefetch_to_device_yields_every_batch_in_order_with_two_in_flight():
+  pulled = []
+
+  def host_batches():
+    for i in range(5):
+      pulled.append(i)
+      yield {"x": np.full((4, 2), i, np.float32)}
+  batches = parallel.prefetch_to_device(host_batches(), parallel.data_mesh(), size=2)
+  first = next(batches)
+  assert pulled == [0, 1] and isinstance(first["x"], jax.Array)   # the next one is already sent
+  assert [int(b["x"][0, 0]) for b in [first, *batches]] == [0, 1, 2, 3, 4]
+
+
+def test_mesh_axes_and_bad_replica_groups():
+  mesh = parallel.data_mesh()
+  assert mesh.axis_names == ("replica", "data") and mesh.shape["replica"] == 1
+  assert parallel.data_devices(mesh) == len(jax.devices())
+  with pytest.raises(ValueError, match="does not divide the 1 devices"):
+    parallel.data_mesh(2)
+  with pytest.raises(ValueError, match="batch-major"):
+    parallel.batch_sharding(mesh, batch_axis=2)

@@ -95,9 +95,59 @@ def test_a_nonfinite_replica_freezes_and_the_others_go_on(kind):
 def test_replicas_field_is_checked():
   assert config_lib.replica_seeds(config_lib.set_fields(config_lib.base_config(), ["replicas=0,1,2"])) == (0, 1, 2)
   assert config_lib.replica_seeds(config_lib.base_config()) == ()
-  for bad, words in (("0,x", "integer seeds"), ("1,1", "repeats a seed")):
+  entries = config_lib.replica_entries(config_lib.set_fields(
+      config_lib.base_config(), {"replicas": "0, 0:weights.feat=10:meta.lr=0.01, 1:temperature=2"}))
+  assert [e.name for e in entries] == ["seed0", "seed0_meta.lr=0.01_weights.feat=10", "seed1_temperature=2"]
+  assert entries[1].overrides == (("meta.lr", 0.01), ("weights.feat", 10.0))
+  for bad, words in (("0,x", "integer seed"), ("1,1", "repeats an entry"), ("0:momentum=0.5", "tunable scalar"),
+                     ("0:lr=fast", "not a number"), ("0:weights.feat_from_epoch=3", "tunable scalar")):
     with pytest.raises(ConfigError, match=words):
-      config_lib.replica_seeds(config_lib.set_fields(config_lib.base_config(), {"replicas": bad}))
+      config_lib.replica_entries(config_lib.set_fields(config_lib.base_config(), {"replicas": bad}))
+
+
+def test_replica_overrides_are_checked_against_the_method():
+  base = config_lib.set_fields(config_lib.base_config(), {"method": "aver"})
+  base.teachers = [config_lib.teacher("t_a", "resnet8")]
+  for bad, words in (("0,1:weights.angle=1", "no term 'angle'"), ("0,1:meta.lr=0.1", "no meta networks"),
+                     ("0,1:meta.lookahead_weights.kd=1", "no look-ahead")):
+    with pytest.raises(ConfigError, match=words):
+      config_lib.validate(config_lib.set_fields(base.copy_and_resolve_references(), {"replicas": bad}))
+  with pytest.raises(ConfigError, match="base config's weights.kd is 0"):
+    config_lib.validate(config_lib.set_fields(base.copy_and_resolve_references(),
+                                              {"replicas": "0,1:weights.kd=1", "weights.kd": 0.0}))
+  assert config_lib.validate(config_lib.set_fields(base.copy_and_resolve_references(),
+                                                   {"replicas": "0,0:weights.kd=2:lr=0.1:temperature=2"}))
+
+
+def test_replicas_with_their_own_hyperparameters_equal_single_runs_with_them():
+  """Seeds 0 and 1 with their own lr, temperature and KD weight in one vmapped program (float64):
+  each replica equals the single run configured with those values, over 3 steps."""
+  overrides = [{}, {"lr": 0.02, "temperature": 2.0, "weights.kd": 3.0}]
+  with jax.enable_x64(True):
+    singles, raws, fns = [], [], []
+    for k, o in enumerate(overrides):
+      steps, _, raw = steps_and_state("aver", batch_size=8, **o)
+      raws.append(_raw(k, raw))
+      singles.append(_as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)))
+      fns.append(jax.jit(steps.train_step))
+      if k == 0:
+        base = steps
+    values = {f: jnp.asarray([o.get(f, dict(lr=0.05, temperature=4.0, **{"weights.kd": 1.0})[f]) for o in overrides])
+              for f in ("lr", "temperature", "weights.kd")}
+    assert float(base.config.lr) == 0.05 and base.config.temperature == 4.0 and base.config.weights.kd == 1.0
+    step = jax.jit(replicas.freeze_on_nonfinite(replicas.step_with_values(base, "train_step"), "vmap"))
+    stacked, batch, epoch = replicas.stack(singles), replicas.stack(raws), jnp.asarray(0, jnp.int32)
+    for _ in range(3):
+      singles = [fn(s, r, (), epoch)[0] for fn, s, r in zip(fns, singles, raws)]
+      stacked, metrics = step(stacked, batch, (), epoch, values)
+    for k, single in enumerate(singles):
+      for a, b in zip(jax.tree.leaves(replicas.take(stacked, k).params), jax.tree.leaves(single.params)):
+        assert _rel(a, b) <= 1e-12
+    # The values did act: the same replica without them moves elsewhere.
+    plain = replicas.stack(singles)
+    assert metrics["loss_kd"].shape == (2,)
+    assert _rel(replicas.take(plain, 1).params["student"]["conv1"]["kernel"],
+                replicas.take(stacked, 0).params["student"]["conv1"]["kernel"]) > 1e-3
 
 
 @pytest.fixture(scope="module")

@@ -79,11 +79,11 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, teacher_dir, data_dir, m
   calls = {"n": 0}
   original = train.parallel.shard_batch
 
-  def shard_and_maybe_terminate(batch, mesh):
+  def shard_and_maybe_terminate(batch, mesh, *args):
     calls["n"] += 1
     if calls["n"] == 3:
       os.kill(os.getpid(), signal.SIGTERM)
-    return original(batch, mesh)
+    return original(batch, mesh, *args)
 
   monkeypatch.setattr(train.parallel, "shard_batch", shard_and_maybe_terminate)
   summary = _run(_config(teacher_dir, data_dir, method="aver"), str(tmp_path / "w"))

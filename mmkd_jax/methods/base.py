@@ -105,19 +105,28 @@ class Method(Protocol):
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
   """``total = sum_k w_k * term_k`` over the terms in order; zero-weight terms are skipped,
-  unit weights are not multiplied (the same floating-point sum a hand-written loss gives)."""
+  unit weights are not multiplied (the same floating-point sum a hand-written loss gives).
+  ``traced``: per-term weights given as (possibly traced) arrays (a replica's own values,
+  ``steps.with_values``); they multiply their term, whose presence ``values`` still decides."""
   values: tuple[tuple[str, float], ...]
   feat_from_epoch: int = 0   # the feature term counts from this (0-based) epoch on
+  traced: tuple[tuple[str, Any], ...] = ()
 
   def __getitem__(self, term: str) -> float:
     return dict(self.values).get(term, 0.0)
 
+  def with_values(self, weights: Mapping[str, Any]) -> "LossWeights":
+    return dataclasses.replace(self, traced=tuple({**dict(self.traced), **weights}.items()))
+
   def total(self, terms: Mapping[str, Array], epoch: Array | int = 0) -> Array:
-    acc = None
+    acc, traced = None, dict(self.traced)
     for name, w in self.values:
       if w == 0:
         continue
-      value = terms[name] if w == 1 else w * terms[name]
+      if name in traced:
+        value = traced[name] * terms[name]
+      else:
+        value = terms[name] if w == 1 else w * terms[name]
       if name == "feat" and self.feat_from_epoch > 0:
         value = jnp.where(jnp.asarray(epoch) >= self.feat_from_epoch, value, jnp.zeros_like(value))
       acc = value if acc is None else acc + value
