@@ -41,8 +41,9 @@ def config(sync_bn: bool = True):
   # the loss 52 -> 24 and amplify float32 rounding of the reduction order ~1e6-fold (float64 agrees).
   return config_lib.resolve(digits_smoke(
       data_dir=data_dir, teacher_source="online", sync_batch_norm=sync_bn, async_checkpoints=False,
-      epochs=1, lr_milestones=(1,), **{"weights.feat": float(os.environ.get("MMKD_BETA", "1.0")),
-                                       "mmkd.gram_per_device": os.environ.get("MMKD_GRAM_PER_DEVICE") == "1"},
+      epochs=1, lr_milestones=(1,), **({"weights.feat": float(os.environ.get("MMKD_BETA", "1.0")),
+                                         "mmkd.gram_per_device": os.environ.get("MMKD_GRAM_PER_DEVICE") == "1"}
+                                        if os.environ.get("MMKD_METHOD", "mmkd") == "mmkd" else {}),
       lr=float(os.environ.get("MMKD_LR", "0.01")), batch_norm_groups=int(os.environ.get("MMKD_BN_GROUPS", "0")),
       method=os.environ.get("MMKD_METHOD", "mmkd")))
 

@@ -119,6 +119,7 @@ def test_replica_overrides_are_checked_against_the_method():
                                                    {"replicas": "0,0:weights.kd=2:lr=0.1:temperature=2"}))
 
 
+@pytest.mark.slow  # 190 s with two other jobs on the 2 cores (three float64 compiles)
 def test_replicas_with_their_own_hyperparameters_equal_single_runs_with_them():
   """Seeds 0 and 1 with their own lr, temperature and KD weight in one vmapped program (float64):
   each replica equals the single run configured with those values, over 3 steps."""

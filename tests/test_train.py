@@ -120,7 +120,7 @@ def test_missing_teacher_and_missing_cache_are_clear(tmp_path, teacher_dir, data
 def test_batch_size_must_divide_over_devices():
   import types  # pylint: disable=import-outside-toplevel
   from mmkd_jax import parallel  # pylint: disable=import-outside-toplevel
-  eight = types.SimpleNamespace(devices=np.empty(8))
+  eight = types.SimpleNamespace(devices=np.empty((1, 8)), shape={"replica": 1, "data": 8})
   parallel.check_batch_size(64, eight)
   with pytest.raises(ValueError, match="batch_size 60 does not divide evenly over 8 devices"):
     parallel.check_batch_size(60, eight)
