@@ -89,7 +89,8 @@ def rate(make_batches, batches: int, repeats: int, to_device: bool, mesh) -> flo
     if to_device:
       iterator = parallel.prefetch_to_device(iterator, mesh)
     first = next(iterator)
-    jax.block_until_ready(first) if to_device else None
+    if to_device:
+      jax.block_until_ready(first)
     tic = time.perf_counter()
     count = 0
     for batch in iterator:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import checkpoint, optim, parallel, runs, train
+from mmkd_jax import checkpoint, parallel, runs, train
 from mmkd_jax import steps as steps_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.metrics import MetricWriter, mean_metrics, tagged_train_metrics
@@ -72,8 +72,8 @@ def replica_values(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 def step_with_values(steps: Any, name: str):
   """``steps.<name>`` (train_step / meta_step) taking a replica's tunable values as a 5th
   argument (steps_lib.with_values)."""
-  def step(state, raw, teacher_vars, epoch, values):
-    return getattr(steps_lib.with_values(steps, values), name)(state, raw, teacher_vars, epoch)
+  def step(state, raw, teacher_vars, epoch, values=None):
+    return getattr(steps_lib.with_values(steps, values or {}), name)(state, raw, teacher_vars, epoch)
   return step
 
 
@@ -164,10 +164,7 @@ class ReplicaRun:
 
   def lr(self, step: int) -> Any:
     """The student's learning rate at ``step``: one value, or one per replica with lr overrides."""
-    if "lr" in self.values:
-      return optim.multistep_lr(self.values["lr"], self.setup.steps_per_epoch, self.setup.config.lr_milestones,
-                                self.setup.config.lr_decay)(step)
-    return float(self.setup.steps.schedule(step))
+    return steps_lib.with_values(self.setup.steps, self.values).schedule(step)
 
   def check_finite(self) -> None:
     """Stops (for good) each replica that recorded a non-finite term; the others go on."""
@@ -220,12 +217,10 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
   state = parallel.shard_replicas(stack(states), mesh)
   stopped = [steps.nonfinite_message(np.asarray(s.nonfinite), base.steps_per_epoch) for s in states]
   axis = "replica" if shards > 1 else None
-  values = replica_values(config)
-  train_step, meta_step = ((step_with_values(steps, "train_step"), step_with_values(steps, "meta_step")) if values
-                           else (steps.train_step, steps.meta_step))
-  device_values = parallel.shard_replicas(values, mesh) if values else {}
-  return ReplicaRun(loops, state, jax.jit(freeze_on_nonfinite(train_step, kind, axis), donate_argnums=(0,)),
-                    jax.jit(freeze_on_nonfinite(meta_step, kind, axis), donate_argnums=(0,)), stopped, device_values)
+  values = parallel.shard_replicas(replica_values(config), mesh)
+  train_fn, meta_fn = (jax.jit(freeze_on_nonfinite(step_with_values(steps, name), kind, axis), donate_argnums=(0,))
+                       for name in ("train_step", "meta_step"))
+  return ReplicaRun(loops, state, train_fn, meta_fn, stopped, values)
 
 
 def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Any] = (),
