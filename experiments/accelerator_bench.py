@@ -14,7 +14,9 @@ with its own parameters, optimiser and meta state, hard buffer and batch):
     peak (published figure where the device is known, else a measured matmul peak);
   * XLA's temporary memory per step and the device's peak memory;
   * the roofline prediction max(FLOPs / peak FLOP/s, bytes / bandwidth) of each step on an H100
-    SXM and a TPU v5e chip, from the same cost analysis (``ROOFLINE_DEVICES``).
+    SXM, an H200 and a TPU v5e chip, from the same cost analysis (``ROOFLINE_DEVICES``), and the
+    wall time of the paper's 240-epoch CIFAR-100 run it implies (``run_hours``).
+``--repeats 0`` compiles and analyses only (the roofline of settings too slow to time here).
 Medians of --repeats interleaved calls after warm-up; compile time excluded and reported.
 Time-boxed: a setting is skipped (and said so) once --budget_s is spent.
 """
@@ -110,9 +112,12 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
     stepped = replicas_lib.freeze_on_nonfinite(fn, replica_loop)  # the trainer's own replica step
     compiled[name] = jax.jit(stepped).lower(state, raw, tv, epoch).compile()
     compile_s[name] = time.perf_counter() - start
-  for _ in range(4):  # fill the hard buffers so the meta step samples real entries
-    state, _ = compiled["plain"](state, raw, tv, epoch)
-  medians = timed_interleaved(compiled, (state, raw, tv, epoch), repeats, warmup)
+  if repeats:
+    for _ in range(4):  # fill the hard buffers so the meta step samples real entries
+      state, _ = compiled["plain"](state, raw, tv, epoch)
+    medians = timed_interleaved(compiled, (state, raw, tv, epoch), repeats, warmup)
+  else:  # cost analysis only (the roofline of settings too slow to time on this machine)
+    medians = {name: float("nan") for name in compiled}
   entry = {"student": student, "teachers": list(teacher_archs), "batch": batch, "source": source,
            "dtype": dtype, "replicas": replicas, "replica_loop": replicas_lib.loop_kind(replica_loop)}
   for name in compiled:
@@ -127,7 +132,19 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
       device: {name: roofline_ms(1e9 * entry[name]["gflops"], 1e9 * entry[name]["gbytes"], spec_, dtype)
                for name in ("plain", "meta")}
       for device, spec_ in ROOFLINE_DEVICES.items()}
+  entry["roofline_run_hours"] = {device: run_hours(r["plain"], r["meta"]) for device, r in entry["roofline_ms"].items()}
   return entry
+
+
+# The paper's run: CIFAR-100 (50,000 training images) for 240 epochs at batch 64, a meta step
+# every 5 training steps (the MMKD default).
+RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_META_FREQ = 240, -(-50_000 // 64), 5
+
+
+def run_hours(plain_ms: float, meta_ms: float) -> float:
+  """Wall time of the paper's 240-epoch CIFAR-100 run at the given step times (evaluation and
+  input pipeline excluded)."""
+  return RUN_EPOCHS * RUN_STEPS_PER_EPOCH * (plain_ms + meta_ms / RUN_META_FREQ) / 3.6e6
 
 
 def markdown(report: dict) -> str:
@@ -155,6 +172,15 @@ def markdown(report: dict) -> str:
     cells = " | ".join(f"{r['plain']:.2f} / {r['meta']:.2f}" for r in e["roofline_ms"].values())
     lines.append(f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
                  f"{e['replicas']} | {cells} |")
+  lines += ["", f"Predicted wall time of the paper's run ({RUN_EPOCHS} epochs x {RUN_STEPS_PER_EPOCH} steps at batch 64, "
+            f"a meta step every {RUN_META_FREQ}) at the roofline step times, hours for all R students together"
+            " (this device: at its measured step times, nan with --repeats 0):", "",
+            "| setting | teachers | dtype | R | " + " | ".join(ROOFLINE_DEVICES) + " | this device |",
+            "|---|---|---|---|" + "---|" * (len(ROOFLINE_DEVICES) + 1)]
+  for e in report["results"]:
+    cells = " | ".join(f"{h:.2f}" for h in e["roofline_run_hours"].values())
+    lines.append(f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
+                 f"{e['replicas']} | {cells} | {run_hours(e['plain']['ms'], e['meta']['ms']):.2f} |")
   if report["skipped"]:
     lines += ["", "Skipped (time budget spent): " + "; ".join(report["skipped"])]
   return "\n".join(lines)
@@ -170,7 +196,7 @@ def main(argv=None) -> int:
                       help="how one program steps the replicas (the trainer's config.replica_loop)")
   parser.add_argument("--sources", default="precomputed,online")
   parser.add_argument("--batch", type=int, default=0, help="default 64 (--cpu: 16)")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5, help="timed calls per step (0: cost analysis only)")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--budget_s", type=float, default=300.0, help="stop starting new measurements after this")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

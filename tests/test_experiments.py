@@ -97,6 +97,8 @@ def test_roofline_takes_the_slower_of_compute_and_bandwidth():
   device = {"float32": 1e12, "bfloat16": 4e12, "bandwidth": 1e11}
   assert accelerator_bench.roofline_ms(2e9, 1e8, device, "float32") == pytest.approx(2.0)   # compute-bound
   assert accelerator_bench.roofline_ms(2e9, 1e8, device, "bfloat16") == pytest.approx(1.0)  # bandwidth-bound
+  # 240 epochs x 782 steps, each 10 ms plus a fifth of a 50 ms meta step: 187,680 x 20 ms.
+  assert accelerator_bench.run_hours(10.0, 50.0) == pytest.approx(187_680 * 0.020 / 3600)
 
 
 @pytest.mark.slow

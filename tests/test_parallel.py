@@ -134,11 +134,6 @@ def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_d
 
 
 @pytest.mark.slow  # ~4 min alone on 2 cores: three float64 compiles of the MMKD train and meta steps
-@pytest.mark.xfail(strict=True, reason="known open defect (issue 14): on the 2 x 4 mesh the MMKD replicas differ "
-                   "from their single runs (float64, 10 steps: params 3.5e-3, meta 5.4e-2, BN statistics 0.13; "
-                   "after 1 step in float32 the student's statistics agree to 1e-7 but the feature "
-                   "regressors' differ by 6%), while the same vmapped step on one device agrees to 1e-7, and AVER on the "
-                   "same 2 x 4 mesh equals its single run to 1e-17 in float64 (the mesh itself is exact)")
 def test_replicas_on_a_two_by_four_mesh_reproduce_their_single_device_runs(tmp_path, data_dir):
   """Seeds 0 and 1 as replicas sharded over 2 groups of 4 fake devices (each replica's batch
   split over its group's 4 devices) equal the two single runs on one device: 10 float64 MMKD

@@ -117,15 +117,38 @@ def _conv_patch_gradient_jvp(strides, padding, primals, tangents):
   return y, _conv_patch_gradient(dx, w, strides, padding) + _conv_by_patches(x, dw, strides, padding)
 
 
+def _pointwise_conv(x: Array, w: Array, groups: int, precision=None, preferred_element_type=None) -> Array:
+  """A 1x1 stride-1 convolution (HWIO kernel, ``groups`` channel groups) as a matmul.
+
+  Why not XLA's convolution: under ``vmap(..., spmd_axis_name=...)`` with the vmapped axis sharded
+  (replicas on a ('replica', 'data') mesh) the vmapped kernel turns the convolution into a grouped
+  one, and the SPMD partitioner of jaxlib 0.10 computes that wrongly for 1x1 stride-1 kernels
+  (relative error ~1, forward and both gradients; 3x3, strided and depthwise convolutions are
+  exact: tests/test_layers.py). A dot_general partitions correctly."""
+  b, h, wd, c = x.shape
+  out = w.shape[-1]
+  grouped = x.reshape(b, h, wd, groups, c // groups)
+  kernel = w.reshape(c // groups, groups, out // groups)
+  y = jnp.einsum("bhwgi,igo->bhwgo", grouped, kernel, precision=precision,
+                 preferred_element_type=preferred_element_type)
+  return y.reshape(b, h, wd, out)
+
+
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision=None, preferred_element_type=None) -> Array:
-  """``lax.conv_general_dilated`` for ``nn.Conv``, with the patch-matmul kernel gradient on the
-  CPU for plain (ungrouped, undilated) 2-D convolutions on large maps; identical values."""
-  plain = (jax.default_backend() == "cpu" and lhs.ndim == 4 and feature_group_count == 1
-           and batch_group_count == 1 and not isinstance(padding, str)
-           and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-           and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+  """``lax.conv_general_dilated`` for ``nn.Conv``: a 1x1, stride-1, unpadded convolution is the
+  matmul it is (``_pointwise_conv``), and on the CPU plain (ungrouped, undilated) 2-D convolutions
+  on large maps get the patch-matmul kernel gradient; the same values up to rounding."""
+  nhwc = lhs.ndim == 4 and dimension_numbers == jax.lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  undilated = all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+  unpadded = padding in ("VALID", "SAME") if isinstance(padding, str) else all(int(p) == 0 for pair in padding for p in pair)
+  if (nhwc and undilated and unpadded and rhs.shape[:2] == (1, 1) and batch_group_count == 1
+      and all(int(s) == 1 for s in window_strides)):
+    return _pointwise_conv(lhs, rhs, feature_group_count, precision, preferred_element_type)
+  plain = (jax.default_backend() == "cpu" and nhwc and undilated and feature_group_count == 1
+           and batch_group_count == 1 and not isinstance(padding, str))
   if plain:
     strides = tuple(int(s) for s in window_strides)
     pads = tuple((int(a), int(b)) for a, b in padding)
