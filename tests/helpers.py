@@ -42,6 +42,16 @@ def _teacher_outputs(teachers, x, layer):
   return jax.jit(lambda v, x: teacher_forward(teachers, v, x, layer))([t.variables for t in teachers], x)
 
 
+STATE_FIELDS = ("params", "model_state", "opt_state", "meta_params", "meta_opt_state", "buffer")
+
+
+def as_float64(state, fields: Sequence[str] = STATE_FIELDS):
+  """The TrainState with the float32 leaves of ``fields`` in float64: float64 tests separate
+  rounding amplification from real differences."""
+  cast = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, tree)
+  return state.replace(**{field: cast(getattr(state, field)) for field in fields})
+
+
 def digits_smoke(**overrides):
   """The digits smoke config (unresolved) with dotted-field overrides."""
   return config_lib.load(DIGITS, "smoke", overrides)

@@ -26,7 +26,7 @@ if mode in ("train", "steps") and len(sys.argv) > 7:
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import digits_smoke, random_teachers  # noqa: E402
+from helpers import as_float64, digits_smoke, random_teachers  # noqa: E402
 
 from mmkd_jax import checkpoint, parallel, train  # noqa: E402
 from mmkd_jax import config as config_lib  # noqa: E402
@@ -53,15 +53,10 @@ def flat(tree):
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
-def as_float64(state):
-  cast = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, tree)
-  return state.replace(params=cast(state.params), meta_params=cast(state.meta_params),
-                       opt_state=cast(state.opt_state), meta_opt_state=cast(state.meta_opt_state))
-
-
 def initial(setup):
   state = train.initial_state(setup)
-  return as_float64(state) if jax.config.jax_enable_x64 else state
+  # BatchNorm statistics and the buffer stay as built (float32), as these tests were calibrated.
+  return as_float64(state, ("params", "meta_params", "opt_state", "meta_opt_state")) if jax.config.jax_enable_x64 else state
 
 
 def record(state, prefix=""):

@@ -15,14 +15,7 @@ from mmkd_jax import replicas, steps as steps_lib, train
 from mmkd_jax.registry import ConfigError
 from mmkd_jax.teachers import lifecycle
 
-from helpers import digits_smoke, random_teachers, steps_and_state
-
-
-def _as_float64(state):
-  cast = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, tree)
-  return state.replace(params=cast(state.params), model_state=cast(state.model_state),
-                       opt_state=cast(state.opt_state), meta_params=cast(state.meta_params),
-                       meta_opt_state=cast(state.meta_opt_state), buffer=cast(state.buffer))
+from helpers import as_float64, digits_smoke, random_teachers, steps_and_state
 
 
 def _raw(seed: int, like: dict) -> dict:
@@ -48,7 +41,7 @@ def test_vmapped_steps_equal_single_steps_in_float64(kind="vmap"):
   with jax.enable_x64(True):
     steps, _, raw = steps_and_state("mmkd", batch_size=8, **{"meta.lookahead_matching_steps": 1})
     raws = [_raw(k, raw) for k in range(3)]
-    singles = [_as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)) for k in range(3)]
+    singles = [as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)) for k in range(3)]
     train_fn, meta_fn = jax.jit(steps.train_step), jax.jit(steps.meta_step)
     vtrain = jax.jit(replicas.freeze_on_nonfinite(steps.train_step, kind))
     vmeta = jax.jit(replicas.freeze_on_nonfinite(steps.meta_step, kind))
@@ -129,7 +122,7 @@ def test_replicas_with_their_own_hyperparameters_equal_single_runs_with_them():
     for k, o in enumerate(overrides):
       steps, _, raw = steps_and_state("aver", batch_size=8, **o)
       raws.append(_raw(k, raw))
-      singles.append(_as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)))
+      singles.append(as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)))
       fns.append(jax.jit(steps.train_step))
       if k == 0:
         base = steps
