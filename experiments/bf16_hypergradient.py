@@ -14,6 +14,7 @@ teachers (trained by ``make run`` for digits) and their cache.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -38,6 +39,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
   return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
 
 
+def _epochs(setup):
+  """Training batches over as many epochs as asked for (digits has 22 batches per epoch)."""
+  for epoch in itertools.count():
+    yield from train.train_batches(setup, epoch)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/digits.py")
@@ -56,7 +63,7 @@ def main(argv=None) -> int:
   state = parallel.replicate(train.initial_state(ref), ref.mesh)
   train_fn = jax.jit(ref.steps.train_step)
   epoch = jnp.asarray(0, jnp.int32)
-  batches = iter(train.train_batches(ref, 0))
+  batches = _epochs(ref)
   for _ in range(args.warm_steps):
     state, _ = train_fn(state, parallel.shard_batch(next(batches), ref.mesh), (), epoch)
   hyper = {dtype: jax.jit(s.steps.hypergradient) for dtype, s in setups.items()}
