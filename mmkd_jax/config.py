@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Comma-separated seeds ("0,1,2"): one student per seed, trained together by one vmapped step
   # (mmkd_jax/replicas.py; seed s writes <workdir>/seed<s>/); "" = one run of `seed`.
   c.replicas = ""
-  c.replica_loop = "auto"        # auto (map on CPU, vmap elsewhere) | vmap | map: how one program steps them
+  c.replica_loop = "auto"        # auto (= vmap) | vmap | map (one after another, less memory): how one program steps them
   c.replica_shards = 1           # G > 1: a (G, devices/G) ('replica', 'data') mesh, replicas sharded over G groups
   c.student = "resnet8"          # a registered model (mmkd_jax.models)
   # Compute dtype of the student's (and online teachers') convolutions and matmuls: float32 |
@@ -413,7 +413,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.replica_shards > 0 and count % c.replica_shards == 0, "replica_shards",
          f"{c.replica_shards} groups do not divide the {count} replicas evenly")
     need(c.replica_loop != "map", "replica_shards", "a sharded replica axis is stepped by vmap; "
-         "set config.replica_loop=vmap (or auto on an accelerator)")
+         "set config.replica_loop=vmap (or auto)")
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
