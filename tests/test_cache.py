@@ -169,3 +169,34 @@ def test_large_caches_are_split_into_shards_below_tfds_memory_buffer(tmp_path, m
   big = teacher_cache.example_bytes(dataclasses.replace(spec, num_examples=5000, num_replays=8,
                                                         feature_shapes=((7, 7, 512),) * 3))
   assert big * 5000 * 8 > (1 << 30)  # the Fashion-MNIST-sized case that needed TensorFlow
+
+
+def test_a_cache_in_the_earlier_int64_records_reads_the_same_under_the_same_key(tmp_path):
+  """Raw-bytes records (the default) and the int64 lists of caches written before them hold the
+  same values; a reader follows the cache's own encoding, and the encoding is not part of the
+  cache's directory key, so an existing cache is still found and used."""
+  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  loaded = _random_teachers(tmp_path)
+  spec = _spec(loaded, 10)
+  assert spec.record_encoding == "bytes"
+  older = dataclasses.replace(spec, record_encoding="int64")
+  producer = lambda indices, replay: (_fake_producer(2, 10)(indices, replay)[0],
+                                      tuple(np.random.default_rng(replay).normal(size=(len(indices), 8, 8, 64))
+                                            .astype(np.float32) + indices[:, None, None, None] for _ in range(2)))
+  teacher_cache.write_cache(str(tmp_path / "new"), spec, producer)
+  teacher_cache.write_cache(str(tmp_path / "old"), older, producer)
+  meta = json.load(open(os.path.join(teacher_cache._version_dir(teacher_cache._shard_dirs(str(tmp_path / "old"))[0]),
+                                     teacher_cache.CACHE_META_FILE)))
+  meta.pop("record_encoding")  # as a cache written before the field existed
+  assert teacher_cache.CacheSpec.from_json(
+      {k: v for k, v in meta.items() if k not in ("shard", "num_shards", "index_range")}).record_encoding == "int64"
+  new, old = teacher_cache.TeacherCache(str(tmp_path / "new"), spec), teacher_cache.TeacherCache(str(tmp_path / "old"), spec)
+  indices = np.array([9, 0, 4])
+  a, b = new.lookup(indices, 1), old.lookup(indices, 1)
+  np.testing.assert_array_equal(a["teacher_logits"], b["teacher_logits"])
+  for x, y in zip(a["teacher_feat"], b["teacher_feat"]):
+    np.testing.assert_array_equal(x, y)
+  assert np.abs(a["teacher_feat"][0][0] - 9).max() < 5  # the values written, not zeros
+  config = config_lib.base_config()
+  config.dataset, config.teacher_dir, config.cache_dir = "digits", str(tmp_path), ""
+  assert lifecycle.cache_dir(config, spec) == lifecycle.cache_dir(config, older)

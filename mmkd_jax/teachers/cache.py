@@ -53,6 +53,14 @@ class CacheSpec:
   dtype: str = "bfloat16"               # feature maps
   augmentation: str = "pad4+crop+flip"  # the dataset's augmentation (``augmentation_name``)
   logits_dtype: str = "float32"         # logits: small, and the KD loss is sensitive to them
+  # How arrays sit in a record: "bytes" (one raw string each; parses 10x faster) or "int64" (TFDS's
+  # default for integer tensors, caches written before this field). Storage, not identity: it is
+  # left out of the cache's key and of the mismatch check, and a reader follows the cache's own.
+  record_encoding: str = "bytes"
+
+  def identity(self) -> dict[str, Any]:
+    """What the cache holds (its directory key and what a reader must match)."""
+    return {k: v for k, v in self.to_json().items() if k not in STORAGE_FIELDS}
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -67,7 +75,11 @@ class CacheSpec:
     d["teacher_names"] = tuple(d["teacher_names"])
     d["teacher_fingerprints"] = tuple(d["teacher_fingerprints"])
     d["feature_shapes"] = tuple(tuple(s) for s in d["feature_shapes"])
+    d.setdefault("record_encoding", "int64")
     return cls(**d)
+
+
+STORAGE_FIELDS = ("record_encoding",)
 
 
 def augmentation_name(crop_padding: int, flip: bool, host_transform: bool = False) -> str:
@@ -109,10 +121,12 @@ class TeacherOutputs(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     storage = STORAGE_DTYPES[self._spec.dtype]
     t, c = len(self._spec.teacher_names), self._spec.num_classes
+    encoding = {"bytes": tfds.features.Encoding.BYTES, "int64": tfds.features.Encoding.NONE}[self._spec.record_encoding]
     features = {"index": np.int64, "replay": np.int64,
-                "logits": tfds.features.Tensor(shape=(t, c), dtype=STORAGE_DTYPES[self._spec.logits_dtype])}
+                "logits": tfds.features.Tensor(shape=(t, c), dtype=STORAGE_DTYPES[self._spec.logits_dtype],
+                                               encoding=encoding)}
     for i, shape in enumerate(self._spec.feature_shapes):
-      features[f"feat_{i}"] = tfds.features.Tensor(shape=tuple(shape), dtype=storage)
+      features[f"feat_{i}"] = tfds.features.Tensor(shape=tuple(shape), dtype=storage, encoding=encoding)
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
                                  features=tfds.features.FeaturesDict(features),
                                  disable_shuffling=True,
@@ -222,7 +236,8 @@ def cache_exists(cache_dir: str) -> bool:
 
 def describe_mismatch(found: CacheSpec, expected: CacheSpec) -> list[str]:
   return [f"{f.name}: cache has {getattr(found, f.name)!r}, this run needs {getattr(expected, f.name)!r}"
-          for f in dataclasses.fields(CacheSpec) if getattr(found, f.name) != getattr(expected, f.name)]
+          for f in dataclasses.fields(CacheSpec)
+          if f.name not in STORAGE_FIELDS and getattr(found, f.name) != getattr(expected, f.name)]
 
 
 class TeacherCache:

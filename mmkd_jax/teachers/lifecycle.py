@@ -106,7 +106,7 @@ def cache_dir(config: ml_collections.ConfigDict, spec: cache_lib.CacheSpec) -> s
   """``config.cache_dir``, else a directory under ``teacher_dir`` keyed by everything it holds."""
   if config.cache_dir:
     return config.cache_dir
-  key = hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+  key = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode()).hexdigest()[:12]
   return os.path.join(config.teacher_dir, "cache", f"{os.path.basename(os.path.normpath(config.dataset))}-{key}")
 
 
