@@ -80,6 +80,14 @@ def roofline_ms(flops: float, bytes_accessed: float, device: dict, dtype: str) -
   return 1e3 * max(flops / device[dtype], bytes_accessed / device["bandwidth"])
 
 
+META_FREQ = 5  # a meta step every 5 training steps (the MMKD default)
+
+
+def amortised(plain: float, meta: float) -> float:
+  """Per training step, with a meta step every META_FREQ steps (times or FLOPs)."""
+  return plain + meta / META_FREQ
+
+
 def measure(student: str, teacher_archs, batch: int, num_classes: int, source: str, dtype: str,
             replicas: int, repeats: int, warmup: int, overrides: dict | None = None,
             replica_loop: str = "vmap") -> dict:
@@ -127,9 +135,9 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
                    "gflops": loop_trips * flops_of(compiled[name]) / 1e9,
                    "gbytes": loop_trips * bytes_of(compiled[name]) / 1e9,
                    "xla_temp_mib": xla_memory_mib(compiled[name]).get("temp", float("nan"))}
-  entry["amortised_ms"] = (5 * entry["plain"]["ms"] + entry["meta"]["ms"]) / 5
+  entry["amortised_ms"] = amortised(entry["plain"]["ms"], entry["meta"]["ms"])
   entry["images_per_s"] = replicas * batch / (entry["amortised_ms"] / 1e3)
-  entry["amortised_gflops"] = (5 * entry["plain"]["gflops"] + entry["meta"]["gflops"]) / 5
+  entry["amortised_gflops"] = amortised(entry["plain"]["gflops"], entry["meta"]["gflops"])
   entry["achieved_gflops_per_s"] = entry["amortised_gflops"] / (entry["amortised_ms"] / 1e3)
   entry["roofline_ms"] = {
       device: {name: roofline_ms(1e9 * entry[name]["gflops"], 1e9 * entry[name]["gbytes"], spec_, dtype)
@@ -139,15 +147,14 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
   return entry
 
 
-# The paper's run: CIFAR-100 (50,000 training images) for 240 epochs at batch 64, a meta step
-# every 5 training steps (the MMKD default).
-RUN_EPOCHS, RUN_STEPS_PER_EPOCH, RUN_META_FREQ = 240, -(-50_000 // 64), 5
+# The paper's run: CIFAR-100 (50,000 training images) for 240 epochs at batch 64.
+RUN_EPOCHS, RUN_STEPS_PER_EPOCH = 240, -(-50_000 // 64)
 
 
 def run_hours(plain_ms: float, meta_ms: float) -> float:
   """Wall time of the paper's 240-epoch CIFAR-100 run at the given step times (evaluation and
   input pipeline excluded)."""
-  return RUN_EPOCHS * RUN_STEPS_PER_EPOCH * (plain_ms + meta_ms / RUN_META_FREQ) / 3.6e6
+  return RUN_EPOCHS * RUN_STEPS_PER_EPOCH * amortised(plain_ms, meta_ms) / 3.6e6
 
 
 def markdown(report: dict) -> str:
@@ -176,7 +183,7 @@ def markdown(report: dict) -> str:
     lines.append(f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
                  f"{e['replicas']} | {cells} |")
   lines += ["", f"Predicted wall time of the paper's run ({RUN_EPOCHS} epochs x {RUN_STEPS_PER_EPOCH} steps at batch 64, "
-            f"a meta step every {RUN_META_FREQ}) at the roofline step times, hours for all R students together"
+            f"a meta step every {META_FREQ}) at the roofline step times, hours for all R students together"
             " (this device: at its measured step times, nan with --repeats 0):", "",
             "| setting | teachers | dtype | R | " + " | ".join(ROOFLINE_DEVICES) + " | this device |",
             "|---|---|---|---|" + "---|" * (len(ROOFLINE_DEVICES) + 1)]

@@ -185,11 +185,9 @@ def test_a_cache_in_the_earlier_int64_records_reads_the_same_under_the_same_key(
                                             .astype(np.float32) + indices[:, None, None, None] for _ in range(2)))
   teacher_cache.write_cache(str(tmp_path / "new"), spec, producer)
   teacher_cache.write_cache(str(tmp_path / "old"), older, producer)
-  meta = json.load(open(os.path.join(teacher_cache._version_dir(teacher_cache._shard_dirs(str(tmp_path / "old"))[0]),
-                                     teacher_cache.CACHE_META_FILE)))
+  ((_, meta),) = teacher_cache._complete_shards(str(tmp_path / "old"))
   meta.pop("record_encoding")  # as a cache written before the field existed
-  assert teacher_cache.CacheSpec.from_json(
-      {k: v for k, v in meta.items() if k not in ("shard", "num_shards", "index_range")}).record_encoding == "int64"
+  assert teacher_cache.shard_spec(meta).record_encoding == "int64"
   new, old = teacher_cache.TeacherCache(str(tmp_path / "new"), spec), teacher_cache.TeacherCache(str(tmp_path / "old"), spec)
   indices = np.array([9, 0, 4])
   a, b = new.lookup(indices, 1), old.lookup(indices, 1)

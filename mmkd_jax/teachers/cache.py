@@ -37,6 +37,12 @@ class CacheMismatchError(ValueError):
   """The cache on disk was built for another run."""
 
 
+# CacheSpec fields that say how a cache is stored, not what it holds.
+STORAGE_FIELDS = ("record_encoding",)
+# What each shard's metadata adds to its CacheSpec.
+SHARD_FIELDS = ("shard", "num_shards", "index_range")
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheSpec:
   """What a cache was built for; every field must match the run that reads it."""
@@ -77,9 +83,6 @@ class CacheSpec:
     d["feature_shapes"] = tuple(tuple(s) for s in d["feature_shapes"])
     d.setdefault("record_encoding", "int64")
     return cls(**d)
-
-
-STORAGE_FIELDS = ("record_encoding",)
 
 
 def augmentation_name(crop_padding: int, flip: bool, host_transform: bool = False) -> str:
@@ -234,6 +237,11 @@ def cache_exists(cache_dir: str) -> bool:
   return bool(shards) and len(shards) == shards[0][1]["num_shards"]
 
 
+def shard_spec(meta: dict[str, Any]) -> CacheSpec:
+  """The CacheSpec a shard's metadata file records."""
+  return CacheSpec.from_json({k: v for k, v in meta.items() if k not in SHARD_FIELDS})
+
+
 def describe_mismatch(found: CacheSpec, expected: CacheSpec) -> list[str]:
   return [f"{f.name}: cache has {getattr(found, f.name)!r}, this run needs {getattr(expected, f.name)!r}"
           for f in dataclasses.fields(CacheSpec)
@@ -249,8 +257,7 @@ class TeacherCache:
                               "leaves none, and every host's shard must be there); run mode=precompute")
     self._shards = []
     for directory, meta in _complete_shards(cache_dir):
-      found = CacheSpec.from_json({k: v for k, v in meta.items()
-                                   if k not in ("shard", "num_shards", "index_range")})
+      found = shard_spec(meta)
       problems = describe_mismatch(found, expected)
       if problems:
         raise CacheMismatchError(f"the teacher cache in {cache_dir} was built for another run: "
