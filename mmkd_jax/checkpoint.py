@@ -123,36 +123,50 @@ class Checkpoints:
                           "from scratch in this --workdir if you run it again.")
 
 
+# Locks this process holds, by real path: the command holds its work directory's lock for all
+# its stages, and the student stage inside it takes the same lock again (flock would refuse a
+# second open file of the same process).
+_HELD: dict[str, list] = {}
+
+
 class WorkdirLock:
   """An exclusive lock on ``<workdir>/.lock`` for the life of a run (process 0 of a multi-host
   run): a second run on the same work directory is refused, naming the first. The kernel drops
-  the lock when its process dies, so a killed run never leaves a stale one."""
+  the lock when its process dies, so a killed run never leaves a stale one. Re-entrant within a
+  process."""
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, ".lock")
-    self._file = None
+    self._key = os.path.realpath(self.path)
 
   def __enter__(self) -> "WorkdirLock":
     if jax.process_index() != 0:
       return self
-    self._file = open(self.path, "a+")
+    if self._key in _HELD:
+      _HELD[self._key][1] += 1
+      return self
+    lock_file = open(self.path, "a+")
     try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:
-      self._file.seek(0)
-      holder = self._file.read().strip() or "another process"
-      self._file.close()
-      self._file = None
+      lock_file.seek(0)
+      holder = lock_file.read().strip() or "another process"
+      lock_file.close()
       raise WorkdirLockedError(f"{os.path.dirname(self.path)} is in use by {holder}; wait for it, stop "
                                "it, or use another --workdir") from e
-    self._file.seek(0)
-    self._file.truncate()
-    self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    self._file.flush()
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    lock_file.flush()
+    _HELD[self._key] = [lock_file, 1]
     return self
 
   def __exit__(self, *exc) -> None:
-    if self._file is not None:
-      fcntl.flock(self._file, fcntl.LOCK_UN)
-      self._file.close()
-      self._file = None
+    held = _HELD.get(self._key)
+    if held is None:
+      return
+    held[1] -= 1
+    if held[1] == 0:
+      del _HELD[self._key]
+      fcntl.flock(held[0], fcntl.LOCK_UN)
+      held[0].close()

@@ -395,8 +395,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(t.arch in model_names(), f"teachers[{i}].arch",
          f"unknown model {t.arch!r}; known: {', '.join(model_names())}")
   try:
-    sources.builder(c.dataset, c.data_dir or None, c.dataset_source_dir)
-  except registry.UnknownNameError as e:
+    sources.check_image_dataset(c.dataset, c.data_dir or None, c.dataset_source_dir)
+  except (registry.UnknownNameError, ValueError) as e:
     raise ConfigError(f"config.dataset: {e}") from e
   need(c.teacher_source in ("precomputed", "online"), "teacher_source",
        f"{c.teacher_source!r} must be 'precomputed' or 'online'")
@@ -415,6 +415,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.replica_loop != "map", "replica_shards", "a sharded replica axis is stepped by vmap; "
          "set config.replica_loop=vmap (or auto)")
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
+  need(c.epochs >= 1, "epochs", f"{c.epochs} trains nothing; give at least 1")
+  need(c.teacher_training.epochs >= 1, "teacher_training.epochs", f"{c.teacher_training.epochs} trains nothing; give at least 1")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
        f"{c.meta.hypergradient!r} is not one of {', '.join(bilevel.MODES)}")

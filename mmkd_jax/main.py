@@ -21,7 +21,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from mmkd_jax import checkpoint, replicas, train
+from mmkd_jax import checkpoint, replicas, runs, train
 from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import sources
@@ -42,48 +42,73 @@ _STAGES = {"train_teacher": {"teachers"}, "precompute": {"cache"}, "distill": {"
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs ``config.mode`` on ``workdir``; returns the summary (or evaluation) dict."""
+  """Runs ``config.mode`` on ``workdir``; returns the summary (or evaluation) dict.
+
+  Everything that can refuse the command is checked before the first write: the config, the
+  work directory (its checkpoints must belong to this run), teachers trained with other settings,
+  the dataset (prepared, of images). Then the work directory is locked for the whole command.
+  """
   config = config_lib.validate(config)
   if config.mode == "show_config":
     print(config_lib.describe(config))
     return {}
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir {workdir} is a file, not a directory")
-  os.makedirs(workdir, exist_ok=True)
-  if not _STAGES[config.mode] & {"evaluate", "export"}:
-    train.write_config(config, workdir)
   stages = _STAGES[config.mode]
-  if stages & {"evaluate", "export"} and config_lib.replica_seeds(config):
-    raise ConfigError(f"config.replicas: mode={config.mode} reads one run; point --workdir at a replica's "
-                      f"directory (e.g. {os.path.join(workdir, 'seed0')}) and drop --config.replicas")
-  if "evaluate" in stages:
-    return student_lib.evaluate_workdir(config, workdir)
-  if "export" in stages:
+  if stages & {"evaluate", "export"}:
+    if config_lib.replica_seeds(config):
+      raise ConfigError(f"config.replicas: mode={config.mode} reads one run; point --workdir at a replica's "
+                        f"directory (e.g. {os.path.join(workdir, 'seed0')}) and drop --config.replicas")
+    if not os.path.isdir(workdir):
+      raise FileNotFoundError(f"--workdir {workdir} does not exist: mode={config.mode} reads the work directory "
+                              "of a finished run (or one with checkpoints)")
+    if "evaluate" in stages:
+      return student_lib.evaluate_workdir(config, workdir)
     written = student_lib.export_student(workdir, config.export_dir or os.path.join(workdir, "export"))
     print("exported the student: " + ", ".join(f"{k} {v}" for k, v in written.items()))
     return written
+  if "student" in stages:
+    runs.check_workdir(config, workdir)
+  lifecycle.check_trained_teachers(config)
+  dataset = sources.open_dataset(config)
+  os.makedirs(workdir, exist_ok=True)
+  with runs.StopRequest(), checkpoint.WorkdirLock(workdir):
+    return _run_stages(config, workdir, stages, dataset)
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, dataset: sources.Dataset) -> dict:
   if "teachers" in stages:
     lifecycle.train_missing_teachers(config)
   if stages <= {"teachers"}:
     return {}
-  dataset = sources.open_dataset(config)
+  runs.raise_if_stopped("after training the teachers")
   needs_teachers = METHODS.get(config.method).needs_teachers
   loaded = lifecycle.load_teachers(config, dataset.spec) if needs_teachers else []
   if loaded and "cache" in stages and ("student" not in stages or config.teacher_source != "online"):
     lifecycle.precompute(config, loaded, dataset)
   if stages <= {"cache"}:
     return {}
+  runs.raise_if_stopped("after precomputing the teacher cache")
   cache = lifecycle.open_cache(config, loaded, dataset)
   if config_lib.replica_seeds(config):
     result = replicas.train_replicas(config, workdir, loaded, cache)
     for summary in result["replicas"]:
       print(f"replica {summary['replica']['index']} (seed {summary['seed']}): {summary['status']}, final top-1 "
             f"{summary['final_top1']}, best {summary['best_top1']} @ {summary['best_epoch']}")
+    if any(s["status"] == "preempted" for s in result["replicas"]):
+      step = int(jax.numpy.max(result["state"].step))
+      raise runs.Preempted(f"stopped by SIGTERM while training the student replicas at step {step} of "
+                           f"{result['replicas'][0]['steps_total']} (checkpoints saved in "
+                           f"{os.path.abspath(workdir)}/seed*); run the same command to resume")
     print(f"written to {os.path.abspath(workdir)}/seed<s>/: summary.json, config.json, metrics.jsonl, "
           "checkpoints/, best/ (each an ordinary run directory)")
     return {k: v for k, v in result.items() if k != "state"}
   summary = train.train_and_evaluate(config, workdir, loaded, cache)
-  summary.pop("state", None)
+  state = summary.pop("state", None)
+  if summary["status"] == "preempted":
+    raise runs.Preempted(f"stopped by SIGTERM while training the student at step {int(state.step)} of "
+                         f"{summary['steps_total']} (checkpoint saved in {os.path.abspath(workdir)}); "
+                         "run the same command to resume")
   print(json.dumps({k: v for k, v in summary.items() if k not in ("teachers", "setting")}, indent=2))
   where = {"summary": "summary.json", "resolved config": "config.json", "metrics": "metrics.jsonl",
            "TensorBoard": "tensorboard/", "checkpoints": "checkpoints/ (latest) and best/"}
@@ -169,6 +194,8 @@ def main(argv) -> None:
     if jax.process_index() != 0:
       logging.set_verbosity(logging.ERROR)
     run(_CONFIG.value, _WORKDIR.value)
+  except runs.Preempted as e:  # a clean stop: everything finished so far is saved
+    print(str(e), flush=True)
   except USER_ERRORS as e:
     fail(f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
@@ -11,16 +12,24 @@ import numpy as np
 
 
 class MetricWriter:
-  """Scalars and vectors (as ``key/i``) go to both logs; matrices only to the JSONL log."""
+  """Scalars and vectors (as ``key/i``) go to both logs; matrices only to the JSONL log. Each
+  JSONL record carries its wall-clock ``time``.
 
-  def __init__(self, workdir: str):
+  ``resume_step``: the step the run continues from. Records after it (written by the session that
+  stopped after its last checkpoint) are dropped from ``metrics.jsonl``, and TensorBoard purges
+  them too, so each step is logged once however often a run resumes.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_records_after(path, resume_step)
+    self.jsonl = open(path, "a")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
     except ImportError:  # optional
       self.tb = None
 
@@ -38,7 +47,7 @@ class MetricWriter:
       else:
         v = np.round(v.astype(np.float64), 6)
         nested[k] = np.where(np.isfinite(v), v, None).tolist()  # JSON has no NaN
-    self.jsonl.write(json.dumps({"step": step, **flat, **nested}) + "\n")
+    self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **flat, **nested}) + "\n")
     self.jsonl.flush()
     if self.tb is not None:
       for k, v in flat.items():
@@ -52,11 +61,151 @@ class MetricWriter:
         self.tb.close()
 
 
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites ``path`` (atomically) without the records of steps after ``step`` (and without a
+  torn last line of a killed writer)."""
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if record.get("step", 0) <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if kept != lines:
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+Sums = dict[str, Any]  # {"sums": {key: float64 array}, "counts": {key: int}}
+
+
+def _add(total: Sums, step_metrics: dict[str, Any]) -> None:
+  for k, v in step_metrics.items():
+    v = np.asarray(v, np.float64)
+    total["sums"][k] = total["sums"][k] + v if k in total["sums"] else v.copy()
+    total["counts"][k] = total["counts"].get(k, 0) + 1
+
+
+def _empty(carried: dict | None = None) -> Sums:
+  if not carried:
+    return {"sums": {}, "counts": {}}
+  return {"sums": {k: np.asarray(v, np.float64) for k, v in carried["sums"].items()},
+          "counts": dict(carried["counts"])}
+
+
+def _means(total: Sums) -> dict[str, np.ndarray]:
+  return {k: total["sums"][k] / total["counts"][k] for k in sorted(total["sums"])}
+
+
+def _jsonable(total: Sums) -> dict:
+  return {"sums": {k: v.tolist() for k, v in total["sums"].items()}, "counts": dict(total["counts"])}
+
+
+class StepLog:
+  """One epoch's step metrics on the host: float64 sums in step order over the epoch and over
+  windows of ``window`` steps (aligned to the epoch's first step), fetched one window late so
+  reading them stalls nothing.
+
+  A run stopped mid-epoch keeps the sums of its steps in the checkpoint (``carry``); the session
+  that resumes continues them, so the logged windows and epoch means equal an uninterrupted run's
+  bit for bit.
+  """
+
+  def __init__(self, window: int, first_batch: int, carry: dict | None = None):
+    self.window = window
+    carry = carry or {}
+    self.epoch = _empty(carry.get("epoch"))
+    self._window_carry = carry.get("window")  # sums of the current window's steps before the resume
+    self._pending: list[dict[str, Any]] = []        # this session's device metrics of the epoch
+    self._complete: list[tuple[int, int, int, dict | None]] = []  # windows to log: (last idx, start, end, carry)
+    self._first_batch = first_batch
+    self._epoch_means = None
+
+  @property
+  def steps(self) -> list[dict[str, Any]]:
+    return self._pending
+
+  def add(self, idx: int, metrics: dict[str, Any]) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Adds step ``idx``'s metrics; returns the windows ready to log, as (last idx, means)."""
+    self._pending.append(metrics)
+    if (idx + 1) % self.window:
+      return []
+    end = len(self._pending)
+    start = max(0, end - self.window)
+    carried = self._window_carry if end - start < self.window else None
+    self._window_carry = None
+    self._complete.append((idx, start, end, carried))
+    return self.flush(keep_last=True)
+
+  def flush(self, keep_last: bool = False) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Every complete window not yet logged (all but the newest with ``keep_last``)."""
+    ready = self._complete[:-1] if keep_last else self._complete
+    self._complete = self._complete[-1:] if keep_last else []
+    out = []
+    for idx, start, end, carried in ready:
+      total = _empty(carried)
+      for m in jax.device_get(self._pending[start:end]):
+        _add(total, m)
+      out.append((idx, _means(total)))
+    return out
+
+  def epoch_means(self) -> dict[str, np.ndarray]:
+    """Means over the whole epoch (carried steps included)."""
+    if self._epoch_means is None:
+      self._epoch_means = self._sum_epoch()
+    return dict(self._epoch_means)
+
+  def _sum_epoch(self) -> dict[str, np.ndarray]:
+    total = _empty(_jsonable(self.epoch))
+    for m in jax.device_get(self._pending):
+      _add(total, m)
+    return _means(total)
+
+  def replica(self, k: int) -> "_ReplicaSlice":
+    return _ReplicaSlice(self, k)
+
+  def carry(self, last_idx: int) -> dict:
+    """What a checkpoint at step ``last_idx`` of this epoch keeps: the epoch's sums so far and
+    those of the window it is in."""
+    total = _empty(_jsonable(self.epoch))
+    fetched = jax.device_get(self._pending)
+    for m in fetched:
+      _add(total, m)
+    in_window = (last_idx + 1) % self.window
+    from_pending = min(in_window, len(fetched))
+    window = _empty(self._window_carry if from_pending < in_window else None)
+    for m in fetched[len(fetched) - from_pending:]:
+      _add(window, m)
+    return {"epoch": _jsonable(total), "window": _jsonable(window) if in_window else None}
+
+
+class _ReplicaSlice:
+  """Replica k's view of a StepLog over stacked replica metrics, for its end of epoch (the
+  replica loop logs the windows of all replicas itself)."""
+
+  def __init__(self, log: StepLog, k: int):
+    self._log, self._k = log, k
+
+  def flush(self) -> list:
+    return []
+
+  def epoch_means(self) -> dict[str, np.ndarray]:
+    return {key: np.asarray(v)[self._k] for key, v in self._log.epoch_means().items()}
+
+
 def mean_metrics(pending: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-  """Per-key means over a list of step metrics (fetched from the device)."""
-  fetched = jax.device_get(pending)
-  keys = set().union(*[m.keys() for m in fetched]) if fetched else set()
-  return {k: np.mean([np.asarray(m[k]) for m in fetched if k in m], axis=0) for k in sorted(keys)}
+  """Per-key means over a list of step metrics (fetched from the device), summed in float64 in
+  step order."""
+  total = _empty()
+  for m in jax.device_get(pending):
+    _add(total, m)
+  return _means(total)
 
 
 def eval_name(spec) -> str:

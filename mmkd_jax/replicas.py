@@ -36,7 +36,7 @@ import numpy as np
 from mmkd_jax import checkpoint, parallel, runs, train
 from mmkd_jax import steps as steps_lib
 from mmkd_jax import config as config_lib
-from mmkd_jax.metrics import MetricWriter, mean_metrics, tagged_train_metrics
+from mmkd_jax.metrics import MetricWriter, StepLog, tagged_train_metrics
 from mmkd_jax.steps import TrainState
 
 PyTree = Any
@@ -48,6 +48,25 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
 
 def take(tree: PyTree, k: int) -> PyTree:
   return jax.tree.map(lambda x: x[k], tree)
+
+
+def stack_carries(carries: Sequence[dict | None]) -> dict | None:
+  """The replicas' metric sums carried over a mid-epoch stop, stacked like their step metrics."""
+  if not carries or any(c is None for c in carries):
+    return None
+  def stacked(parts):
+    if parts[0] is None:
+      return None
+    return {"sums": {k: np.stack([np.asarray(p["sums"][k]) for p in parts]) for k in parts[0]["sums"]},
+            "counts": dict(parts[0]["counts"])}
+  return {part: stacked([c[part] for c in carries]) for part in ("epoch", "window")}
+
+
+def carry_of(carry: dict, k: int) -> dict:
+  """Replica k's slice of a stacked carry (StepLog.carry)."""
+  return {part: None if v is None else {"sums": {key: np.asarray(x)[k].tolist() for key, x in v["sums"].items()},
+                                         "counts": v["counts"]}
+          for part, v in carry.items()}
 
 
 def replica_config(config: ml_collections.ConfigDict, entry: config_lib.ReplicaEntry | int) -> ml_collections.ConfigDict:
@@ -130,11 +149,12 @@ class ReplicaRun:
     for raws in zip(*streams):
       yield jax.tree.map(lambda *xs: np.stack(xs), *raws)
 
-  def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[list, int, float, bool]:
+  def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[StepLog, int, float, bool]:
     setup, config = self.setup, self.setup.config
-    spe, window_size = setup.steps_per_epoch, config.log_every
+    spe = setup.steps_per_epoch
     epoch_array = jnp.asarray(epoch, jnp.int32)
-    pending, tic, seen, interrupted = [], time.perf_counter(), 0, False
+    log = StepLog(config.log_every, first_batch, stack_carries([loop.host.pop("carry", None) for loop in self.loops]))
+    tic, seen, interrupted = time.perf_counter(), 0, False
     batches = parallel.prefetch_to_device(self.batches(epoch, first_batch), setup.mesh, batch_axis=1)
     for idx, device_raw in enumerate(batches, start=first_batch):
       self.state, metrics = self.train_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array, self.values)
@@ -142,23 +162,27 @@ class ReplicaRun:
         self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.loops[0].teacher_vars, epoch_array,
                                                 self.values)
         metrics = {**metrics, **meta_metrics}
-      pending.append(metrics)
       seen += config.batch_size
+      self.log_windows(epoch, log.add(idx, metrics))
       global_step = epoch * spe + idx + 1
-      if (idx + 1) % window_size == 0 and len(pending) > window_size:
-        means = mean_metrics(pending[-2 * window_size:-window_size])
-        lr = np.broadcast_to(np.asarray(self.lr(global_step - window_size)), (len(self.loops),))
-        tracked = [means[t] for t in setup.steps.tracked if t in means]
-        if not all(np.all(np.isfinite(np.asarray(v)[self.active()])) for v in tracked):
-          self.check_finite()  # the finished window holds a non-finite term: stop its replica now
-        for k in self.active():
-          loop = self.loops[k]
-          loop.writer.write(global_step - window_size,
-                            {**tagged_train_metrics(take(means, k), loop.teacher_names), "train/lr": float(lr[k])})
       if stop.requested or global_step == config.stop_at_step or self.loops[0].ckpt.reached_preemption(global_step):
         interrupted = True
         break
-    return pending, seen, tic, interrupted
+    return log, seen, tic, interrupted
+
+  def log_windows(self, epoch: int, ready: list) -> None:
+    """Writes each active replica's slice of the finished windows; a replica whose window holds a
+    non-finite term is stopped first."""
+    setup = self.setup
+    for idx, means in ready:
+      step = epoch * setup.steps_per_epoch + idx + 1
+      lr = np.broadcast_to(np.asarray(self.lr(step)), (len(self.loops),))
+      tracked = [means[t] for t in setup.steps.tracked if t in means]
+      if not all(np.all(np.isfinite(np.asarray(v)[self.active()])) for v in tracked):
+        self.check_finite()  # the finished window holds a non-finite term: stop its replica now
+      for k in self.active():
+        loop = self.loops[k]
+        loop.writer.write(step, {**tagged_train_metrics(take(means, k), loop.teacher_names), "train/lr": float(lr[k])})
 
   def lr(self, step: int) -> Any:
     """The student's learning rate at ``step``: one value, or one per replica with lr overrides."""
@@ -199,10 +223,10 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
     setup = dataclasses.replace(base, config=config_lib.resolve(replica_config(config, entry)))
     directory = os.path.join(workdir, entry.name)
     os.makedirs(directory, exist_ok=True)
-    train.write_config(setup.config, directory)
     state, host, ckpt = train.restore_or_init(setup, directory, quiet)
+    train.write_config(setup.config, directory)
     loop = train._Loop(setup, directory, quiet, state, host, ckpt,  # pylint: disable=protected-access
-                       MetricWriter(directory), teacher_vars, None, None, eval_fn,
+                       MetricWriter(directory, train.resume_step(state)), teacher_vars, None, None, eval_fn,
                        label=f"replica {k} ({entry.name}): ")
     accuracy = loops[0].host["teacher_accuracy"] if loops else None
     train.record_teacher_accuracy(loop, accuracy)
@@ -234,22 +258,26 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
         if not run.active():
           break
         first_batch = start_step % spe if epoch == start_step // spe else 0
-        pending, seen, tic, interrupted = run.run_epoch(epoch, first_batch, stop)
+        log, seen, tic, interrupted = run.run_epoch(epoch, first_batch, stop)
         run.check_finite()
+        run.log_windows(epoch, log.flush())
+        if interrupted:
+          step_now = int(np.max(jax.device_get(run.state.step)))
+          carry = log.carry(step_now - epoch * spe - 1)
         for k in run.active():
           run.sync(k)
           loop = run.loops[k]
           if interrupted:
+            loop.host["carry"] = carry_of(carry, k)
+            loop.host["train_seconds"] = loop.host.get("train_seconds", 0.0) + time.perf_counter() - tic
             loop.ckpt.save(int(jax.device_get(loop.state.step)), loop.state, loop.host, force=True)
+            loop.host.pop("carry")
           else:
-            loop.end_epoch(epoch, [take(m, k) for m in pending], seen, tic)
+            loop.end_epoch(epoch, log.replica(k), seen, tic)
         if interrupted:
           preempted = True
           for loop in run.loops:
             loop.ckpt.wait()
-          if not quiet:
-            print(f"stopped at step {int(jax.device_get(run.state.step).max())}; checkpoints saved in "
-                  f"{workdir}/seed*")
           break
     summaries = []
     for k, loop in enumerate(run.loops):

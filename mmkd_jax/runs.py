@@ -48,6 +48,43 @@ def check_resumable(ckpt: checkpoint.Checkpoints, identity: dict[str, Any], whic
         f"Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
 
 
+def stored_config(run_dir: str) -> tuple[dict[str, Any], int] | None:
+  """The config and step of the newest readable checkpoint in ``run_dir`` (read-only: nothing is
+  created), or None."""
+  directory = os.path.join(run_dir, "checkpoints")
+  if not os.path.isdir(directory):
+    return None
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # pylint: disable=broad-except  (unreadable: the run's restore reports it)
+      continue
+    if "config" in meta:
+      return dict(meta["config"]), step
+  return None
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses, before any work, a work directory (or replica directory) whose checkpoints were
+  made with another config, naming each differing field."""
+  from mmkd_jax import replicas  # pylint: disable=import-outside-toplevel
+  entries = config_lib.replica_entries(config)
+  runs_to_check = ([(os.path.join(workdir, e.name), config_lib.resolve(replicas.replica_config(config, e)))
+                    for e in entries] if entries else [(workdir, config)])
+  for run_dir, run_config in runs_to_check:
+    found = stored_config(run_dir)
+    if found is None:
+      continue
+    changes = config_lib.changed_fields(found[0], run_config)
+    if changes:
+      raise ConfigMismatchError(
+          f"{run_dir} holds checkpoint step {found[1]} of another run: " + "; ".join(changes) +
+          f". Use another --workdir, or the stored config ({os.path.join(run_dir, 'config.json')} is a valid "
+          f"--config). Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
+
+
 def code_version() -> str:
   """The package version and, in a git checkout, its commit (+dirty) when this process started:
   which code made a run."""
@@ -69,26 +106,55 @@ def _read_code_version() -> str:
 _CODE_VERSION = _read_code_version()
 
 
-class StopRequest:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+class Preempted(Exception):
+  """SIGTERM stopped the command at a safe point (everything finished so far is on disk and
+  nothing unfinished is marked finished); the same command resumes from there."""
 
-  def __init__(self):
-    self.requested = False
-    self._previous = None
+
+# One flag for the whole command: a SIGTERM during teacher training, precompute or distillation
+# (or between them) is seen by the next check of whichever stage runs.
+_STOP = {"requested": False, "depth": 0, "previous": None}
+
+
+def stop_requested() -> bool:
+  return _STOP["requested"]
+
+
+def raise_if_stopped(where: str) -> None:
+  """Raises Preempted (naming ``where``) once SIGTERM arrived."""
+  if _STOP["requested"]:
+    raise Preempted(f"stopped by SIGTERM {where}; run the same command to resume")
+
+
+class StopRequest:
+  """Turns SIGTERM into a flag the loops check after each step (nested uses share one flag and
+  one handler, installed by the outermost)."""
+
+  @property
+  def requested(self) -> bool:
+    return _STOP["requested"]
 
   def __enter__(self):
     if jax.process_count() > 1:  # JAX's preemption notifier takes SIGTERM; all hosts stop together
       return self
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._previous = None
+    _STOP["depth"] += 1
+    if _STOP["depth"] == 1:
+      _STOP["requested"] = False
+      try:
+        _STOP["previous"] = signal.signal(signal.SIGTERM, _handle)
+      except ValueError:  # not the main thread
+        _STOP["previous"] = None
     return self
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    if jax.process_count() > 1:
+      return
+    _STOP["depth"] -= 1
+    if _STOP["depth"] == 0 and _STOP["previous"] is not None:
+      signal.signal(signal.SIGTERM, _STOP["previous"])
+      _STOP["previous"] = None
+
+
+def _handle(signum, frame):
+  del signum, frame
+  _STOP["requested"] = True

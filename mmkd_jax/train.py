@@ -21,10 +21,10 @@ from mmkd_jax import checkpoint, evaluation, parallel, runs
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import pipeline, sources
 from mmkd_jax.methods import Method, RunInfo, TeacherView, build_method
-from mmkd_jax.metrics import MetricWriter, eval_name, mean_metrics, tagged_train_metrics
+from mmkd_jax.metrics import MetricWriter, StepLog, eval_name, tagged_train_metrics
 from mmkd_jax.models import MODELS, get_model
 from mmkd_jax.registry import ConfigError
-from mmkd_jax.steps import Steps, TrainState, describe_nonfinite, init_state, make_steps
+from mmkd_jax.steps import Steps, TrainState, init_state, make_steps
 from mmkd_jax.teachers import Teacher, feature_shapes
 
 PyTree = Any
@@ -163,52 +163,73 @@ class _Loop:
   eval_fn: Any
   label: str = ""  # printed before each epoch line (a replica's name)
 
-  def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[list, int, float, bool]:
-    """Trains one epoch (from ``first_batch``); returns (step metrics, images seen, start time,
+  def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[StepLog, int, float, bool]:
+    """Trains one epoch (from ``first_batch``); returns (its step log, images seen, start time,
     whether a stop was requested). Every ``log_every`` steps the window before the last one
     (finished, so reading it stalls nothing) is logged and checked for non-finite terms."""
     setup, config = self.setup, self.setup.config
-    spe, window_size = setup.steps_per_epoch, config.log_every
+    spe = setup.steps_per_epoch
     epoch_array = jnp.asarray(epoch, jnp.int32)
     # The bar counts finished steps (not dispatched ones) and is off when stderr is no terminal.
     bar = tqdm(total=spe, initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=True if self.quiet else None, unit="step")
-    pending, tic, seen, done, stopped = [], time.perf_counter(), 0, 0, False
+    log = StepLog(config.log_every, first_batch, self.host.pop("carry", None))
+    tic, seen, done, stopped = time.perf_counter(), 0, 0, False
     batches = parallel.prefetch_to_device(train_batches(setup, epoch, first_batch), setup.mesh)
     for idx, device_raw in enumerate(batches, start=first_batch):
       self.state, metrics = self.train_fn(self.state, device_raw, self.teacher_vars, epoch_array)
       if setup.method.bilevel and epoch >= config.meta.warmup_epochs and is_meta_step(setup, idx):
         self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.teacher_vars, epoch_array)
         metrics = {**metrics, **meta_metrics}
-      pending.append(metrics)
       seen += config.batch_size
-      while done < len(pending) and pending[done]["loss"].is_ready():
+      ready = log.add(idx, metrics)
+      while done < len(log.steps) and log.steps[done]["loss"].is_ready():
         done += 1
         bar.update(1)
-      global_step = epoch * spe + idx + 1
-      if (idx + 1) % window_size == 0 and len(pending) > window_size:
-        window = pending[-2 * window_size:-window_size]
-        self.check_window(window, global_step - 2 * window_size)
-        means = mean_metrics(window)
-        self.writer.write(global_step - window_size, {**tagged_train_metrics(means, self.teacher_names),
-                                                      "train/lr": float(setup.steps.schedule(global_step - window_size))})
+      self.log_windows(epoch, ready)
+      if ready:
+        means = ready[-1][1]
         bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
                         img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+      global_step = epoch * spe + idx + 1
       if stop.requested or global_step == config.stop_at_step or self.ckpt.reached_preemption(global_step):
         stopped = True
         break
-    bar.update(len(pending) - done)
+    bar.update(len(log.steps) - done)
     bar.close()
-    return pending, seen, tic, stopped
+    return log, seen, tic, stopped
+
+  def log_windows(self, epoch: int, ready: list[tuple[int, dict[str, np.ndarray]]]) -> None:
+    """Writes finished windows of step metrics, stopping on a non-finite term first."""
+    spe = self.setup.steps_per_epoch
+    for idx, means in ready:
+      if any(not np.all(np.isfinite(means[k])) for k in self.setup.steps.tracked if k in means):
+        self.check_finite()
+      step = epoch * spe + idx + 1
+      self.writer.write(step, {**tagged_train_metrics(means, self.teacher_names),
+                               "train/lr": float(self.setup.steps.schedule(step))})
+
+  def stop_mid_epoch(self, epoch: int, log: StepLog, tic: float) -> int:
+    """Logs the finished windows and checkpoints the current step with the epoch's metric sums
+    (so a resumed run logs what an uninterrupted one would); returns the step."""
+    self.log_windows(epoch, log.flush())
+    step_now = int(jax.device_get(self.state.step))
+    self.host["carry"] = log.carry(step_now - epoch * self.setup.steps_per_epoch - 1)
+    self.host["train_seconds"] = self.host.get("train_seconds", 0.0) + time.perf_counter() - tic
+    self.ckpt.save(step_now, self.state, self.host, force=True)
+    self.ckpt.wait()
+    self.host.pop("carry")
+    return step_now
 
   @property
   def teacher_names(self) -> list[str]:
     return [t.name for t in self.setup.teachers]
 
-  def end_epoch(self, epoch: int, pending: list, seen: int, tic: float) -> None:
+  def end_epoch(self, epoch: int, log: StepLog, seen: int, tic: float) -> None:
     """Evaluates, logs and checkpoints after a finished epoch."""
     config, spec = self.setup.config, self.setup.spec
-    train_means = mean_metrics(pending)
+    self.log_windows(epoch, log.flush())
+    train_means = log.epoch_means()
     class_weights = None
     if "class_weight_sums" in train_means:
       counts = train_means.pop("class_counts")[:, None]
@@ -241,16 +262,6 @@ class _Loop:
             f"{record['train/images_per_s']:.0f} img/s{extra}", flush=True)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or is_best:
       self.ckpt.save(step_now, self.state, self.host, is_best=is_best)
-
-  def check_window(self, window: list[dict], first_step: int) -> None:
-    """Stops within two log windows of a non-finite term (not at the end of the epoch): names
-    the first step and term in ``window`` (step metrics from ``first_step`` on)."""
-    tracked = self.setup.steps.tracked
-    for offset, metrics in enumerate(jax.device_get(window)):
-      bad = [k for k in tracked if k in metrics and not np.all(np.isfinite(metrics[k]))]
-      if bad:
-        self.close()
-        raise NonFiniteLossError(describe_nonfinite(bad[0], first_step + offset, self.setup.steps_per_epoch))
 
   def check_finite(self) -> None:
     message = self.setup.steps.nonfinite_message(np.asarray(jax.device_get(self.state.nonfinite)),
@@ -293,13 +304,19 @@ def record_teacher_accuracy(loop: _Loop, accuracy: dict[str, float] | None = Non
   loop.writer.write(0, host["teacher_accuracy"])
 
 
+def resume_step(state: TrainState) -> int:
+  """The step a run continues from; -1 for a fresh start (its log starts empty)."""
+  step = int(np.max(jax.device_get(state.step)))
+  return step if step > 0 else -1
+
+
 def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
   """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
   steps = setup.steps
   state, host, ckpt = restore_or_init(setup, workdir, quiet)
   state = parallel.replicate(state, setup.mesh)
   teacher_vars = parallel.replicate(tuple(t.variables for t in setup.teachers), setup.mesh) if steps.online else ()
-  loop = _Loop(setup, workdir, quiet, state, host, ckpt, MetricWriter(workdir), teacher_vars,
+  loop = _Loop(setup, workdir, quiet, state, host, ckpt, MetricWriter(workdir, resume_step(state)), teacher_vars,
                jax.jit(steps.train_step, donate_argnums=(0,)), jax.jit(steps.meta_step, donate_argnums=(0,)),
                jax.jit(steps.eval_step))
   record_teacher_accuracy(loop)
@@ -308,41 +325,42 @@ def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Teacher] = (),
                        cache: Any = None, quiet: bool = False) -> dict[str, Any]:
-  """Trains (resuming from ``workdir`` if it holds checkpoints) and returns the summary."""
-  os.makedirs(workdir, exist_ok=True)
+  """Trains (resuming from ``workdir`` if it holds checkpoints) and returns the summary. Nothing
+  is written before the config, data and teachers are checked, the work directory is locked and
+  its checkpoints are found to belong to this run."""
   quiet = quiet or jax.process_index() != 0  # logging and progress from process 0 only
   setup = build(config, teachers, cache)
+  os.makedirs(workdir, exist_ok=True)
   with checkpoint.WorkdirLock(workdir):
     return _train(setup, workdir, quiet)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """The resolved config beside the checkpoints (they hold it too)."""
+  """The resolved config beside the checkpoints (they hold it too), written atomically; a valid
+  ``--config`` for the same run."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    path = os.path.join(workdir, "config.json")
+    with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(path + ".tmp", path)
 
 
 def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
   config, spe = setup.config, setup.steps_per_epoch
-  write_config(config, workdir)
   loop = _start(setup, workdir, quiet)
+  write_config(config, workdir)  # only once the checkpoints are known to be this run's
   start_step = int(jax.device_get(loop.state.step))
   preempted, started = False, time.time()
   with runs.StopRequest() as stop:
     for epoch in range(start_step // spe, config.epochs):
       first_batch = start_step % spe if epoch == start_step // spe else 0
-      pending, seen, tic, stopped = loop.run_epoch(epoch, first_batch, stop)
+      log, seen, tic, stopped = loop.run_epoch(epoch, first_batch, stop)
       loop.check_finite()
       if stopped:
         preempted = True
-        step_now = int(jax.device_get(loop.state.step))
-        loop.ckpt.save(step_now, loop.state, loop.host, force=True)
-        loop.ckpt.wait()
-        if not quiet:
-          print(f"stopped at step {step_now}; checkpoint saved in {workdir}")
+        loop.stop_mid_epoch(epoch, log, tic)  # the caller says where it stopped
         break
-      loop.end_epoch(epoch, pending, seen, tic)
+      loop.end_epoch(epoch, log, seen, tic)
   loop.close()
   summary = run_summary(setup, loop.host, "preempted" if preempted else "finished", started)
   if not preempted:
@@ -356,7 +374,8 @@ def run_summary(setup: Setup, host: dict[str, Any], status: str, started: float)
   config = setup.config
   return {
       "status": status, "method": config.method, "student": config.student, "dataset": config.dataset,
-      "seed": config.seed, "epochs_completed": len(host["history"]),
+      "seed": config.seed, "epochs_completed": len(host["history"]), "epochs": config.epochs,
+      "steps_total": config.epochs * setup.steps_per_epoch,
       "final_top1": host["history"][-1][f"{eval_name(setup.spec)}/top1"] if host["history"] else None,
       "final_top5": host["history"][-1][f"{eval_name(setup.spec)}/top5"] if host["history"] else None,
       "eval_split": setup.spec.test_split, "best_chosen_on": host.get("best_chosen_on", setup.spec.test_split),
@@ -370,11 +389,16 @@ def run_summary(setup: Setup, host: dict[str, Any], status: str, started: float)
                   "hypergradient": config.meta.hypergradient if setup.method.bilevel else None},
       "teachers": [{"name": t.name, "arch": t.arch, "fingerprint": t.fingerprint} for t in setup.teachers],
       "wall_seconds": host.get("train_seconds", time.time() - started),  # every session of the run
+      "stage_seconds": {"teacher_training": sum(t.train_seconds or 0.0 for t in setup.teachers),
+                        "precompute": getattr(setup.cache, "seconds", 0.0) if setup.cache is not None else 0.0,
+                        "student": host.get("train_seconds", time.time() - started)},
       "code_version": runs.code_version(),
   }
 
 
 def write_summary(summary: dict[str, Any], workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    path = os.path.join(workdir, "summary.json")
+    with open(path + ".tmp", "w") as f:
       json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)

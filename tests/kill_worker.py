@@ -2,7 +2,7 @@
 
     python tests/kill_worker.py POINT N -- --config ... --workdir ...
 
-POINT: disk_full (the N-th student checkpoint save fails with ENOSPC, as on a full disk), teacher_step (the N-th training batch of a teacher run), precompute (the N-th batch of
+POINT (prefixed ``term:`` for SIGTERM instead of SIGKILL): disk_full (the N-th student checkpoint save fails with ENOSPC, as on a full disk), teacher_step (the N-th training batch of a teacher run), precompute (the N-th batch of
 teacher outputs), step (the N-th training batch of the student run), async_save (right after
 the N-th checkpoint save was started, while orbax writes it in the background), after_epoch
 (after the N-th checkpoint save has completed), evaluation (in the N-th evaluation pass).
@@ -18,13 +18,16 @@ import sys
 point, count = sys.argv[1], int(sys.argv[2])
 args = sys.argv[sys.argv.index("--") + 1:]
 calls = {"n": 0}
+# "term:<point>": SIGTERM (the preemption notice; the program must stop cleanly) instead of SIGKILL.
+SIGNAL = signal.SIGTERM if point.startswith("term:") else signal.SIGKILL
+point = point.removeprefix("term:")
 
 
 def _tick() -> None:
   calls["n"] += 1
   if calls["n"] == count:
     sys.stdout.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), SIGNAL)
 
 
 def main() -> None:

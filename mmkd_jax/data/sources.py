@@ -130,6 +130,12 @@ def builder(name: str, data_dir: str | None = None, source_dir: str = "") -> tfd
   return entry.builder(**kwargs)
 
 
+def check_image_dataset(name: str, data_dir: str | None = None, source_dir: str = "") -> None:
+  """Raises UnknownNameError for an unknown dataset and ValueError for one that is not labelled
+  images (from its declared features: nothing is read or prepared)."""
+  _features(builder(name, data_dir, source_dir), _entry(name), name)
+
+
 def prepare(name: str, data_dir: str | None = None, allow_download: bool = False, source_dir: str = "") -> None:
   """Makes sure ``name`` is prepared as array_record under ``data_dir``.
 
@@ -161,7 +167,7 @@ def data_source(name: str, split: str, data_dir: str | None = None, source_dir: 
       return builder(name, data_dir, source_dir).as_data_source(split=split)
     return tfds.data_source(entry.tfds_name, split=split, data_dir=data_dir, download=False,
                             builder_kwargs={"file_format": "array_record"})
-  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError) as e:
+  except (NotImplementedError, AssertionError, FileNotFoundError, ValueError, KeyError) as e:
     # TFDS reports a missing offline dataset as a TFRECORD NotImplementedError; say what it is.
     raise FileNotFoundError(
         f"dataset {name!r} ({split}) could not be opened under {data_dir}: {e}. Prepare it once "
@@ -222,7 +228,7 @@ def _features(b: tfds.core.DatasetBuilder, entry: DatasetEntry, name: str) -> tu
     image, _ = features[entry.image_key], features[entry.label_key]
   except KeyError as e:
     raise ValueError(f"dataset {name!r} has no feature {e}; its features are "
-                     f"{', '.join(features.keys())}") from e
+                     f"{', '.join(features.keys())}: distillation here needs labelled images") from e
   shape = tuple(image.shape)
   if len(shape) == 2:
     shape = shape + (1,)

@@ -40,7 +40,7 @@ class CacheMismatchError(ValueError):
 # CacheSpec fields that say how a cache is stored, not what it holds.
 STORAGE_FIELDS = ("record_encoding",)
 # What each shard's metadata adds to its CacheSpec.
-SHARD_FIELDS = ("shard", "num_shards", "index_range")
+SHARD_FIELDS = ("shard", "num_shards", "index_range", "seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +200,10 @@ def _shard_dirs(cache_dir: str) -> list[str]:
 
 
 def write_cache(cache_dir: str, spec: CacheSpec, producer: Producer, batch_size: int = 256,
-                shard: int = 0, num_shards: int = 1) -> None:
-  """Builds shard ``shard`` of ``num_shards`` of the cache (refuses to overwrite an existing one)."""
+                shard: int = 0, num_shards: int = 1, started: float | None = None) -> None:
+  """Builds shard ``shard`` of ``num_shards`` of the cache (refuses to overwrite an existing one);
+  its metadata records the seconds since ``started`` (default: this call)."""
+  started = time.time() if started is None else started
   directory = _shard_dir(cache_dir, shard, num_shards)
   if os.path.exists(os.path.join(_version_dir(directory), CACHE_META_FILE)):
     raise FileExistsError(f"a teacher cache already exists in {directory}; remove it or choose "
@@ -213,8 +215,8 @@ def write_cache(cache_dir: str, spec: CacheSpec, producer: Producer, batch_size:
   # The marker is written after TFDS's atomic rename: a shard without it is not accepted.
   tmp = os.path.join(_version_dir(directory), CACHE_META_FILE + ".tmp")
   with open(tmp, "w") as f:
-    json.dump(dict(spec.to_json(), shard=shard, num_shards=num_shards, index_range=list(index_range)), f,
-              indent=2)
+    json.dump(dict(spec.to_json(), shard=shard, num_shards=num_shards, index_range=list(index_range),
+                   seconds=round(time.time() - started, 3)), f, indent=2)
   os.replace(tmp, os.path.join(_version_dir(directory), CACHE_META_FILE))
 
 
@@ -256,7 +258,9 @@ class TeacherCache:
       raise FileNotFoundError(f"no complete teacher cache in {cache_dir} (an interrupted precompute "
                               "leaves none, and every host's shard must be there); run mode=precompute")
     self._shards = []
+    self.seconds = 0.0  # wall time its precompute took (the slowest shard), 0 when not recorded
     for directory, meta in _complete_shards(cache_dir):
+      self.seconds = max(self.seconds, float(meta.get("seconds", 0.0)))
       found = shard_spec(meta)
       problems = describe_mismatch(found, expected)
       if problems:

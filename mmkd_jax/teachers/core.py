@@ -35,6 +35,7 @@ class Teacher:
   variables: PyTree
   fingerprint: str
   accuracy: float | None = None
+  train_seconds: float | None = None  # what training it took (teachers trained by mode=train_teacher)
 
   @property
   def model(self):
@@ -98,7 +99,8 @@ def load_teacher(name: str, arch: str, num_classes: int, checkpoint: str,
     except Exception as e:  # orbax raises several types for damaged files
       raise ValueError(f"teacher {name!r}: cannot restore {checkpoint}/variables ({e}); "
                        "re-train or re-export the teacher") from e
-    return Teacher(name, arch, num_classes, variables, fingerprint(variables), meta.get("accuracy"))
+    return Teacher(name, arch, num_classes, variables, fingerprint(variables), meta.get("accuracy"),
+                   meta.get("train_seconds"))
   model, variables = convert.load_pretrained(arch, num_classes, checkpoint, image_shape, trust_pickle)
   del model
   return Teacher(name, arch, num_classes, variables, fingerprint(variables))

@@ -10,15 +10,19 @@ import copy
 import hashlib
 import json
 import os
+import time
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from mmkd_jax import runs
 from mmkd_jax.data import sources
+from mmkd_jax.registry import ConfigError
 from mmkd_jax.teachers import cache as cache_lib
-from mmkd_jax.teachers.core import (Teacher, augmented_teacher_outputs, feature_shapes, is_complete,
-                                    load_teacher, save_teacher)
+from mmkd_jax.teachers.core import (TEACHER_META, Teacher, augmented_teacher_outputs, feature_shapes,
+                                    is_complete, load_teacher, save_teacher)
 
 
 def checkpoint_path(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> str:
@@ -33,8 +37,62 @@ def checkpoint_path(config: ml_collections.ConfigDict, entry: ml_collections.Con
   return os.path.join(config.teacher_dir, f"{dataset}_{entry.name}")
 
 
+# What a trained teacher's parameters depend on besides its architecture and seed: the fields of
+# its training config recorded in teacher.json and compared whenever the directory is reused, so a
+# changed setting is never silently served by an old teacher.
+IDENTITY_FIELDS = ("dataset", "train_split", "normalization", "image_size", "augmentation_seed", "batch_size",
+                   "epochs", "lr", "lr_milestones", "lr_decay", "momentum", "nesterov", "weight_decay", "dtype",
+                   "sync_batch_norm", "batch_norm_groups")
+
+
+class StaleTeacherError(ConfigError):
+  """A teacher directory holds a teacher trained with other settings than the config asks for."""
+
+
+def training_config(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The resolved config that trains teacher ``entry``: the run's setting with method ``none``,
+  the teacher's architecture and seed, and ``teacher_training``'s schedule."""
+  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  tc = copy.deepcopy(config)
+  tc.unlock()
+  tc.resolved_for, tc.replicas = "", ""
+  tc.method, tc.student, tc.seed = "none", entry.arch, entry.seed
+  tc.epochs, tc.lr = config.teacher_training.epochs, config.teacher_training.lr
+  tc.lr_milestones, tc.stop_at_step = config.teacher_training.lr_milestones, -1
+  _clear_method_fields(tc)
+  return config_lib.resolve(tc)
+
+
+def identity(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What produced teacher ``entry`` under ``config`` (compared on reuse)."""
+  tc = training_config(config, entry)
+  fields = json.loads(tc.to_json_best_effort())
+  return {"arch": entry.arch, "seed": entry.seed, **{k: fields[k] for k in IDENTITY_FIELDS}}
+
+
+def identity_differences(recorded: dict[str, Any] | None, expected: dict[str, Any]) -> list[str]:
+  recorded = recorded or {}
+  return [f"{k} {json.dumps(recorded[k]) if k in recorded else '(not recorded)'} -> {json.dumps(v)}"
+          for k, v in expected.items() if k not in recorded or recorded[k] != v]
+
+
+def check_identity(config: ml_collections.ConfigDict, index: int, path: str) -> None:
+  """Refuses a finished teacher in ``path`` whose recorded settings differ from the config's."""
+  entry = config.teachers[index]
+  with open(os.path.join(path, TEACHER_META)) as f:
+    recorded = json.load(f).get("identity")
+  differences = identity_differences(recorded, identity(config, entry))
+  if differences:
+    raise StaleTeacherError(
+        f"teacher {entry.name!r}: {os.path.abspath(path)} was trained with other settings (recorded -> "
+        f"this config): {'; '.join(differences)}. To train the new one beside it, give it another name "
+        f"(--config.teachers[{index}].name={entry.name}_2) or another --config.teacher_dir; to use the "
+        f"existing one as it is, name it explicitly: --config.teachers[{index}].checkpoint={os.path.abspath(path)}")
+
+
 def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec | None = None) -> list[Teacher]:
-  """Every configured teacher, loaded; a missing one is an error naming its path and the fix."""
+  """Every configured teacher, loaded; a missing one is an error naming its path and the fix,
+  a trained one whose recorded settings differ from the config's is refused (StaleTeacherError)."""
   spec = spec or sources.dataset_spec(config)
   loaded = []
   for i, entry in enumerate(config.teachers):
@@ -43,40 +101,56 @@ def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec |
       if entry.checkpoint:
         raise FileNotFoundError(f"teacher {entry.name!r}: config.teachers[{i}].checkpoint = {path} does "
                                 "not exist; fix the path (or leave it empty to train the teacher)")
-      raise FileNotFoundError(f"teacher {entry.name!r}: {path} does not exist. Train it with "
+      raise FileNotFoundError(f"teacher {entry.name!r}: {os.path.abspath(path)} does not exist. Train it with "
                               "--config.mode=train_teacher (or mode=pipeline), or set "
                               f"config.teachers[{i}].checkpoint to its .pth / orbax directory")
+    if not entry.checkpoint and is_complete(path):
+      check_identity(config, i, path)
     loaded.append(load_teacher(entry.name, entry.arch, spec.num_classes, path, spec.image_shape,
                                config.trust_pickle))
   return loaded
 
 
-def train_missing_teachers(config: ml_collections.ConfigDict) -> None:
-  """Trains, into ``teacher_dir``, every teacher without an explicit checkpoint that is missing.
-  A teacher with an explicit checkpoint is never trained (a mistyped path is an error later)."""
-  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+def check_trained_teachers(config: ml_collections.ConfigDict) -> None:
+  """Refuses, before anything is trained, any finished teacher that the config would reuse but
+  that was trained with other settings."""
+  for i, entry in enumerate(config.teachers):
+    path = checkpoint_path(config, entry)
+    if not entry.checkpoint and os.path.isdir(path) and is_complete(path):
+      check_identity(config, i, path)
+
+
+def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
+  """Trains, into ``teacher_dir``, every teacher without an explicit checkpoint that is missing;
+  returns the seconds spent. A teacher with an explicit checkpoint is never trained (a mistyped
+  path is an error later). SIGTERM stops it with its latest checkpoint saved (runs.Preempted);
+  the same command resumes it from there, and only a finished teacher gets its teacher.json."""
   from mmkd_jax import train  # pylint: disable=import-outside-toplevel
+  check_trained_teachers(config)
+  spent = 0.0
   for entry in config.teachers:
     path = checkpoint_path(config, entry)
     if entry.checkpoint or (os.path.isdir(path) and is_complete(path)):
       continue
-    print(f"training teacher {entry.name!r} ({entry.arch}) on {config.dataset} -> {path}")
-    tc = copy.deepcopy(config)
-    tc.unlock()
-    tc.resolved_for = ""
-    tc.method, tc.student, tc.seed = "none", entry.arch, entry.seed
-    tc.epochs, tc.lr = config.teacher_training.epochs, config.teacher_training.lr
-    tc.lr_milestones, tc.stop_at_step = config.teacher_training.lr_milestones, -1
-    _clear_method_fields(tc)
-    tc = config_lib.resolve(tc)
+    runs.raise_if_stopped(f"before training teacher {entry.name!r}")
+    print(f"training teacher {entry.name!r} ({entry.arch}) on {config.dataset} -> {os.path.abspath(path)}", flush=True)
+    tc = training_config(config, entry)
     summary = train.train_and_evaluate(tc, path + ".run")
     state = summary["state"]
+    if summary["status"] != "finished":
+      raise runs.Preempted(
+          f"stopped by SIGTERM while training teacher {entry.name!r} at step {int(jax.device_get(state.step))} "
+          f"(of {summary['steps_total']}; checkpoint saved in {os.path.abspath(path)}.run); run the same command to resume")
+    spent += summary["wall_seconds"]
     variables = {"params": state.params["student"], "batch_stats": state.model_state["student"]}
     spec = sources.dataset_spec(config)
     save_teacher(path, entry.arch, spec.num_classes, jax.device_get(variables),
-                 {"dataset": config.dataset, "accuracy": summary["final_top1"], "epochs": tc.epochs,
-                  "seed": entry.seed, "name": entry.name, "image_shape": list(spec.image_shape)})
-    print(f"teacher {entry.name!r}: test top-1 {summary['final_top1']:.2f}%")
+                 {"dataset": config.dataset, "accuracy": summary["final_top1"], "eval_split": summary["eval_split"],
+                  "epochs": tc.epochs, "seed": entry.seed, "name": entry.name, "image_shape": list(spec.image_shape),
+                  "identity": identity(config, entry), "train_seconds": summary["wall_seconds"],
+                  "code_version": runs.code_version(), "devices": jax.device_count()})
+    print(f"teacher {entry.name!r}: {summary['eval_split']} top-1 {summary['final_top1']:.2f}%", flush=True)
+  return spent
 
 
 def _clear_method_fields(c: ml_collections.ConfigDict) -> None:
@@ -125,6 +199,8 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
   forward = jax.jit(lambda v, images, index, replay: augmented_teacher_outputs(
       loaded, v, images, index, replay, config.augmentation_seed, ds, config.feature_layer))
   def producer(indices: np.ndarray, replay: int):
+    runs.raise_if_stopped(f"while precomputing the teacher cache {os.path.abspath(directory)} (an unfinished "
+                          "shard is never marked finished)")
     view = (config.augmentation_seed, replay) if ds.host_transform else None
     images = sources.read_records(dataset.train, indices, ds, view)["image"]
     pad = (-len(indices)) % 32  # few shapes: one compilation for the full batches, one for the last
@@ -134,11 +210,14 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
     n = len(indices)
     return logits[:n], tuple(f[:n] for f in feats)
 
+  started = time.time()
   pi, pc = jax.process_index(), jax.process_count()
   per_host = cache_lib.shards_per_host(spec, pc)
   for shard in range(pi * per_host, (pi + 1) * per_host):
     if not cache_lib.shard_exists(directory, shard, pc * per_host):
-      cache_lib.write_cache(directory, spec, producer, batch_size=256, shard=shard, num_shards=pc * per_host)
+      runs.raise_if_stopped("before precomputing the teacher cache")
+      cache_lib.write_cache(directory, spec, producer, batch_size=256, shard=shard, num_shards=pc * per_host,
+                            started=started)
   if pc > 1:  # every host writes its shard; all wait until the cache is whole
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("mmkd_jax teacher cache written")
