@@ -233,6 +233,30 @@ def load(path: str, arg: str | None = None, overrides: Mapping[str, Any] | Itera
   return set_fields(module.get_config(arg), overrides)
 
 
+def from_json(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The config a run's ``config.json`` records, as a config to run again (``--config
+  <workdir>/config.json``): every field as stored, resolved again (to the same values)."""
+  registry.import_plugins(stored.get("imports", ()))
+  c = base_config()
+  _assign(c, stored)
+  c.resolved_for = ""
+  return c
+
+
+def _assign(target: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
+  for key, value in values.items():
+    if key not in target:  # a plug-in method's own section
+      target[key] = ml_collections.ConfigDict(value) if isinstance(value, Mapping) else value
+    elif key == "teachers":
+      target[key] = [teacher(**entry) for entry in value]
+    elif isinstance(target[key], ml_collections.ConfigDict) and isinstance(value, Mapping):
+      _assign(target[key], value)
+    elif isinstance(value, list):
+      target[key] = tuple(value)
+    else:
+      target[key] = value
+
+
 # ---------------------------------------------------------------------------------------
 # Resolution and validation.
 

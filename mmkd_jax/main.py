@@ -153,6 +153,8 @@ def fail(message: str) -> None:
 def resolve_config_path(value: str) -> str:
   """``--config`` may name a file, a shipped config (``mmkd_jax:configs/digits.py``), or just its
   name (``digits``, ``fashion_mnist.py:aver``); the ``:arg`` suffix is kept."""
+  if value.endswith(".json"):  # a run's recorded config.json
+    return resolve_config_path("run.py") + ":" + os.path.abspath(value)
   spec = value.removeprefix("mmkd_jax:")
   path, sep, arg = spec.partition(":")
   if spec == value and os.path.exists(path):
@@ -163,10 +165,32 @@ def resolve_config_path(value: str) -> str:
   return shipped + sep + arg if os.path.isfile(shipped) else value
 
 
+USAGE = """usage: python -m mmkd_jax.main --config CONFIG --workdir DIR [--config.FIELD=VALUE ...]
+       (or: mmkd-jax --config CONFIG --workdir DIR ...)
+
+CONFIG   a config file (configs/digits.py), a shipped config by name (digits, fashion_mnist.py:aver),
+         with its argument after a colon (configs/digits.py:aver,smoke), or a run's config.json
+DIR      the run's work directory: config.json, metrics.jsonl, checkpoints/, best/, summary.json;
+         the same command on the same DIR resumes
+
+--config.mode=  pipeline (default: train the missing teachers, precompute their outputs, distil the
+                student), train_teacher, precompute, distill, evaluate, export, show_config
+--config.mode=show_config --config CONFIG
+                prints every field with its value, default and a one-line description
+--config.FIELD=VALUE
+                sets any field (e.g. --config.method=aver --config.epochs=10 --config.seed=1)
+
+Stopping: SIGTERM stops at the next safe point with everything finished so far saved, exit 0; the
+same command resumes. User mistakes: one line on stderr, exit 2, nothing written. See README.md."""
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad config (typo in a field, unknown argument, missing file)
   reported in one line instead of a traceback, and shipped configs found by name."""
   argv = list(argv)
+  if any(item in ("--help", "-h", "--helpshort", "-help") for item in argv[1:]):
+    print(USAGE)
+    sys.exit(0)
   for i, item in enumerate(argv):
     if item.startswith("--config=") and not item.startswith("--config."):
       argv[i] = "--config=" + resolve_config_path(item[len("--config="):])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Sequence
 
 import jax
@@ -57,6 +58,9 @@ class Student:
   def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Eval-mode logits of (N, H, W, C) images, uint8 in [0, 255] or floats in [0, 1]."""
     images = np.asarray(images)
+    if images.dtype != np.uint8 and images.size and (np.nanmax(images) > 1.0 or np.nanmin(images) < 0.0):
+      raise ValueError(f"float images must be in [0, 1] (got values in [{np.nanmin(images):g}, {np.nanmax(images):g}]); "
+                       "pass uint8 images in [0, 255], or divide by 255")
     if images.ndim == 3:
       images = images[..., None] if self.image_shape[-1] == 1 and images.shape[-1] != 1 else images[None]
     if tuple(images.shape[1:]) != tuple(self.image_shape):
@@ -85,16 +89,27 @@ def _restore_raw(directory: str) -> tuple[dict[str, Any], dict[str, Any], int] |
 
 
 def student_from_workdir(workdir: str, which: str = "best") -> Student:
-  """The student of a run's best (or latest) checkpoint, with its run's preprocessing."""
+  """The student of a run's best (or latest) checkpoint, with its run's preprocessing. An
+  unreadable best checkpoint falls back to the latest readable one, saying so on stderr."""
+  from mmkd_jax.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
-  found = None
+  found, problems = None, []
   for name in ((which, "checkpoints") if which == "best" else ("checkpoints",)):
     directory = os.path.join(workdir, "best" if name == "best" else "checkpoints")
     if os.path.isdir(directory):
-      found = _restore_raw(directory)
+      try:
+        found = _restore_raw(directory)
+      except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types for damaged files)
+        problems.append(f"{directory} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
+        continue
       if found is not None:
+        if problems:
+          print(f"warning: {problems[0]}; using the latest checkpoint (step {found[2]}) instead", file=sys.stderr)
+          which = "latest"
         break
   if found is None:
+    if problems:
+      raise CheckpointError(f"no readable checkpoint in {workdir}: " + "; ".join(problems))
     raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best or {workdir}/checkpoints)")
   state, meta, step = found
   if "config" not in meta and os.path.isfile(os.path.join(workdir, "config.json")):
@@ -120,16 +135,30 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
 
 
 def load_student(path: str, which: str = "best") -> Student:
-  """A student from an export directory (``student.json``) or a run's work directory."""
-  meta_path = os.path.join(path, STUDENT_META)
+  """A student from any form a run or an export has: a run's work directory (its ``which``
+  checkpoint), an export directory, its ``student.npz`` / ``student.pth``, or its orbax
+  ``variables/``. An export of a plug-in model imports the modules its ``student.json`` records."""
+  from mmkd_jax.registry import import_plugins  # pylint: disable=import-outside-toplevel
+  path = os.path.normpath(os.fspath(path))
+  is_file = os.path.isfile(path)
+  export_dir = os.path.dirname(path) if is_file or os.path.basename(path) == "variables" else path
+  meta_path = os.path.join(export_dir, STUDENT_META)
   if not os.path.isfile(meta_path):
+    if is_file or export_dir != path:
+      raise FileNotFoundError(f"{path}: no {STUDENT_META} beside it; load the export directory it came from "
+                              "(written by mode=export), or a run's work directory")
     return student_from_workdir(path, which)
   with open(meta_path) as f:
     meta = json.load(f)
-  model = get_model(meta["arch"], meta["num_classes"])
-  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *meta["image_shape"])))
-  variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "variables"), abstract)
-  return Student(meta["arch"], meta["num_classes"], tuple(meta["image_shape"]), tuple(meta["mean"]),
+  import_plugins(meta.get("imports", ()))
+  image_shape = tuple(meta["image_shape"])
+  if is_file:
+    _, variables = convert.load_pretrained(meta["arch"], meta["num_classes"], path, image_shape)
+  else:
+    model = get_model(meta["arch"], meta["num_classes"])
+    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
+    variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(export_dir), "variables"), abstract)
+  return Student(meta["arch"], meta["num_classes"], image_shape, tuple(meta["mean"]),
                  tuple(meta["std"]), variables, meta.get("run", {}))
 
 
@@ -163,6 +192,8 @@ def export_student(workdir: str, out_dir: str, which: str = "best",
     except Exception as e:  # pylint: disable=broad-except  (torch missing, or a CUDA-only wheel)
       notes.append(f"student.pth not written: torch unavailable ({type(e).__name__}); pip install -e '.[torch]'")
   meta = {"arch": student.arch, "num_classes": student.num_classes, "image_shape": list(student.image_shape),
+          "imports": [os.path.abspath(m) if m.endswith(".py") else m  # found from anywhere
+                      for m in student.info.get("config", {}).get("imports", ())],
           "mean": list(student.mean), "std": list(student.std), "layout": "flax NHWC (variables/), PyTorch NCHW (npz, pth)",
           "run": {k: v for k, v in student.info.items() if k != "config"}, "files": {k: os.path.basename(v) for k, v in written.items()}, "notes": notes}
   with open(os.path.join(out_dir, STUDENT_META), "w") as f:

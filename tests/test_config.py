@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import pytest
@@ -105,3 +106,14 @@ def test_show_config_describes_every_field():
   weights = next(line for line in lines if line.startswith("weights.feat "))
   assert "10.0" in weights and "<method default>" in weights  # the digits preset, and where it comes from
   assert any(line.startswith("lr ") and "# student SGD learning rate" in line for line in lines)
+
+
+@pytest.mark.parametrize("arg", ["mmkd", "aver,smoke", "bomd"])
+def test_a_runs_config_json_loads_back_to_the_same_resolved_config(arg, tmp_path):
+  """What a run records in config.json is a valid --config for the same run (configs/run.py)."""
+  resolved = config_lib.validate(config_lib.load(DIGITS, arg, {"lr": 0.07, "seed": 3, "imports": ()}))
+  path = tmp_path / "config.json"
+  path.write_text(resolved.to_json_best_effort(indent=2))
+  again = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "run.py"), str(path)))
+  assert config_lib.changed_fields(json.loads(resolved.to_json_best_effort()), again) == []
+  assert again.to_json_best_effort() == resolved.to_json_best_effort()

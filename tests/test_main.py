@@ -82,11 +82,72 @@ def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
 
 
 def test_lock_is_released_with_its_holder(tmp_path):
+  """Another process's lock refuses this one; the holder's death releases it. Within a process the
+  lock is re-entrant (the command holds it, the student stage takes it again)."""
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmkd_jax import checkpoint\n"
+                             f"with checkpoint.WorkdirLock({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(60)"],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  with pytest.raises(checkpoint.WorkdirLockedError, match=f"in use by pid {holder.pid}"):
+    checkpoint.WorkdirLock(str(tmp_path)).__enter__()
+  holder.kill()
+  holder.wait()
   with checkpoint.WorkdirLock(str(tmp_path)):
-    with pytest.raises(checkpoint.WorkdirLockedError, match="in use by pid"):
-      checkpoint.WorkdirLock(str(tmp_path)).__enter__()
-  with checkpoint.WorkdirLock(str(tmp_path)):
-    pass
+    with checkpoint.WorkdirLock(str(tmp_path)):
+      pass
+
+
+def _tree_digest(*roots) -> dict:
+  """Every file under ``roots`` (path -> sha256, mtime) and every directory: what a refused
+  command must leave as it was."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  out = {}
+  for root in roots:
+    for dirpath, dirnames, filenames in os.walk(root):
+      out[dirpath] = "dir"
+      for name in filenames:
+        path = os.path.join(dirpath, name)
+        with open(path, "rb") as f:
+          out[path] = (hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
+  return out
+
+
+def test_refused_commands_change_nothing_on_disk(tmp_path):
+  """Each refused command of a finished run's work directory: one line, exit 2, and the whole
+  tree (work directory, teacher directory, data directory) byte for byte as it was."""
+  workdir, teacher_dir = tmp_path / "w", tmp_path / "t"
+  base = ["--config", f"{DIGITS}:none,smoke", "--workdir", str(workdir), f"--config.teacher_dir={teacher_dir}",
+          "--config.epochs=1", "--config.lr=0.05"]
+  done = _cli(*base, tmp_path=tmp_path)
+  assert done.returncode == 0, done.stderr[-2000:]
+  before = _tree_digest(tmp_path)
+  refused = [
+      (["--config.lr=0.3"], ["holds checkpoint step 22 of another run", "lr: 0.05 -> 0.3"]),
+      (["--config.method=aver"], ["holds checkpoint step 22 of another run", "method: 'none' -> 'aver'"]),
+      (["--config.epochs=-1"], ["config.epochs: -1 trains nothing"]),
+      (["--config.epochs=0", "--config.mode=train_teacher"], ["config.epochs: 0 trains nothing"]),
+      (["--config.dataset=imdb_reviews", f"--workdir={tmp_path / 'new'}"], ["config.dataset", "has no feature 'image'"]),
+      (["--config.dataset=cifar10", f"--workdir={tmp_path / 'new'}"], ["dataset 'cifar10'",
+                                                                     "python -m mmkd_jax.data.prepare cifar10"]),
+      (["--config.mode=evaluate", f"--workdir={tmp_path / 'typo'}"], ["does not exist"]),
+      (["--config.mode=export", f"--workdir={tmp_path / 'typo'}"], ["does not exist"]),
+  ]
+  for extra, fragments in refused:
+    args = list(base)
+    if any(e.startswith("--workdir=") for e in extra):
+      args[args.index("--workdir"):args.index("--workdir") + 2] = []
+    _one_line_error(_cli(*args, *extra, tmp_path=tmp_path), *fragments)
+    assert _tree_digest(tmp_path) == before, extra
+  with checkpoint.WorkdirLock(str(workdir)):  # a second run while the first holds the work directory
+    locked = _cli(*base, tmp_path=tmp_path)
+  _one_line_error(locked, "is in use by pid")
+  assert {k: v for k, v in _tree_digest(tmp_path).items() if not k.endswith(".lock")} == \
+      {k: v for k, v in before.items() if not k.endswith(".lock")}
+
+
+def test_help_exits_zero_and_names_show_config():
+  done = _cli("--help")
+  assert done.returncode == 0 and "--config.mode=show_config" in done.stdout and "Traceback" not in done.stderr
 
 
 def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):

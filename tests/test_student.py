@@ -75,12 +75,68 @@ def test_npz_and_pth_round_trip_to_float32(trained, tmp_path):
 
 
 def test_evaluate_reports_teachers_agreement_and_kl(trained, tmp_path):
+  """Agreement and KL(p_t || p_s) equal what the test computes from the two models' logits."""
   config, workdir, _ = trained
   from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
-  for t in random_teachers(("resnet8", "resnet8"), names=("s_resnet8a", "s_resnet8b")):
-    teachers_lib.save_teacher(os.path.join(str(tmp_path), f"digits_{t.name}"), t.arch, 10, t.variables, {})
-  result = student_lib.evaluate_workdir(config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver",
-                                                                         teacher_dir=str(tmp_path), mode="evaluate")), workdir)
-  for name in ("s_resnet8a", "s_resnet8b"):
-    assert 0 <= result[f"agreement/{name}"] <= 100 and result[f"kl/{name}"] > 0
-  assert "teacher/ensemble" in result and result["split"] == "test"
+  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  eval_config = config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver", teacher_dir=str(tmp_path),
+                                                 mode="evaluate"))
+  teachers = random_teachers(("resnet8", "resnet8"), names=("s_resnet8a", "s_resnet8b"))
+  for t, entry in zip(teachers, eval_config.teachers):
+    teachers_lib.save_teacher(os.path.join(str(tmp_path), f"digits_{t.name}"), t.arch, 10, t.variables,
+                              {"identity": lifecycle.identity(eval_config, entry)})
+  result = student_lib.evaluate_workdir(eval_config, workdir)
+  images, labels = _test_images(config)
+  student = mmkd_jax.load_student(workdir)
+  log_p_s = np.log(student.predict(images).astype(np.float64))
+  x = (images.astype(np.float32) / 255 - np.float32(student.mean[0])) / np.float32(student.std[0])
+  for t in teachers:
+    z = np.asarray(t.model.apply(t.variables, x, train=False)[1], np.float64)
+    log_p_t = z - z.max(-1, keepdims=True)
+    log_p_t -= np.log(np.exp(log_p_t).sum(-1, keepdims=True))
+    agreement = 100.0 * np.mean(z.argmax(-1) == log_p_s.argmax(-1))
+    kl = np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), -1))
+    assert result[f"agreement/{t.name}"] == pytest.approx(agreement, abs=1e-9)
+    assert result[f"kl/{t.name}"] == pytest.approx(kl, rel=1e-4)
+  assert result["split"] == "test" and len(labels) == 359
+
+
+def test_every_export_form_loads_and_predicts_the_same(trained, tmp_path):
+  """load_student reads the export directory, its student.npz and its orbax variables/ alike."""
+  config, workdir, _ = trained
+  student_lib.export_student(workdir, str(tmp_path / "export"))
+  images, _ = _test_images(config)
+  expected = mmkd_jax.load_student(workdir).logits(images[:16])
+  for form in ("export", "export/student.npz", "export/variables"):
+    np.testing.assert_allclose(mmkd_jax.load_student(str(tmp_path / form)).logits(images[:16]), expected,
+                               rtol=1e-5, atol=1e-5, err_msg=form)
+  (tmp_path / "lonely.npz").write_bytes((tmp_path / "export" / "student.npz").read_bytes())
+  with pytest.raises(FileNotFoundError, match="no student.json beside it"):
+    mmkd_jax.load_student(str(tmp_path / "lonely.npz"))
+
+
+def test_float_images_outside_zero_one_are_refused(trained):
+  config, workdir, _ = trained
+  images, _ = _test_images(config)
+  student = mmkd_jax.load_student(workdir)
+  with pytest.raises(ValueError, match=r"float images must be in \[0, 1\].*divide by 255"):
+    student.predict(images[:4].astype(np.float32))
+
+
+def test_a_corrupt_best_checkpoint_falls_back_to_the_latest(trained, tmp_path, capsys):
+  import shutil  # pylint: disable=import-outside-toplevel
+  _, workdir, _ = trained
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  for path in (copy / "best").rglob("*"):
+    if path.is_file() and path.parent.name != "best" and "state" in str(path):
+      path.write_bytes(b"garbage")
+  student = mmkd_jax.load_student(str(copy))
+  assert "using the latest checkpoint" in capsys.readouterr().err
+  assert student.info["selected_on"].endswith("(latest)")
+  for path in copy.rglob("*"):
+    if path.is_file() and "state" in str(path):
+      path.write_bytes(b"garbage")
+  from mmkd_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint"):
+    mmkd_jax.load_student(str(copy))

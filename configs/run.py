@@ -1,0 +1,16 @@
+"""A run's own ``config.json`` as a config: ``--config <workdir>/config.json`` (main finds this
+file for any ``.json`` path), e.g. to resume or evaluate a run from the config it recorded.
+
+    python -m mmkd_jax.main --config runs/digits/config.json --workdir runs/digits
+"""
+
+import json
+
+from mmkd_jax import config as config_lib
+
+
+def get_config(arg: str | None = None):
+  if not arg:
+    raise ValueError("configs/run.py takes the path of a run's config.json: --config runs/x/config.json")
+  with open(arg) as f:
+    return config_lib.from_json(json.load(f))

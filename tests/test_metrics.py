@@ -1,0 +1,84 @@
+"""Metric logs: windows and epoch means carried over a mid-epoch stop equal an uninterrupted
+epoch's bit for bit; a resumed log holds each step once, with wall-clock times."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mmkd_jax.metrics import MetricWriter, StepLog, mean_metrics
+
+
+def _steps(n: int):
+  rng = np.random.default_rng(0)
+  out = []
+  for i in range(n):
+    m = {"loss": np.float32(rng.standard_normal()), "vec": rng.standard_normal(3).astype(np.float32)}
+    if i % 5 == 0:  # a meta-step term, present on some steps only
+      m["hypergrad_norm"] = np.float32(rng.random())
+    out.append(m)
+  return out
+
+
+def _run(steps, window, first=0, carry=None, stop_after=None):
+  log = StepLog(window, first, carry)
+  windows = []
+  for idx in range(first, len(steps)):
+    windows += log.add(idx, steps[idx])
+    if idx == stop_after:
+      windows += log.flush()
+      return windows, json.loads(json.dumps(log.carry(idx)))  # through JSON, as in a checkpoint
+  windows += log.flush()
+  return windows, log.epoch_means()
+
+
+def test_a_stop_mid_window_resumes_to_identical_windows_and_epoch_means():
+  steps = _steps(23)
+  whole, means = _run(steps, 4)
+  assert [idx for idx, _ in whole] == [3, 7, 11, 15, 19]  # window ends, aligned to the epoch's start
+  for stop_after in (2, 6, 9, 11, 13):
+    before, carry = _run(steps, 4, stop_after=stop_after)
+    after, resumed_means = _run(steps, 4, first=stop_after + 1, carry=carry)
+    assert [i for i, _ in before + after] == [i for i, _ in whole], stop_after
+    for (_, a), (_, b) in zip(before + after, whole):
+      assert a.keys() == b.keys()
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{stop_after} {k}")
+    for k in means:
+      np.testing.assert_array_equal(resumed_means[k], means[k], err_msg=f"{stop_after} {k}")
+  # two stops inside one window (steps 8..11): the second carries the first's sums on
+  first, carry = _run(steps, 4, stop_after=8)
+  second, carry = _run(steps, 4, first=9, carry=carry, stop_after=10)
+  third, resumed_means = _run(steps, 4, first=11, carry=carry)
+  chained = first + second + third
+  assert [i for i, _ in chained] == [i for i, _ in whole]
+  for (_, a), (_, b) in zip(chained, whole):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  for k in means:
+    np.testing.assert_array_equal(resumed_means[k], means[k], err_msg=k)
+
+
+def test_epoch_means_count_each_term_over_the_steps_that_have_it():
+  steps = _steps(10)
+  means = mean_metrics(steps)
+  assert means["hypergrad_norm"] == np.mean([np.float64(s["hypergrad_norm"]) for s in steps if "hypergrad_norm" in s])
+  np.testing.assert_allclose(means["loss"], np.mean([np.float64(s["loss"]) for s in steps]), rtol=1e-15)
+
+
+def test_a_resumed_writer_drops_the_records_after_its_checkpoint(tmp_path):
+  writer = MetricWriter(str(tmp_path))
+  for step in (0, 10, 20, 30):
+    writer.write(step, {"train/loss": float(step)})
+  writer.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 40, "train/lo')  # the torn last line of a killed writer
+  writer = MetricWriter(str(tmp_path), resume_step=20)
+  writer.write(30, {"train/loss": 30.5})
+  writer.close()
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [0, 10, 20, 30] and records[-1]["train/loss"] == 30.5
+  assert all(isinstance(r["time"], float) and r["time"] > 1.7e9 for r in records)
+  MetricWriter(str(tmp_path), resume_step=-1).close()  # a fresh start: the log starts empty
+  assert (tmp_path / "metrics.jsonl").read_text() == ""
