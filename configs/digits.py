@@ -9,11 +9,12 @@ Argument: ``[method][,smoke]`` (default ``mmkd``; ``--config.method=X`` works th
 into runs/teachers, 15 epochs each), precomputes their outputs for 4 augmentation replays, and
 distils a resnet8 student for 15 epochs. With MMKD: meta-weighted KD + feature matching
 (weights.feat 10 on digits, chosen on a validation split), hard buffer, exact hypergradient.
-Expected (test split, seed 0, 2-core CPU): teachers resnet14 96.10 %, resnet20 97.49 %,
-wrn_16_1 95.54 % (ensemble 97.21 %); MMKD student 94.99 % last epoch; about 10.5 minutes for the
-whole pipeline alone (teachers ~6.5, precompute 0.4, student ~3). Runs repeat bit for bit on one
-machine; another machine of this project gave teachers 95.82 / 97.49 / 97.21 % and MMKD 95.26 %
-with the same recipe (XLA:CPU compiles for the host CPU). Multi-seed tables: experiments/RESULTS.md.
+Expected (test split, seed 0, 2-core CPU): teachers resnet14 95.8-96.4 %, resnet20 97.2-97.5 %,
+wrn_16_1 95.5-96.7 %; MMKD student 95.0-96.4 % last epoch (the range over three x86 machines of this
+project with the same recipe: XLA:CPU compiles for the host's instruction set, so runs repeat bit for
+bit on one machine, not across machines; experiments/RESULTS.md has the seed spread). About 10.5
+minutes for the whole pipeline alone (teachers ~6.5, precompute 0.4, student ~3). Multi-seed tables:
+experiments/RESULTS.md.
 ``smoke``: 2 epochs, two 1-epoch resnet8 teachers, 2 replays (tests, wiring checks).
 """
 

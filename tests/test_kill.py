@@ -1,4 +1,5 @@
-"""Real kills: SIGKILL at six points of a pipeline run (teacher training, precompute, mid-epoch
+"""Real kills: SIGTERM and SIGKILL at every stage of a pipeline in the default suite; the slow
+variant SIGKILLs at six points of a pipeline run (teacher training, precompute, mid-epoch
 before any checkpoint, during an asynchronous checkpoint write, mid-epoch after an epoch boundary,
 right after a completed checkpoint), each followed by the same command; the final student, the
 teachers and the metrics equal an uninterrupted run bit for bit (CPU, precomputed teacher cache)."""
@@ -68,6 +69,77 @@ def test_sigkill_at_six_points_then_resume_is_bit_identical(tmp_path):
   assert step_a == step_b == 66 and a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert _metrics(tmp_path / "ref" / "run") == _metrics(tmp_path / "killed" / "run")
   summaries = [json.load(open(tmp_path / name / "run" / "summary.json")) for name in ("ref", "killed")]
   assert summaries[0]["final_top1"] == summaries[1]["final_top1"]
   assert summaries[0]["best_top1"] == summaries[1]["best_top1"]
+
+
+# SIGTERM (the preemption notice) and SIGKILL at each stage of one pipeline, one after the other
+# on the same command: each SIGTERM must end the command with exit 0 and one line saying where it
+# stopped; the last run finishes; teachers, cache, final state and metrics equal the reference's.
+CHAIN = [("term:teacher_step", 5, 0), ("teacher_step", 6, -signal.SIGKILL), ("term:precompute", 2, 0),
+         ("precompute", 2, -signal.SIGKILL), ("term:step", 6, 0), ("step", 30, -signal.SIGKILL)]
+
+
+def _metrics(workdir):
+  """metrics.jsonl without what differs between runs by nature (wall time, throughput)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in f]
+
+
+def _cache_records(teacher_dir):
+  from mmkd_jax.teachers import cache  # pylint: disable=import-outside-toplevel
+  (directory,) = [os.path.join(teacher_dir, "cache", d) for d in os.listdir(os.path.join(teacher_dir, "cache"))]
+  out = {}
+  for shard, meta in cache._complete_shards(directory):  # pylint: disable=protected-access
+    source = cache.TeacherOutputs(spec=cache.shard_spec(meta), data_dir=shard, index_range=tuple(meta["index_range"]),
+                                  file_format="array_record").as_data_source(split="train")
+    for i in range(len(source)):
+      record = source[i]
+      out[(int(record["index"]), int(record["replay"]))] = {k: np.asarray(v) for k, v in record.items()}
+  return os.path.basename(directory), out
+
+
+def test_sigterm_and_sigkill_at_every_stage_resume_to_the_uninterrupted_run(tmp_path):
+  env = dict(_env(tmp_path), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+  def args(name):
+    return ["--config", f"{DIGITS}:smoke", "--workdir", str(tmp_path / name / "run"),
+            f"--config.teacher_dir={tmp_path / name / 'teachers'}"]
+  reference = subprocess.run([sys.executable, "-m", "mmkd_jax.main", *args("ref")], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=1200)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  for point, n, code in CHAIN:
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "kill_worker.py"), point, str(n), "--",
+                           *args("stopped")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == code, (point, done.returncode, done.stderr[-3000:])
+    if code == 0:
+      stage = {"teacher_step": "while training teacher", "precompute": "while precomputing",
+               "step": "while training the student at step"}[point.split(":")[1]]
+      lines = [line for line in done.stdout.splitlines() if line.startswith("stopped by SIGTERM")]
+      assert len(lines) == 1 and stage in lines[0] and "run the same command to resume" in lines[0], done.stdout[-2000:]
+      assert "Traceback" not in done.stderr
+  teachers = tmp_path / "stopped" / "teachers"
+  assert not os.path.exists(teachers / "cache") or point != "precompute"
+  final = subprocess.run([sys.executable, "-m", "mmkd_jax.main", *args("stopped")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1200)
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert _fingerprints(teachers) == _fingerprints(tmp_path / "ref" / "teachers") and len(_fingerprints(teachers)) == 2
+  key_a, records_a = _cache_records(tmp_path / "ref" / "teachers")
+  key_b, records_b = _cache_records(teachers)
+  assert key_a == key_b and records_a.keys() == records_b.keys()
+  for k, record in records_a.items():
+    for field, value in record.items():
+      np.testing.assert_array_equal(value, records_b[k][field], err_msg=f"{k} {field}")
+  step_a, a = _final_state(tmp_path / "ref" / "run")
+  step_b, b = _final_state(tmp_path / "stopped" / "run")
+  assert step_a == step_b == 44 and a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert _metrics(tmp_path / "ref" / "run") == _metrics(tmp_path / "stopped" / "run")
+  summaries = [json.load(open(tmp_path / name / "run" / "summary.json")) for name in ("ref", "stopped")]
+  for field in ("final_top1", "best_top1", "best_epoch", "teacher_accuracy", "epochs_completed"):
+    assert summaries[0][field] == summaries[1][field], field
+  assert all(summaries[1]["stage_seconds"][s] > 0 for s in ("teacher_training", "precompute", "student"))
