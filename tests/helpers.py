@@ -104,3 +104,13 @@ def steps_and_state(name: str, batch_size: int = 16, num_classes: int = 10, step
   method = build_method(c, train.run_info(c, spec, teachers, get_model(c.student, num_classes, 1, c.dtype), 1))
   steps = steps_lib.make_steps(c, method, spec, teachers, parallel.data_mesh(), steps_per_epoch)
   return steps, steps_lib.init_state(steps, raw, seed=0), jax.tree.map(jnp.asarray, raw)
+
+
+def digits_teacher_record(name: str) -> dict:
+  """teacher.json metadata of a teacher of the digits smoke config named ``name``, as
+  ``mode=train_teacher`` records it (its identity), so tests can save random teachers that the
+  pipeline accepts as trained with the config's settings."""
+  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  config = config_lib.validate(digits_smoke())
+  (entry,) = [t for t in config.teachers if t.name == name]
+  return {"dataset": "digits", "identity": lifecycle.identity(config, entry)}

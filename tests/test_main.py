@@ -50,13 +50,15 @@ def test_workdir_mistakes(tmp_path):
   _one_line_error(_cli("--config", DIGITS), "--workdir is required")
 
 
-def test_missing_explicit_teacher_checkpoint_is_named_not_trained(tmp_path):
-  """A mistyped teacher path is an error naming it; the pipeline must not train a teacher into it."""
+@pytest.mark.parametrize("mode", ["pipeline", "train_teacher", "distill"])
+def test_missing_explicit_teacher_checkpoint_is_named_not_trained(tmp_path, mode):
+  """A mistyped teacher path is an error naming it, before anything is trained or written: the
+  pipeline must neither train a teacher into it nor train the other teachers first."""
   missing = tmp_path / "typo" / "ckpt.pth"
   done = _cli("--config", f"{DIGITS}:smoke", "--workdir", str(tmp_path / "w"), f"--config.teacher_dir={tmp_path / 't'}",
-              f"--config.teachers[0].checkpoint={missing}", "--config.mode=distill", tmp_path=tmp_path)
+              f"--config.teachers[0].checkpoint={missing}", f"--config.mode={mode}", tmp_path=tmp_path)
   _one_line_error(done, "config.teachers[0].checkpoint", str(missing), "does not exist")
-  assert not missing.exists() and not (tmp_path / "typo").exists()
+  assert not (tmp_path / "typo").exists() and not (tmp_path / "t").exists() and not (tmp_path / "w").exists()
 
 
 def test_pth_teacher_without_torch_names_the_extra(tmp_path):

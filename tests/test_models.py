@@ -155,9 +155,17 @@ def test_train_mode_updates_running_stats_and_eval_is_pure():
   before = jax.tree.leaves(variables["batch_stats"])
   after = jax.tree.leaves(updated["batch_stats"])
   assert all(not np.allclose(a, b) for a, b in zip(before, after))
-  feats1, logits1 = model.apply(variables, x)
-  feats2, logits2 = model.apply(variables, x)
-  np.testing.assert_array_equal(logits1, logits2)
+  # Eval mode uses the running statistics, not the batch's: each sample's output is its own
+  # (the same whatever else is in the batch), unlike train mode's, and nothing is updated.
+  _, logits = model.apply(variables, x)
+  _, logits_first3 = model.apply(variables, x[:3])
+  np.testing.assert_allclose(logits_first3, logits[:3], rtol=1e-5, atol=1e-6)
+  (_, train_logits), _ = model.apply(variables, x[:3], train=True, mutable=["batch_stats"])
+  assert not np.allclose(train_logits, logits_first3, rtol=1e-3)
+  (_, again), unchanged = model.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_array_equal(again, logits)
+  for a, b in zip(jax.tree.leaves(unchanged["batch_stats"]), before):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_grouped_batchnorm_is_per_group_and_one_group_is_global():

@@ -60,6 +60,21 @@ def test_outputs_statistics_and_gradients_stay_close_to_float32(pair):
   assert _cos(_flat(g16), _flat(g32)) > 0.99
 
 
+def test_a_bfloat16_training_step_keeps_the_state_float32_and_the_loss():
+  """The default-suite variant of the MMKD test below: an AVER train step in bfloat16 keeps every
+  state leaf float32, moves the parameters in the float32 step's direction, and keeps the loss."""
+  steps32, state32, raw = steps_and_state("aver")
+  steps16, state16, _ = steps_and_state("aver", dtype="bfloat16")
+  epoch = jnp.asarray(0, jnp.int32)
+  new16, m16 = jax.jit(steps16.train_step)(state16, raw, (), epoch)
+  new32, m32 = jax.jit(steps32.train_step)(state32, raw, (), epoch)
+  assert all(x.dtype in (jnp.float32, jnp.int32, jnp.uint32) for x in jax.tree.leaves(new16))
+  assert abs(float(m16["loss"] - m32["loss"])) < 2e-2 * float(m32["loss"])
+  moved16 = _flat(new16.params) - _flat(state16.params)
+  moved32 = _flat(new32.params) - _flat(state32.params)
+  assert _cos(moved16, moved32) > 0.99, _cos(moved16, moved32)
+
+
 @pytest.mark.slow
 def test_bfloat16_steps_keep_the_state_float32_and_the_hypergradient_direction():
   fast = {"mmkd.hard_buffer": False, "meta.lookahead_matching_steps": 1, "meta.hypergradient": "reverse"}

@@ -15,7 +15,7 @@ from mmkd_jax import replicas, steps as steps_lib, train
 from mmkd_jax.registry import ConfigError
 from mmkd_jax.teachers import lifecycle
 
-from helpers import as_float64, digits_smoke, random_teachers, steps_and_state
+from helpers import as_float64, digits_smoke, digits_teacher_record, random_teachers, steps_and_state
 
 
 def _raw(seed: int, like: dict) -> dict:
@@ -61,6 +61,31 @@ def test_vmapped_steps_equal_single_steps_in_float64(kind="vmap"):
         assert _rel(a, b) <= 1e-12
       assert int(mine.step) == int(single.step) == 2
     # The replicas are different students: their parameters differ.
+    assert _rel(replicas.take(stacked, 0).params["student"]["conv1"]["kernel"],
+                replicas.take(stacked, 1).params["student"]["conv1"]["kernel"]) > 1e-2
+
+
+@pytest.mark.parametrize("kind", ["vmap", "map"])
+def test_both_replica_loops_equal_single_steps_in_float64(kind):
+  """The default-suite variant of the MMKD test above, for both replica loops: three AVER
+  replicas (own seed, own batches) through 3 train steps equal their single runs to 1e-12."""
+  with jax.enable_x64(True):
+    steps, _, raw = steps_and_state("aver", batch_size=8)
+    raws = [_raw(k, raw) for k in range(3)]
+    singles = [as_float64(steps_lib.init_state(steps, jax.device_get(raws[k]), seed=k)) for k in range(3)]
+    train_fn = jax.jit(steps.train_step)
+    stepped = jax.jit(replicas.freeze_on_nonfinite(steps.train_step, kind))
+    stacked, batch, epoch = replicas.stack(singles), replicas.stack(raws), jnp.asarray(1, jnp.int32)
+    for _ in range(3):
+      singles = [train_fn(s, r, (), epoch)[0] for s, r in zip(singles, raws)]
+      stacked, metrics = stepped(stacked, batch, (), epoch)
+    assert metrics["loss"].shape == (3,)
+    for k, single in enumerate(singles):
+      mine = replicas.take(stacked, k)
+      for a, b in zip(jax.tree.leaves((mine.params, mine.model_state, mine.opt_state)),
+                      jax.tree.leaves((single.params, single.model_state, single.opt_state))):
+        assert _rel(a, b) <= 1e-12
+      assert int(mine.step) == int(single.step) == 3
     assert _rel(replicas.take(stacked, 0).params["student"]["conv1"]["kernel"],
                 replicas.take(stacked, 1).params["student"]["conv1"]["kernel"]) > 1e-2
 
@@ -131,17 +156,20 @@ def test_replicas_with_their_own_hyperparameters_equal_single_runs_with_them():
     assert float(base.config.lr) == 0.05 and base.config.temperature == 4.0 and base.config.weights.kd == 1.0
     step = jax.jit(replicas.freeze_on_nonfinite(replicas.step_with_values(base, "train_step"), "vmap"))
     stacked, batch, epoch = replicas.stack(singles), replicas.stack(raws), jnp.asarray(0, jnp.int32)
+    initial_1 = singles[1]
     for _ in range(3):
       singles = [fn(s, r, (), epoch)[0] for fn, s, r in zip(fns, singles, raws)]
       stacked, metrics = step(stacked, batch, (), epoch, values)
     for k, single in enumerate(singles):
       for a, b in zip(jax.tree.leaves(replicas.take(stacked, k).params), jax.tree.leaves(single.params)):
         assert _rel(a, b) <= 1e-12
-    # The values did act: the same replica without them moves elsewhere.
-    plain = replicas.stack(singles)
+    # The values did act: replica 1 (seed 1, its own batches) without them moves elsewhere.
     assert metrics["loss_kd"].shape == (2,)
-    assert _rel(replicas.take(plain, 1).params["student"]["conv1"]["kernel"],
-                replicas.take(stacked, 0).params["student"]["conv1"]["kernel"]) > 1e-3
+    without = initial_1
+    for _ in range(3):
+      without = fns[0](without, raws[1], (), epoch)[0]
+    assert _rel(without.params["student"]["conv1"]["kernel"],
+                replicas.take(stacked, 1).params["student"]["conv1"]["kernel"]) > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +177,7 @@ def setting(tmp_path_factory):
   from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("teachers")
   for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
-    teachers_lib.save_teacher(str(root / f"digits_{t.name}"), t.arch, 10, t.variables, {"dataset": "digits"})
+    teachers_lib.save_teacher(str(root / f"digits_{t.name}"), t.arch, 10, t.variables, digits_teacher_record(t.name))
   return str(root), str(tmp_path_factory.mktemp("tfds"))
 
 

@@ -17,7 +17,7 @@ from mmkd_jax import runs, train
 from mmkd_jax.models import get_model
 from mmkd_jax.teachers import lifecycle
 
-from helpers import digits_smoke
+from helpers import digits_smoke, digits_teacher_record
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def teacher_dir(tmp_path_factory):
   for i, name in enumerate(("s_resnet8a", "s_resnet8b")):
     model = get_model("resnet8", 10)
     variables = model.init(jax.random.key(10 + i), jnp.zeros((1, 32, 32, 3)))
-    teachers_lib.save_teacher(str(root / f"digits_{name}"), "resnet8", 10, variables, {"dataset": "digits"})
+    teachers_lib.save_teacher(str(root / f"digits_{name}"), "resnet8", 10, variables, digits_teacher_record(name))
   return str(root)
 
 
@@ -53,12 +53,20 @@ def _leaves(state):
       (state.params, state.model_state, state.opt_state, state.meta_params, state.buffer)))]
 
 
-@pytest.mark.slow
-def test_resume_after_kill_gives_identical_parameters(tmp_path, teacher_dir, data_dir):
-  config = _config(teacher_dir, data_dir)
+def _metric_records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in f]
+
+
+@pytest.mark.parametrize("method", ["aver", pytest.param("mmkd", marks=pytest.mark.slow)])
+def test_resume_after_a_stop_gives_identical_state_and_metrics(tmp_path, teacher_dir, data_dir, method):
+  """Stopped at step 8 (mid-epoch, mid-window) and resumed: the state, the summary and every
+  logged record equal the uninterrupted run's (MMKD in the default suite: tests/test_kill.py)."""
+  config = _config(teacher_dir, data_dir, method=method, epochs=2, log_every=3)
   straight = _run(config, str(tmp_path / "straight"))
   assert straight["status"] == "finished" and os.path.exists(tmp_path / "straight" / "summary.json")
-  killed = _run(_config(teacher_dir, data_dir, stop_at_step=8), str(tmp_path / "resumed"))
+  killed = _run(_config(teacher_dir, data_dir, method=method, epochs=2, log_every=3, stop_at_step=8),
+                str(tmp_path / "resumed"))
   assert killed["status"] == "preempted"
   assert int(jax.device_get(killed["state"].step)) == 8
   resumed = _run(config, str(tmp_path / "resumed"))
@@ -66,8 +74,26 @@ def test_resume_after_kill_gives_identical_parameters(tmp_path, teacher_dir, dat
   for a, b in zip(_leaves(straight["state"]), _leaves(resumed["state"])):
     np.testing.assert_array_equal(a, b)
   assert resumed["final_top1"] == straight["final_top1"]
+  records = _metric_records(str(tmp_path / "straight"))
+  assert _metric_records(str(tmp_path / "resumed")) == records
+  steps = [r["step"] for r in records if "train/loss" in r and "epoch" not in r]
+  assert steps == [3, 6, 9, 12, 15, 18, 21, 25, 28, 31, 34, 37, 40, 43]  # windows of 3, per epoch of 22 steps
+
+
+def test_the_mmkd_loop_takes_meta_steps_on_the_reference_schedule(tmp_path, teacher_dir, data_dir):
+  """Every meta.freq batches and on the loader's last batch when the split divides into whole
+  batches: 10 batches of 16 with freq 4 -> meta steps after batches 1, 5, 9 and 10."""
+  config = _config(teacher_dir, data_dir, method="mmkd", batch_size=16, eval_batch_size=16,
+                   train_split="train[:160]", log_every=1, **{"meta.freq": 4, "mmkd.buffer_size": 16,
+                                                              "meta.lookahead_matching_steps": 1})
+  for entry in config.teachers:  # the full-split teachers of the fixture, named explicitly
+    entry.checkpoint = os.path.join(teacher_dir, f"digits_{entry.name}")
+  _run(config, str(tmp_path / "w"))
+  records = [r for r in _metric_records(str(tmp_path / "w")) if "train/loss" in r and "epoch" not in r]
+  assert [r["step"] for r in records] == list(range(1, 11))
+  assert [r["step"] for r in records if "train/meta_outer_loss" in r] == [1, 5, 9, 10]
   # Per-class mean teacher weights are logged each epoch: (classes, teachers), rows on the simplex.
-  with open(tmp_path / "straight" / "metrics.jsonl") as f:
+  with open(tmp_path / "w" / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f if "teacher_weights/per_class" in line]
   per_class = np.array(records[-1]["teacher_weights/per_class"], float)
   assert per_class.shape == (10, 2)
@@ -101,7 +127,7 @@ def test_nan_loss_stops_and_names_the_term(tmp_path, teacher_dir, data_dir):
     variables = get_model("resnet8", 10).init(jax.random.key(i), jnp.zeros((1, 32, 32, 3)))
     if i == 1:
       variables["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] * jnp.nan
-    teachers_lib.save_teacher(os.path.join(broken, f"digits_{name}"), "resnet8", 10, variables, {})
+    teachers_lib.save_teacher(os.path.join(broken, f"digits_{name}"), "resnet8", 10, variables, digits_teacher_record(name))
   with pytest.raises(train.NonFiniteLossError, match=r"'loss_kd' became NaN/inf at step 0 \(epoch 1"):
     _run(_config(broken, data_dir, method="aver"), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints") or not os.listdir(tmp_path / "w" / "checkpoints")
@@ -215,7 +241,7 @@ def test_nan_stops_within_two_log_windows_not_at_the_end_of_the_epoch(tmp_path, 
   for i, name in enumerate(("s_resnet8a", "s_resnet8b")):
     variables = get_model("resnet8", 10).init(jax.random.key(i), jnp.zeros((1, 32, 32, 3)))
     variables["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] * jnp.nan
-    teachers_lib.save_teacher(os.path.join(broken, f"digits_{name}"), "resnet8", 10, variables, {})
+    teachers_lib.save_teacher(os.path.join(broken, f"digits_{name}"), "resnet8", 10, variables, digits_teacher_record(name))
   seen = {"batches": 0}
   original = train.train_batches
 

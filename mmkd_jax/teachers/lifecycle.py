@@ -112,10 +112,13 @@ def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec |
 
 
 def check_trained_teachers(config: ml_collections.ConfigDict) -> None:
-  """Refuses, before anything is trained, any finished teacher that the config would reuse but
-  that was trained with other settings."""
+  """Refuses, before anything is trained, an explicit teacher checkpoint that does not exist and
+  any finished teacher that the config would reuse but that was trained with other settings."""
   for i, entry in enumerate(config.teachers):
     path = checkpoint_path(config, entry)
+    if entry.checkpoint and not os.path.exists(path):
+      raise FileNotFoundError(f"teacher {entry.name!r}: config.teachers[{i}].checkpoint = {path} does "
+                              "not exist; fix the path (or leave it empty to train the teacher)")
     if not entry.checkpoint and os.path.isdir(path) and is_complete(path):
       check_identity(config, i, path)
 
