@@ -195,7 +195,7 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
   directory = cache_dir(config, spec)
   if cache_lib.cache_exists(directory):
     cache_lib.TeacherCache(directory, spec)  # validates
-    print(f"teacher cache already present: {directory}")
+    print(f"teacher cache already present: {os.path.abspath(directory)}")
     return directory
   ds = dataset.spec
   variables = tuple(t.variables for t in loaded)
@@ -224,7 +224,7 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
   if pc > 1:  # every host writes its shard; all wait until the cache is whole
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("mmkd_jax teacher cache written")
-  print(f"teacher cache written: {directory}")
+  print(f"teacher cache written: {os.path.abspath(directory)}")
   return directory
 
 
