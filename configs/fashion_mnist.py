@@ -5,7 +5,7 @@ different architectures (resnet20, wrn_16_2, vgg8) -> resnet8.
     python -m mmkd_jax.main --config configs/fashion_mnist.py:aver --workdir runs/fm_aver
     python -m mmkd_jax.main --config configs/fashion_mnist.py:mmkd,val --workdir runs/fm_val
 
-Argument: ``[method][,val][,full][,smoke]`` (default ``mmkd``). Needs the IDX files
+Argument: ``[method][,pool=...][,val][,full][,smoke]`` (default ``mmkd``). Needs the IDX files
 (``apt-get install dataset-fashion-mnist``, or ``--config.dataset_source_dir``).
 Default (the CPU budget of experiments/RESULTS.md): student and teachers train on a fixed
 subset, the first 5,000 training images (``train[:5000]``), and are tested on the official
@@ -13,6 +13,11 @@ subset, the first 5,000 training images (``train[:5000]``), and are tested on th
 ``val``: evaluate on ``train[90%:]`` (6,000 training images never trained on) instead of the test
 split, for any choice of hyperparameters. ``full``: the whole training split (validation:
 ``train[:90%]`` / ``train[90%:]``), 30 student epochs: a GPU-sized run. ``smoke``: 1 epoch.
+``pool``: which teachers. ``homogeneous`` (default): the three above, all trained on the same
+images (within 0.6 points of each other). ``specialists``: three resnet20, each trained only on
+its third of the classes ({0,1,2,3}, {4,5,6}, {7,8,9}), so exactly one is competent for each image.
+``mixed``: a strong resnet20 (the 5,000 images), a weak one (the first 500 images) and one trained
+with 60 % symmetric label noise. Teachers of the three pools live apart (their names differ).
 Expected (experiments/RESULTS.md, 3 seeds): see the Fashion-MNIST table; about 3.5 minutes per
 plain run and 7 per MMKD run on a 2-core CPU, teachers and cache ~25 minutes once.
 """
@@ -21,16 +26,29 @@ from mmkd_jax import config as config_lib
 from mmkd_jax.methods import METHODS
 
 
+# Teacher pools: where teachers differ, and per-sample weighting has something to route.
+POOLS = {
+    "homogeneous": lambda: [config_lib.teacher("t_resnet20", "resnet20", seed=301),
+                            config_lib.teacher("t_wrn_16_2", "wrn_16_2", seed=302),
+                            config_lib.teacher("t_vgg8", "vgg8", seed=303)],
+    "specialists": lambda: [config_lib.teacher("sp_0123", "resnet20", seed=311, classes=(0, 1, 2, 3)),
+                            config_lib.teacher("sp_456", "resnet20", seed=312, classes=(4, 5, 6)),
+                            config_lib.teacher("sp_789", "resnet20", seed=313, classes=(7, 8, 9))],
+    "mixed": lambda: [config_lib.teacher("mx_strong", "resnet20", seed=321),
+                      config_lib.teacher("mx_weak500", "resnet20", seed=322, train_split="train[:500]"),
+                      config_lib.teacher("mx_noise60", "resnet20", seed=323, label_noise=0.6)],
+}
+
+
 def get_config(arg: str | None = None):
-  args = config_lib.parse_arg(arg, positional=("method",), defaults={"method": "mmkd"},
-                              choices={"method": METHODS.names()}, switches=("val", "full", "smoke"))
+  args = config_lib.parse_arg(arg, positional=("method", "pool"), defaults={"method": "mmkd", "pool": "homogeneous"},
+                              choices={"method": METHODS.names(), "pool": tuple(POOLS)},
+                              switches=("val", "full", "smoke"))
   c = config_lib.base_config()
   c.method = args.method
   c.dataset = "fashion_mnist"
   c.student = "resnet8"
-  c.teachers = [config_lib.teacher("t_resnet20", "resnet20", seed=301),
-                config_lib.teacher("t_wrn_16_2", "wrn_16_2", seed=302),
-                config_lib.teacher("t_vgg8", "vgg8", seed=303)]
+  c.teachers = POOLS[args.pool]()
   c.num_replays = 8
   c.eval_batch_size = 500
   c.log_every = 26

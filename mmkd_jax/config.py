@@ -37,10 +37,20 @@ FAITHFUL = {
 }
 
 
-def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0) -> ml_collections.ConfigDict:
+def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0, classes: Sequence[int] = (),
+            label_noise: float = 0.0, train_split: str = "", epochs: int = 0, lr: float = 0.0
+            ) -> ml_collections.ConfigDict:
   """A teacher entry: ``checkpoint`` is an orbax teacher directory or a PyTorch .pth/.npz file;
-  empty means ``<teacher_dir>/<dataset>_<name>`` (trained there by mode=train_teacher)."""
-  return ml_collections.ConfigDict({"name": name, "arch": arch, "checkpoint": checkpoint, "seed": seed})
+  empty means ``<teacher_dir>/<dataset>[-<split>]_<name>`` (trained there by mode=train_teacher).
+
+  Its own training settings, overriding ``teacher_training`` and the run's (empty / 0 = inherit):
+  ``classes`` it is trained on (a specialist sees only images of those classes; its head keeps
+  every class), ``label_noise`` (symmetric: that share of its training labels replaced by another
+  class, from ``label_noise_seed``), its ``train_split`` (e.g. 'train[:500]'), ``epochs``, ``lr``.
+  They are part of the teacher's recorded identity."""
+  return ml_collections.ConfigDict({"name": name, "arch": arch, "checkpoint": checkpoint, "seed": seed,
+                                    "classes": tuple(int(k) for k in classes), "label_noise": float(label_noise),
+                                    "train_split": train_split, "epochs": int(epochs), "lr": float(lr)})
 
 
 def _placeholders(defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -70,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'train[:85%]', evaluate on 'train[85%:]' (teachers trained so are stored apart).
   c.train_split = ""
   c.eval_split = ""             # "" = the dataset's test split; e.g. train[90%:] for validation
+  c.train_classes = ()           # train only on these classes' images (a specialist); () = all
+  c.label_noise = 0.0            # share of training labels replaced by another class (symmetric noise)
+  c.label_noise_seed = 0         # which labels the noise replaces, and by what
   c.seed = 0                     # initialisation, data order and the hard buffer's draws
   # Comma-separated seeds ("0,1,2"): one student per seed, trained together by one vmapped step
   # (mmkd_jax/replicas.py; seed s writes <workdir>/seed<s>/); "" = one run of `seed`.
@@ -418,6 +431,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for i, t in enumerate(c.teachers):
     need(t.arch in model_names(), f"teachers[{i}].arch",
          f"unknown model {t.arch!r}; known: {', '.join(model_names())}")
+    need(0.0 <= t.get("label_noise", 0.0) < 1.0, f"teachers[{i}].label_noise", "must be a rate in [0, 1)")
+    need(t.get("epochs", 0) >= 0 and t.get("lr", 0.0) >= 0, f"teachers[{i}]", "epochs and lr must be >= 0 (0 = inherit)")
+  need(0.0 <= c.label_noise < 1.0, "label_noise", "must be a rate in [0, 1)")
   try:
     sources.check_image_dataset(c.dataset, c.data_dir or None, c.dataset_source_dir)
   except (registry.UnknownNameError, ValueError) as e:
@@ -483,6 +499,20 @@ def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict)
   return out
 
 
+# The fields of a teacher entry (config.teacher), for show_config.
+TEACHER_FIELDS = {
+    "name": "the teacher's name (its directory <teacher_dir>/<dataset>[-<split>]_<name>)",
+    "arch": "a registered model",
+    "checkpoint": "an orbax teacher directory or a .pth/.npz file, used as it is; '' = train into teacher_dir",
+    "seed": "the teacher's initialisation and data order",
+    "classes": "train only on these classes' images (a specialist); () = all",
+    "label_noise": "share of its training labels replaced by another class (symmetric, label_noise_seed)",
+    "train_split": "its own training split (e.g. train[:500]); '' = the run's",
+    "epochs": "its epochs; 0 = teacher_training.epochs",
+    "lr": "its learning rate; 0 = teacher_training.lr",
+}
+
+
 def _field_comments() -> dict[str, str]:
   """The comments beside the fields in ``base_config``'s source: their one-line descriptions."""
   import inspect  # pylint: disable=import-outside-toplevel
@@ -514,6 +544,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
       note = note or f"method {head}'s field, set when --config.method={head}"
     elif key.startswith("weights.") or key.startswith("meta.lookahead_weights."):
       note = note or ("weight of the raw loss term " + key.split(".")[-1])
+    elif key.startswith("teachers["):
+      note = TEACHER_FIELDS.get(key.rsplit(".", 1)[-1], "")
     default = base.get(key, "<method default>")
     rows.append(f"{key:40s} {json.dumps(value):>28s}   default {json.dumps(default) if default is not None else '<method default>'}"
                 + (f"   # {note}" if note else ""))

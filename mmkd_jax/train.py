@@ -81,7 +81,7 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher] = (), c
   data-parallel group; replicas pass their ('replica', 'data') mesh)."""
   config = config_lib.resolve(config)
   dataset = dataset or sources.open_dataset(config)
-  spe = pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
+  spe = pipeline.steps_per_epoch(dataset.num_train, config.batch_size)
   mesh = mesh if mesh is not None else parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   bn_groups = config.batch_norm_groups or (1 if config.sync_batch_norm else parallel.data_devices(mesh))
@@ -118,7 +118,8 @@ def train_batches(setup: Setup, epoch: int, start_batch: int = 0):
   view = (c.augmentation_seed, replay_of(setup, epoch)) if setup.spec.host_transform else None
   return pipeline.train_batches(setup.dataset.train, setup.spec, c.batch_size, c.seed, epoch, start_batch,
                                 jax.process_index(), jax.process_count(),
-                                join=lambda i, e: _host_batch(setup, i, e), train_view=view)
+                                join=lambda i, e: _host_batch(setup, i, e), train_view=view,
+                                subset=setup.dataset.train_indices, labels=setup.dataset.train_labels)
 
 
 def example_batch(setup: Setup) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def evaluate_teachers(setup: Setup) -> dict[str, float]:
 def is_meta_step(setup: Setup, idx: int) -> bool:
   """The reference's rule: every ``meta.freq`` batches and on the loader's last batch, which
   it reaches only when the split divides into whole batches (it skips a partial last batch)."""
-  last = idx == setup.steps_per_epoch - 1 and len(setup.dataset.train) % setup.config.batch_size == 0
+  last = idx == setup.steps_per_epoch - 1 and setup.dataset.num_train % setup.config.batch_size == 0
   return idx % setup.config.meta.freq == 0 or last
 
 

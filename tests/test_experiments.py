@@ -126,3 +126,29 @@ def test_input_pipeline_measures_every_combination(tmp_path):
   assert {(r["threads"], r["teacher_cache"], r["to_device"]) for r in rows} == {
       (t, c, d) for t in (1, 2) for c in (False, True) for d in (False, True)}
   assert all(r["images_per_s"] == pytest.approx(16 * r["batches_per_s"]) and r["batches_per_s"] > 0 for r in rows)
+
+
+ORACLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "oracle.py")
+
+
+def test_the_oracle_plugin_weights_the_competent_teachers_of_each_label():
+  """experiments/oracle.py through the public plug-in path: each sample's KD weights are uniform
+  over the teachers competent for its label, and its kd term is that weighting of the per-teacher
+  KL (x T^2)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import registry  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.methods.base import apply_student, kd_matrix  # pylint: disable=import-outside-toplevel
+  from helpers import method_and_batch  # pylint: disable=import-outside-toplevel
+  registry.import_plugins([ORACLE])
+  method, batch = method_and_batch("oracle", imports=(ORACLE,), **{"oracle.competence": "0,1,2,3|4,5,6|*"})
+  params, state, meta = method.init(jax.random.key(0), batch)
+  loss, (_, aux) = method.train_objective(params, state, meta, batch)
+  competence = np.array([[1, 0, 1]] * 4 + [[0, 1, 1]] * 3 + [[0, 0, 1]] * 3, np.float64)
+  weights = competence[np.asarray(batch["label"])]
+  weights /= weights.sum(1, keepdims=True)
+  _, logits, _ = apply_student(method.student, params, state, batch["image"])
+  per_teacher = np.asarray(kd_matrix(logits, batch["teacher_logits"], method.temperature), np.float64)
+  np.testing.assert_allclose(float(aux["terms"]["kd"]), np.mean(np.sum(weights * per_teacher, 1)), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(aux["terms"]["ce"]) + float(aux["terms"]["kd"]), rtol=1e-6)
+  with pytest.raises(ValueError, match="classes \\[9\\] have no competent teacher"):
+    method_and_batch("oracle", imports=(ORACLE,), **{"oracle.competence": "0,1,2,3|4,5,6|7,8"})

@@ -4,6 +4,9 @@ for other settings is refused naming each differing field (never silently served
 from __future__ import annotations
 
 import os
+import re
+
+import numpy as np
 
 import pytest
 
@@ -72,3 +75,48 @@ def test_a_teacher_without_a_record_is_refused_unless_named_explicitly(tmp_path)
   explicit = _config(tmp_path, **{f"teachers{i}_checkpoint": lifecycle.checkpoint_path(config, e)
                                   for i, e in enumerate(config.teachers)})
   assert [t.name for t in lifecycle.load_teachers(explicit)] == ["s_resnet8a", "s_resnet8b"]
+
+
+def _teacher_batches(config, index):
+  from mmkd_jax import train  # pylint: disable=import-outside-toplevel
+  setup = train.build(lifecycle.training_config(config, config.teachers[index]))
+  return setup, list(train.train_batches(setup, 0))
+
+
+def test_a_specialist_sees_only_its_classes_and_noise_is_applied_as_configured(tmp_path):
+  from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
+  config = _config(tmp_path, teachers0_classes=(0, 1, 2), teachers1_label_noise=0.6)
+  setup, batches = _teacher_batches(config, 0)
+  seen = np.concatenate([b["label"] for b in batches])
+  clean = sources.record_labels(setup.dataset.train, setup.spec)
+  assert set(seen.tolist()) == {0, 1, 2}  # every batch: only its classes
+  assert len(seen) == (np.isin(clean, [0, 1, 2]).sum() // 64) * 64  # and all of them, in whole batches
+  np.testing.assert_array_equal(seen, clean[np.concatenate([b["index"] for b in batches])])
+  assert setup.steps_per_epoch == np.isin(clean, [0, 1, 2]).sum() // 64
+  setup, batches = _teacher_batches(config, 1)
+  indices = np.concatenate([b["index"] for b in batches])
+  noisy = np.concatenate([b["label"] for b in batches])
+  changed = np.mean(noisy != clean[indices])
+  assert abs(changed - 0.6) < 3 * np.sqrt(0.6 * 0.4 / len(indices)), changed  # 0.6 within 3 sigma
+  assert np.all((noisy >= 0) & (noisy < 10))
+  np.testing.assert_array_equal(noisy, setup.dataset.train_labels[indices])  # a fixed function of the record
+  _, again = _teacher_batches(config, 1)
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in again]), noisy)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ({"teachers0_classes": (4, 5, 6)}, "train_classes [] -> [4, 5, 6]"),
+    ({"teachers0_label_noise": 0.6}, "label_noise 0.0 -> 0.6"),
+    ({"teachers0_epochs": 5}, "epochs 1 -> 5"),
+    ({"teachers0_lr": 0.2}, "lr 0.05 -> 0.2"),
+])
+def test_a_teachers_own_settings_are_part_of_its_identity(tmp_path, override, fragment):
+  _saved(tmp_path)
+  with pytest.raises(lifecycle.StaleTeacherError, match=re.escape(fragment)):
+    lifecycle.check_trained_teachers(_config(tmp_path, **override))
+
+
+def test_a_teacher_on_its_own_split_lives_apart(tmp_path):
+  config = _config(tmp_path, teachers0_train_split="train[:500]")
+  assert lifecycle.checkpoint_path(config, config.teachers[0]).endswith("digits-train__500_s_resnet8a")
+  assert lifecycle.checkpoint_path(config, config.teachers[1]).endswith("digits_s_resnet8b")

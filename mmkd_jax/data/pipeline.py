@@ -46,21 +46,26 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, epoch: int,
                   start_batch: int = 0, process_index: int = 0, process_count: int = 1,
                   join: Join | None = None, num_threads: int = 2,
-                  train_view: tuple[int, int] | None = None) -> Iterator[Batch]:
+                  train_view: tuple[int, int] | None = None, subset: np.ndarray | None = None,
+                  labels: np.ndarray | None = None) -> Iterator[Batch]:
   """The batches of one training epoch for this process, from ``start_batch`` on.
 
   ``join(indices, epoch)`` may add per-example arrays (e.g. cached teacher outputs);
   ``train_view = (augmentation seed, replay)`` cuts variable-size images on the host
-  (``sources.read_records``).
+  (``sources.read_records``); ``subset``: the record positions to draw from (default all);
+  ``labels``: the label of every record position to train on instead of the records' own.
   """
-  n = len(source)
+  positions = np.arange(len(source)) if subset is None else np.asarray(subset)
+  n = len(positions)
   steps = steps_per_epoch(n, global_batch)
-  rows = epoch_permutation(n, seed, epoch)[: steps * global_batch].reshape(steps, global_batch)
+  rows = positions[epoch_permutation(n, seed, epoch)[: steps * global_batch]].reshape(steps, global_batch)
   rows = rows[:, _local_slice(global_batch, process_index, process_count)]
 
   def load(b: int) -> Batch:
     indices = rows[b]
     batch = read_records(source, indices, spec, train_view)
+    if labels is not None:
+      batch["label"] = labels[indices].astype(np.int32)
     batch["index"] = indices.astype(np.int32)
     if join is not None:
       batch.update(join(indices, epoch))

@@ -279,17 +279,62 @@ def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
 
 @dataclasses.dataclass
 class Dataset:
-  """The configured dataset's spec and its train / evaluation sources, opened once."""
+  """The configured dataset's spec and its train / evaluation sources, opened once.
+
+  ``train_indices``: the record positions training draws from (``config.train_classes``: only
+  those classes' records; None = all). ``train_labels``: the label of every record position as
+  training sees it (``config.label_noise``), or None for the records' own labels.
+  """
   spec: DatasetSpec
   train: Any
   test: Any
+  train_indices: np.ndarray | None = None
+  train_labels: np.ndarray | None = None
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train) if self.train_indices is None else len(self.train_indices)
+
+
+def record_labels(source: Any, spec: DatasetSpec, chunk: int = 1024) -> np.ndarray:
+  """The label of every record of ``source``, in record order."""
+  out = []
+  for lo in range(0, len(source), chunk):
+    keys = list(range(lo, min(lo + chunk, len(source))))
+    try:
+      records = source.__getitems__(keys)
+    except (AttributeError, TypeError):
+      records = [source[k] for k in keys]
+    out.append(np.asarray([int(r[spec.label_key]) for r in records], np.int64))
+  return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def symmetric_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
+  """Each label replaced, with probability ``rate``, by one of the other classes drawn uniformly;
+  a function of (seed, record position) only."""
+  rng = np.random.default_rng([seed, 0x6E6F6973])
+  flip = rng.random(len(labels)) < rate
+  offsets = rng.integers(1, num_classes, len(labels))
+  return np.where(flip, (labels + offsets) % num_classes, labels).astype(np.int32)
 
 
 def open_dataset(config: ml_collections.ConfigDict) -> Dataset:
   spec = dataset_spec(config)
   open_split = functools.partial(data_source, config.dataset, data_dir=config.data_dir or None,
                                  source_dir=config.dataset_source_dir)
-  return Dataset(spec, open_split(split=spec.train_split), open_split(split=spec.test_split))
+  dataset = Dataset(spec, open_split(split=spec.train_split), open_split(split=spec.test_split))
+  classes, rate = tuple(config.get("train_classes", ())), float(config.get("label_noise", 0.0))
+  if classes or rate:
+    bad = [k for k in classes if not 0 <= int(k) < spec.num_classes]
+    if bad or not 0.0 <= rate < 1.0:
+      raise ValueError(f"config.train_classes {classes} must be classes of the {spec.num_classes} of "
+                       f"{config.dataset!r} and config.label_noise {rate} a rate in [0, 1)")
+    labels = record_labels(dataset.train, spec)
+    if classes:
+      dataset.train_indices = np.flatnonzero(np.isin(labels, np.asarray(classes)))
+    if rate:
+      dataset.train_labels = symmetric_noise(labels, rate, spec.num_classes, int(config.label_noise_seed))
+  return dataset
 
 
 def known_names() -> Sequence[str]:

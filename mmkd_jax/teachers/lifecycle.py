@@ -31,7 +31,7 @@ def checkpoint_path(config: ml_collections.ConfigDict, entry: ml_collections.Con
   teachers never stand in for full-split ones."""
   if entry.checkpoint:
     return entry.checkpoint
-  split = "".join(ch if ch.isalnum() else "_" for ch in config.train_split)
+  split = "".join(ch if ch.isalnum() else "_" for ch in (entry.get("train_split") or config.train_split))
   dataset = os.path.basename(os.path.normpath(config.dataset))
   dataset = f"{dataset}-{split.strip('_')}" if split else dataset
   return os.path.join(config.teacher_dir, f"{dataset}_{entry.name}")
@@ -40,9 +40,9 @@ def checkpoint_path(config: ml_collections.ConfigDict, entry: ml_collections.Con
 # What a trained teacher's parameters depend on besides its architecture and seed: the fields of
 # its training config recorded in teacher.json and compared whenever the directory is reused, so a
 # changed setting is never silently served by an old teacher.
-IDENTITY_FIELDS = ("dataset", "train_split", "normalization", "image_size", "augmentation_seed", "batch_size",
-                   "epochs", "lr", "lr_milestones", "lr_decay", "momentum", "nesterov", "weight_decay", "dtype",
-                   "sync_batch_norm", "batch_norm_groups")
+IDENTITY_FIELDS = ("dataset", "train_split", "train_classes", "label_noise", "label_noise_seed", "normalization",
+                   "image_size", "augmentation_seed", "batch_size", "epochs", "lr", "lr_milestones", "lr_decay",
+                   "momentum", "nesterov", "weight_decay", "dtype", "sync_batch_norm", "batch_norm_groups")
 
 
 class StaleTeacherError(ConfigError):
@@ -57,8 +57,12 @@ def training_config(config: ml_collections.ConfigDict, entry: ml_collections.Con
   tc.unlock()
   tc.resolved_for, tc.replicas = "", ""
   tc.method, tc.student, tc.seed = "none", entry.arch, entry.seed
-  tc.epochs, tc.lr = config.teacher_training.epochs, config.teacher_training.lr
+  tc.epochs = entry.get("epochs") or config.teacher_training.epochs
+  tc.lr = entry.get("lr") or config.teacher_training.lr
   tc.lr_milestones, tc.stop_at_step = config.teacher_training.lr_milestones, -1
+  tc.train_split = entry.get("train_split") or config.train_split
+  tc.train_classes = tuple(entry.get("classes", ())) or tuple(config.train_classes)
+  tc.label_noise = entry.get("label_noise") or config.label_noise
   _clear_method_fields(tc)
   return config_lib.resolve(tc)
 

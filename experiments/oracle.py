@@ -1,0 +1,66 @@
+"""The oracle of per-sample teacher weighting, as a plug-in method (``config.imports``): each
+sample's KD weights are one-hot (uniform over ties) on the teachers competent for its true label.
+
+It reads the label, which no weighting method may, so it lives here, outside the package, and
+registers through the public extension path (``@mmkd_jax.methods.register``):
+
+    python -m mmkd_jax.main --config configs/fashion_mnist.py:aver,pool=specialists \\
+        --config.imports='("experiments/oracle.py",)' --config.method=oracle --workdir runs/oracle
+
+Competence: ``config.oracle.competence`` lists, per teacher, the classes it is competent for
+("0,1,2,3|4,5,6|7,8,9"; "*" = every class); empty = each teacher's own ``classes`` (a specialist
+is competent for what it was trained on; a teacher trained on every class for all of them).
+Raw terms as AVER's: ``ce`` and ``kd`` (per-sample KL x T^2 weighted, batch mean), so the only
+difference to AVER is where the weight goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mmkd_jax.distill import losses
+from mmkd_jax.methods import WeightedTermsMethod, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, apply_student, kd_matrix
+
+
+def competence_matrix(config: ml_collections.ConfigDict, num_classes: int) -> np.ndarray:
+  """(classes, teachers): 1 where the teacher is competent for the class."""
+  text = str(config.oracle.competence or "").strip()
+  per_teacher = text.split("|") if text else [",".join(map(str, t.classes)) or "*" for t in config.teachers]
+  if len(per_teacher) != len(config.teachers):
+    raise ValueError(f"config.oracle.competence {text!r} names {len(per_teacher)} teachers; the config has "
+                     f"{len(config.teachers)}")
+  matrix = np.zeros((num_classes, len(per_teacher)), np.float32)
+  for t, classes in enumerate(per_teacher):
+    rows = range(num_classes) if classes.strip() == "*" else [int(k) for k in classes.split(",") if k.strip()]
+    matrix[list(rows), t] = 1.0
+  if not np.all(matrix.sum(1) > 0):
+    raise ValueError(f"config.oracle.competence: classes {np.flatnonzero(matrix.sum(1) == 0).tolist()} have no "
+                     "competent teacher")
+  return matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class Oracle(WeightedTermsMethod):
+  competence: tuple = ()  # (classes, teachers) rows, normalised: the weights of each class
+
+  def compute_terms(self, params, state, meta_params, batch):
+    del meta_params
+    _, logits, stats = apply_student(self.student, params, state, batch["image"])
+    per_sample_kd = kd_matrix(logits, batch["teacher_logits"], self.temperature)  # (B, T)
+    weights = jnp.asarray(self.competence, logits.dtype)[batch["label"]]
+    terms = {"ce": losses.cross_entropy(logits, batch["label"]),
+             "kd": losses.weighted_batch_sum(per_sample_kd, weights)}
+    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": weights}
+
+
+@register("oracle", terms={"ce": 1.0, "kd": 1.0}, section={"competence": ""})
+def build(config: ml_collections.ConfigDict, run: RunInfo) -> Oracle:
+  """Oracle: per-sample KD weights one-hot on the teachers competent for the true label."""
+  matrix = competence_matrix(config, run.num_classes)
+  matrix = matrix / matrix.sum(1, keepdims=True)
+  return Oracle(run, loss_weights(config, Oracle.terms), config.temperature, tuple(map(tuple, matrix.tolist())))
