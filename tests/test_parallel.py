@@ -63,7 +63,10 @@ def _free_port():
 # ~lr * sign(g), so rounding-level differences (another reduction order over devices) flip the
 # sign of near-zero hypergradient entries. In float64 the same runs agree to ~1e-10.
 F64_TOLERANCE = 1e-8
-F32_TOLERANCE = 1e-3  # measured 3e-4
+# Measured on 2 cores (10 steps, 2 meta steps): parameters 3.4e-4, losses 2.0e-4, meta parameters
+# 5.1e-5, BatchNorm running statistics 3.1e-3 (their variance estimates amplify the reordering).
+F32_TOLERANCE = 1e-3
+F32_STATS_TOLERANCE = 5e-3
 
 
 FAST = {"MMKD_METHOD": "aver", "MMKD_STEPS": "3"}  # the default-suite variants: AVER, 3 steps
@@ -100,7 +103,10 @@ def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_d
   assert int(a["devices"]) == 1 and int(b["devices"]) == 8 and len(a["meta_losses"]) == 2
   diffs = _compare(a, b)
   print(f"8 vs 1 devices ({'float64' if x64 else 'float32'}), max relative differences: {diffs}")
-  assert max(diffs.values()) < (F64_TOLERANCE if x64 else F32_TOLERANCE), diffs
+  if x64:
+    assert max(diffs.values()) < F64_TOLERANCE, diffs
+  else:
+    assert diffs.pop("stats") < F32_STATS_TOLERANCE and max(diffs.values()) < F32_TOLERANCE, diffs
 
 
 @pytest.mark.slow  # ~4 min: three float64 worker processes (8 fake devices)
