@@ -162,10 +162,14 @@ class StepLog:
     return dict(self._epoch_means)
 
   def _sum_epoch(self) -> dict[str, np.ndarray]:
+    return _means(self._epoch_total(jax.device_get(self._pending)))
+
+  def _epoch_total(self, fetched: list[dict[str, Any]]) -> Sums:
+    """The carried sums continued over this session's (fetched) steps."""
     total = _empty(_jsonable(self.epoch))
-    for m in jax.device_get(self._pending):
+    for m in fetched:
       _add(total, m)
-    return _means(total)
+    return total
 
   def replica(self, k: int) -> "_ReplicaSlice":
     return _ReplicaSlice(self, k)
@@ -173,10 +177,8 @@ class StepLog:
   def carry(self, last_idx: int) -> dict:
     """What a checkpoint at step ``last_idx`` of this epoch keeps: the epoch's sums so far and
     those of the window it is in."""
-    total = _empty(_jsonable(self.epoch))
     fetched = jax.device_get(self._pending)
-    for m in fetched:
-      _add(total, m)
+    total = self._epoch_total(fetched)
     in_window = (last_idx + 1) % self.window
     from_pending = min(in_window, len(fetched))
     window = _empty(self._window_carry if from_pending < in_window else None)

@@ -42,10 +42,15 @@ def check_resumable(ckpt: checkpoint.Checkpoints, identity: dict[str, Any], whic
   if changes or teachers:
     shape = ("the train state's shape differs too, so it cannot be restored"
              if meta.get("state_shapes") != identity["state_shapes"] else "the train state's shape is the same")
-    raise ConfigMismatchError(
-        f"{ckpt.workdir} holds checkpoint step {step} of another run: " + "; ".join(changes + teachers) +
-        f" ({shape}). Use another --workdir, or the stored config (its config.json, or the fields above). "
-        f"Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
+    raise _mismatch(ckpt.workdir, step, changes + teachers, f" ({shape})")
+
+
+def _mismatch(run_dir: str, step: int, differences: list[str], detail: str = "") -> ConfigMismatchError:
+  """The refusal of a work directory whose checkpoints another run made, naming what differs."""
+  return ConfigMismatchError(
+      f"{run_dir} holds checkpoint step {step} of another run: " + "; ".join(differences) + detail +
+      f". Use another --workdir, or the stored config ({os.path.join(run_dir, 'config.json')} is a valid "
+      f"--config). Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
 
 
 def stored_config(run_dir: str) -> tuple[dict[str, Any], int] | None:
@@ -79,10 +84,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
       continue
     changes = config_lib.changed_fields(found[0], run_config)
     if changes:
-      raise ConfigMismatchError(
-          f"{run_dir} holds checkpoint step {found[1]} of another run: " + "; ".join(changes) +
-          f". Use another --workdir, or the stored config ({os.path.join(run_dir, 'config.json')} is a valid "
-          f"--config). Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
+      raise _mismatch(run_dir, found[1], changes)
 
 
 def code_version() -> str:

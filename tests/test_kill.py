@@ -49,6 +49,27 @@ def _fingerprints(teacher_dir):
   return out
 
 
+def _metrics(workdir):
+  """metrics.jsonl without what differs between runs by nature (wall time, throughput)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in f]
+
+
+def _assert_same_student_run(reference, other, final_step):
+  """The student run in ``other`` ends where ``reference`` does, bit for bit: final state (at
+  ``final_step``), every metric record and the summary's results; returns ``other``'s summary."""
+  step_a, a = _final_state(reference)
+  step_b, b = _final_state(other)
+  assert step_a == step_b == final_step and a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert _metrics(reference) == _metrics(other)
+  summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (reference, other)]
+  for field in ("final_top1", "best_top1", "best_epoch", "teacher_accuracy", "epochs_completed"):
+    assert summaries[0][field] == summaries[1][field], field
+  return summaries[1]
+
+
 @pytest.mark.slow
 def test_sigkill_at_six_points_then_resume_is_bit_identical(tmp_path):
   env = _env(tmp_path)
@@ -64,15 +85,7 @@ def test_sigkill_at_six_points_then_resume_is_bit_identical(tmp_path):
                          capture_output=True, text=True, timeout=1200)
   assert final.returncode == 0, final.stderr[-3000:]
   assert _fingerprints(tmp_path / "killed" / "teachers") == _fingerprints(tmp_path / "ref" / "teachers")
-  step_a, a = _final_state(tmp_path / "ref" / "run")
-  step_b, b = _final_state(tmp_path / "killed" / "run")
-  assert step_a == step_b == 66 and a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  assert _metrics(tmp_path / "ref" / "run") == _metrics(tmp_path / "killed" / "run")
-  summaries = [json.load(open(tmp_path / name / "run" / "summary.json")) for name in ("ref", "killed")]
-  assert summaries[0]["final_top1"] == summaries[1]["final_top1"]
-  assert summaries[0]["best_top1"] == summaries[1]["best_top1"]
+  _assert_same_student_run(tmp_path / "ref" / "run", tmp_path / "killed" / "run", 66)
 
 
 # SIGTERM (the preemption notice) and SIGKILL at each stage of one pipeline, one after the other
@@ -80,12 +93,6 @@ def test_sigkill_at_six_points_then_resume_is_bit_identical(tmp_path):
 # stopped; the last run finishes; teachers, cache, final state and metrics equal the reference's.
 CHAIN = [("term:teacher_step", 5, 0), ("teacher_step", 6, -signal.SIGKILL), ("term:precompute", 2, 0),
          ("precompute", 2, -signal.SIGKILL), ("term:step", 6, 0), ("step", 30, -signal.SIGKILL)]
-
-
-def _metrics(workdir):
-  """metrics.jsonl without what differs between runs by nature (wall time, throughput)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in f]
 
 
 def _cache_records(teacher_dir):
@@ -133,13 +140,5 @@ def test_sigterm_and_sigkill_at_every_stage_resume_to_the_uninterrupted_run(tmp_
   for k, record in records_a.items():
     for field, value in record.items():
       np.testing.assert_array_equal(value, records_b[k][field], err_msg=f"{k} {field}")
-  step_a, a = _final_state(tmp_path / "ref" / "run")
-  step_b, b = _final_state(tmp_path / "stopped" / "run")
-  assert step_a == step_b == 44 and a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  assert _metrics(tmp_path / "ref" / "run") == _metrics(tmp_path / "stopped" / "run")
-  summaries = [json.load(open(tmp_path / name / "run" / "summary.json")) for name in ("ref", "stopped")]
-  for field in ("final_top1", "best_top1", "best_epoch", "teacher_accuracy", "epochs_completed"):
-    assert summaries[0][field] == summaries[1][field], field
-  assert all(summaries[1]["stage_seconds"][s] > 0 for s in ("teacher_training", "precompute", "student"))
+  stopped = _assert_same_student_run(tmp_path / "ref" / "run", tmp_path / "stopped" / "run", 44)
+  assert all(stopped["stage_seconds"][s] > 0 for s in ("teacher_training", "precompute", "student"))

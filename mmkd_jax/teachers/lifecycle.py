@@ -67,9 +67,11 @@ def training_config(config: ml_collections.ConfigDict, entry: ml_collections.Con
   return config_lib.resolve(tc)
 
 
-def identity(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What produced teacher ``entry`` under ``config`` (compared on reuse)."""
-  tc = training_config(config, entry)
+def identity(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict,
+             tc: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """What produced teacher ``entry`` under ``config`` (compared on reuse); ``tc``: its
+  ``training_config`` when the caller has it."""
+  tc = tc if tc is not None else training_config(config, entry)
   fields = json.loads(tc.to_json_best_effort())
   return {"arch": entry.arch, "seed": entry.seed, **{k: fields[k] for k in IDENTITY_FIELDS}}
 
@@ -94,6 +96,11 @@ def check_identity(config: ml_collections.ConfigDict, index: int, path: str) -> 
         f"existing one as it is, name it explicitly: --config.teachers[{index}].checkpoint={os.path.abspath(path)}")
 
 
+def _missing_checkpoint(entry: ml_collections.ConfigDict, index: int, path: str) -> FileNotFoundError:
+  return FileNotFoundError(f"teacher {entry.name!r}: config.teachers[{index}].checkpoint = {path} does "
+                           "not exist; fix the path (or leave it empty to train the teacher)")
+
+
 def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec | None = None) -> list[Teacher]:
   """Every configured teacher, loaded; a missing one is an error naming its path and the fix,
   a trained one whose recorded settings differ from the config's is refused (StaleTeacherError)."""
@@ -103,8 +110,7 @@ def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec |
     path = checkpoint_path(config, entry)
     if not os.path.exists(path):
       if entry.checkpoint:
-        raise FileNotFoundError(f"teacher {entry.name!r}: config.teachers[{i}].checkpoint = {path} does "
-                                "not exist; fix the path (or leave it empty to train the teacher)")
+        raise _missing_checkpoint(entry, i, path)
       raise FileNotFoundError(f"teacher {entry.name!r}: {os.path.abspath(path)} does not exist. Train it with "
                               "--config.mode=train_teacher (or mode=pipeline), or set "
                               f"config.teachers[{i}].checkpoint to its .pth / orbax directory")
@@ -121,8 +127,7 @@ def check_trained_teachers(config: ml_collections.ConfigDict) -> None:
   for i, entry in enumerate(config.teachers):
     path = checkpoint_path(config, entry)
     if entry.checkpoint and not os.path.exists(path):
-      raise FileNotFoundError(f"teacher {entry.name!r}: config.teachers[{i}].checkpoint = {path} does "
-                              "not exist; fix the path (or leave it empty to train the teacher)")
+      raise _missing_checkpoint(entry, i, path)
     if not entry.checkpoint and os.path.isdir(path) and is_complete(path):
       check_identity(config, i, path)
 
@@ -154,7 +159,7 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
     save_teacher(path, entry.arch, spec.num_classes, jax.device_get(variables),
                  {"dataset": config.dataset, "accuracy": summary["final_top1"], "eval_split": summary["eval_split"],
                   "epochs": tc.epochs, "seed": entry.seed, "name": entry.name, "image_shape": list(spec.image_shape),
-                  "identity": identity(config, entry), "train_seconds": summary["wall_seconds"],
+                  "identity": identity(config, entry, tc), "train_seconds": summary["wall_seconds"],
                   "code_version": runs.code_version(), "devices": jax.device_count()})
     print(f"teacher {entry.name!r}: {summary['eval_split']} top-1 {summary['final_top1']:.2f}%", flush=True)
   return spent
