@@ -39,10 +39,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tables import TABLES, Published, Row, Table, Variant  # pylint: disable=wrong-import-position
+import routing  # pylint: disable=wrong-import-position
 
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax import replicas, train  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
+from mmkd_jax.runs import Preempted  # pylint: disable=wrong-import-position
 from mmkd_jax.teachers import lifecycle  # pylint: disable=wrong-import-position
 
 # How each method appears in tables (the papers' names).
@@ -110,11 +112,16 @@ def run_replicas(config, variant: Variant, seeds: list[int], workdir: str, loade
 
 
 def collect(workdir: str) -> dict | None:
+  """A finished run's summary, with its test routing (``routing.json``) under "routing" if measured."""
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    summary = json.load(f)
+  if os.path.exists(os.path.join(workdir, routing.ROUTING_FILE)):
+    with open(os.path.join(workdir, routing.ROUTING_FILE)) as f:
+      summary["routing"] = json.load(f)
+  return summary
 
 
 def epoch_records(workdir: str) -> list[dict]:
@@ -145,11 +152,11 @@ def class_weights(record: dict):
   return record.get("teacher_weights/per_class", record.get("train_class_logits_weights"))
 
 
-def mean_std(values) -> str:
+def mean_std(values, digits: int = 2) -> str:
   values = np.asarray(values, float)
   if len(values) == 1:  # one seed has no spread to report
-    return f"{values[0]:.2f}"
-  return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+    return f"{values[0]:.{digits}f}"
+  return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def _minutes(runs) -> str:
@@ -164,9 +171,11 @@ def _settings_line(runs) -> str:
 
 def render_table(table: Table, results: dict) -> str:
   """Methods down, settings across (the papers' layout); ours next to the published number."""
+  routed = any("routing" in r for row in table.rows for runs in results[row.label].values() for r in runs)
   header = ["method"]
   for row in table.rows:
     header += [f"{row.label}: ours, last (best)", "min/run", "published"]
+    header += ["weight on competent teachers (test)"] if routed else []
   lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   teacher_cells, footnotes = ["Teachers (ensemble / each)"], []
   for row in table.rows:
@@ -174,7 +183,7 @@ def render_table(table: Table, results: dict) -> str:
                 if r.get("teacher_accuracy")), {})
     ensemble = acc.get("teacher/ensemble")
     each = [f"{k.split('/', 1)[1]} {v:.2f}" for k, v in acc.items() if k != "teacher/ensemble"]
-    teacher_cells += [f"{ensemble:.2f} / " + ", ".join(each) if acc else "not run", "", ""]
+    teacher_cells += [f"{ensemble:.2f} / " + ", ".join(each) if acc else "not run", "", ""] + ([""] if routed else [])
   lines.append("| " + " | ".join(teacher_cells) + " |")
   for variant in table.variants:
     cells = [display(variant)]
@@ -190,10 +199,17 @@ def render_table(table: Table, results: dict) -> str:
         footnotes.append(published.source)
         mark = f"[{len(footnotes)}]"
         cells.append(f"{published.top1:.2f} {mark}" if published.top1 is not None else f"n/a {mark}")
+      if routed:
+        shares = [r["routing"]["competent_share"] for r in runs if "routing" in r]
+        cells.append(mean_std(shares, 3) if shares else "—")
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Top-1 (%) on the evaluation split, mean ± sample std over seeds: last epoch, and in parentheses "
             "the best epoch (the originals report only the best epoch, i.e. model selection on the test set). "
             "min/run: wall minutes per run on the machine that ran it."]
+  if routed:
+    lines += ["Weight on competent teachers: the share of each test sample's KD weight mass on the teachers "
+              "competent for its label (experiments/routing.py), mean over the test split, mean ± std over "
+              "seeds; uniform weights give (competent teachers / teachers)."]
   lines += [f"[{i}] {s}" for i, s in enumerate(footnotes, 1)]
   if table.note:
     lines += ["", table.note]
@@ -205,26 +221,57 @@ def render_table(table: Table, results: dict) -> str:
     versions = sorted({r.get("code_version", "unrecorded") for r in all_runs})
     if len(versions) > 1:  # a reused run from other code: the table mixes versions
       lines.append(f"- WARNING: these runs come from {len(versions)} code versions: {', '.join(versions)}")
-  if table.baseline:
-    lines += ["", render_differences(table, results)]
+  for baseline in table.baselines:
+    lines += ["", render_differences(table, results, baseline)]
   return "\n".join(lines) + "\n"
 
 
-def render_differences(table: Table, results: dict) -> str:
-  """Each variant against the baseline: the difference of mean last-epoch top-1 with its
+def render_differences(table: Table, results: dict, baseline: str) -> str:
+  """Each variant against ``baseline``: the difference of mean last-epoch top-1 with its
   standard error sqrt(s1^2/n1 + s2^2/n2); only a difference beyond 2 SE is called one."""
-  lines = [f"Differences to `{table.baseline}` (last epoch; 'yes' = |difference| > 2 standard errors):", "",
+  name = next((display(v) for v in table.variants if v.slug == baseline), baseline)
+  lines = [f"Differences to {name} (last epoch; 'yes' = |difference| > 2 standard errors):", "",
            "| variant | difference (points) | 2 SE | beyond 2 SE |", "|---|---|---|---|"]
   for row in table.rows:
-    base = [r["final_top1"] for r in results[row.label].get(table.baseline, [])]
+    base = [r["final_top1"] for r in results[row.label].get(baseline, [])]
     for variant in table.variants:
       runs = [r["final_top1"] for r in results[row.label].get(variant.slug, [])]
-      if variant.slug == table.baseline or len(runs) < 2 or len(base) < 2:
+      if variant.slug == baseline or len(runs) < 2 or len(base) < 2:
         continue
       diff = np.mean(runs) - np.mean(base)
       se = np.sqrt(np.var(runs, ddof=1) / len(runs) + np.var(base, ddof=1) / len(base))
       lines.append(f"| {display(variant)} | {diff:+.2f} | {2 * se:.2f} | {'yes' if abs(diff) > 2 * se else 'no'} |")
   return "\n".join(lines)
+
+
+def plot_routing(table: Table, row: Row, results: dict, path: str) -> bool:
+  """Per method (rows) and class (columns): the share of the test weight mass on the competent
+  teachers, mean over seeds; the overall share in the row label."""
+  names, values = [], []
+  for variant in table.variants:
+    records = [r["routing"] for r in results[row.label].get(variant.slug, []) if "routing" in r]
+    if records:
+      per_class = np.array([[np.nan if v is None else v for v in rec["competent_share_per_class"]] for rec in records])
+      values.append(np.nanmean(per_class, axis=0))
+      names.append(f"{display(variant)} ({np.mean([rec['competent_share'] for rec in records]):.2f})")
+  if not values:
+    return False
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  values = np.array(values)
+  fig, ax = plt.subplots(figsize=(2.5 + 0.55 * values.shape[1], 1.2 + 0.36 * len(names)), layout="constrained")
+  image = ax.imshow(values, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
+  for (i, k), v in np.ndenumerate(values):
+    ax.text(k, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
+  ax.set_yticks(range(len(names)), names, fontsize=7)
+  ax.set_xticks(range(values.shape[1]))
+  ax.set_xlabel("class (test split)")
+  fig.colorbar(image, ax=ax, label="weight share on competent teachers")
+  ax.set_title(f"{row.label}: where the KD weight goes (mean over seeds)", fontsize=8)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
 
 
 def plot_curves(out: str, row: Row, variants, seeds: int, path: str) -> bool:
@@ -319,6 +366,9 @@ def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool,
           if loaded is None:
             loaded = prepare_setting(base, table.variants, overrides)
           summary = run_one(base, variant, seed, workdir, loaded, overrides)
+        if summary is not None and not collect_only and "routing" not in summary:
+          if routing.measure_and_store(workdir, row.competence) is not None:
+            summary = collect(workdir)
         if summary is not None:
           runs.append(summary)
       results[row.label][variant.slug] = runs
@@ -358,7 +408,11 @@ def main(argv=None) -> int:
     table = dataclasses.replace(table, methods=chosen + extra)
   out = args.out or os.path.join("runs", "reproduce", table.group or name)
   started = time.time()
-  results = run_table(table, out, args.seeds, args.set, args.collect_only, args.replicas)
+  try:
+    results = run_table(table, out, args.seeds, args.set, args.collect_only, args.replicas)
+  except Preempted as e:  # SIGTERM while preparing teachers: their checkpoints are saved
+    print(f"{e}", file=sys.stderr)
+    return 1
   os.makedirs(out, exist_ok=True)
   markdown = render_table(table, results)
   with open(os.path.join(out, f"results_{name}.md"), "w") as f:
@@ -369,6 +423,9 @@ def main(argv=None) -> int:
   for row in table.rows:
     path = os.path.join(out, f"curves_{name}_{row.slug}.png")
     if plot_curves(out, row, table.variants, args.seeds, path):
+      figures.append(path)
+    path = os.path.join(out, f"routing_{name}_{row.slug}.png")
+    if plot_routing(table, row, results, path):
       figures.append(path)
     for variant in table.variants:
       path = os.path.join(out, f"weights_{row.slug}_{variant.slug}.png")

@@ -24,6 +24,7 @@ class Row:
   config: str
   arg: str | None = None  # the config file's get_config argument
   overrides: tuple[str, ...] = ()
+  competence: str = ""    # routing.py / the oracle: per teacher "a,b|c|*" ("" = the teachers' classes)
 
   @property
   def slug(self) -> str:
@@ -36,9 +37,12 @@ class Variant:
   method: str
   overrides: tuple[str, ...] = ()
   label: str = ""
+  name: str = ""  # its run directory's name (default: from the method and overrides)
 
   @property
   def slug(self) -> str:
+    if self.name:
+      return self.name
     if not self.overrides:
       return self.method
     return self.method + "__" + "_".join("".join(c if c.isalnum() else "-" for c in o) for o in self.overrides)
@@ -51,12 +55,16 @@ class Table:
   methods: tuple  # method names or Variants
   published: dict = dataclasses.field(default_factory=dict)  # (row label, method) -> Published
   note: str = ""
-  baseline: str = ""  # a variant slug: render differences to it (+- 2 standard errors)
+  baseline: str = ""  # variant slugs (comma-separated): render differences to each (+- 2 standard errors)
   group: str = ""     # tables of one group share their run directories (runs/reproduce/<group>)
 
   @property
   def variants(self) -> tuple[Variant, ...]:
     return tuple(m if isinstance(m, Variant) else Variant(m) for m in self.methods)
+
+  @property
+  def baselines(self) -> tuple[str, ...]:
+    return tuple(b for b in self.baseline.split(",") if b)
 
 
 _MMKD_ISSUE = ("Rorozhl/MMKD#4: the MMKD paper's Table 1, row 2 is 3 x ResNet32x4 -> MobileNetV2 on "
@@ -67,6 +75,37 @@ _FM_NOTE = ("Fashion-MNIST from the Debian package's IDX files; student and teac
             "5,000 training images (the 2-core CPU budget), 10 student epochs, tested on the 10,000 test "
             "images; hyperparameters chosen on train[90%:] (never on test). No published PyTorch numbers "
             "exist for this setting.")
+
+_POOL_LABELS = {"specialists": "3 x resnet20 specialists (classes 0-3 | 4-6 | 7-9) -> resnet8",
+                "mixed": "resnet20 strong, weak (500 images), noisy (60 % labels) -> resnet8"}
+
+# Chosen on the pools' validation tables (fashion_mnist_<pool>_val, seed 0, train[90%:]): MMKD's
+# feature weight, the best single teacher (highest validation top-1) and, where every teacher saw
+# every class, the competence (experiments/teacher_competence.py: within 2 points of the best
+# teacher's validation top-1 on the class).
+_POOL_CHOICES = {"specialists": {"feat": None, "best_teacher": None, "competence": ""},
+                 "mixed": {"feat": None, "best_teacher": None, "competence": None}}
+ORACLE_IMPORT = 'imports=("experiments/oracle.py",)'
+
+
+def _pool_methods(pool: str) -> tuple:
+  chosen = _POOL_CHOICES[pool]
+  methods = ["none", "kd", "aver", "ebkd", "camkd", "aekd", "fitnet", "amtml", "bomd"]
+  if chosen["competence"] is not None:
+    methods.append(Variant("oracle", (ORACLE_IMPORT, f"oracle.competence={chosen['competence']}"),
+                           "oracle (weights on the competent teachers)", name="oracle"))
+  if chosen["feat"] is not None:
+    methods.append(Variant("mmkd", (f"weights.feat={chosen['feat']}",), f"MMKD (weights.feat={chosen['feat']:g})"))
+  if chosen["best_teacher"] is not None:
+    index, name = chosen["best_teacher"]
+    methods.append(Variant("kd", (f"kd.teacher_index={index}",), f"KD (best teacher: {name})"))
+  return tuple(methods)
+
+
+def _pool_row(pool: str, validation: bool = False) -> Row:
+  return Row(_POOL_LABELS[pool] + (" (validation)" if validation else ""), "configs/fashion_mnist.py",
+             f"pool={pool}" + (",val" if validation else ""), competence=_POOL_CHOICES[pool]["competence"] or "")
+
 
 TABLES: dict[str, Table] = {
     "fashion_mnist": Table(
@@ -94,6 +133,30 @@ TABLES: dict[str, Table] = {
                  Variant("mmkd", ("weights.feat=100.0",))),
         note="Selection runs: evaluated on 6,000 training images the students and teachers never train on.",
         group="fashion_mnist"),
+    **{f"fashion_mnist_{pool}_val": Table(
+        title=f"Fashion-MNIST, {pool} teachers: model selection on train[90%:] (validation, not test)",
+        rows=(_pool_row(pool, validation=True),),
+        methods=("aver", Variant("mmkd", ("weights.feat=1.0",)), Variant("mmkd", ("weights.feat=10.0",)),
+                 Variant("mmkd", ("weights.feat=100.0",))),
+        note="Selection runs: evaluated on 6,000 training images the students and teachers never train on.",
+        group=f"fashion_mnist_{pool}") for pool in _POOL_LABELS},
+    **{f"fashion_mnist_{pool}": Table(
+        title=f"Fashion-MNIST, {pool} teachers (5,000 training images, 10 epochs), precomputed teachers (8 replays)",
+        rows=(_pool_row(pool),), methods=_pool_methods(pool), note=_FM_NOTE,
+        baseline="aver" + (",oracle" if _POOL_CHOICES[pool]["competence"] is not None else ""),
+        group=f"fashion_mnist_{pool}")
+       for pool in _POOL_LABELS},
+    "fashion_mnist_replays": Table(
+        title="Fashion-MNIST, homogeneous teachers, 40 epochs: precomputed teachers (8 replays) against online",
+        rows=(Row("resnet20, wrn_16_2, vgg8 -> resnet8, 40 epochs", "configs/fashion_mnist.py", None,
+                  ("epochs=40", "lr_milestones=(24, 32)")),),
+        methods=(Variant("aver", (), "AVER, precomputed (8 replays)"),
+                 Variant("aver", ("teacher_source=online",), "AVER, online (a new view every epoch)"),
+                 Variant("mmkd", (), "MMKD, precomputed (8 replays)"),
+                 Variant("mmkd", ("teacher_source=online",), "MMKD, online (a new view every epoch)")),
+        baseline="aver,mmkd", group="fashion_mnist_replays",
+        note=("Each image has 8 augmented views for the whole 40 epochs with precomputed teachers (5 passes "
+              "over each view), where online teachers see a new crop and flip every epoch, as the originals.")),
     "digits": Table(
         title="digits (offline, 1,438 train / 359 test), 15 epochs, teachers 15 epochs",
         rows=(Row("resnet14, resnet20, wrn_16_1 -> resnet8", "configs/digits.py"),),

@@ -34,7 +34,11 @@ FAITHFUL = {
     "meta.hypergradient": "original",  # MMKD/L2T-ww's heavy-ball reverse pass, even under Nesterov
     "meta.rollback_bn": "replay",      # rollback keeps one BN update from replaying look-ahead step 1
     "fitnet.hint_gradient": False,     # FitNet-MKD's hint loss rebuilt from floats: no gradient
+    "adapter_init": "torch",           # aligners / embeddings / regressors: PyTorch's default init
+    "cache_dtype": "float32",          # the originals run teachers online in float32
+    "meta.warmup_epochs": 0,           # MMKD's --meta_warmup changes nothing
 }
+ADAPTER_INITS = ("kaiming", "torch")
 
 
 def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0, classes: Sequence[int] = (),
@@ -71,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.imports = ()                 # your modules (dotted names or .py paths) that register parts
   c.resolved_for = ""            # set by resolve(): "<method>@<dataset>"
   c.faithful = False             # True: every "as the original code computed it" switch (FAITHFUL)
+  # MMKD aligners, CA-MKD embeddings, FitNet regressors: 'kaiming' (normal, fan_out; zero bias) or
+  # 'torch' (the originals: PyTorch's default U(+-1/sqrt(fan_in)) for weight and bias).
+  c.adapter_init = "kaiming"
   c.dataset = "digits"           # registered name, TFDS name, or a prepared TFDS directory
   c.data_dir = ""                # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset_source_dir = ""      # raw files of builders that read local files ("" = their default)
@@ -329,8 +336,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if stray:
       raise ConfigError(f"config.{name}.{stray[0]}: method {spec.name!r} has no such term "
                         f"({'its terms: ' + ', '.join(sorted(valid)) if valid else 'and no look-ahead'})")
-  if c.faithful:
-    set_fields(c, FAITHFUL)
+  if c.faithful:  # the method's own "as the original computed it" fields too (presets["faithful"])
+    set_fields(c, {**FAITHFUL, **spec.presets.get("faithful", {})})
   c.resolved_for = key
   c.lock()
   return c
@@ -443,6 +450,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from mmkd_jax.teachers.cache import STORAGE_DTYPES  # pylint: disable=import-outside-toplevel
   for field in ("cache_dtype", "cache_logits_dtype"):
     need(c[field] in STORAGE_DTYPES, field, f"{c[field]!r} must be one of {', '.join(STORAGE_DTYPES)}")
+  need(c.adapter_init in ADAPTER_INITS, "adapter_init", f"{c.adapter_init!r} must be one of {', '.join(ADAPTER_INITS)}")
   need(c.dtype in COMPUTE_DTYPES, "dtype", f"{c.dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
   need(c.num_replays >= 1, "num_replays", "must be at least 1")
   check_replica_overrides(c)

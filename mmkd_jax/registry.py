@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import types
 from typing import Generic, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -57,9 +58,11 @@ def origin_of(obj: object) -> str:
   return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-def import_plugins(modules: Iterable[str]) -> None:
+def import_plugins(modules: Iterable[str]) -> list[types.ModuleType]:
   """Imports the user's modules (dotted names or ``.py`` paths) so that their decorators
-  register methods, models and datasets. A path is imported once, however often it is named."""
+  register methods, models and datasets, and returns them. A path is imported once, however
+  often it is named."""
+  imported = []
   for module in modules:
     if not module:
       continue
@@ -70,6 +73,7 @@ def import_plugins(modules: Iterable[str]) -> None:
                                 "module name on the Python path)")
       name = "mmkd_jax_plugin_" + "".join(c if c.isalnum() else "_" for c in path)
       if name in sys.modules:
+        imported.append(sys.modules[name])
         continue
       spec = importlib.util.spec_from_file_location(name, path)
       loaded = importlib.util.module_from_spec(spec)
@@ -79,12 +83,14 @@ def import_plugins(modules: Iterable[str]) -> None:
       except BaseException:
         del sys.modules[name]
         raise
+      imported.append(loaded)
     else:
       try:
-        importlib.import_module(module)
+        imported.append(importlib.import_module(module))
       except ModuleNotFoundError as e:
         raise ModuleNotFoundError(f"config.imports: cannot import {module!r} ({e}); put its "
                                   "directory on PYTHONPATH or give the path of its .py file") from e
+  return imported
 
 
 class ConfigError(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -41,9 +42,29 @@ def test_ablation_differences_respect_two_standard_errors():
   results = {row.label: {"mmkd": [_summary(90.0, 90), _summary(90.2, 90), _summary(89.8, 90)],
                          "mmkd__meta-freq-1": [_summary(93.0, 93), _summary(93.2, 93), _summary(92.8, 93)],
                          "mmkd__meta-freq-20": [_summary(90.1, 90), _summary(90.5, 90), _summary(89.9, 90)]}}
-  text = reproduce.render_differences(table, results)
+  text = reproduce.render_differences(table, results, "mmkd")
   assert "| MMKD (meta.freq=1) | +3.00 | 0.33 | yes |" in text
   assert "| MMKD (meta.freq=20) | +0.17 | 0.42 | no |" in text  # 2 sqrt(0.306^2/3 + 0.2^2/3)
+  two = dataclasses.replace(table, baseline="mmkd,mmkd__meta-freq-20")
+  text = reproduce.render_table(two, results)
+  assert "Differences to MMKD (meta.freq=20)" in text and "| MMKD (meta.freq=1) | +2.83 | 0.42 | yes |" in text
+  assert "| MMKD | -0.17 | 0.42 | no |" in text
+
+
+def test_routing_column_and_heatmap_from_routing_records(tmp_path):
+  """The table's routing column is the mean ± std over seeds of each run's competent share; the
+  routing heatmap is drawn from the per-class shares."""
+  row = Row("s", "configs/digits.py")
+  table = Table("toy", (row,), ("aver", "mmkd"))
+  def run(share, per_class):
+    return dict(_summary(90.0, 90.0), routing={"competent_share": share, "competent_share_per_class": per_class})
+  results = {row.label: {"aver": [run(0.5, [0.5, 0.5]), run(0.5, [0.5, 0.5])],
+                         "mmkd": [run(0.6, [0.7, 0.5]), run(0.8, [0.9, None])]}}
+  text = reproduce.render_table(table, results)
+  assert "| AVER | 90.00 ± 0.00 (90.00 ± 0.00), n=2 | 1.5 | — | 0.500 ± 0.000 |" in text
+  assert "| 0.700 ± 0.141 |" in text
+  assert reproduce.plot_routing(table, row, results, str(tmp_path / "routing.png"))
+  assert (tmp_path / "routing.png").stat().st_size > 1000
 
 
 def test_tables_name_existing_configs():
@@ -152,3 +173,72 @@ def test_the_oracle_plugin_weights_the_competent_teachers_of_each_label():
   np.testing.assert_allclose(float(loss), float(aux["terms"]["ce"]) + float(aux["terms"]["kd"]), rtol=1e-6)
   with pytest.raises(ValueError, match="classes \\[9\\] have no competent teacher"):
     method_and_batch("oracle", imports=(ORACLE,), **{"oracle.competence": "0,1,2,3|4,5,6|7,8"})
+
+
+def test_competent_share_of_hand_computed_weights():
+  """routing.summarise on three samples: the share of each sample's weight on its competent
+  teachers (weights need not be normalised), per class and overall."""
+  sys.path.insert(0, os.path.dirname(ORACLE))
+  import routing  # pylint: disable=import-outside-toplevel
+  competence = np.array([[1, 0, 0], [0, 1, 1]], np.float32)  # class 0: teacher 0; class 1: teachers 1, 2
+  weights = np.array([[2.0, 1.0, 1.0], [0.2, 0.3, 0.5], [0.0, 0.0, 3.0]])
+  record = routing.summarise(weights, np.array([0, 1, 1]), competence)
+  assert record["competent_share_per_class"] == pytest.approx([0.5, (0.8 + 1.0) / 2])
+  assert record["competent_share"] == pytest.approx((0.5 + 0.8 + 1.0) / 3)
+  assert record["class_teacher_weights"][1] == pytest.approx([0.1, 0.15, 0.75])
+
+
+@pytest.fixture(scope="module")
+def digits_teachers(tmp_path_factory):
+  from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
+  from helpers import digits_teacher_record, random_teachers  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("teachers")
+  for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
+    teachers_lib.save_teacher(str(root / f"digits_{t.name}"), t.arch, 10, t.variables, digits_teacher_record(t.name))
+  return str(root), str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None)])
+def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, method, expected):
+  """experiments/routing.py on a finished digits run (two teachers, competence split at class 5):
+  the oracle puts all its weight on the competent teacher, AVER half; EBKD's per-class shares are
+  its per-class mean weights on the competent teacher (the two views of one measurement agree)."""
+  from mmkd_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from helpers import digits_smoke  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.dirname(ORACLE))
+  import routing  # pylint: disable=import-outside-toplevel
+  teacher_dir, data_dir = digits_teachers
+  competence = "0,1,2,3,4|5,6,7,8,9"
+  c = digits_smoke(teacher_dir=teacher_dir, data_dir=data_dir, teacher_source="online", epochs=1,
+                   lr_milestones=(1,), async_checkpoints=False, method=method, stop_at_step=3,
+                   imports=(ORACLE,), **({"oracle.competence": competence} if method == "oracle" else {}))
+  c = config_lib.validate(c)
+  loaded = lifecycle.load_teachers(c)
+  workdir = str(tmp_path / method)
+  train.train_and_evaluate(c, workdir, loaded, lifecycle.open_cache(c, loaded), quiet=True)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:  # a stopped run stands in for a finished one
+    f.write("{}")
+  record = routing.measure_and_store(workdir, competence)
+  assert record["samples"] == 359 and os.path.exists(os.path.join(workdir, "routing.json"))
+  matrix = np.array(record["competence"])
+  assert matrix[:5, 0].all() and not matrix[5:, 0].any()
+  if expected is not None:
+    assert record["competent_share"] == pytest.approx(expected, abs=1e-6)
+  by_class = [sum(w for w, ok in zip(record["class_teacher_weights"][k], matrix[k]) if ok) for k in range(10)]
+  np.testing.assert_allclose(record["competent_share_per_class"], by_class, rtol=1e-6)
+  assert 0.0 < record["competent_share"] < 1.0 or expected is not None
+
+
+def test_competence_from_validation_accuracy():
+  """Specialists are competent for the classes they were trained on; teachers of every class for
+  the classes where their validation top-1 is within the margin of the best teacher's."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.dirname(ORACLE))
+  import teacher_competence  # pylint: disable=import-outside-toplevel
+  def pool(*classes):
+    return ml_collections.ConfigDict({"teachers": [ml_collections.ConfigDict({"classes": c}) for c in classes]})
+  accuracy = np.array([[90.0, 80.0, 70.0], [89.0, 60.0, 75.0], [50.0, 79.5, 20.0]])
+  assert teacher_competence.competence_from_validation(pool((), (), ()), accuracy, 2.0) == "0,1|0,2|1"
+  assert teacher_competence.competence_from_validation(pool((), (), ()), accuracy, 100.0) == "*|*|*"
+  assert teacher_competence.competence_from_validation(pool((0,), (1, 2), (2,)), accuracy, 2.0) == "0|1,2|2"

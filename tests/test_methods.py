@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from mmkd_jax import bilevel, optim
+from mmkd_jax import config as config_lib
 from mmkd_jax.methods import METHODS, amtml, bomd
 from mmkd_jax.methods import aekd
 from mmkd_jax.methods.camkd import confidence_weights
@@ -293,3 +294,64 @@ def test_cosine_feature_input_does_not_saturate():
   assert fractions["raw"] > 0.9 and fractions["cosine"] == 0.0
   x = feature_weight_input(batch["teacher_feat"], batch["teacher_feat"][0], mode="cosine")
   assert float(jnp.max(jnp.abs(x))) <= 1.0 + 1e-6
+
+
+def _rkd_distance_reference(student: np.ndarray, target: np.ndarray) -> float:
+  """RKD's distance loss written out with loops, in float64."""
+  def normalised(e):
+    n = len(e)
+    d = np.array([[0.0 if i == j else np.sqrt(max(np.sum((e[i] - e[j]) ** 2), 1e-12)) for j in range(n)]
+                  for i in range(n)])
+    return d / d[d > 0].mean()
+  diff = np.abs(normalised(student) - normalised(target))
+  return float(np.mean(np.where(diff < 1, 0.5 * diff ** 2, diff - 0.5)))
+
+
+def test_rkd_distance_loss_and_the_faithful_amtml_term():
+  """amtml.rkd_distance_loss equals the loop-written RKD distance; AMTML-KD adds it (weight 1)
+  only under config.faithful, the original code's objective."""
+  rng = np.random.default_rng(3)
+  z, p = rng.normal(size=(6, 5)), rng.dirichlet(np.ones(5), size=6)
+  np.testing.assert_allclose(float(amtml.rkd_distance_loss(jnp.asarray(z, jnp.float32), jnp.asarray(p, jnp.float32))),
+                             _rkd_distance_reference(z, p), rtol=1e-5)
+  assert float(amtml.rkd_distance_loss(jnp.asarray(z), jnp.asarray(2 * z))) == pytest.approx(0.0, abs=1e-6)
+  plain, batch = _setup("amtml")
+  faithful, _ = _setup("amtml", faithful=True)
+  assert plain.weights["dist"] == 0.0 and faithful.weights["dist"] == 1.0
+  params, state, meta = plain.init(jax.random.key(0), batch)
+  loss_plain, (_, aux_plain) = plain.train_objective(params, state, meta, batch)
+  loss_faithful, (_, aux) = faithful.train_objective(params, state, meta, batch)
+  assert "dist" not in aux_plain["terms"] and float(aux["terms"]["dist"]) > 0
+  np.testing.assert_allclose(float(loss_faithful) - float(loss_plain), float(aux["terms"]["dist"]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name,module", [("mmkd", "match"), ("camkd", "match"), ("fitnet", "match")])
+def test_adapter_init_torch_is_pytorchs_default_conv_init(name, module):
+  """config.adapter_init='torch' (faithful): every aligner / embedding / regressor conv starts
+  from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, as PyTorch leaves an nn.Conv2d;
+  the default is kaiming-normal (fan_out) with zero bias."""
+  for init in ("kaiming", "torch"):
+    method, batch = _setup(name, adapter_init=init)
+    params, _, _ = method.init(jax.random.key(0), batch)
+    leaves = {tuple(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+              for path, v in jax.tree_util.tree_flatten_with_path(params[module])[0]}
+    kernels = [v for path, v in leaves.items() if path[-1] == "kernel"]
+    biases = [v for path, v in leaves.items() if path[-1] == "bias" and path[:-1] + ("kernel",) in leaves]
+    assert kernels and len(biases) == len(kernels)
+    for kernel in kernels:
+      kh, kw, cin, cout = kernel.shape
+      if init == "torch":
+        bound = 1 / np.sqrt(cin * kh * kw)
+        assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+        assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)
+      else:
+        assert kernel.std() == pytest.approx(np.sqrt(2 / (cout * kh * kw)), rel=0.15)
+    nonzero = [float(np.abs(b).max()) > 0 for b in biases]
+    assert all(nonzero) if init == "torch" else not any(nonzero)
+
+
+def test_faithful_sets_every_switch_of_the_original():
+  c = config_lib.resolve(config_lib.set_fields(config_lib.base_config(), {"method": "amtml", "faithful": True}))
+  assert (c.adapter_init, c.cache_dtype, c.weights.dist, c.meta.hypergradient) == ("torch", "float32", 1.0, "original")
+  c = config_lib.resolve(config_lib.set_fields(config_lib.base_config(), {"method": "mmkd"}))
+  assert (c.adapter_init, c.cache_dtype) == ("kaiming", "bfloat16")

@@ -25,11 +25,13 @@ class Embed(nn.Module):
   out_channels: int
   deep: bool = False
   bn_groups: int = 1
+  torch_init: bool = False  # PyTorch's default conv init (the originals'), not kaiming-normal + zero bias
 
   @nn.compact
   def __call__(self, x: Array, train: bool = True) -> Array:
     def conv_bn_relu(x, features, kernel, index):
-      x = conv(features, kernel, 1, kernel // 2, use_bias=True, name=f"transfer.{index}")(x)
+      x = conv(features, kernel, 1, kernel // 2, use_bias=True, name=f"transfer.{index}",
+               torch_default_from=x.shape[-1] if self.torch_init else 0)(x)
       x = BatchNorm(groups=self.bn_groups, name=f"transfer.{index + 1}")(x, train)
       return nn.relu(x)
     if not self.deep:
@@ -46,6 +48,7 @@ class FeatureAligner(nn.Module):
   teacher_channels: Sequence[int]
   deep: bool = False
   bn_groups: int = 1
+  torch_init: bool = False
 
   @nn.compact
   def __call__(self, student_feat: Array, teacher_feats: Sequence[Array], train: bool = True) -> Array:
@@ -58,6 +61,6 @@ class FeatureAligner(nn.Module):
         raise ValueError(f"teacher {t} feature has {teacher_feat.shape[-1]} channels, the "
                          f"aligner expects {channels}")
       source, target = pool_to_common_size(student_feat, teacher_feat.astype(student_feat.dtype))
-      projected = Embed(channels, self.deep, self.bn_groups, name=f"regressor{t}")(source, train)
+      projected = Embed(channels, self.deep, self.bn_groups, self.torch_init, name=f"regressor{t}")(source, train)
       losses.append(per_sample_mse(projected, target))
     return jnp.stack(losses, axis=-1)

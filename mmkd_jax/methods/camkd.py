@@ -45,10 +45,11 @@ def resize_to(x: Array, size: int) -> Array:
 
 class CAEmbeds(nn.Module):
   teacher_shapes: Sequence[tuple[int, int, int]]
+  torch_init: bool = False
 
   @nn.compact
   def __call__(self, student_feat: Array) -> list[Array]:
-    return [Embed(c, name=f"regressor{t}")(resize_to(student_feat, h))
+    return [Embed(c, torch_init=self.torch_init, name=f"regressor{t}")(resize_to(student_feat, h))
             for t, (h, _, c) in enumerate(self.teacher_shapes)]
 
 
@@ -59,11 +60,12 @@ TERMS = ("ce", "kd", "feat")
 class CAMKD(WeightedTermsMethod):
   # Each teacher's classifier (kernel (C_t, classes), bias); constants, never trained.
   teacher_heads: Sequence[tuple[np.ndarray, np.ndarray]] = ()
+  torch_init: bool = False
 
   terms = TERMS
 
   def feature_module(self) -> CAEmbeds | None:
-    return CAEmbeds(self.run.teacher_shapes) if self.weights["feat"] else None
+    return CAEmbeds(self.run.teacher_shapes, self.torch_init) if self.weights["feat"] else None
 
   def compute_terms(self, params, state, meta_params, batch):
     del meta_params
@@ -98,4 +100,4 @@ def build(config: ml_collections.ConfigDict, run: RunInfo) -> CAMKD:
     raise ConfigError(f"config.weights.feat: CA-MKD's feature term applies each teacher's classifier, "
                       f"but {missing} were registered without classifier=...; register them with it "
                       "or set --config.weights.feat=0")
-  return CAMKD(run, weights, config.temperature, teacher_heads=heads)
+  return CAMKD(run, weights, config.temperature, teacher_heads=heads, torch_init=config.adapter_init == "torch")

@@ -25,27 +25,31 @@ import ml_collections
 
 from mmkd_jax.distill import losses
 from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
-from mmkd_jax.models.layers import BatchNorm, conv
+from mmkd_jax.models.layers import BatchNorm, conv, torch_uniform
 
 Array = jax.Array
 
 
 class HintRegressor(nn.Module):
   target_shape: tuple[int, int, int]  # (H, W, C) of the teacher map
+  torch_init: bool = False  # PyTorch's default init (the original's), not kaiming-normal + zero bias
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     hs, (ht, _, ct) = x.shape[1], self.target_shape
+    torch_from = x.shape[-1] if self.torch_init else 0
     if hs == 2 * ht:
-      x = conv(ct, 3, 2, 1, use_bias=True, name="conv")(x)
+      x = conv(ct, 3, 2, 1, use_bias=True, name="conv", torch_default_from=torch_from)(x)
     elif 2 * hs == ht:
-      x = nn.ConvTranspose(ct, (4, 4), strides=(2, 2), padding="SAME", name="conv")(x)
+      # PyTorch counts a transposed conv's fan-in over its output channels (weight.size(1)).
+      inits = {"kernel_init": torch_uniform(ct * 16), "bias_init": torch_uniform(ct * 16)} if self.torch_init else {}
+      x = nn.ConvTranspose(ct, (4, 4), strides=(2, 2), padding="SAME", name="conv", **inits)(x)
     elif hs >= ht:
-      x = conv(ct, 1 + hs - ht, 1, 0, use_bias=True, name="conv")(x)
+      x = conv(ct, 1 + hs - ht, 1, 0, use_bias=True, name="conv", torch_default_from=torch_from)(x)
     else:
       if 4 * hs == ht:
         x = jax.image.resize(x, (x.shape[0], ht, ht, x.shape[3]), "bilinear")
-      x = conv(ct, 3, 1, 1, use_bias=True, name="conv")(x)
+      x = conv(ct, 3, 1, 1, use_bias=True, name="conv", torch_default_from=torch_from)(x)
       if x.shape[1] != ht:
         x = jax.image.resize(x, (x.shape[0], ht, ht, ct), "bilinear")
     return nn.relu(BatchNorm(name="bn")(x, True))
@@ -53,10 +57,12 @@ class HintRegressor(nn.Module):
 
 class HintRegressors(nn.Module):
   teacher_shapes: Sequence[tuple[int, int, int]]
+  torch_init: bool = False
 
   @nn.compact
   def __call__(self, student_feat: Array) -> list[Array]:
-    return [HintRegressor(tuple(s), name=f"regressor{t}")(student_feat) for t, s in enumerate(self.teacher_shapes)]
+    return [HintRegressor(tuple(s), self.torch_init, name=f"regressor{t}")(student_feat)
+            for t, s in enumerate(self.teacher_shapes)]
 
 
 TERMS = ("ce", "kd", "feat")
@@ -65,11 +71,12 @@ TERMS = ("ce", "kd", "feat")
 @dataclasses.dataclass(frozen=True)
 class FitNetMKD(WeightedTermsMethod):
   hint_gradient: bool = True
+  torch_init: bool = False
 
   terms = TERMS
 
   def feature_module(self) -> HintRegressors:
-    return HintRegressors(self.run.teacher_shapes)
+    return HintRegressors(self.run.teacher_shapes, self.torch_init)
 
   def compute_terms(self, params, state, meta_params, batch):
     del meta_params
@@ -91,4 +98,4 @@ class FitNetMKD(WeightedTermsMethod):
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> FitNetMKD:
   """FitNet-MKD: hints at feat[2] to every teacher plus AVER KD."""
   return FitNetMKD(run, loss_weights(config, TERMS), config.temperature,
-                   hint_gradient=config.fitnet.hint_gradient)
+                   hint_gradient=config.fitnet.hint_gradient, torch_init=config.adapter_init == "torch")

@@ -48,6 +48,7 @@ def one_hot_fraction(weights: Array, tolerance: float = 1e-3) -> Array:
 @dataclasses.dataclass(frozen=True)
 class MMKD(BilevelMethod):
   deep_aligner: bool = False
+  torch_init: bool = False
   hidden_divisor: int = 2
   # The reference detaches the student's outputs before the meta nets; False is only for
   # checking the total derivative by finite differences.
@@ -60,7 +61,7 @@ class MMKD(BilevelMethod):
 
   @property
   def aligner(self) -> FeatureAligner:
-    return FeatureAligner(self.run.teacher_channels, self.deep_aligner, self.run.bn_groups)
+    return FeatureAligner(self.run.teacher_channels, self.deep_aligner, self.run.bn_groups, self.torch_init)
 
   @property
   def weight_net(self) -> WeightMLP:
@@ -155,4 +156,5 @@ def build(config: ml_collections.ConfigDict, run: RunInfo) -> MMKD:
   return MMKD(run, loss_weights(config, TERMS), config.temperature,
               **bilevel_fields(config, TERMS, m.hard_buffer, m.buffer_size),
               deep_aligner=m.deep_aligner, warmup_epochs=config.meta.warmup_epochs,
+              torch_init=config.adapter_init == "torch",
               gram_groups=run.bn_groups if m.gram_per_device else 1, feature_input=m.feature_input)

@@ -8,7 +8,7 @@ Module names inside the networks mirror the PyTorch module paths of the referenc
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -161,13 +161,28 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides, padding, lhs_di
                                       precision, preferred_element_type)
 
 
+def torch_uniform(fan_in: int) -> Callable:
+  """PyTorch's default init of a conv / linear layer's weight and bias, U(-1/sqrt(fan_in),
+  1/sqrt(fan_in)) (kaiming_uniform_ with a = sqrt(5)); ``fan_in`` as PyTorch counts it
+  (weight.size(1) x kernel area: for a transposed conv, its *output* channels)."""
+  bound = 1.0 / np.sqrt(fan_in)
+  def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1,
-         use_bias: bool = False, name: str | None = None) -> nn.Conv:
-  """A Conv2d with PyTorch's explicit symmetric padding."""
+         use_bias: bool = False, name: str | None = None, torch_default_from: int = 0) -> nn.Conv:
+  """A Conv2d with PyTorch's explicit symmetric padding; kaiming-normal (fan_out) weights and zero
+  bias as this zoo's models initialise them, or with ``torch_default_from`` = the input channels
+  PyTorch's default init of an ``nn.Conv2d`` left as built (``torch_uniform``)."""
+  inits = {"kernel_init": conv_kernel_init}
+  if torch_default_from:
+    uniform = torch_uniform(torch_default_from // groups * kernel * kernel)
+    inits = {"kernel_init": uniform, "bias_init": uniform}
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), feature_group_count=groups,
-                 use_bias=use_bias, kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated,
-                 name=name)
+                 use_bias=use_bias, conv_general_dilated=conv_general_dilated, name=name, **inits)
 
 
 def dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
