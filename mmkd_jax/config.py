@@ -496,11 +496,16 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
   """``field: stored -> now`` for every field (but the resumable ones and teacher checkpoint
-  paths) whose value differs between a stored run's config and ``config``."""
+  paths) whose value differs between a stored run's config and ``config``. A field the stored
+  config lacks counts as unchanged at its ``base_config`` default: a later code version added it
+  with the behaviour the run was made with."""
   old, new = _flatten(stored), _flatten(json.loads(config.to_json_best_effort()))
+  defaults = _flatten(json.loads(base_config().to_json_best_effort()))
   out = []
   for key in sorted(set(old) | set(new)):
     if key.startswith(RESUMABLE) or (key.startswith("teachers[") and key.endswith(".checkpoint")):
+      continue
+    if key not in old and key in defaults and new.get(key) == defaults[key]:
       continue
     if old.get(key, "<unset>") != new.get(key, "<unset>"):
       out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
