@@ -26,6 +26,7 @@ from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import sources
 from mmkd_jax.methods import METHODS
+from mmkd_jax.loop import NonFiniteLossError
 from mmkd_jax.registry import ConfigError, UnknownNameError
 from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers import convert
@@ -134,7 +135,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 # Mistakes of the user (config, files, data, a busy or unwritable workdir): one line, exit code 2.
-USER_ERRORS = (train.NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
+USER_ERRORS = (NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
                checkpoint.CheckpointError, checkpoint.WorkdirLockedError, convert.ConversionError, OSError,
                ImportError, ValueError)
 
