@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmkd_jax import checkpoint, evaluation, parallel, runs
+from mmkd_jax.methods.bilevel import is_meta_step
 from mmkd_jax.metrics import MetricWriter, StepLog, eval_name, tagged_train_metrics
 
 PyTree = Any
@@ -27,13 +28,6 @@ PyTree = Any
 
 class NonFiniteLossError(FloatingPointError):
   """A loss term became NaN or infinite."""
-
-
-def is_meta_step(setup: Any, idx: int) -> bool:
-  """The reference's rule: every ``meta.freq`` batches and on the loader's last batch, which
-  it reaches only when the split divides into whole batches (it skips a partial last batch)."""
-  last = idx == setup.steps_per_epoch - 1 and setup.dataset.num_train % setup.config.batch_size == 0
-  return idx % setup.config.meta.freq == 0 or last
 
 
 @dataclasses.dataclass
@@ -189,7 +183,7 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
                                         batch_axis=1 if program.stacked else 0)
   for idx, device_raw in enumerate(batches, start=first_batch):
     metrics = program.step(program.train_fn, device_raw, epoch_array)
-    if setup.method.bilevel and epoch >= config.meta.warmup_epochs and is_meta_step(setup, idx):
+    if setup.method.bilevel and is_meta_step(config, epoch, idx, spe, setup.dataset.num_train):
       metrics = {**metrics, **program.step(program.meta_fn, device_raw, epoch_array)}
     seen += config.batch_size
     ready = log.add(idx, metrics)

@@ -35,6 +35,7 @@ import numpy as np
 
 from mmkd_jax import checkpoint, parallel, runs, train
 from mmkd_jax import config as config_lib
+from mmkd_jax import replica_spec
 from mmkd_jax import loop as loop_lib
 from mmkd_jax import steps as steps_lib
 from mmkd_jax.loop import Member, NonFiniteLossError, Program
@@ -51,9 +52,9 @@ def take(tree: PyTree, k: int) -> PyTree:
   return jax.tree.map(lambda x: x[k], tree)
 
 
-def replica_config(config: ml_collections.ConfigDict, entry: config_lib.ReplicaEntry | int) -> ml_collections.ConfigDict:
+def replica_config(config: ml_collections.ConfigDict, entry: replica_spec.ReplicaEntry | int) -> ml_collections.ConfigDict:
   """The single run a replica is: the config with its seed and overrides, without replicas."""
-  entry = entry if isinstance(entry, config_lib.ReplicaEntry) else config_lib.ReplicaEntry(int(entry))
+  entry = entry if isinstance(entry, replica_spec.ReplicaEntry) else replica_spec.ReplicaEntry(int(entry))
   c = config.copy_and_resolve_references()
   c.seed, c.replicas = entry.seed, ""
   return config_lib.set_fields(c, dict(entry.overrides))
@@ -62,10 +63,10 @@ def replica_config(config: ml_collections.ConfigDict, entry: config_lib.ReplicaE
 def replica_values(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """Each overridden field's value per replica (shape (R,), float32, float64 under x64): the replica's override,
   else the config's own value; {} when no replica overrides anything."""
-  entries = config_lib.replica_entries(config)
+  entries = replica_spec.replica_entries(config)
   fields = sorted({field for entry in entries for field, _ in entry.overrides})
   resolved = config_lib.resolve(config)
-  return {field: np.asarray([dict(entry.overrides).get(field, float(config_lib._get(resolved, field)))  # pylint: disable=protected-access
+  return {field: np.asarray([dict(entry.overrides).get(field, float(replica_spec.get_field(resolved, field)))
                              for entry in entries], jax.dtypes.canonicalize_dtype(np.float64))
           for field in fields}
 
@@ -83,8 +84,8 @@ def loop_kind(kind: str) -> str:
   every setting measured on the CPU too (R=3 MMKD on digits: 1.7x; experiments/RESULTS.md §6).
   ``map`` runs the replicas one after another inside the same compiled program (one
   compilation, R times less temporary memory)."""
-  if kind not in config_lib.REPLICA_LOOPS:
-    raise ValueError(f"replica loop {kind!r} is not one of {config_lib.REPLICA_LOOPS}")
+  if kind not in replica_spec.REPLICA_LOOPS:
+    raise ValueError(f"replica loop {kind!r} is not one of {replica_spec.REPLICA_LOOPS}")
   return "vmap" if kind == "auto" else kind
 
 
@@ -111,14 +112,14 @@ def freeze_on_nonfinite(step_fn, kind: str = "vmap", spmd_axis_name: str | None 
 
 def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Any], cache: Any,
           quiet: bool) -> tuple[Program, list[Member]]:
-  entries = config_lib.replica_entries(config)
+  entries = replica_spec.replica_entries(config)
   shards = int(config.replica_shards)
   kind = loop_kind(config.replica_loop)
   if shards > 1 and jax.process_count() > 1:
     raise config_lib.ConfigError("config.replica_shards: replica groups across processes are not supported yet; "
                                  "use replica_shards=1 (replicas replicated, each batch sharded over every device)")
   mesh = parallel.data_mesh(shards)
-  base = train.build(replica_config(config, config_lib.ReplicaEntry(entries[0].seed)), teachers, cache, mesh=mesh)
+  base = train.build(replica_config(config, replica_spec.ReplicaEntry(entries[0].seed)), teachers, cache, mesh=mesh)
   steps = base.steps
   teacher_vars = parallel.replicate(tuple(t.variables for t in base.teachers), base.mesh) if steps.online else ()
   eval_fn = jax.jit(steps.eval_step)
@@ -175,7 +176,7 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
   if not preempted and all(m.stopped for m in members):
     messages = "; ".join(f"replica {k}: {m.stopped}" for k, m in enumerate(members))
     raise NonFiniteLossError(f"every replica stopped on a non-finite loss ({messages})")
-  return {"seeds": list(config_lib.replica_seeds(config)), "replicas": summaries, "state": program.state}
+  return {"seeds": list(replica_spec.replica_seeds(config)), "replicas": summaries, "state": program.state}
 
 
 __all__ = ["freeze_on_nonfinite", "loop_kind", "stack", "take", "train_replicas"]
