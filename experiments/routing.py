@@ -7,8 +7,8 @@ mass on the teachers competent for its true label, per class and overall.
 The weights are the method's own per-sample KD weights (``logits_weights``) as its training
 objective computes them, on the unaugmented test images with the run's final (latest) student,
 meta networks and teachers (online, eval mode), at the last epoch; the student's BatchNorm runs as
-in a training step (batch statistics of a 500-image batch), since that is the forward the
-weights are computed from in training. Competence is a (classes, teachers) 0/1 matrix, the
+in a training step (batch statistics of a training-size batch; the last, padded batch's zero rows
+enter its statistics), since that is the forward the weights are computed from in training. Competence is a (classes, teachers) 0/1 matrix, the
 oracle's (``experiments/oracle.py``): given as "a,b|c|*" per teacher, or each teacher's own
 trained ``classes``. Writes ``<workdir>/routing.json``::
 
@@ -98,7 +98,9 @@ def measure(workdir: str, competence_text: str = "") -> dict:
     return aux["logits_weights"].astype(jnp.float32)
 
   all_weights, all_labels = [], []
-  for raw in pipeline.eval_batches(setup.dataset.test, setup.spec, config.eval_batch_size):
+  # Training-size batches: a method's weights may read the whole batch (MMKD's Gram rows are B
+  # wide); the padded rows of the last batch are dropped from the record.
+  for raw in pipeline.eval_batches(setup.dataset.test, setup.spec, config.batch_size):
     keep = np.asarray(raw["mask"], bool)
     w = np.asarray(weights_of(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
     all_weights.append(w[keep])

@@ -83,7 +83,7 @@ _POOL_LABELS = {"specialists": "3 x resnet20 specialists (classes 0-3 | 4-6 | 7-
 # feature weight, the best single teacher (highest validation top-1) and, where every teacher saw
 # every class, the competence (experiments/teacher_competence.py: within 2 points of the best
 # teacher's validation top-1 on the class).
-_POOL_CHOICES = {"specialists": {"feat": None, "best_teacher": None, "competence": ""},
+_POOL_CHOICES = {"specialists": {"feat": None, "best_teacher": (0, "sp_0123"), "competence": ""},
                  "mixed": {"feat": None, "best_teacher": None, "competence": None}}
 ORACLE_IMPORT = 'imports=("experiments/oracle.py",)'
 
@@ -98,7 +98,10 @@ def _pool_methods(pool: str) -> tuple:
     methods.append(Variant("mmkd", (f"weights.feat={chosen['feat']}",), f"MMKD (weights.feat={chosen['feat']:g})"))
   if chosen["best_teacher"] is not None:
     index, name = chosen["best_teacher"]
-    methods.append(Variant("kd", (f"kd.teacher_index={index}",), f"KD (best teacher: {name})"))
+    if index == 0:  # KD's default teacher is the best one: one row, the same runs
+      methods[methods.index("kd")] = Variant("kd", (), f"KD (best teacher: {name}, teacher 0)")
+    else:
+      methods.append(Variant("kd", (f"kd.teacher_index={index}",), f"KD (best teacher: {name})"))
   return tuple(methods)
 
 

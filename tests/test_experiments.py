@@ -198,20 +198,23 @@ def digits_teachers(tmp_path_factory):
   return str(root), str(tmp_path_factory.mktemp("tfds"))
 
 
-@pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None)])
+@pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None), ("mmkd", None)])
 def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, method, expected):
   """experiments/routing.py on a finished digits run (two teachers, competence split at class 5):
   the oracle puts all its weight on the competent teacher, AVER half; EBKD's per-class shares are
-  its per-class mean weights on the competent teacher (the two views of one measurement agree)."""
+  its per-class mean weights on the competent teacher (the two views of one measurement agree);
+  MMKD's weights, which read the whole batch (Gram rows), are measured in training-size batches."""
   from mmkd_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
   from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
   from helpers import digits_smoke  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(ORACLE))
   import routing  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import registry  # pylint: disable=import-outside-toplevel
+  registry.import_plugins([ORACLE])  # the oracle's config section exists once it is registered
   teacher_dir, data_dir = digits_teachers
   competence = "0,1,2,3,4|5,6,7,8,9"
   c = digits_smoke(teacher_dir=teacher_dir, data_dir=data_dir, teacher_source="online", epochs=1,
-                   lr_milestones=(1,), async_checkpoints=False, method=method, stop_at_step=3,
+                   lr_milestones=(1,), async_checkpoints=False, method=method, stop_at_step=3, eval_batch_size=40,
                    imports=(ORACLE,), **({"oracle.competence": competence} if method == "oracle" else {}))
   c = config_lib.validate(c)
   loaded = lifecycle.load_teachers(c)
