@@ -68,14 +68,15 @@ def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(t
   for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
     teachers_lib.save_teacher(str(tmp_path / "teachers" / f"digits_{t.name}"), t.arch, 10, t.variables,
                               digits_teacher_record(t.name))
+  smoke = digits_smoke()
   c = config_lib.validate(digits_smoke(teacher_dir=str(tmp_path / "teachers"), data_dir=str(tmp_path / "tfds"),
                                        method="global_weights_kd", imports=(plugin,), teacher_source="online",
-                                       stop_at_step=11, async_checkpoints=False))
-  assert c.global_weights_kd.buffer_size == c.batch_size  # the smoke variant sizes every method's buffer
+                                       stop_at_step=11, async_checkpoints=False,
+                                       **{"global_weights_kd.buffer_size": 2 * smoke.batch_size}))
   loaded = lifecycle.load_teachers(c)
   summary = train.train_and_evaluate(c, str(tmp_path / "run"), loaded, lifecycle.open_cache(c, loaded), quiet=True)
   state = summary["state"]
-  assert isinstance(state.buffer, hard_buffer.HardBuffer) and int(state.buffer.count) == c.batch_size
+  assert isinstance(state.buffer, hard_buffer.HardBuffer) and int(state.buffer.count) == 2 * c.batch_size
   v = np.asarray(state.meta_params["v"])
   counts = [int(x) for path, x in jax.tree_util.tree_flatten_with_path(state.meta_opt_state)[0]
             if "count" in jax.tree_util.keystr(path)]
