@@ -11,9 +11,7 @@ value (config file or ``--config.<field>=...``) always wins.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import copy
-import json
 import os
 import types
 from typing import Any, Iterable, Mapping, Sequence
@@ -22,11 +20,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from mmkd_jax import bilevel, methods, registry
+from mmkd_jax.replica_spec import REPLICA_LOOPS, check_replica_overrides, get_field, replica_entries
 from mmkd_jax.data import sources
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
 from mmkd_jax.registry import ConfigError
 
-REPLICA_LOOPS = ("auto", "vmap", "map")  # how one program steps the replicas (mmkd_jax/replicas.py)
 MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export", "show_config")
 
 # config.faithful=True: what the original PyTorch code computed, bugs included (docs/methods.md).
@@ -281,12 +279,6 @@ def _assign(target: ml_collections.ConfigDict, values: Mapping[str, Any]) -> Non
 # Resolution and validation.
 
 
-def _get(config: ml_collections.ConfigDict, path: str) -> Any:
-  for part in path.split("."):
-    config = config[part]
-  return config
-
-
 def _owned_defaults(config: ml_collections.ConfigDict, spec: methods.MethodSpec) -> dict[str, Any]:
   """Every field the method owns with its default (look-ahead weights: the training weight)."""
   owned: dict[str, Any] = {"feature_layer": spec.feature_layer, "temperature": spec.temperature,
@@ -324,7 +316,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f"method {spec.name!r}: presets name fields it does not own: {sorted(unknown)}")
   for path, default in owned.items():
-    if _get(c, path) is None:
+    if get_field(c, path) is None:
       set_fields(c, {path: preset.get(path, default)})
   for term in spec.terms if spec.bilevel else ():
     path = f"meta.lookahead_weights.{term}"
@@ -341,87 +333,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.resolved_for = key
   c.lock()
   return c
-
-
-# Scalar hyperparameters a replica may override (``config.replicas = "0:weights.feat=10,..."``):
-# the ones that enter the compiled step as numbers, so one program can carry a value per replica
-# (steps.with_values). ``weights.<term>`` / ``meta.lookahead_weights.<term>`` for the method's terms.
-TUNABLE = ("lr", "temperature", "meta.lr", "weights.<term>", "meta.lookahead_weights.<term>")
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplicaEntry:
-  """One replica of ``config.replicas``: its seed and its overrides of tunable fields."""
-  seed: int
-  overrides: tuple[tuple[str, float], ...] = ()
-
-  @property
-  def name(self) -> str:
-    """Its run directory under the workdir: ``seed<s>``, plus ``_<field>=<value>`` per override."""
-    return "_".join([f"seed{self.seed}", *(f"{k}={v:g}" for k, v in self.overrides)])
-
-
-def _tunable(field: str) -> bool:
-  head, _, term = field.rpartition(".")
-  return field in ("lr", "temperature", "meta.lr") or (head in ("weights", "meta.lookahead_weights")
-                                                       and bool(term) and term != "feat_from_epoch")
-
-
-def replica_entries(config: ml_collections.ConfigDict) -> tuple[ReplicaEntry, ...]:
-  """``config.replicas``: comma-separated entries ``seed[:field=value[:field=value...]]``
-  ("0,1,2"; "0:weights.feat=1,0:weights.feat=10"); () without replicas."""
-  text = str(config.get("replicas", "")).strip()
-  if not text:
-    return ()
-  entries = []
-  for part in text.split(","):
-    seed_text, *assignments = part.strip().split(":")
-    try:
-      seed = int(seed_text)
-    except ValueError:
-      raise ConfigError(f"config.replicas: {part.strip()!r} does not start with an integer seed; entries are "
-                        "seed[:field=value...], e.g. '0,1,2' or '0:weights.feat=10,1:weights.feat=10'") from None
-    overrides = {}
-    for assignment in assignments:
-      field, eq, value = assignment.partition("=")
-      field = field.strip()
-      if not eq or not _tunable(field):
-        raise ConfigError(f"config.replicas: {assignment!r} in entry {part.strip()!r} is not field=value of a "
-                          f"tunable scalar; tunable: {', '.join(TUNABLE)}")
-      try:
-        overrides[field] = float(value)
-      except ValueError:
-        raise ConfigError(f"config.replicas: {field}={value!r} in entry {part.strip()!r} is not a number") from None
-    entries.append(ReplicaEntry(seed, tuple(sorted(overrides.items()))))
-  if len(set(entries)) != len(entries):
-    raise ConfigError(f"config.replicas: {text!r} repeats an entry (same seed, same overrides); "
-                      "its replicas would be identical")
-  return tuple(entries)
-
-
-def replica_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The seeds of ``config.replicas`` ("0,1,2" -> (0, 1, 2)); () without replicas."""
-  return tuple(entry.seed for entry in replica_entries(config))
-
-
-def check_replica_overrides(config: ml_collections.ConfigDict) -> None:
-  """Each override names a field of the resolved config; weight overrides need a non-zero base
-  weight, because the base config decides which terms the compiled step computes."""
-  spec = methods.METHODS.get(config.method)
-  for entry in replica_entries(config):
-    for field, _ in entry.overrides:
-      head, _, term = field.rpartition(".")
-      if head in ("weights", "meta.lookahead_weights"):
-        if term not in spec.terms:
-          raise ConfigError(f"config.replicas: {field}: method {config.method!r} has no term {term!r}; "
-                            f"its terms: {', '.join(spec.terms)}")
-        if head == "meta.lookahead_weights" and not spec.bilevel:
-          raise ConfigError(f"config.replicas: {field}: method {config.method!r} has no look-ahead")
-        if not _get(config, field):
-          raise ConfigError(f"config.replicas: {field} is overridden but the base config's {field} is 0, so the "
-                            "compiled step does not compute that term; set it non-zero in the base config")
-      elif field == "meta.lr" and not spec.bilevel:
-        raise ConfigError(f"config.replicas: meta.lr: method {config.method!r} has no meta networks")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -477,92 +388,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if spec.validate is not None:
     spec.validate(c)
   return c
-
-
-# Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and
-# where files are, not what is computed. Anything else differing from the stored run is refused.
-RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
-             "stop_at_step", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
-             "eval_batch_size", "distributed.", "teacher_training.", "trust_pickle", "resolved_for", "progress")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, Mapping):
-    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-  if isinstance(tree, (list, tuple)) and tree and isinstance(tree[0], Mapping):
-    return {k: v for i, value in enumerate(tree) for k, v in _flatten(value, f"{prefix}[{i}].").items()}
-  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
-
-
-def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """``field: stored -> now`` for every field (but the resumable ones and teacher checkpoint
-  paths) whose value differs between a stored run's config and ``config``. A field the stored
-  config lacks counts as unchanged at its ``base_config`` default: a later code version added it
-  with the behaviour the run was made with."""
-  old, new = _flatten(stored), _flatten(json.loads(config.to_json_best_effort()))
-  defaults = _flatten(json.loads(base_config().to_json_best_effort()))
-  out = []
-  for key in sorted(set(old) | set(new)):
-    if key.startswith(RESUMABLE) or (key.startswith("teachers[") and key.endswith(".checkpoint")):
-      continue
-    if key not in old and key in defaults and new.get(key) == defaults[key]:
-      continue
-    if old.get(key, "<unset>") != new.get(key, "<unset>"):
-      out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
-  return out
-
-
-# The fields of a teacher entry (config.teacher), for show_config.
-TEACHER_FIELDS = {
-    "name": "the teacher's name (its directory <teacher_dir>/<dataset>[-<split>]_<name>)",
-    "arch": "a registered model",
-    "checkpoint": "an orbax teacher directory or a .pth/.npz file, used as it is; '' = train into teacher_dir",
-    "seed": "the teacher's initialisation and data order",
-    "classes": "train only on these classes' images (a specialist); () = all",
-    "label_noise": "share of its training labels replaced by another class (symmetric, label_noise_seed)",
-    "train_split": "its own training split (e.g. train[:500]); '' = the run's",
-    "epochs": "its epochs; 0 = teacher_training.epochs",
-    "lr": "its learning rate; 0 = teacher_training.lr",
-}
-
-
-def _field_comments() -> dict[str, str]:
-  """The comments beside the fields in ``base_config``'s source: their one-line descriptions."""
-  import inspect  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
-  out, previous = {}, ""
-  for line in inspect.getsource(base_config).splitlines():
-    stripped = line.strip()
-    match = re.match(r"c\.([\w.]+)(?::[^=]*)?\s*=.*?#\s*(.+)$", stripped)
-    if match:
-      out[match.group(1)] = match.group(2)
-    elif re.match(r"c\.([\w.]+)(?::[^=]*)?\s*=", stripped) and previous.startswith("#"):
-      out[re.match(r"c\.([\w.]+)", stripped).group(1)] = previous.lstrip("# ")
-    previous = stripped
-  return out
-
-
-def describe(config: ml_collections.ConfigDict) -> str:
-  """Every field of ``config`` (resolved) with its value, the base default and a description."""
-  resolved = resolve(config)
-  base, comments = _flatten(json.loads(base_config().to_json_best_effort())), _field_comments()
-  spec = methods.METHODS.get(resolved.method)
-  rows = []
-  for key, value in _flatten(json.loads(resolved.to_json_best_effort())).items():
-    head = key.split(".")[0]
-    note = comments.get(key) or comments.get(head) or ""
-    if head == spec.name:
-      note = note or f"method {spec.name}'s own field ({spec.description})"
-    elif head in methods.METHODS:
-      note = note or f"method {head}'s field, set when --config.method={head}"
-    elif key.startswith("weights.") or key.startswith("meta.lookahead_weights."):
-      note = note or ("weight of the raw loss term " + key.split(".")[-1])
-    elif key.startswith("teachers["):
-      note = TEACHER_FIELDS.get(key.rsplit(".", 1)[-1], "")
-    default = base.get(key, "<method default>")
-    rows.append(f"{key:40s} {json.dumps(value):>28s}   default {json.dumps(default) if default is not None else '<method default>'}"
-                + (f"   # {note}" if note else ""))
-  return "\n".join(rows)
 
 
 __all__ = ["ConfigError", "MODES", "base_config", "load", "parse_arg", "resolve", "set_fields", "teacher",

@@ -24,8 +24,10 @@ from ml_collections import config_flags
 from mmkd_jax import checkpoint, replicas, runs, train
 from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
+from mmkd_jax import replica_spec, show_config
 from mmkd_jax.data import sources
 from mmkd_jax.methods import METHODS
+from mmkd_jax.loop import NonFiniteLossError
 from mmkd_jax.registry import ConfigError, UnknownNameError
 from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers import convert
@@ -50,13 +52,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   config = config_lib.validate(config)
   if config.mode == "show_config":
-    print(config_lib.describe(config))
+    print(show_config.describe(config))
     return {}
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir {workdir} is a file, not a directory")
   stages = _STAGES[config.mode]
   if stages & {"evaluate", "export"}:
-    if config_lib.replica_seeds(config):
+    if replica_spec.replica_seeds(config):
       raise ConfigError(f"config.replicas: mode={config.mode} reads one run; point --workdir at a replica's "
                         f"directory (e.g. {os.path.join(workdir, 'seed0')}) and drop --config.replicas")
     if not os.path.isdir(workdir):
@@ -90,7 +92,7 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, da
     return {}
   runs.raise_if_stopped("after precomputing the teacher cache")
   cache = lifecycle.open_cache(config, loaded, dataset)
-  if config_lib.replica_seeds(config):
+  if replica_spec.replica_seeds(config):
     result = replicas.train_replicas(config, workdir, loaded, cache)
     for summary in result["replicas"]:
       print(f"replica {summary['replica']['index']} (seed {summary['seed']}): {summary['status']}, final top-1 "
@@ -134,7 +136,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 # Mistakes of the user (config, files, data, a busy or unwritable workdir): one line, exit code 2.
-USER_ERRORS = (train.NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
+USER_ERRORS = (NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
                checkpoint.CheckpointError, checkpoint.WorkdirLockedError, convert.ConversionError, OSError,
                ImportError, ValueError)
 

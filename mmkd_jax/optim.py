@@ -1,4 +1,5 @@
-"""Optimisers and schedules with PyTorch's exact semantics (see JAX_NOTES §2.3)."""
+"""Optimisers and schedules with PyTorch's exact semantics (the shared JAX_NOTES.md, section 2.3,
+records what was measured against torch.optim)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -14,7 +14,41 @@ import numpy as np
 
 from mmkd_jax import checkpoint
 from mmkd_jax import config as config_lib
+from mmkd_jax import replica_spec
 from mmkd_jax.registry import ConfigError
+
+
+# Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and
+# where files are, not what is computed. Anything else differing from the stored run is refused.
+RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
+             "stop_at_step", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
+             "eval_batch_size", "distributed.", "teacher_training.", "trust_pickle", "resolved_for", "progress")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+  if isinstance(tree, (list, tuple)) and tree and isinstance(tree[0], Mapping):
+    return {k: v for i, value in enumerate(tree) for k, v in flatten(value, f"{prefix}[{i}].").items()}
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """``field: stored -> now`` for every field (but the resumable ones and teacher checkpoint
+  paths) whose value differs between a stored run's config and ``config``. A field the stored
+  config lacks counts as unchanged at its ``base_config`` default: a later code version added it
+  with the behaviour the run was made with."""
+  old, new = flatten(stored), flatten(json.loads(config.to_json_best_effort()))
+  defaults = flatten(json.loads(config_lib.base_config().to_json_best_effort()))
+  out = []
+  for key in sorted(set(old) | set(new)):
+    if key.startswith(RESUMABLE) or (key.startswith("teachers[") and key.endswith(".checkpoint")):
+      continue
+    if key not in old and key in defaults and new.get(key) == defaults[key]:
+      continue
+    if old.get(key, "<unset>") != new.get(key, "<unset>"):
+      out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+  return out
 
 
 class ConfigMismatchError(ConfigError):
@@ -35,7 +69,7 @@ def check_resumable(ckpt: checkpoint.Checkpoints, identity: dict[str, Any], whic
   if found is None or "config" not in found[0]:
     return
   meta, step = found
-  changes = config_lib.changed_fields(meta["config"], ml_collections.ConfigDict(identity["config"]))
+  changes = changed_fields(meta["config"], ml_collections.ConfigDict(identity["config"]))
   teachers = [f"teacher {name}: fingerprint {meta.get('teacher_fingerprints', {}).get(name)} -> {fp}"
               for name, fp in identity["teacher_fingerprints"].items()
               if meta.get("teacher_fingerprints", {}).get(name, fp) != fp]
@@ -50,7 +84,7 @@ def _mismatch(run_dir: str, step: int, differences: list[str], detail: str = "")
   return ConfigMismatchError(
       f"{run_dir} holds checkpoint step {step} of another run: " + "; ".join(differences) + detail +
       f". Use another --workdir, or the stored config ({os.path.join(run_dir, 'config.json')} is a valid "
-      f"--config). Fields that may change on resume: {', '.join(config_lib.RESUMABLE[:-2])}.")
+      f"--config). Fields that may change on resume: {', '.join(RESUMABLE[:-2])}.")
 
 
 def stored_config(run_dir: str) -> tuple[dict[str, Any], int] | None:
@@ -75,14 +109,14 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses, before any work, a work directory (or replica directory) whose checkpoints were
   made with another config, naming each differing field."""
   from mmkd_jax import replicas  # pylint: disable=import-outside-toplevel
-  entries = config_lib.replica_entries(config)
+  entries = replica_spec.replica_entries(config)
   runs_to_check = ([(os.path.join(workdir, e.name), config_lib.resolve(replicas.replica_config(config, e)))
                     for e in entries] if entries else [(workdir, config)])
   for run_dir, run_config in runs_to_check:
     found = stored_config(run_dir)
     if found is None:
       continue
-    changes = config_lib.changed_fields(found[0], run_config)
+    changes = changed_fields(found[0], run_config)
     if changes:
       raise _mismatch(run_dir, found[1], changes)
 

@@ -17,11 +17,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from mmkd_jax import bilevel, optim, parallel
+from mmkd_jax import optim, parallel
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.data.sources import DatasetSpec
-from mmkd_jax.distill import hard_buffer, losses
+from mmkd_jax.distill import losses
 from mmkd_jax.methods import Method
+from mmkd_jax.methods import bilevel as bilevel_methods
 from mmkd_jax.teachers import Teacher, teacher_forward
 
 PyTree = Any
@@ -88,12 +89,8 @@ class Steps:
       updates = jax.tree.map(lambda u, f: jnp.where(f, jnp.zeros_like(u), u), updates, frozen)
     params = optax.apply_updates(state.params, updates)
     rng, buffer_key = jax.random.split(jax.random.wrap_key_data(state.rng))
-    buffer = state.buffer
     logits = aux["logits"]
-    if isinstance(buffer, hard_buffer.HardBuffer):
-      stored = {k: v for k, v in batch.items() if k != "epoch"}
-      misclassified = jnp.argmax(logits, -1) != batch["label"]
-      buffer = hard_buffer.update(buffer, stored, misclassified, buffer_key)
+    buffer = bilevel_methods.record_hard_examples(state.buffer, batch, logits, buffer_key)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                **{f"loss_{k}": v for k, v in aux["terms"].items()}}
     for key in ("logits_weights", "feature_weights"):
@@ -109,48 +106,10 @@ class Steps:
                               opt_state=opt_state, buffer=buffer, rng=jax.random.key_data(rng))
     return new_state.replace(nonfinite=self.track_nonfinite(state, metrics)), metrics
 
-  def hypergradient(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
-                    epoch: jax.Array) -> tuple[jax.Array, PyTree, Any, jax.Array]:
-    """The meta step's outer loss, hypergradient (per meta network), look-ahead result and the
-    advanced RNG key, on a batch from the hard buffer (or ``raw`` without one)."""
-    meta = self.config.meta
-    rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
-    if isinstance(state.buffer, hard_buffer.HardBuffer):
-      batch = hard_buffer.sample(state.buffer, sample_key, self.config.batch_size)
-      if self.data_sharding is not None:
-        # The buffer is replicated, so a gather from it is too: without this constraint every
-        # device would compute the whole meta step (measured: 7.8x slower on 8 devices).
-        batch = jax.lax.with_sharding_constraint(batch, self.data_sharding)
-    else:
-      batch = self.device_batch(raw, teacher_vars)
-    batch = dict(batch, epoch=epoch)
-    # The look-ahead runs at the learning rate of the training step just taken, held fixed over
-    # its steps, as the reference's MetaSGD (the schedule's next step may lie past a milestone).
-    count = optim.step_count(state.opt_state)
-    lr = self.schedule(jnp.maximum(count - 1, 0)) if self.schedule is not None and count is not None else self.config.lr
-    inner = optim.torch_sgd(lr, self.config.momentum, self.config.nesterov, self.config.weight_decay)
-    inner_state = optim.set_momentum(inner.init(state.params), optim.momentum_of(state.opt_state))
-    heavy_ball = (lr, self.config.momentum, self.config.weight_decay) if meta.hypergradient == "original" else None
-    final, grads, result = bilevel.hypergradient(
-        inner, self.method.lookahead_objectives(), self.method.outer_objective, state.params, inner_state,
-        state.model_state, state.meta_params, batch, first_order=meta.first_order, mode=meta.hypergradient,
-        heavy_ball=heavy_ball, remat=meta.remat)
-    return final, grads, result, rng
-
   def meta_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
                 epoch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    meta = self.config.meta
-    final, grads, result, rng = self.hypergradient(state, raw, teacher_vars, epoch)
-    updates, meta_opt_state = self.meta_optimizer.update(grads, state.meta_opt_state, state.meta_params)
-    new = state.replace(meta_params=optax.apply_updates(state.meta_params, updates),
-                        meta_opt_state=meta_opt_state, rng=jax.random.key_data(rng))
-    if not meta.rollback:  # keep the look-ahead; the schedule still counts training steps only
-      new = new.replace(params=result.params, model_state=result.model_state,
-                        opt_state=optim.set_momentum(state.opt_state, optim.momentum_of(result.opt_state)))
-    elif meta.rollback_bn == "replay":  # the original: one BN update from replaying step 1
-      new = new.replace(model_state=result.model_states[0])
-    metrics = {"meta_outer_loss": final, "hypergrad_norm": optax.tree.norm(grads),
-               **{f"hypergrad_norm/{k}": optax.tree.norm(v) for k, v in grads.items()}}
+    """A bi-level method's meta update (``mmkd_jax.methods.bilevel.meta_update``)."""
+    new, metrics = bilevel_methods.meta_update(self, state, raw, teacher_vars, epoch)
     return new.replace(nonfinite=self.track_nonfinite(new, metrics)), metrics
 
   def eval_step(self, state: TrainState, raw: dict[str, Any]) -> dict[str, jax.Array]:
@@ -247,9 +206,7 @@ def init_state(steps: Steps, example_raw: dict[str, Any], seed: int) -> TrainSta
   teacher_vars = tuple(t.variables for t in steps.teachers) if steps.online else ()
   batch = steps.device_batch(jax.tree.map(jnp.asarray, example_raw), teacher_vars)
   params, model_state, meta_params = steps.method.init(init_key, batch)
-  buffer = {}
-  if steps.method.bilevel and steps.method.hard_buffer_size:
-    buffer = hard_buffer.init(batch, steps.method.hard_buffer_size)
+  buffer = bilevel_methods.init_buffer(steps.method, batch)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=steps.optimizer.init(params), meta_params=meta_params,
                     meta_opt_state=steps.meta_optimizer.init(meta_params), buffer=buffer,

@@ -15,23 +15,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from mmkd_jax import checkpoint, evaluation, parallel, runs
+from mmkd_jax.loop import Member, Program
+from mmkd_jax import loop as loop_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import pipeline, sources
 from mmkd_jax.methods import Method, RunInfo, TeacherView, build_method
-from mmkd_jax.metrics import MetricWriter, StepLog, eval_name, tagged_train_metrics
+from mmkd_jax.metrics import MetricWriter, eval_name
 from mmkd_jax.models import MODELS, get_model
 from mmkd_jax.registry import ConfigError
 from mmkd_jax.steps import Steps, TrainState, init_state, make_steps
 from mmkd_jax.teachers import Teacher, feature_shapes
 
 PyTree = Any
-
-
-class NonFiniteLossError(FloatingPointError):
-  """A loss term became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -141,141 +138,6 @@ def evaluate_teachers(setup: Setup) -> dict[str, float]:
                                      setup.config.eval_batch_size, setup.mesh, setup.config.feature_layer)
 
 
-def is_meta_step(setup: Setup, idx: int) -> bool:
-  """The reference's rule: every ``meta.freq`` batches and on the loader's last batch, which
-  it reaches only when the split divides into whole batches (it skips a partial last batch)."""
-  last = idx == setup.steps_per_epoch - 1 and setup.dataset.num_train % setup.config.batch_size == 0
-  return idx % setup.config.meta.freq == 0 or last
-
-
-@dataclasses.dataclass
-class _Loop:
-  """The mutable parts of a run: state, host-side history, writers."""
-  setup: Setup
-  workdir: str
-  quiet: bool
-  state: TrainState
-  host: dict[str, Any]
-  ckpt: checkpoint.Checkpoints
-  writer: MetricWriter
-  teacher_vars: Any
-  train_fn: Any
-  meta_fn: Any
-  eval_fn: Any
-  label: str = ""  # printed before each epoch line (a replica's name)
-
-  def run_epoch(self, epoch: int, first_batch: int, stop: runs.StopRequest) -> tuple[StepLog, int, float, bool]:
-    """Trains one epoch (from ``first_batch``); returns (its step log, images seen, start time,
-    whether a stop was requested). Every ``log_every`` steps the window before the last one
-    (finished, so reading it stalls nothing) is logged and checked for non-finite terms."""
-    setup, config = self.setup, self.setup.config
-    spe = setup.steps_per_epoch
-    epoch_array = jnp.asarray(epoch, jnp.int32)
-    # The bar counts finished steps (not dispatched ones) and is off when stderr is no terminal.
-    bar = tqdm(total=spe, initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-               disable=True if self.quiet else None, unit="step")
-    log = StepLog(config.log_every, first_batch, self.host.pop("carry", None))
-    tic, seen, done, stopped = time.perf_counter(), 0, 0, False
-    batches = parallel.prefetch_to_device(train_batches(setup, epoch, first_batch), setup.mesh)
-    for idx, device_raw in enumerate(batches, start=first_batch):
-      self.state, metrics = self.train_fn(self.state, device_raw, self.teacher_vars, epoch_array)
-      if setup.method.bilevel and epoch >= config.meta.warmup_epochs and is_meta_step(setup, idx):
-        self.state, meta_metrics = self.meta_fn(self.state, device_raw, self.teacher_vars, epoch_array)
-        metrics = {**metrics, **meta_metrics}
-      seen += config.batch_size
-      ready = log.add(idx, metrics)
-      while done < len(log.steps) and log.steps[done]["loss"].is_ready():
-        done += 1
-        bar.update(1)
-      self.log_windows(epoch, ready)
-      if ready:
-        means = ready[-1][1]
-        bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
-                        img_s=f"{seen / (time.perf_counter() - tic):.0f}")
-      global_step = epoch * spe + idx + 1
-      if stop.requested or global_step == config.stop_at_step or self.ckpt.reached_preemption(global_step):
-        stopped = True
-        break
-    bar.update(len(log.steps) - done)
-    bar.close()
-    return log, seen, tic, stopped
-
-  def log_windows(self, epoch: int, ready: list[tuple[int, dict[str, np.ndarray]]]) -> None:
-    """Writes finished windows of step metrics, stopping on a non-finite term first."""
-    spe = self.setup.steps_per_epoch
-    for idx, means in ready:
-      if any(not np.all(np.isfinite(means[k])) for k in self.setup.steps.tracked if k in means):
-        self.check_finite()
-      step = epoch * spe + idx + 1
-      self.writer.write(step, {**tagged_train_metrics(means, self.teacher_names),
-                               "train/lr": float(self.setup.steps.schedule(step))})
-
-  def stop_mid_epoch(self, epoch: int, log: StepLog, tic: float) -> int:
-    """Logs the finished windows and checkpoints the current step with the epoch's metric sums
-    (so a resumed run logs what an uninterrupted one would); returns the step."""
-    self.log_windows(epoch, log.flush())
-    step_now = int(jax.device_get(self.state.step))
-    self.host["carry"] = log.carry(step_now - epoch * self.setup.steps_per_epoch - 1)
-    self.host["train_seconds"] = self.host.get("train_seconds", 0.0) + time.perf_counter() - tic
-    self.ckpt.save(step_now, self.state, self.host, force=True)
-    self.ckpt.wait()
-    self.host.pop("carry")
-    return step_now
-
-  @property
-  def teacher_names(self) -> list[str]:
-    return [t.name for t in self.setup.teachers]
-
-  def end_epoch(self, epoch: int, log: StepLog, seen: int, tic: float) -> None:
-    """Evaluates, logs and checkpoints after a finished epoch."""
-    config, spec = self.setup.config, self.setup.spec
-    self.log_windows(epoch, log.flush())
-    train_means = log.epoch_means()
-    class_weights = None
-    if "class_weight_sums" in train_means:
-      counts = train_means.pop("class_counts")[:, None]
-      sums = train_means.pop("class_weight_sums")
-      class_weights = np.where(counts > 0, sums / np.maximum(counts, 1e-12), np.nan)
-    result = evaluate(self.setup, self.state, self.eval_fn)
-    epoch_seconds = time.perf_counter() - tic
-    self.host["train_seconds"] = self.host.get("train_seconds", 0.0) + epoch_seconds
-    name = eval_name(spec)
-    is_best = result["top1"] > self.host["best_top1"]
-    if is_best:
-      self.host["best_top1"], self.host["best_epoch"] = result["top1"], epoch + 1
-      self.host["best_chosen_on"] = spec.test_split
-    record = {"epoch": epoch + 1, "eval_split": spec.test_split, f"{name}/top1": result["top1"],
-              f"{name}/top5": result["top5"], f"{name}/loss": result["loss"],
-              "train/images_per_s": seen / epoch_seconds,
-              **{k: v.tolist() if np.ndim(v) else float(v) for k, v in tagged_train_metrics(train_means, self.teacher_names).items()}}
-    self.host["history"].append(record)
-    logged = dict(record)
-    if class_weights is not None:  # (classes, teachers): logged, not kept in the checkpoint
-      logged["teacher_weights/per_class"] = class_weights
-    step_now = int(jax.device_get(self.state.step))
-    self.writer.write(step_now, {k: v for k, v in logged.items() if k != "eval_split"})
-    if not self.quiet:
-      weights = [v for k, v in record.items() if k.startswith("teacher_weights/logits/")]
-      extra = f", teacher weights {np.round(weights, 3).tolist()}" if weights else ""
-      print(f"{self.label}epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train/loss', float('nan')):.4f}, "
-            f"train acc {record.get('train/accuracy', 0):.2f}%, {name} top-1 {result['top1']:.2f}% "
-            f"(best {self.host['best_top1']:.2f}% @ {self.host['best_epoch']}), "
-            f"{record['train/images_per_s']:.0f} img/s{extra}", flush=True)
-    if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or is_best:
-      self.ckpt.save(step_now, self.state, self.host, is_best=is_best)
-
-  def check_finite(self) -> None:
-    message = self.setup.steps.nonfinite_message(np.asarray(jax.device_get(self.state.nonfinite)),
-                                                 self.setup.steps_per_epoch)
-    if message:
-      self.close()
-      raise NonFiniteLossError(message)
-
-  def close(self) -> None:
-    self.ckpt.close()
-    self.writer.close()
-
-
 def restore_or_init(setup: Setup, workdir: str, quiet: bool) -> tuple[TrainState, dict[str, Any], checkpoint.Checkpoints]:
   """The latest checkpoint of ``workdir`` (refused if another run made it) or the initial state,
   with the host-side history and the checkpoint manager."""
@@ -293,16 +155,16 @@ def restore_or_init(setup: Setup, workdir: str, quiet: bool) -> tuple[TrainState
   return state, host, ckpt
 
 
-def record_teacher_accuracy(loop: _Loop, accuracy: dict[str, float] | None = None) -> None:
+def record_teacher_accuracy(member: Member, accuracy: dict[str, float] | None = None) -> None:
   """Evaluates the teachers once per run (or takes ``accuracy``) and logs it at step 0."""
-  host, setup = loop.host, loop.setup
+  host, setup = member.host, member.setup
   if host["teacher_accuracy"] or not setup.teachers:
     return
   host["teacher_accuracy"] = accuracy or evaluate_teachers(setup)
-  if not loop.quiet and not accuracy:  # replicas share one evaluation: printed once
+  if not member.quiet and not accuracy:  # replicas share one evaluation: printed once
     print("teachers (test top-1): " + ", ".join(f"{k.split('/')[1]} {v:.2f}%"
                                                 for k, v in host["teacher_accuracy"].items()))
-  loop.writer.write(0, host["teacher_accuracy"])
+  member.writer.write(0, host["teacher_accuracy"])
 
 
 def resume_step(state: TrainState) -> int:
@@ -311,17 +173,24 @@ def resume_step(state: TrainState) -> int:
   return step if step > 0 else -1
 
 
-def _start(setup: Setup, workdir: str, quiet: bool) -> _Loop:
+def open_member(setup: Setup, workdir: str, quiet: bool, eval_fn: Any, label: str = "") -> Member:
+  """A run's bookkeeping: its latest checkpoint restored (or its initial state), its writer;
+  the teachers' accuracy recorded once."""
+  state, host, ckpt = restore_or_init(setup, workdir, quiet)
+  return Member(setup, workdir, quiet, state, host, ckpt, MetricWriter(workdir, resume_step(state)), eval_fn, label)
+
+
+def _start(setup: Setup, workdir: str, quiet: bool) -> tuple[Program, Member]:
   """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
   steps = setup.steps
-  state, host, ckpt = restore_or_init(setup, workdir, quiet)
-  state = parallel.replicate(state, setup.mesh)
+  member = open_member(setup, workdir, quiet, jax.jit(steps.eval_step))
+  member.state = parallel.replicate(member.state, setup.mesh)
   teacher_vars = parallel.replicate(tuple(t.variables for t in setup.teachers), setup.mesh) if steps.online else ()
-  loop = _Loop(setup, workdir, quiet, state, host, ckpt, MetricWriter(workdir, resume_step(state)), teacher_vars,
-               jax.jit(steps.train_step, donate_argnums=(0,)), jax.jit(steps.meta_step, donate_argnums=(0,)),
-               jax.jit(steps.eval_step))
-  record_teacher_accuracy(loop)
-  return loop
+  program = Program(member.state, jax.jit(steps.train_step, donate_argnums=(0,)),
+                    jax.jit(steps.meta_step, donate_argnums=(0,)), teacher_vars,
+                    lambda epoch, first: train_batches(setup, epoch, first), lr_fn=steps.schedule)
+  record_teacher_accuracy(member)
+  return program, member
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Teacher] = (),
@@ -347,26 +216,16 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
-  config, spe = setup.config, setup.steps_per_epoch
-  loop = _start(setup, workdir, quiet)
-  write_config(config, workdir)  # only once the checkpoints are known to be this run's
-  start_step = int(jax.device_get(loop.state.step))
-  preempted, started = False, time.time()
+  program, member = _start(setup, workdir, quiet)
+  write_config(setup.config, workdir)  # only once the checkpoints are known to be this run's
+  started = time.time()
   with runs.StopRequest() as stop:
-    for epoch in range(start_step // spe, config.epochs):
-      first_batch = start_step % spe if epoch == start_step // spe else 0
-      log, seen, tic, stopped = loop.run_epoch(epoch, first_batch, stop)
-      loop.check_finite()
-      if stopped:
-        preempted = True
-        loop.stop_mid_epoch(epoch, log, tic)  # the caller says where it stopped
-        break
-      loop.end_epoch(epoch, log, seen, tic)
-  loop.close()
-  summary = run_summary(setup, loop.host, "preempted" if preempted else "finished", started)
+    preempted = loop_lib.run(program, [member], stop, lambda k: program.state)
+  member.close()
+  summary = run_summary(setup, member.host, "preempted" if preempted else "finished", started)
   if not preempted:
     write_summary(summary, workdir)
-  summary["state"] = loop.state
+  summary["state"] = program.state
   return summary
 
 

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from mmkd_jax import config as config_lib
+from mmkd_jax import runs
 from mmkd_jax.methods import METHODS
 from mmkd_jax.registry import ConfigError
 
@@ -101,15 +102,6 @@ def test_set_fields_parses_literals_and_names_unknown_fields():
     config_lib.set_fields(c, {"meta.lrr": 1})
 
 
-def test_show_config_describes_every_field():
-  text = config_lib.describe(config_lib.load(DIGITS))
-  lines = text.splitlines()
-  assert len(lines) > 80 and all("default" in line for line in lines)
-  weights = next(line for line in lines if line.startswith("weights.feat "))
-  assert "10.0" in weights and "<method default>" in weights  # the digits preset, and where it comes from
-  assert any(line.startswith("lr ") and "# student SGD learning rate" in line for line in lines)
-
-
 @pytest.mark.parametrize("arg", ["mmkd", "aver,smoke", "bomd"])
 def test_a_runs_config_json_loads_back_to_the_same_resolved_config(arg, tmp_path):
   """What a run records in config.json is a valid --config for the same run (configs/run.py)."""
@@ -117,5 +109,5 @@ def test_a_runs_config_json_loads_back_to_the_same_resolved_config(arg, tmp_path
   path = tmp_path / "config.json"
   path.write_text(resolved.to_json_best_effort(indent=2))
   again = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "run.py"), str(path)))
-  assert config_lib.changed_fields(json.loads(resolved.to_json_best_effort()), again) == []
+  assert runs.changed_fields(json.loads(resolved.to_json_best_effort()), again) == []
   assert again.to_json_best_effort() == resolved.to_json_best_effort()

@@ -16,6 +16,8 @@ from mmkd_jax.methods.mmkd import MMKD
 from mmkd_jax.models import get_model
 from mmkd_jax.teachers import convert
 
+from helpers import method_and_batch
+
 STUDENTS = ["vgg8", "resnet8x4"]
 
 
@@ -184,70 +186,16 @@ def test_plain_step_objective_and_gradients(testvectors, student, precision):
     assert compared >= 10
 
 
-def test_kd_hand_computed():
-  z_s = jnp.array([[0.0, 0.0]])
-  z_t = jnp.array([[4.0, 0.0]])
-  p = np.exp([1.0, 0.0]) / np.sum(np.exp([1.0, 0.0]))  # teacher at T=4
-  expected = 16 * np.sum(p * (np.log(p) - np.log([0.5, 0.5])))
-  np.testing.assert_allclose(losses.kd_per_sample(z_s, z_t, 4.0), [expected], rtol=1e-6)
-  np.testing.assert_allclose(losses.kd_per_sample(z_t, z_t, 4.0), [0.0], atol=1e-7)
-
-
-def test_adaptive_pool_matches_pytorch_windows():
-  x = jnp.arange(5 * 5, dtype=jnp.float32).reshape(1, 5, 5, 1)
-  pooled = np.asarray(losses.adaptive_avg_pool(x, 2))[0, :, :, 0]
-  # PyTorch windows for 5 -> 2: rows/cols [0, 3) and [2, 5).
-  grid = np.arange(25, dtype=np.float32).reshape(5, 5)
-  expected = [[grid[0:3, 0:3].mean(), grid[0:3, 2:5].mean()], [grid[2:5, 0:3].mean(), grid[2:5, 2:5].mean()]]
-  np.testing.assert_allclose(pooled, expected)
-
-
-def test_weights_on_simplex_and_uniform_at_symmetric_input():
-  mlp = WeightMLP(3)
-  x = jax.random.normal(jax.random.key(0), (5, 40))
-  params = mlp.init(jax.random.key(1), x)
-  w = mlp.apply(params, x)
-  np.testing.assert_allclose(np.sum(w, -1), 1.0, rtol=1e-6)
-  assert np.all(np.asarray(w) > 0) and float(np.std(np.asarray(w))) > 1e-3
-  # Symmetric in the teachers (every output unit the same): exactly uniform, whatever the input.
-  symmetric = jax.tree.map(lambda a: a, params)
-  head = symmetric["params"]["all_act"]
-  head["kernel"] = jnp.repeat(head["kernel"][:, :1], 3, axis=1)
-  head["bias"] = jnp.full((3,), head["bias"][0])
-  np.testing.assert_allclose(mlp.apply(symmetric, x), 1 / 3, rtol=1e-6)
-
-
-def test_deep_aligner_shapes():
-  aligner = FeatureAligner((512, 128), deep=True)
-  student = jnp.ones((2, 4, 4, 256))
-  teachers = (jnp.ones((2, 4, 4, 512)), jnp.ones((2, 8, 8, 128)))
-  variables = aligner.init(jax.random.key(0), student, teachers)
-  sd = convert.flax_to_torch(variables)
-  assert sd["regressor0.transfer.0.weight"].shape == (128, 256, 1, 1)
-  assert sd["regressor0.transfer.3.weight"].shape == (128, 128, 3, 3)
-  assert sd["regressor0.transfer.6.weight"].shape == (512, 128, 1, 1)
-  assert aligner.apply(variables, student, teachers, mutable=["batch_stats"])[0].shape == (2, 2)
-
-
-def test_deep_aligner_values_are_the_three_conv_bottleneck():
-  """deep=True: 1x1 -> BN -> ReLU -> 3x3 (padding 1) -> BN -> ReLU -> 1x1 -> BN -> ReLU, batch
-  statistics, then the per-sample MSE against the teacher map; checked against lax convolutions."""
-  rng = np.random.default_rng(0)
-  student = jnp.asarray(rng.standard_normal((3, 4, 4, 8)), jnp.float32)
-  teacher = jnp.asarray(np.abs(rng.standard_normal((3, 4, 4, 6))), jnp.float32)
-  aligner = FeatureAligner((6,), deep=True)
-  variables = aligner.init(jax.random.key(0), student, (teacher,))
-  got, _ = aligner.apply(variables, student, (teacher,), mutable=["batch_stats"])
-  p = variables["params"]["regressor0"]
-
-  def conv_bn_relu(x, conv, bn, pad):
-    y = jax.lax.conv_general_dilated(x, conv["kernel"], (1, 1), [(pad, pad)] * 2,
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv["bias"]
-    mean, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
-    return jax.nn.relu((y - mean) / jnp.sqrt(var + 1e-5) * bn["scale"] + bn["bias"])
-
-  x = conv_bn_relu(student, p["transfer.0"], p["transfer.1"], 0)
-  x = conv_bn_relu(x, p["transfer.3"], p["transfer.4"], 1)
-  x = conv_bn_relu(x, p["transfer.6"], p["transfer.7"], 0)
-  expected = jnp.mean(jnp.square(x - teacher).reshape(3, -1), -1)
-  np.testing.assert_allclose(np.asarray(got)[:, 0], np.asarray(expected), rtol=1e-5)
+def test_cosine_feature_input_does_not_saturate():
+  """Raw Gram entries of post-ReLU maps are large, so the feature-weight softmax starts one-hot
+  (its hypergradient ~1e-40); cosine-normalised Grams are in [-1, 1]."""
+  fractions = {}
+  for mode in ("raw", "cosine"):
+    method, batch = method_and_batch("mmkd", 16, 10, None, **{"mmkd.feature_input": mode})
+    batch = dict(batch, teacher_feat=tuple(20 * f for f in batch["teacher_feat"]))  # CIFAR-scale maps
+    params, state, meta = method.init(jax.random.key(0), batch)
+    _, (_, aux) = method.train_objective(params, state, meta, batch)
+    fractions[mode] = float(aux["diagnostics"]["feature_weights_onehot"])
+  assert fractions["raw"] > 0.9 and fractions["cosine"] == 0.0
+  x = feature_weight_input(batch["teacher_feat"], batch["teacher_feat"][0], mode="cosine")
+  assert float(jnp.max(jnp.abs(x))) <= 1.0 + 1e-6

@@ -50,3 +50,34 @@ def test_extending_doc_shows_the_tested_files():
   for name, code in blocks:
     with open(os.path.join(ROOT, name)) as f:
       assert f.read() == code, f"docs/extending.md's copy of {name} is out of date"
+
+
+def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(tmp_path):
+  """tests/plugin/my_bilevel.py writes only its terms; the look-ahead, the hard buffer, the
+  meta-step schedule and the meta update come from mmkd_jax.methods.bilevel. Trained for 11
+  steps (meta steps after batches 0, 5 and 10): the buffer holds examples and the learned
+  weights moved off uniform."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import config as config_lib, registry, teachers as teachers_lib, train  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.distill import hard_buffer  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from helpers import digits_smoke, digits_teacher_record, random_teachers  # pylint: disable=import-outside-toplevel
+  plugin = os.path.join(PLUGIN, "my_bilevel.py")
+  registry.import_plugins([plugin])
+  for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
+    teachers_lib.save_teacher(str(tmp_path / "teachers" / f"digits_{t.name}"), t.arch, 10, t.variables,
+                              digits_teacher_record(t.name))
+  smoke = digits_smoke()
+  c = config_lib.validate(digits_smoke(teacher_dir=str(tmp_path / "teachers"), data_dir=str(tmp_path / "tfds"),
+                                       method="global_weights_kd", imports=(plugin,), teacher_source="online",
+                                       stop_at_step=11, async_checkpoints=False,
+                                       **{"global_weights_kd.buffer_size": 2 * smoke.batch_size}))
+  loaded = lifecycle.load_teachers(c)
+  summary = train.train_and_evaluate(c, str(tmp_path / "run"), loaded, lifecycle.open_cache(c, loaded), quiet=True)
+  state = summary["state"]
+  assert isinstance(state.buffer, hard_buffer.HardBuffer) and int(state.buffer.count) == 2 * c.batch_size
+  v = np.asarray(state.meta_params["v"])
+  counts = [int(x) for path, x in jax.tree_util.tree_flatten_with_path(state.meta_opt_state)[0]
+            if "count" in jax.tree_util.keystr(path)]
+  assert np.abs(v).max() > 0 and counts == [3]

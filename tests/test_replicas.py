@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mmkd_jax import config as config_lib
+from mmkd_jax import replica_spec
 from mmkd_jax import replicas, steps as steps_lib, train
 from mmkd_jax.registry import ConfigError
 from mmkd_jax.teachers import lifecycle
@@ -111,16 +112,16 @@ def test_a_nonfinite_replica_freezes_and_the_others_go_on(kind):
 
 
 def test_replicas_field_is_checked():
-  assert config_lib.replica_seeds(config_lib.set_fields(config_lib.base_config(), ["replicas=0,1,2"])) == (0, 1, 2)
-  assert config_lib.replica_seeds(config_lib.base_config()) == ()
-  entries = config_lib.replica_entries(config_lib.set_fields(
+  assert replica_spec.replica_seeds(config_lib.set_fields(config_lib.base_config(), ["replicas=0,1,2"])) == (0, 1, 2)
+  assert replica_spec.replica_seeds(config_lib.base_config()) == ()
+  entries = replica_spec.replica_entries(config_lib.set_fields(
       config_lib.base_config(), {"replicas": "0, 0:weights.feat=10:meta.lr=0.01, 1:temperature=2"}))
   assert [e.name for e in entries] == ["seed0", "seed0_meta.lr=0.01_weights.feat=10", "seed1_temperature=2"]
   assert entries[1].overrides == (("meta.lr", 0.01), ("weights.feat", 10.0))
   for bad, words in (("0,x", "integer seed"), ("1,1", "repeats an entry"), ("0:momentum=0.5", "tunable scalar"),
                      ("0:lr=fast", "not a number"), ("0:weights.feat_from_epoch=3", "tunable scalar")):
     with pytest.raises(ConfigError, match=words):
-      config_lib.replica_entries(config_lib.set_fields(config_lib.base_config(), {"replicas": bad}))
+      replica_spec.replica_entries(config_lib.set_fields(config_lib.base_config(), {"replicas": bad}))
 
 
 def test_replica_overrides_are_checked_against_the_method():
@@ -191,7 +192,7 @@ def _config(setting, **overrides):
 def _train(config, workdir):
   loaded = lifecycle.load_teachers(config)
   cache = lifecycle.open_cache(config, loaded)
-  if config_lib.replica_seeds(config):
+  if replica_spec.replica_seeds(config):
     return replicas.train_replicas(config, workdir, loaded, cache, quiet=True)
   return train.train_and_evaluate(config, workdir, loaded, cache, quiet=True)
 
@@ -203,7 +204,8 @@ def _params(state):
 @pytest.mark.slow
 def test_replicas_start_as_their_single_runs_resume_exactly_and_write_run_directories(tmp_path, setting):
   """Seeds 0 and 1 in one program. After one step each replica is the single run of its seed
-  (its own initialisation and data order; float32 rounding only, measured 2e-7 — later steps of
+  (its own initialisation and data order; float32 rounding only: at most 1.7e-6 absolute, measured
+  on conv1's kernel of seed 1, where a wrong seed or batch order moves ~1e-2 — later steps of
   this random-teacher setting amplify float32 rounding ~1e4-fold, so exactness over many steps
   is the float64 test above). Preempted after 5 steps and resumed, the replicas end bit for bit
   where an uninterrupted replica run ends; each seed's directory is an ordinary run."""
@@ -211,7 +213,7 @@ def test_replicas_start_as_their_single_runs_resume_exactly_and_write_run_direct
   for s in (0, 1):
     single = _train(_config(setting, seed=s, stop_at_step=1), str(tmp_path / f"single{s}"))
     for a, b in zip(_params(replicas.take(first["state"], s)), _params(single["state"])):
-      assert _rel(a, b) <= 1e-5
+      np.testing.assert_allclose(a, b, rtol=0, atol=3e-6)
   straight = _train(_config(setting, replicas="0,1"), str(tmp_path / "straight"))
   workdir = str(tmp_path / "resumed")
   first = _train(_config(setting, replicas="0,1", stop_at_step=5), workdir)

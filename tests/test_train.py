@@ -14,6 +14,7 @@ import pytest
 from mmkd_jax import config as config_lib
 from mmkd_jax import teachers as teachers_lib
 from mmkd_jax import runs, train
+from mmkd_jax.loop import NonFiniteLossError
 from mmkd_jax.models import get_model
 from mmkd_jax.teachers import lifecycle
 
@@ -128,7 +129,7 @@ def test_nan_loss_stops_and_names_the_term(tmp_path, teacher_dir, data_dir):
     if i == 1:
       variables["params"]["fc"]["bias"] = variables["params"]["fc"]["bias"] * jnp.nan
     teachers_lib.save_teacher(os.path.join(broken, f"digits_{name}"), "resnet8", 10, variables, digits_teacher_record(name))
-  with pytest.raises(train.NonFiniteLossError, match=r"'loss_kd' became NaN/inf at step 0 \(epoch 1"):
+  with pytest.raises(NonFiniteLossError, match=r"'loss_kd' became NaN/inf at step 0 \(epoch 1"):
     _run(_config(broken, data_dir, method="aver"), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints") or not os.listdir(tmp_path / "w" / "checkpoints")
 
@@ -251,6 +252,6 @@ def test_nan_stops_within_two_log_windows_not_at_the_end_of_the_epoch(tmp_path, 
       yield batch
 
   monkeypatch.setattr(train, "train_batches", counted)
-  with pytest.raises(train.NonFiniteLossError, match=r"'loss_kd' became NaN/inf at step 0"):
+  with pytest.raises(NonFiniteLossError, match=r"'loss_kd' became NaN/inf at step 0"):
     _run(_config(broken, data_dir, method="aver", log_every=2), str(tmp_path / "w"))
   assert seen["batches"] <= 1 + 3 * 2  # the example batch, then at most three log windows

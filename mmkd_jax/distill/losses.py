@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmkd_jax.models.layers import adaptive_avg_pool
+
 Array = jax.Array
 
 
@@ -33,24 +35,6 @@ def kd_per_sample(student_logits: Array, teacher_logits: Array, temperature: flo
 def kd_batchmean(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
   """``KLDivLoss(reduction='batchmean') * T^2``: the batch mean of ``kd_per_sample``."""
   return jnp.mean(kd_per_sample(student_logits, teacher_logits, temperature), axis=-1)
-
-
-def adaptive_avg_pool(x: Array, size: int) -> Array:
-  """``F.adaptive_avg_pool2d(x, size)`` for NHWC maps (PyTorch's window boundaries)."""
-  h, w = x.shape[1], x.shape[2]
-  if (h, w) == (size, size):
-    return x
-  if h % size == 0 and w % size == 0:
-    return x.reshape(x.shape[0], size, h // size, size, w // size, x.shape[3]).mean(axis=(2, 4))
-  rows = []
-  for i in range(size):
-    r0, r1 = (i * h) // size, -(-((i + 1) * h) // size)
-    cols = []
-    for j in range(size):
-      c0, c1 = (j * w) // size, -(-((j + 1) * w) // size)
-      cols.append(x[:, r0:r1, c0:c1, :].mean(axis=(1, 2)))
-    rows.append(jnp.stack(cols, axis=1))
-  return jnp.stack(rows, axis=1)
 
 
 def pool_to_common_size(student_feat: Array, teacher_feat: Array) -> tuple[Array, Array]:
@@ -84,5 +68,5 @@ def top_k_correct(logits: Array, labels: Array, k: int) -> Array:
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-__all__ = ["adaptive_avg_pool", "cross_entropy", "per_sample_cross_entropy", "gram", "kd_batchmean", "kd_per_sample",
+__all__ = ["cross_entropy", "per_sample_cross_entropy", "gram", "kd_batchmean", "kd_per_sample",
            "per_sample_mse", "pool_to_common_size", "top_k_correct", "weighted_batch_sum"]

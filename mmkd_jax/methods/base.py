@@ -6,7 +6,7 @@ its per-dataset presets::
 
     @register("mine", terms={"ce": 1.0, "kd": 1.0}, section={"sharpness": 2.0})
     def build(config, run: RunInfo) -> Method:
-      return Mine(run, loss_weights(config, run), sharpness=config.mine.sharpness)
+      return Mine(run, loss_weights(config, Mine.terms), sharpness=config.mine.sharpness)
 
 The trainer only calls the ``Method`` hooks below. Loss weights have one meaning for every
 method: a method returns its *raw* terms (``ce``: cross-entropy on labels; ``kd``: the logit
@@ -227,42 +227,6 @@ class WeightedTermsMethod:
   def frozen(self, params, epoch):
     del params, epoch
     return None
-
-
-@dataclasses.dataclass(frozen=True)
-class BilevelMethod(WeightedTermsMethod):
-  """Weights learned by a look-ahead (MMKD, BOMD-like): ``matching_steps`` steps on the
-  look-ahead weights of the terms, ``outer_steps`` on the outer objective, whose value after
-  them trains ``meta_params`` (``mmkd_jax.bilevel``)."""
-  lookahead_weights: LossWeights = LossWeights(())
-  matching_steps: int = 2
-  outer_steps: int = 1
-  buffer_size: int = 0
-
-  bilevel = True
-
-  @property
-  def hard_buffer_size(self) -> int:  # pylint: disable=invalid-overridden-method
-    return self.buffer_size
-
-  def lookahead_objectives(self) -> Sequence[Objective]:
-    matching = self._objective(self.lookahead_weights)
-    return [matching] * self.matching_steps + [self.outer_objective] * self.outer_steps
-
-  def outer_objective(self, params, state, meta_params, batch):
-    """Cross-entropy of the student on the (meta) batch, BatchNorm in train mode."""
-    del meta_params
-    _, logits, stats = apply_student(self.student, params, state, batch["image"])
-    return losses.cross_entropy(logits, batch["label"]), (dict(state, student=stats), {"logits": logits})
-
-
-def bilevel_fields(config: ml_collections.ConfigDict, terms: Sequence[str], hard_buffer: bool,
-                   buffer_size: int) -> dict[str, Any]:
-  """The ``BilevelMethod`` fields every bi-level method reads from a resolved config."""
-  return {"lookahead_weights": lookahead_loss_weights(config, terms),
-          "matching_steps": config.meta.lookahead_matching_steps,
-          "outer_steps": config.meta.lookahead_outer_steps,
-          "buffer_size": buffer_size if hard_buffer else 0}
 
 
 # ----------------------------------------------------------------------------------------

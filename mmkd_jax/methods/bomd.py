@@ -22,9 +22,9 @@ import jax.numpy as jnp
 
 import ml_collections
 
-from mmkd_jax.distill import hard_buffer, losses
-from mmkd_jax.methods.base import (BilevelMethod, RunInfo, apply_student, bilevel_fields, init_student,
-                                   kd_matrix, loss_weights, register)
+from mmkd_jax.distill import losses
+from mmkd_jax.methods.base import RunInfo, apply_student, init_student, kd_matrix, loss_weights, register
+from mmkd_jax.methods.bilevel import BUFFER_SECTION, BilevelMethod, bilevel_fields, check_buffer
 
 Array = jax.Array
 PyTree = Any
@@ -76,14 +76,9 @@ class BOMD(BilevelMethod):
                                                "feature_weights": per_sample_weights}
 
 
-def _validate(config: ml_collections.ConfigDict) -> None:
-  if config.bomd.hard_buffer:
-    hard_buffer.check_capacity(config.bomd.buffer_size, config.batch_size, "bomd.buffer_size")
-
-
 @register("bomd", terms={"ce": 1.0, "kd": 1.0, "feat": 10.0}, bilevel=True, lookahead={"ce": 0.0},
-          section={"hard_buffer": True, "buffer_size": 256}, validate=_validate)
+          section=BUFFER_SECTION, validate=lambda config: check_buffer(config, "bomd"))
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> BOMD:
   """BOMD-like: orthogonal teacher-to-student projections, bi-level global teacher weights."""
   return BOMD(run, loss_weights(config, TERMS), config.temperature,
-              **bilevel_fields(config, TERMS, config.bomd.hard_buffer, config.bomd.buffer_size))
+              **bilevel_fields(config, TERMS, "bomd"))

@@ -25,6 +25,7 @@ import numpy as np
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import Embed
 from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
+from mmkd_jax.models.layers import adaptive_avg_pool
 from mmkd_jax.registry import ConfigError
 
 Array = jax.Array
@@ -39,7 +40,7 @@ def confidence_weights(per_teacher_ce: Array) -> Array:
 def resize_to(x: Array, size: int) -> Array:
   """Adaptive average pooling down, bilinear (align_corners=False) upsampling up."""
   if x.shape[1] >= size:
-    return losses.adaptive_avg_pool(x, size)
+    return adaptive_avg_pool(x, size)
   return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
 
 

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mmkd_jax.distill import hard_buffer, losses
+from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import FeatureAligner
 from mmkd_jax.distill.meta_nets import FEATURE_INPUTS, WeightMLP, feature_weight_input, logits_weight_input
-from mmkd_jax.methods.base import BilevelMethod, RunInfo, apply_student, bilevel_fields, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, apply_student, loss_weights, register
+from mmkd_jax.methods.bilevel import BUFFER_SECTION, BilevelMethod, bilevel_fields, check_buffer
 from mmkd_jax.registry import ConfigError
 
 Array = jax.Array
@@ -53,7 +54,6 @@ class MMKD(BilevelMethod):
   # The reference detaches the student's outputs before the meta nets; False is only for
   # checking the total derivative by finite differences.
   detach_student: bool = True
-  warmup_epochs: int = 0
   gram_groups: int = 1  # >1: Gram matrices within each group (device) instead of the global batch
   feature_input: str = "raw"  # the feature weight net's input: 'raw' Gram matrices, or 'cosine'
 
@@ -98,13 +98,7 @@ class MMKD(BilevelMethod):
       w_feat = self.weight_net.apply({"params": meta_params["feature_weight"]},
                                      feature_weight_input(batch["teacher_feat"], student_feat,
                                                           self.detach_student, self.gram_groups, self.feature_input))
-    if "epoch" in batch and self.warmup_epochs > 0:  # equal weights until the meta nets train
-      warm = batch["epoch"] < self.warmup_epochs
-      uniform = 1.0 / self.run.num_teachers
-      w_logits = jnp.where(warm, uniform, w_logits)
-      if w_feat is not None:
-        w_feat = jnp.where(warm, uniform, w_feat)
-    return w_logits, w_feat
+    return self.warm_up(w_logits, batch), None if w_feat is None else self.warm_up(w_feat, batch)
 
   def terms_from_outputs(self, logits: Array, student_feat: Array | None, params: PyTree, state: PyTree,
                          meta_params: PyTree, batch: dict[str, Any]) -> tuple[dict, PyTree, dict]:
@@ -138,13 +132,11 @@ class MMKD(BilevelMethod):
 def _validate(config: ml_collections.ConfigDict) -> None:
   if config.mmkd.feature_input not in FEATURE_INPUTS:
     raise ConfigError(f"config.mmkd.feature_input: {config.mmkd.feature_input!r} is not one of {FEATURE_INPUTS}")
-  if config.mmkd.hard_buffer:
-    hard_buffer.check_capacity(config.mmkd.buffer_size, config.batch_size, "mmkd.buffer_size")
+  check_buffer(config, "mmkd")
 
 
 @register("mmkd", terms={"ce": 1.0, "kd": 1.0, "feat": 100.0}, bilevel=True, lookahead={"ce": 0.0},
-          section={"hard_buffer": True, "buffer_size": 256, "deep_aligner": False, "gram_per_device": False,
-                   "feature_input": "raw"},
+          section={**BUFFER_SECTION, "deep_aligner": False, "gram_per_device": False, "feature_input": "raw"},
           # digits: weights.feat chosen on a validation split (train[:85%] / train[85%:], 3 seeds,
           # 15 epochs), never on test: 0 / 10 / 100 gave 92.59 / 94.44 / 92.28% (experiments/RESULTS.md).
           # fashion_mnist: on train[90%:] (2 seeds) weights.feat 1 / 10 / 100 gave 86.01 / 85.90 / 85.01%
@@ -154,7 +146,7 @@ def build(config: ml_collections.ConfigDict, run: RunInfo) -> MMKD:
   """MMKD: meta-weighted KD and feature terms, weights by the exact hypergradient."""
   m = config.mmkd
   return MMKD(run, loss_weights(config, TERMS), config.temperature,
-              **bilevel_fields(config, TERMS, m.hard_buffer, m.buffer_size),
-              deep_aligner=m.deep_aligner, warmup_epochs=config.meta.warmup_epochs,
+              **bilevel_fields(config, TERMS, "mmkd"),
+              deep_aligner=m.deep_aligner,
               torch_init=config.adapter_init == "torch",
               gram_groups=run.bn_groups if m.gram_per_device else 1, feature_input=m.feature_input)

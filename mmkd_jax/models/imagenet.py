@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmkd_jax.distill.losses import adaptive_avg_pool
+from mmkd_jax.models.layers import adaptive_avg_pool
 from mmkd_jax.models.layers import BatchNorm, channel_shuffle, conv, dense
 
 Array = jax.Array

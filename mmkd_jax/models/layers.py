@@ -192,6 +192,24 @@ def dense(features: int, fan_in: int, name: str | None = None) -> nn.Dense:
   return nn.Dense(features, kernel_init=dense_kernel_init, bias_init=bias_init, name=name)
 
 
+def adaptive_avg_pool(x: Array, size: int) -> Array:
+  """``F.adaptive_avg_pool2d(x, size)`` for NHWC maps (PyTorch's window boundaries)."""
+  h, w = x.shape[1], x.shape[2]
+  if (h, w) == (size, size):
+    return x
+  if h % size == 0 and w % size == 0:
+    return x.reshape(x.shape[0], size, h // size, size, w // size, x.shape[3]).mean(axis=(2, 4))
+  rows = []
+  for i in range(size):
+    r0, r1 = (i * h) // size, -(-((i + 1) * h) // size)
+    cols = []
+    for j in range(size):
+      c0, c1 = (j * w) // size, -(-((j + 1) * w) // size)
+      cols.append(x[:, r0:r1, c0:c1, :].mean(axis=(1, 2)))
+    rows.append(jnp.stack(cols, axis=1))
+  return jnp.stack(rows, axis=1)
+
+
 def global_avg_pool_flatten(x: Array) -> Array:
   """Average over the whole map, flattened: the reference's ``F.avg_pool2d(x, k)`` + ``view`` at
   the input size it was written for (its k is the final map's size there), and global pooling at

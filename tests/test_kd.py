@@ -1,0 +1,25 @@
+"""methods/kd.py: single-teacher KD."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from helpers import method_and_batch
+
+B, C = 16, 10
+
+
+def _setup(name: str, feature_layer: int | None = None, **overrides):
+  return method_and_batch(name, B, C, feature_layer, **overrides)
+
+
+def test_single_teacher_kd_is_hinton_kd_from_that_teacher():
+  method, batch = _setup("kd", **{"kd.teacher_index": 1})
+  params, state, meta = method.init(jax.random.key(0), batch)
+  _, (_, terms) = method.train_objective(params, state, meta, batch)
+  z_s, z_t = np.asarray(terms["logits"], np.float64) / 4, np.asarray(batch["teacher_logits"][:, 1], np.float64) / 4
+  log_p = lambda z: z - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1, keepdims=True)) - z.max(-1, keepdims=True)
+  expected = 16 * np.mean(np.sum(np.exp(log_p(z_t)) * (log_p(z_t) - log_p(z_s)), -1))
+  np.testing.assert_allclose(terms["terms"]["kd"], expected, rtol=1e-5)
+  np.testing.assert_array_equal(terms["logits_weights"][:, 1], 1.0)
