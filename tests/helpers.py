@@ -114,3 +114,13 @@ def digits_teacher_record(name: str) -> dict:
   config = config_lib.validate(digits_smoke())
   (entry,) = [t for t in config.teachers if t.name == name]
   return {"dataset": "digits", "identity": lifecycle.identity(config, entry)}
+
+
+def save_random_digits_teachers(root: str) -> str:
+  """The digits smoke config's two teachers (s_resnet8a, s_resnet8b: random resnet8, seed 40)
+  saved under ``root`` with their recorded identity, as the pipeline finds trained ones."""
+  from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
+  for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
+    teachers_lib.save_teacher(os.path.join(root, f"digits_{t.name}"), t.arch, 10, t.variables,
+                              digits_teacher_record(t.name))
+  return root

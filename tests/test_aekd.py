@@ -11,14 +11,6 @@ import pytest
 
 from mmkd_jax.methods import aekd
 
-from helpers import method_and_batch
-
-B, C = 16, 10
-
-
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
 
 def _slsqp(gram, cap):
   from scipy import optimize  # pylint: disable=import-outside-toplevel

@@ -19,10 +19,6 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
-
 def _rkd_distance_reference(student: np.ndarray, target: np.ndarray) -> float:
   """RKD's distance loss written out with loops, in float64."""
   def normalised(e):
@@ -35,7 +31,7 @@ def _rkd_distance_reference(student: np.ndarray, target: np.ndarray) -> float:
 
 
 def test_amtml_weights_target_and_phases():
-  method, batch = _setup("amtml")
+  method, batch = method_and_batch("amtml")
   params, state, meta = method.init(jax.random.key(0), batch)
   _, (_, terms) = method.train_objective(params, state, meta, batch)
   np.testing.assert_allclose(np.sum(terms["logits_weights"], -1), 1.0, rtol=1e-5)
@@ -54,8 +50,8 @@ def test_amtml_weights_target_and_phases():
 
 
 def test_amtml_reductions_differ_by_the_class_count():
-  m_mean, batch = _setup("amtml", **{"amtml.kd_reduction": "mean"})
-  m_batch, _ = _setup("amtml", **{"amtml.kd_reduction": "batchmean"})
+  m_mean, batch = method_and_batch("amtml", **{"amtml.kd_reduction": "mean"})
+  m_batch, _ = method_and_batch("amtml", **{"amtml.kd_reduction": "batchmean"})
   params, state, meta = m_mean.init(jax.random.key(0), batch)
   a = m_mean.train_objective(params, state, meta, batch)[1][1]["terms"]["kd"]
   b = m_batch.train_objective(params, state, meta, batch)[1][1]["terms"]["kd"]
@@ -70,8 +66,8 @@ def test_rkd_distance_loss_and_the_faithful_amtml_term():
   np.testing.assert_allclose(float(amtml.rkd_distance_loss(jnp.asarray(z, jnp.float32), jnp.asarray(p, jnp.float32))),
                              _rkd_distance_reference(z, p), rtol=1e-5)
   assert float(amtml.rkd_distance_loss(jnp.asarray(z), jnp.asarray(2 * z))) == pytest.approx(0.0, abs=1e-6)
-  plain, batch = _setup("amtml")
-  faithful, _ = _setup("amtml", faithful=True)
+  plain, batch = method_and_batch("amtml")
+  faithful, _ = method_and_batch("amtml", faithful=True)
   assert plain.weights["dist"] == 0.0 and faithful.weights["dist"] == 1.0
   params, state, meta = plain.init(jax.random.key(0), batch)
   loss_plain, (_, aux_plain) = plain.train_objective(params, state, meta, batch)

@@ -11,12 +11,6 @@ from mmkd_jax.methods import bomd
 
 from helpers import method_and_batch
 
-B, C = 16, 10
-
-
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
 
 def test_bomd_projection_stays_orthogonal_under_many_updates():
   key = jax.random.key(0)
@@ -40,7 +34,7 @@ def test_bomd_projection_stays_orthogonal_under_many_updates():
 
 
 def test_bomd_weights_are_a_distribution():
-  method, batch = _setup("bomd")
+  method, batch = method_and_batch("bomd")
   params, state, meta = method.init(jax.random.key(0), batch)
   meta = {"teacher_logits": jnp.array([1.0, 0.0, -1.0])}
   _, (_, terms) = method.train_objective(params, state, meta, batch)

@@ -10,12 +10,6 @@ from mmkd_jax.methods.camkd import confidence_weights
 
 from helpers import method_and_batch
 
-B, C = 16, 10
-
-
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
 
 def _terms(method, batch, epoch=1):
   params, state, meta = method.init(jax.random.key(0), batch)
@@ -35,11 +29,11 @@ def test_camkd_confidence_weights_by_hand():
 
 def test_camkd_drops_the_feature_term_in_the_first_epoch():
   """The reference's training loop (loops.py): L = CE + KD in epoch 1, + 50 feat afterwards."""
-  method, batch = _setup("camkd")
+  method, batch = method_and_batch("camkd")
   first, t = _terms(method, batch, epoch=0)
   later, _ = _terms(method, batch, epoch=1)
   assert t["feat"] > 0
   np.testing.assert_allclose(first, t["ce"] + t["kd"], rtol=1e-6)
   np.testing.assert_allclose(later, t["ce"] + t["kd"] + 50.0 * t["feat"], rtol=1e-6)
-  always, _ = _setup("camkd", **{"weights.feat_from_epoch": 0})
+  always, _ = method_and_batch("camkd", **{"weights.feat_from_epoch": 0})
   np.testing.assert_allclose(_terms(always, batch, epoch=0)[0], later, rtol=1e-6)

@@ -7,14 +7,6 @@ import numpy as np
 
 from mmkd_jax.methods.ebkd import ebkd_weights, entropy
 
-from helpers import method_and_batch
-
-B, C = 16, 10
-
-
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
 
 def test_ebkd_weights_by_hand():
   # Teacher 0 is confident (low entropy), teacher 1 uniform (entropy log 3).

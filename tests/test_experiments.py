@@ -190,12 +190,8 @@ def test_competent_share_of_hand_computed_weights():
 
 @pytest.fixture(scope="module")
 def digits_teachers(tmp_path_factory):
-  from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
-  from helpers import digits_teacher_record, random_teachers  # pylint: disable=import-outside-toplevel
-  root = tmp_path_factory.mktemp("teachers")
-  for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
-    teachers_lib.save_teacher(str(root / f"digits_{t.name}"), t.arch, 10, t.variables, digits_teacher_record(t.name))
-  return str(root), str(tmp_path_factory.mktemp("tfds"))
+  from helpers import save_random_digits_teachers  # pylint: disable=import-outside-toplevel
+  return save_random_digits_teachers(str(tmp_path_factory.mktemp("teachers"))), str(tmp_path_factory.mktemp("tfds"))
 
 
 @pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None), ("mmkd", None)])

@@ -7,15 +7,9 @@ import optax
 
 from helpers import method_and_batch
 
-B, C = 16, 10
-
-
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
 
 def test_fitnet_hint_trains_regressors_and_student():
-  method, batch = _setup("fitnet")
+  method, batch = method_and_batch("fitnet")
   params, state, meta = method.init(jax.random.key(0), batch)
 
   def hint_only(p):
@@ -28,7 +22,7 @@ def test_fitnet_hint_trains_regressors_and_student():
 
 
 def test_fitnet_hint_gradient_false_is_the_originals_graph_cut():
-  method, batch = _setup("fitnet", **{"fitnet.hint_gradient": False})
+  method, batch = method_and_batch("fitnet", **{"fitnet.hint_gradient": False})
   params, state, meta = method.init(jax.random.key(0), batch)
 
   def hint_only(p):

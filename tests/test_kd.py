@@ -7,15 +7,9 @@ import numpy as np
 
 from helpers import method_and_batch
 
-B, C = 16, 10
-
-
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
 
 def test_single_teacher_kd_is_hinton_kd_from_that_teacher():
-  method, batch = _setup("kd", **{"kd.teacher_index": 1})
+  method, batch = method_and_batch("kd", **{"kd.teacher_index": 1})
   params, state, meta = method.init(jax.random.key(0), batch)
   _, (_, terms) = method.train_objective(params, state, meta, batch)
   z_s, z_t = np.asarray(terms["logits"], np.float64) / 4, np.asarray(batch["teacher_logits"][:, 1], np.float64) / 4

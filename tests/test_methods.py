@@ -17,10 +17,6 @@ from helpers import method_and_batch
 B, C = 16, 10
 
 
-def _setup(name: str, feature_layer: int | None = None, **overrides):
-  return method_and_batch(name, B, C, feature_layer, **overrides)
-
-
 def _terms(method, batch, epoch=1):
   params, state, meta = method.init(jax.random.key(0), batch)
   loss, (_, aux) = method.train_objective(params, state, meta, dict(batch, epoch=jnp.asarray(epoch)))
@@ -29,7 +25,7 @@ def _terms(method, batch, epoch=1):
 
 @pytest.mark.parametrize("name", [m for m in METHODS if m != "none"])
 def test_every_method_trains_and_its_learned_parts_get_gradients(name):
-  method, batch = _setup(name)
+  method, batch = method_and_batch(name)
   params, state, meta = method.init(jax.random.key(0), batch)
   (loss, (new_state, terms)), grads = jax.value_and_grad(method.train_objective, has_aux=True)(
       params, state, meta, batch)
@@ -54,7 +50,7 @@ def test_every_method_trains_and_its_learned_parts_get_gradients(name):
 def test_loss_weights_mean_the_same_for_every_method(name):
   """weights.ce / weights.kd scale the raw terms (RepDistiller's gamma 0.1 / alpha 0.9 recipe);
   AVER ignored alpha before, and single-teacher KD had no CE weight."""
-  method, batch = _setup(name, **{"weights.ce": 0.1, "weights.kd": 0.9})
+  method, batch = method_and_batch(name, **{"weights.ce": 0.1, "weights.kd": 0.9})
   loss, t = _terms(method, batch)
   np.testing.assert_allclose(loss, 0.1 * t["ce"] + 0.9 * t["kd"], rtol=1e-6)
 
@@ -77,7 +73,7 @@ def test_adapter_init_torch_is_pytorchs_default_conv_init(name, module):
   from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, as PyTorch leaves an nn.Conv2d;
   the default is kaiming-normal (fan_out) with zero bias."""
   for init in ("kaiming", "torch"):
-    method, batch = _setup(name, adapter_init=init)
+    method, batch = method_and_batch(name, adapter_init=init)
     params, _, _ = method.init(jax.random.key(0), batch)
     leaves = {tuple(str(getattr(k, "key", k)) for k in path): np.asarray(v)
               for path, v in jax.tree_util.tree_flatten_with_path(params[module])[0]}

@@ -59,15 +59,13 @@ def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(t
   weights moved off uniform."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import config as config_lib, registry, teachers as teachers_lib, train  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import config as config_lib, registry, train  # pylint: disable=import-outside-toplevel
   from mmkd_jax.distill import hard_buffer  # pylint: disable=import-outside-toplevel
   from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
-  from helpers import digits_smoke, digits_teacher_record, random_teachers  # pylint: disable=import-outside-toplevel
+  from helpers import digits_smoke, save_random_digits_teachers  # pylint: disable=import-outside-toplevel
   plugin = os.path.join(PLUGIN, "my_bilevel.py")
   registry.import_plugins([plugin])
-  for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
-    teachers_lib.save_teacher(str(tmp_path / "teachers" / f"digits_{t.name}"), t.arch, 10, t.variables,
-                              digits_teacher_record(t.name))
+  save_random_digits_teachers(str(tmp_path / "teachers"))
   smoke = digits_smoke()
   c = config_lib.validate(digits_smoke(teacher_dir=str(tmp_path / "teachers"), data_dir=str(tmp_path / "tfds"),
                                        method="global_weights_kd", imports=(plugin,), teacher_source="online",

@@ -16,7 +16,7 @@ from mmkd_jax import replicas, steps as steps_lib, train
 from mmkd_jax.registry import ConfigError
 from mmkd_jax.teachers import lifecycle
 
-from helpers import as_float64, digits_smoke, digits_teacher_record, random_teachers, steps_and_state
+from helpers import as_float64, digits_smoke, steps_and_state
 
 
 def _raw(seed: int, like: dict) -> dict:
@@ -175,11 +175,8 @@ def test_replicas_with_their_own_hyperparameters_equal_single_runs_with_them():
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory):
-  from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
-  root = tmp_path_factory.mktemp("teachers")
-  for t in random_teachers(("resnet8", "resnet8"), seed=40, names=("s_resnet8a", "s_resnet8b")):
-    teachers_lib.save_teacher(str(root / f"digits_{t.name}"), t.arch, 10, t.variables, digits_teacher_record(t.name))
-  return str(root), str(tmp_path_factory.mktemp("tfds"))
+  from helpers import save_random_digits_teachers  # pylint: disable=import-outside-toplevel
+  return save_random_digits_teachers(str(tmp_path_factory.mktemp("teachers"))), str(tmp_path_factory.mktemp("tfds"))
 
 
 def _config(setting, **overrides):
