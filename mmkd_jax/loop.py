@@ -157,7 +157,7 @@ def log_windows(program: Program, members: list[Member], epoch: int, ready: list
   for idx, means in ready:
     step = epoch * setup.steps_per_epoch + idx + 1
     tracked = [np.asarray(means[t]) for t in setup.steps.tracked if t in means]
-    if not all(np.all(np.isfinite(program.member_of(v, k) if program.stacked else v))
+    if not all(np.all(np.isfinite(program.member_of(v, k)))
                for v in tracked for k in _active(members)):
       check_finite(program, members)
     lr = program.lr(step, len(members))
@@ -255,7 +255,7 @@ def run(program: Program, members: list[Member], stop: runs.StopRequest,
         member.save_stop(member_carry(program, carry, k), tic)
       else:
         means = log.epoch_means()
-        member.end_epoch(epoch, program.member_of(means, k) if program.stacked else means, seen, tic)
+        member.end_epoch(epoch, program.member_of(means, k), seen, tic)
     if interrupted:
       for member in members:
         member.ckpt.wait()
