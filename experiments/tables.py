@@ -83,7 +83,7 @@ _POOL_LABELS = {"specialists": "3 x resnet20 specialists (classes 0-3 | 4-6 | 7-
 # feature weight, the best single teacher (highest validation top-1) and, where every teacher saw
 # every class, the competence (experiments/teacher_competence.py: within 2 points of the best
 # teacher's validation top-1 on the class).
-_POOL_CHOICES = {"specialists": {"feat": None, "best_teacher": (0, "sp_0123"), "competence": ""},
+_POOL_CHOICES = {"specialists": {"feat": 1.0, "best_teacher": (0, "sp_0123"), "competence": ""},
                  "mixed": {"feat": None, "best_teacher": None, "competence": None}}
 ORACLE_IMPORT = 'imports=("experiments/oracle.py",)'
 

@@ -9,6 +9,7 @@ cannot be read (corrupt files) is reported with its step, moved aside to ``<work
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import logging
 import os
@@ -46,6 +47,10 @@ class Checkpoints:
 
   def save(self, step: int, state: PyTree, host_state: dict[str, Any], is_best: bool = False,
            force: bool = False) -> None:
+    # Orbax serialises the JSON item later, in its writer thread: hand it a copy, or changes the
+    # caller makes to its dict after this call (the loop pops its metric carry) land in the file.
+    host_state = copy.deepcopy(host_state)
+
     def args():
       return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(host_state))
     if step not in self.latest.all_steps():

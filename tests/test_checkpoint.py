@@ -71,3 +71,18 @@ def test_all_corrupt_is_a_clear_error(tmp_path):
 
 def test_no_checkpoint_returns_none(tmp_path):
   assert checkpoint.Checkpoints(str(tmp_path)).restore(_state(0)) is None
+
+
+def test_async_save_keeps_the_host_state_as_it_was_when_saved(tmp_path):
+  """Orbax writes the JSON item in a background thread; the loop changes its host dict right after
+  save (pops the mid-epoch metric carry, appends history), and the checkpoint must not see that."""
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=True)
+  host = {"history": [{"epoch": 1}], "carry": {"sums": {"loss": [1.5]}}}
+  ckpt.save(3, _state(3), host, force=True)
+  host.pop("carry")
+  host["history"].append({"epoch": 2})
+  ckpt.wait()
+  _, restored, step = ckpt.restore(_state(0))
+  assert step == 3
+  assert restored == {"history": [{"epoch": 1}], "carry": {"sums": {"loss": [1.5]}}}
+  ckpt.close()
