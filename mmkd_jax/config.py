@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import os
+import re
 import types
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -210,35 +212,75 @@ def parse_arg(arg: str | None, positional: Sequence[str] = (), defaults: Mapping
   return types.SimpleNamespace(**values)
 
 
-def _parse_value(value: Any) -> Any:
-  if not isinstance(value, str):
-    return value
-  try:
-    return ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return value
-
-
 def set_fields(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | Iterable[str]
                ) -> ml_collections.ConfigDict:
   """Sets dotted fields: ``{'meta.lr': 1e-4}`` or ``['meta.lr=1e-4', ...]`` (strings are Python
-  literals, else taken as text). Unknown fields raise ConfigError naming them."""
+  literals, else taken as text; ``true``/``false`` for a flag). A method's section is created when
+  first set (a plug-in's once ``imports`` names its module). Unknown fields raise ConfigError."""
   items = overrides.items() if isinstance(overrides, Mapping) else (s.split("=", 1) for s in overrides)
   for key, value in items:
-    target = config
+    if "=" in key or not key:
+      raise ConfigError(f"config.{key}: write overrides as FIELD=VALUE")
     *parents, leaf = key.split(".")
+    if parents and _name_and_index(parents[0])[0] not in config:
+      _add_method_section(config, _name_and_index(parents[0])[0])
+    target = config
+    for part in parents:
+      target = _child(target, part, key)
+    if leaf not in target:
+      raise ConfigError(f"config.{key}: no such field{_did_you_mean(leaf, target)}")
     try:
-      for p in parents:
-        target = target[p]
-      if leaf not in target:
-        raise KeyError(leaf)
-      parsed = _parse_value(value)
-      if isinstance(target[leaf], str) and isinstance(value, str):
-        parsed = value  # a text field keeps the text ("0,1,2" is not a tuple here)
-      target[leaf] = parsed
-    except (KeyError, AttributeError, TypeError) as e:
-      raise ConfigError(f"config.{key}: no such field ({e})") from e
+      target[leaf] = _parse_value(value, target[leaf], key)
+    except TypeError as e:
+      raise ConfigError(f"config.{key}: {e}") from e
   return config
+
+
+def _name_and_index(part: str) -> tuple[str, int | None]:
+  """``teachers[1]`` -> ('teachers', 1); ``meta`` -> ('meta', None)."""
+  match = re.fullmatch(r"(\w+)\[(\d+)\]", part)
+  return (match.group(1), int(match.group(2))) if match else (part, None)
+
+
+def _child(target: Any, part: str, key: str) -> Any:
+  name, index = _name_and_index(part)
+  if not isinstance(target, ml_collections.ConfigDict) or name not in target:
+    raise ConfigError(f"config.{key}: no such field {name!r}{_did_you_mean(name, target)}")
+  child = target[name]
+  if index is None:
+    return child
+  if not isinstance(child, (list, tuple)) or index >= len(child):
+    raise ConfigError(f"config.{key}: config.{name} has no entry {index}")
+  return child[index]
+
+
+def _did_you_mean(name: str, target: Any) -> str:
+  keys = list(target.keys()) if isinstance(target, ml_collections.ConfigDict) else []
+  close = difflib.get_close_matches(name, keys, n=1)
+  return f'. Did you mean "{close[0]}"?' if close else ""
+
+
+def _add_method_section(config: ml_collections.ConfigDict, name: str) -> None:
+  registry.import_plugins(config.get("imports", ()))
+  if name in methods.METHODS and methods.METHODS.get(name).section:
+    with config.unlocked():
+      config[name] = _placeholders(methods.METHODS.get(name).section)
+
+
+def _parse_value(value: Any, current: Any, key: str) -> Any:
+  if not isinstance(value, str):
+    return value
+  if isinstance(current, str):
+    return value  # a text field keeps the text ("0,1,2" is not a tuple here)
+  if isinstance(current, bool) and value.lower() in ("true", "false"):
+    return value.lower() == "true"
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return value
+    raise ConfigError(f"config.{key}={value}: invalid literal for {type(current).__name__} (write a Python "
+                      f"literal, e.g. {current!r})") from None
 
 
 def load(path: str, arg: str | None = None, overrides: Mapping[str, Any] | Iterable[str] = ()
@@ -248,7 +290,7 @@ def load(path: str, arg: str | None = None, overrides: Mapping[str, Any] | Itera
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path} does not exist")
   module = flags_impl._LoadConfigModule(os.path.splitext(os.path.basename(path))[0], path)  # pylint: disable=protected-access
-  return set_fields(module.get_config(arg), overrides)
+  return set_fields(module.get_config() if arg is None else module.get_config(arg), overrides)
 
 
 def from_json(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:

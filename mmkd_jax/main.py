@@ -19,7 +19,6 @@ import sys
 from absl import app, flags, logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from mmkd_jax import checkpoint, replicas, runs, train
 from mmkd_jax import student as student_lib
@@ -33,7 +32,9 @@ from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers import convert
 from mmkd_jax.teachers import lifecycle
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("config", None, "A config file (configs/digits.py[:arg]), a shipped config by name, or a "
+                    "run's config.json; --config.FIELD=VALUE sets a field.")
+_LOADED: dict[str, ml_collections.ConfigDict] = {}   # the config parse_flags loaded
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
 
 
@@ -143,11 +144,7 @@ USER_ERRORS = (NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.Cach
 
 def fail(message: str) -> None:
   """Prints one line on stderr and exits with code 2 (no traceback)."""
-  message = str(message)
-  if "Traceback (most recent call last)" in message:  # config_flags wraps the config file's error
-    head = message.split("Traceback", 1)[0].strip().rstrip(":")
-    message = f"{head}: {message.strip().splitlines()[-1].strip()}"
-  message = message.replace("\\'", "'").replace("\\n", " ")
+  message = str(message).replace("\\'", "'").replace("\\n", " ")
   print("error: " + " ".join(message.split()), file=sys.stderr)
   sys.exit(2)
 
@@ -186,40 +183,66 @@ Stopping: SIGTERM stops at the next safe point with everything finished so far s
 same command resumes. User mistakes: one line on stderr, exit 2, nothing written. See README.md."""
 
 
+def split_config_args(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+  """(the other arguments, the --config value, the --config.FIELD=VALUE overrides in order)."""
+  rest, config, overrides = [], None, []
+  items = iter(argv)
+  for item in items:
+    if item == "--config" or item.startswith("--config.") and "=" not in item:
+      value = next(items, None)
+      if value is None:
+        fail(f"{item} needs a value")
+      item = f"{item}={value}"
+    if item.startswith("--config="):
+      config = item[len("--config="):]
+    elif item.startswith("--config."):
+      overrides.append(item[len("--config."):])
+    else:
+      rest.append(item)
+  return rest, config, overrides
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad config (typo in a field, unknown argument, missing file)
-  reported in one line instead of a traceback, and shipped configs found by name."""
-  argv = list(argv)
+  """absl's flag parsing for the other flags; the config loaded by ``config_lib.load`` (so a
+  plug-in method's section exists as soon as ``config.imports`` names its module), with a bad
+  config (typo in a field, unknown argument, missing file) reported in one line, and shipped
+  configs found by name."""
   if any(item in ("--help", "-h", "--helpshort", "-help") for item in argv[1:]):
     print(USAGE)
     sys.exit(0)
-  for i, item in enumerate(argv):
-    if item.startswith("--config=") and not item.startswith("--config."):
-      argv[i] = "--config=" + resolve_config_path(item[len("--config="):])
-    elif item == "--config" and i + 1 < len(argv):
-      argv[i + 1] = resolve_config_path(argv[i + 1])
+  rest, config_arg, overrides = split_config_args(list(argv))
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(rest)
   except flags.Error as e:
     fail(str(e))
-  except Exception as e:  # pylint: disable=broad-except  (raised by the config file or an override)
-    cause = e.__cause__ or e
-    fail(f"--config: {type(cause).__name__}: {str(cause).strip(chr(39)).strip()}")
-  return []
+  if config_arg is not None:
+    path, _, arg = resolve_config_path(config_arg).partition(":")
+    try:
+      config = config_lib.load(path, arg or None, overrides)
+    except ConfigError as e:  # an override (or the config file) names a field wrongly
+      fail(f"--{e}" if str(e).startswith("config.") else f"--config: {e}")
+    except Exception as e:  # pylint: disable=broad-except  (raised by the config file)
+      fail(f"--config: {type(e).__name__}: {str(e).strip(chr(39)).strip()}")
+    config.lock()
+    _LOADED["config"] = config
+  elif overrides:
+    fail(f"--config.{overrides[0]} needs --config CONFIG (see README.md)")
+  return remaining
 
 
 def main(argv) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  if _CONFIG.value is None:
+  config = _LOADED.get("config")
+  if config is None:
     fail("--config is required, e.g. --config configs/digits.py (see README.md)")
-  if _WORKDIR.value is None and _CONFIG.value.mode != "show_config":
+  if _WORKDIR.value is None and config.mode != "show_config":
     fail("--workdir is required: the directory for checkpoints, metrics and the summary")
   try:
-    initialize_distributed(_CONFIG.value)
+    initialize_distributed(config)
     if jax.process_index() != 0:
       logging.set_verbosity(logging.ERROR)
-    run(_CONFIG.value, _WORKDIR.value)
+    run(config, _WORKDIR.value)
   except runs.Preempted as e:  # a clean stop: everything finished so far is saved
     print(str(e), flush=True)
   except USER_ERRORS as e:

@@ -35,7 +35,7 @@ def _one_line_error(done, *fragments):
     (["--config", DIGITS, "--config.epochz=3"], ['Did you mean "epochs"']),
     (["--config", DIGITS, "--config.epochs=abc"], ["--config.epochs=abc", "invalid literal"]),
     (["--config", f"{DIGITS}:smok"], ["method='smok' is unknown; valid: none, kd"]),
-    (["--config", "configs/nope.py"], ["No such file or directory", "configs/nope.py"]),
+    (["--config", "configs/nope.py"], ["config file configs/nope.py does not exist"]),
     ([], ["--config is required"]),
     (["--config", DIGITS, "--config.method=magic"], ["config.method: unknown method 'magic'"]),
     (["--config", DIGITS, "--config.dataset=no_such_dataset"], ["config.dataset: unknown dataset 'no_such_dataset'"]),

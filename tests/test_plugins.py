@@ -79,3 +79,16 @@ def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(t
   counts = [int(x) for path, x in jax.tree_util.tree_flatten_with_path(state.meta_opt_state)[0]
             if "count" in jax.tree_util.keystr(path)]
   assert np.abs(v).max() > 0 and counts == [3]
+
+
+def test_a_plugin_section_is_set_from_the_command_line_once_imports_names_its_module(tmp_path):
+  """No import order to respect: a config that never imported the plug-in, --config.imports naming
+  it, and an override of a field in the plug-in method's own section, in one fresh process."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  oracle = os.path.join(ROOT, "experiments", "oracle.py")
+  done = subprocess.run([sys.executable, "-m", "mmkd_jax.main", "--config", "digits", f"--config.imports=('{oracle}',)",
+                         "--config.method=oracle", "--config.oracle.competence=0,1,2,3,4|5,6,7,8,9",
+                         "--config.mode=show_config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert re.search(r'^oracle\.competence +"0,1,2,3,4\|5,6,7,8,9"', done.stdout, re.M), done.stdout[-3000:]

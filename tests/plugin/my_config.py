@@ -8,16 +8,14 @@ Expected: teachers and student well above chance (25%); under a minute on a 2-co
 import os
 
 from mmkd_jax import config as config_lib
-from mmkd_jax.registry import import_plugins
 
 PARTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "my_parts.py")
 
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg)  # accepts only "smoke"
-  import_plugins([PARTS])  # registers the parts before base_config() lists their config sections
   c = config_lib.base_config()
-  c.imports = (PARTS,)      # and again in every process that runs this config
+  c.imports = (PARTS,)      # imported wherever this config is loaded or resolved
   c.dataset = "bright_quadrant"
   c.method = "confident_kd"
   c.student = "tiny_net"
