@@ -63,4 +63,4 @@ def build(config: ml_collections.ConfigDict, run: RunInfo) -> Oracle:
   """Oracle: per-sample KD weights one-hot on the teachers competent for the true label."""
   matrix = competence_matrix(config, run.num_classes)
   matrix = matrix / matrix.sum(1, keepdims=True)
-  return Oracle(run, loss_weights(config, Oracle.terms), config.temperature, tuple(map(tuple, matrix.tolist())))
+  return Oracle(run, loss_weights(config), config.temperature, tuple(map(tuple, matrix.tolist())))

@@ -183,7 +183,7 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
                                         batch_axis=1 if program.stacked else 0)
   for idx, device_raw in enumerate(batches, start=first_batch):
     metrics = program.step(program.train_fn, device_raw, epoch_array)
-    if setup.method.bilevel and is_meta_step(config, epoch, idx, spe, setup.dataset.num_train):
+    if setup.method_spec.bilevel and is_meta_step(config, epoch, idx, spe, setup.dataset.num_train):
       metrics = {**metrics, **program.step(program.meta_fn, device_raw, epoch_array)}
     seen += config.batch_size
     ready = log.add(idx, metrics)

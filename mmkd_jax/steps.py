@@ -21,7 +21,7 @@ from mmkd_jax import optim, parallel
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.data.sources import DatasetSpec
 from mmkd_jax.distill import losses
-from mmkd_jax.methods import Method
+from mmkd_jax.methods import METHODS, Method, MethodSpec
 from mmkd_jax.methods import bilevel as bilevel_methods
 from mmkd_jax.teachers import Teacher, teacher_forward
 
@@ -58,16 +58,20 @@ class Steps:
   steps_per_epoch: int = 0
 
   @property
+  def method_spec(self) -> MethodSpec:
+    return METHODS.get(self.config.method)
+
+  @property
   def tracked(self) -> tuple[str, ...]:
     """The metrics the NaN guard watches, in the order ``nonfinite`` indexes them."""
-    return tuple(f"loss_{t}" for t in self.method.terms) + ("loss",) + META_TRACKED
+    return tuple(f"loss_{t}" for t in self.method_spec.terms) + ("loss",) + META_TRACKED
 
   def device_batch(self, raw: dict[str, Any], teacher_vars: Sequence[PyTree]) -> dict[str, Any]:
     """Augments (from seed, index, replay) and normalises on device; adds teacher outputs."""
     x = normalize(augment_for(self.spec, raw["image"], raw["index"], raw["replay"], self.config.augmentation_seed),
                   self.spec.mean, self.spec.std)
     batch = {"image": x, "label": raw["label"]}
-    if self.method.needs_teachers:
+    if self.method_spec.needs_teachers:
       if self.online:
         logits, feats = teacher_forward(self.teachers, teacher_vars, x, self.config.feature_layer,
                                         self.config.dtype)
@@ -169,19 +173,12 @@ def with_values(steps: Steps, values: dict[str, jax.Array]) -> Steps:
   if not values:
     return steps
   method, config = steps.method, steps.config
-  changes = {}
-  if "temperature" in values:
-    changes["temperature"] = values["temperature"]
-  for field, prefix in (("weights", "weights."), ("lookahead_weights", "meta.lookahead_weights.")):
-    chosen = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
-    if chosen:
-      changes[field] = getattr(method, field).with_values(chosen)
-  if changes:
-    try:
-      method = dataclasses.replace(method, **changes)
-    except TypeError as e:
-      raise TypeError(f"method {config.method!r} ({type(method).__name__}) does not take per-replica "
-                      f"{', '.join(changes)}: it is not a dataclass with those fields ({e})") from e
+  method_values = {k: v for k, v in values.items() if k not in ("lr", "meta.lr")}
+  if method_values:
+    if not hasattr(method, "with_values"):
+      raise TypeError(f"method {config.method!r} ({type(method).__name__}) has no with_values hook: it does not "
+                      f"take per-replica {', '.join(method_values)}")
+    method = method.with_values(method_values)
   out = dataclasses.replace(steps, method=method)
   if "lr" in values or "meta.lr" in values:
     schedule, optimizer, meta_optimizer = _optimizers(config, steps.steps_per_epoch, values.get("lr", float(config.lr)),

@@ -21,7 +21,7 @@ from mmkd_jax.loop import Member, Program
 from mmkd_jax import loop as loop_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import pipeline, sources
-from mmkd_jax.methods import Method, RunInfo, TeacherView, build_method
+from mmkd_jax.methods import METHODS, Method, MethodSpec, RunInfo, TeacherView, build_method
 from mmkd_jax.metrics import MetricWriter, eval_name
 from mmkd_jax.models import MODELS, get_model
 from mmkd_jax.registry import ConfigError
@@ -45,6 +45,11 @@ class Setup:
   @property
   def spec(self) -> sources.DatasetSpec:
     return self.dataset.spec
+
+  @property
+  def method_spec(self) -> MethodSpec:
+    """What the method declared when it registered: its terms, bilevel, needs_teachers."""
+    return METHODS.get(self.config.method)
 
 
 def _check_feature_layer(model, image_shape, layer: int, what: str) -> tuple[int, ...]:
@@ -86,9 +91,10 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher] = (), c
     raise ConfigError(f"config.batch_norm_groups: {bn_groups} groups do not divide batch_size {config.batch_size}")
   student = get_model(config.student, dataset.spec.num_classes, bn_groups, config.dtype)
   method = build_method(config, run_info(config, dataset.spec, teachers, student, bn_groups))
-  if method.needs_teachers and not teachers:
+  needs_teachers = METHODS.get(config.method).needs_teachers
+  if needs_teachers and not teachers:
     raise ConfigError(f"config.teachers: method {config.method!r} needs teachers; none are loaded")
-  if method.needs_teachers:
+  if needs_teachers:
     _check_feature_layer(student, dataset.spec.image_shape, config.feature_layer, f"the student {config.student}")
   steps = make_steps(config, method, dataset.spec, teachers, mesh, spe)
   return Setup(config, dataset, spe, method, list(teachers), cache, steps, mesh)
@@ -96,7 +102,7 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher] = (), c
 
 def _host_batch(setup: Setup, indices: np.ndarray, epoch: int) -> dict[str, Any]:
   """Extra per-example arrays joined to image batches: the replay and the cached teacher outputs."""
-  if setup.cache is not None and setup.method.needs_teachers and not setup.steps.online:
+  if setup.cache is not None and setup.method_spec.needs_teachers and not setup.steps.online:
     return setup.cache.lookup(indices, epoch)
   return {"replay": np.full(len(indices), epoch, np.int32)}
 
@@ -104,7 +110,7 @@ def _host_batch(setup: Setup, indices: np.ndarray, epoch: int) -> dict[str, Any]
 def replay_of(setup: Setup, epoch: int) -> int:
   """The augmentation replay of an epoch: the cache's (epoch mod its replays) with precomputed
   teachers, else the epoch itself (a fresh view every epoch)."""
-  if setup.cache is not None and setup.method.needs_teachers and not setup.steps.online:
+  if setup.cache is not None and setup.method_spec.needs_teachers and not setup.steps.online:
     return epoch % setup.config.num_replays
   return epoch
 
@@ -246,7 +252,7 @@ def run_summary(setup: Setup, host: dict[str, Any], status: str, started: float)
                       "cache_logits_dtype": config.cache_logits_dtype}
                      if config.teacher_source == "precomputed" and setup.teachers else {}),
                   "train_split": setup.spec.train_split, "eval_split": setup.spec.test_split,
-                  "hypergradient": config.meta.hypergradient if setup.method.bilevel else None},
+                  "hypergradient": config.meta.hypergradient if setup.method_spec.bilevel else None},
       "teachers": [{"name": t.name, "arch": t.arch, "fingerprint": t.fingerprint} for t in setup.teachers],
       "wall_seconds": host.get("train_seconds", time.time() - started),  # every session of the run
       "stage_seconds": {"teacher_training": sum(t.train_seconds or 0.0 for t in setup.teachers),

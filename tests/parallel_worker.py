@@ -84,7 +84,7 @@ if mode == "steps":
     raw = parallel.shard_batch(batches[idx], setup.mesh)
     state, m = train_fn(state, raw, tv, epoch)
     losses.append(float(m["loss"]))
-    if setup.method.bilevel and idx % c.meta.freq == 0:
+    if setup.method_spec.bilevel and idx % c.meta.freq == 0:
       state, mm = meta_fn(state, raw, tv, epoch)
       meta_losses.append(float(mm["meta_outer_loss"]))
   result = {"losses": np.array(losses), "meta_losses": np.array(meta_losses), **record(state)}
@@ -111,7 +111,7 @@ elif mode == "replica_steps":
   for idx in range(STEPS):
     raw = parallel.shard_batch(replicas.stack([stream[idx] for stream in streams]), mesh, batch_axis=1)
     state, _ = train_fn(state, raw, tv, epoch)
-    if steps.method.bilevel and idx % c.meta.freq == 0:
+    if steps.method_spec.bilevel and idx % c.meta.freq == 0:
       state, _ = meta_fn(state, raw, tv, epoch)
   kernel = jax.tree.leaves(state.params)[0]
   result = {"mesh_shape": np.array([mesh.shape["replica"], mesh.shape["data"]]),

@@ -205,7 +205,6 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
   from helpers import digits_smoke  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(ORACLE))
   import routing  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import registry  # pylint: disable=import-outside-toplevel
   teacher_dir, data_dir = digits_teachers
   competence = "0,1,2,3,4|5,6,7,8,9"
   c = digits_smoke(teacher_dir=teacher_dir, data_dir=data_dir, teacher_source="online", epochs=1,

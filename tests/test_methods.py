@@ -30,7 +30,7 @@ def test_every_method_trains_and_its_learned_parts_get_gradients(name):
   (loss, (new_state, terms)), grads = jax.value_and_grad(method.train_objective, has_aux=True)(
       params, state, meta, batch)
   assert np.isfinite(float(loss))
-  assert set(terms["terms"]) <= set(method.terms)
+  assert set(terms["terms"]) <= set(METHODS.get(name).terms)
   assert terms["logits"].shape == (B, C)
   for key in ("logits_weights", "feature_weights"):
     if key in terms and terms[key] is not None:
@@ -38,7 +38,7 @@ def test_every_method_trains_and_its_learned_parts_get_gradients(name):
   for part, tree in grads.items():
     norm = float(optax.tree.norm(tree))
     assert np.isfinite(norm) and norm > 0, (name, part, norm)
-  if method.bilevel:
+  if METHODS.get(name).bilevel:
     opt = optim.torch_sgd(0.05)
     _, hypergrad, _ = bilevel.hypergradient(opt, method.lookahead_objectives(), method.outer_objective,
                                             params, opt.init(params), state, meta, batch)

@@ -166,5 +166,5 @@ class AEKD(WeightedTermsMethod):
 @register("aekd", terms={"ce": 1.0, "kd": 1.0}, section={"c": 0.6, "normalize": False})
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> AEKD:
   """AEKD: min-norm weights of the teachers' logit gradients (cap aekd.c)."""
-  return AEKD(run, loss_weights(config, AEKD.terms), config.temperature, c=config.aekd.c,
+  return AEKD(run, loss_weights(config), config.temperature, c=config.aekd.c,
               normalize_gradients=config.aekd.normalize)

@@ -86,7 +86,6 @@ class GroupHints(nn.Module):
     return outs
 
 
-TERMS = ("ce", "kd", "angle", "dist", "feat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +93,6 @@ class AMTMLKD(WeightedTermsMethod):
   adapter_epochs: int = 80
   kd_reduction: str = "mean"  # 'mean' (as coded: / (B C)) or 'batchmean' (/ B)
 
-  terms = TERMS
 
   @property
   def _groups(self) -> GroupHints:
@@ -161,5 +159,5 @@ def _validate(config: ml_collections.ConfigDict) -> None:
           validate=_validate)
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> AMTMLKD:
   """AMTML-KD: latent teacher representations, integrated soft target, multi-group hints."""
-  return AMTMLKD(run, loss_weights(config, TERMS), config.temperature,
+  return AMTMLKD(run, loss_weights(config), config.temperature,
                  adapter_epochs=config.amtml.adapter_epochs, kd_reduction=config.amtml.kd_reduction)

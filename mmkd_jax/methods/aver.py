@@ -31,4 +31,4 @@ class AVER(WeightedTermsMethod):
 @register("aver", terms={"ce": 1.0, "kd": 1.0})
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> AVER:
   """AVER: equal-weight average of the per-teacher KD losses."""
-  return AVER(run, loss_weights(config, AVER.terms), config.temperature)
+  return AVER(run, loss_weights(config), config.temperature)

@@ -6,7 +6,11 @@ its per-dataset presets::
 
     @register("mine", terms={"ce": 1.0, "kd": 1.0}, section={"sharpness": 2.0})
     def build(config, run: RunInfo) -> Method:
-      return Mine(run, loss_weights(config, Mine.terms), sharpness=config.mine.sharpness)
+      return Mine(run, loss_weights(config), sharpness=config.mine.sharpness)
+
+What a method *is* (its terms, whether it is bi-level, whether it reads teachers) is declared once,
+in ``register``; the trainer reads it from the registered ``MethodSpec``, the method's weights
+from ``loss_weights(config)``.
 
 The trainer only calls the ``Method`` hooks below. Loss weights have one meaning for every
 method: a method returns its *raw* terms (``ce``: cross-entropy on labels; ``kd``: the logit
@@ -73,11 +77,9 @@ class RunInfo:
 
 @runtime_checkable
 class Method(Protocol):
-  """The hooks the trainer calls; nothing else about a method is known outside its module."""
+  """The hooks the trainer calls; nothing else about a method is known outside its module (its
+  terms, ``bilevel`` and ``needs_teachers`` are its ``MethodSpec``'s)."""
 
-  terms: tuple[str, ...]      # the raw loss terms it reports (logged as loss_<term>, NaN-guarded)
-  bilevel: bool               # meta_params learned by the hypergradient of outer_objective
-  needs_teachers: bool
   hard_buffer_size: int       # bi-level: meta batches from a hard-example buffer this big; 0: the batch
 
   def init(self, rng: Array, batch: dict[str, Any]) -> tuple[PyTree, PyTree, PyTree]:
@@ -96,6 +98,11 @@ class Method(Protocol):
 
   def frozen(self, params: PyTree, epoch: Array) -> PyTree | None:
     """A pytree of booleans over ``params`` (True: must not change this step), or None."""
+
+  def with_values(self, values: Mapping[str, Array]) -> "Method":
+    """Optional (per-replica hyperparameters, ``config.replicas``): a copy whose tunable scalars
+    (``temperature``, ``weights.<term>``, ``meta.lookahead_weights.<term>``) are taken from
+    ``values``, which may be traced; which terms are computed stays as it is."""
 
 
 # ----------------------------------------------------------------------------------------
@@ -133,14 +140,19 @@ class LossWeights:
     return jnp.zeros(()) if acc is None else acc
 
 
-def loss_weights(config: ml_collections.ConfigDict, terms: Sequence[str]) -> LossWeights:
-  """The configured training weights of ``terms`` (a resolved config)."""
-  return LossWeights(tuple((t, float(config.weights[t])) for t in terms),
+def method_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The raw loss terms the configured method registered."""
+  return tuple(METHODS.get(config.method).terms)
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
+  """The configured training weights of the method's terms (a resolved config)."""
+  return LossWeights(tuple((t, float(config.weights[t])) for t in method_terms(config)),
                      int(config.weights.feat_from_epoch or 0))
 
 
-def lookahead_loss_weights(config: ml_collections.ConfigDict, terms: Sequence[str]) -> LossWeights:
-  return LossWeights(tuple((t, float(config.meta.lookahead_weights[t])) for t in terms))
+def lookahead_loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
+  return LossWeights(tuple((t, float(config.meta.lookahead_weights[t])) for t in method_terms(config)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -175,9 +187,6 @@ class WeightedTermsMethod:
   weights: LossWeights
   temperature: float = 4.0
 
-  terms = ("ce", "kd")
-  bilevel = False
-  needs_teachers = True
   hard_buffer_size = 0
 
   @property
@@ -227,6 +236,18 @@ class WeightedTermsMethod:
   def frozen(self, params, epoch):
     del params, epoch
     return None
+
+  def with_values(self, values: Mapping[str, Array]) -> "WeightedTermsMethod":
+    changes: dict[str, Any] = {}
+    if "temperature" in values:
+      changes["temperature"] = values["temperature"]
+    for field, prefix in (("weights", "weights."), ("lookahead_weights", "meta.lookahead_weights.")):
+      chosen = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+      if chosen:
+        if not hasattr(self, field):
+          raise TypeError(f"{type(self).__name__} has no {field} to take {sorted(chosen)} from")
+        changes[field] = getattr(self, field).with_values(chosen)
+    return dataclasses.replace(self, **changes)
 
 
 # ----------------------------------------------------------------------------------------

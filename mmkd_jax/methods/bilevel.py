@@ -43,8 +43,6 @@ class BilevelMethod(WeightedTermsMethod):
   buffer_size: int = 0
   warmup_epochs: int = 0   # uniform weights (and no meta step, ``is_meta_step``) before this epoch
 
-  bilevel = True
-
   @property
   def hard_buffer_size(self) -> int:  # pylint: disable=invalid-overridden-method
     return self.buffer_size
@@ -66,11 +64,11 @@ class BilevelMethod(WeightedTermsMethod):
     return losses.cross_entropy(logits, batch["label"]), (dict(state, student=stats), {"logits": logits})
 
 
-def bilevel_fields(config: ml_collections.ConfigDict, terms: Sequence[str], section: str) -> dict[str, Any]:
+def bilevel_fields(config: ml_collections.ConfigDict, section: str) -> dict[str, Any]:
   """The ``BilevelMethod`` fields of a resolved config: look-ahead weights and steps, and the hard
   buffer of ``config.<section>`` (its ``hard_buffer`` switch and ``buffer_size``)."""
   own = config[section]
-  return {"lookahead_weights": lookahead_loss_weights(config, terms),
+  return {"lookahead_weights": lookahead_loss_weights(config),
           "matching_steps": config.meta.lookahead_matching_steps,
           "outer_steps": config.meta.lookahead_outer_steps,
           "buffer_size": own.buffer_size if own.hard_buffer else 0,
@@ -89,7 +87,7 @@ def check_buffer(config: ml_collections.ConfigDict, section: str) -> None:
 
 def init_buffer(method: Any, batch: dict[str, Any]) -> Any:
   """A bi-level method's empty hard buffer shaped like ``batch``; {} for any other method."""
-  if method.bilevel and method.hard_buffer_size:
+  if method.hard_buffer_size:
     return hard_buffer.init(batch, method.hard_buffer_size)
   return {}
 

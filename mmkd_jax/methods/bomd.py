@@ -42,12 +42,10 @@ def projection(generator: Array, student_channels: int, teacher_channels: int) -
   return cayley(generator)[:student_channels, :teacher_channels]
 
 
-TERMS = ("ce", "kd", "feat")
 
 
 @dataclasses.dataclass(frozen=True)
 class BOMD(BilevelMethod):
-  terms = TERMS
 
   def init(self, rng: Array, batch: dict[str, Any]):
     params, state, feats, _ = init_student(self.student, rng, batch["image"])
@@ -80,5 +78,5 @@ class BOMD(BilevelMethod):
           section=BUFFER_SECTION, validate=lambda config: check_buffer(config, "bomd"))
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> BOMD:
   """BOMD-like: orthogonal teacher-to-student projections, bi-level global teacher weights."""
-  return BOMD(run, loss_weights(config, TERMS), config.temperature,
-              **bilevel_fields(config, TERMS, "bomd"))
+  return BOMD(run, loss_weights(config), config.temperature,
+              **bilevel_fields(config, "bomd"))

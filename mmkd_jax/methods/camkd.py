@@ -54,7 +54,6 @@ class CAEmbeds(nn.Module):
             for t, (h, _, c) in enumerate(self.teacher_shapes)]
 
 
-TERMS = ("ce", "kd", "feat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,6 @@ class CAMKD(WeightedTermsMethod):
   teacher_heads: Sequence[tuple[np.ndarray, np.ndarray]] = ()
   torch_init: bool = False
 
-  terms = TERMS
 
   def feature_module(self) -> CAEmbeds | None:
     return CAEmbeds(self.run.teacher_shapes, self.torch_init) if self.weights["feat"] else None
@@ -94,7 +92,7 @@ class CAMKD(WeightedTermsMethod):
 @register("camkd", terms={"ce": 1.0, "kd": 1.0, "feat": 50.0}, feat_from_epoch=1)
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> CAMKD:
   """CA-MKD: confidence-aware logit and feature weights."""
-  weights = loss_weights(config, TERMS)
+  weights = loss_weights(config)
   heads = tuple(t.head for t in run.teachers)
   if weights["feat"] and any(h is None for h in heads):
     missing = [t.arch for t in run.teachers if t.head is None]

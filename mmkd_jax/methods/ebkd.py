@@ -47,4 +47,4 @@ class EBKD(WeightedTermsMethod):
 @register("ebkd", terms={"ce": 1.0, "kd": 1.0})
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> EBKD:
   """EBKD: entropy-based teacher weights."""
-  return EBKD(run, loss_weights(config, EBKD.terms), config.temperature)
+  return EBKD(run, loss_weights(config), config.temperature)

@@ -65,7 +65,6 @@ class HintRegressors(nn.Module):
             for t, s in enumerate(self.teacher_shapes)]
 
 
-TERMS = ("ce", "kd", "feat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +72,6 @@ class FitNetMKD(WeightedTermsMethod):
   hint_gradient: bool = True
   torch_init: bool = False
 
-  terms = TERMS
 
   def feature_module(self) -> HintRegressors:
     return HintRegressors(self.run.teacher_shapes, self.torch_init)
@@ -97,5 +95,5 @@ class FitNetMKD(WeightedTermsMethod):
           section={"hint_gradient": True})
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> FitNetMKD:
   """FitNet-MKD: hints at feat[2] to every teacher plus AVER KD."""
-  return FitNetMKD(run, loss_weights(config, TERMS), config.temperature,
+  return FitNetMKD(run, loss_weights(config), config.temperature,
                    hint_gradient=config.fitnet.hint_gradient, torch_init=config.adapter_init == "torch")

@@ -41,5 +41,5 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 @register("kd", terms={"ce": 1.0, "kd": 1.0}, section={"teacher_index": 0}, validate=_validate)
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> SingleTeacherKD:
   """Single-teacher KD (Hinton) from one configured teacher."""
-  return SingleTeacherKD(run, loss_weights(config, SingleTeacherKD.terms), config.temperature,
+  return SingleTeacherKD(run, loss_weights(config), config.temperature,
                          teacher_index=config.kd.teacher_index)

@@ -37,7 +37,6 @@ from mmkd_jax.registry import ConfigError
 
 Array = jax.Array
 PyTree = Any
-TERMS = ("ce", "kd", "feat")
 
 
 def one_hot_fraction(weights: Array, tolerance: float = 1e-3) -> Array:
@@ -57,7 +56,6 @@ class MMKD(BilevelMethod):
   gram_groups: int = 1  # >1: Gram matrices within each group (device) instead of the global batch
   feature_input: str = "raw"  # the feature weight net's input: 'raw' Gram matrices, or 'cosine'
 
-  terms = TERMS
 
   @property
   def aligner(self) -> FeatureAligner:
@@ -145,8 +143,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> MMKD:
   """MMKD: meta-weighted KD and feature terms, weights by the exact hypergradient."""
   m = config.mmkd
-  return MMKD(run, loss_weights(config, TERMS), config.temperature,
-              **bilevel_fields(config, TERMS, "mmkd"),
+  return MMKD(run, loss_weights(config), config.temperature,
+              **bilevel_fields(config, "mmkd"),
               deep_aligner=m.deep_aligner,
               torch_init=config.adapter_init == "torch",
               gram_groups=run.bn_groups if m.gram_per_device else 1, feature_input=m.feature_input)

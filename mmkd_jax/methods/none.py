@@ -12,8 +12,6 @@ from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, l
 
 @dataclasses.dataclass(frozen=True)
 class CrossEntropyOnly(WeightedTermsMethod):
-  terms = ("ce",)
-  needs_teachers = False
 
   def init(self, rng, batch):
     v = self.student.init(rng, batch["image"], train=False)
@@ -28,4 +26,4 @@ class CrossEntropyOnly(WeightedTermsMethod):
 @register("none", terms={"ce": 1.0}, needs_teachers=False)
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> CrossEntropyOnly:
   """The student alone (cross-entropy on labels)."""
-  return CrossEntropyOnly(run, loss_weights(config, CrossEntropyOnly.terms))
+  return CrossEntropyOnly(run, loss_weights(config))

@@ -15,7 +15,6 @@ from mmkd_jax.methods.base import apply_student, init_student, kd_matrix
 
 @dataclasses.dataclass(frozen=True)
 class GlobalWeightsKD(BilevelMethod):
-  terms = ("ce", "kd")
 
   def init(self, rng, batch):
     params, state, _, _ = init_student(self.student, rng, batch["image"])
@@ -34,5 +33,5 @@ class GlobalWeightsKD(BilevelMethod):
           section=BUFFER_SECTION, validate=lambda config: check_buffer(config, "global_weights_kd"))
 def build(config, run):
   """Global teacher weights learned by the look-ahead hypergradient."""
-  return GlobalWeightsKD(run, loss_weights(config, GlobalWeightsKD.terms), config.temperature,
-                         **bilevel_fields(config, GlobalWeightsKD.terms, "global_weights_kd"))
+  return GlobalWeightsKD(run, loss_weights(config), config.temperature,
+                         **bilevel_fields(config, "global_weights_kd"))

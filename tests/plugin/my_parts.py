@@ -83,5 +83,5 @@ class ConfidentKD(WeightedTermsMethod):
           presets={"bright_quadrant": {"temperature": 2.0}})
 def build(config, run):
   """Teachers weighted by their confidence."""
-  return ConfidentKD(run, loss_weights(config, ConfidentKD.terms), config.temperature,
+  return ConfidentKD(run, loss_weights(config), config.temperature,
                      sharpness=config.confident_kd.sharpness)
