@@ -161,8 +161,8 @@ def benchmark(student: str, teacher_archs, batch: int, repeats: int, warmup: int
     tv = teacher_vars if source == "online" else ()
     state = steps_lib.init_state(steps, jax.device_get(setup_raw), seed=0)
     # Data-parallel over every visible device (one device: a no-op).
-    state, setup_raw = parallel.replicate(state, mesh), parallel.shard_batch(setup_raw, mesh)
-    tv = parallel.replicate(tv, mesh)
+    state, setup_raw = parallel.copy_to_devices(state, mesh), parallel.shard_batch(setup_raw, mesh)
+    tv = parallel.copy_to_devices(tv, mesh)
     compiled_steps, compile_s = {}, {}
     variants = [("plain", steps.train_step)]
     for mode in modes:

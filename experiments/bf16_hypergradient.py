@@ -28,7 +28,7 @@ from benchmark_step import write_report  # pylint: disable=wrong-import-position
 
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax import parallel, train  # pylint: disable=wrong-import-position
-from mmkd_jax.teachers import lifecycle  # pylint: disable=wrong-import-position
+from mmkd_jax import teacher_stages  # pylint: disable=wrong-import-position
 
 
 def _flat(tree) -> np.ndarray:
@@ -57,10 +57,10 @@ def main(argv=None) -> int:
   setups, loaded = {}, None
   for dtype in ("float32", "bfloat16"):
     c = config_lib.validate(config_lib.set_fields(base.copy_and_resolve_references(), {"dtype": dtype}))
-    loaded = loaded or lifecycle.load_teachers(c)
-    setups[dtype] = train.build(c, loaded, lifecycle.open_cache(c, loaded))
+    loaded = loaded or teacher_stages.load_teachers(c)
+    setups[dtype] = train.build(c, loaded, teacher_stages.open_cache(c, loaded))
   ref = setups["float32"]
-  state = parallel.replicate(train.initial_state(ref), ref.mesh)
+  state = parallel.copy_to_devices(train.initial_state(ref), ref.mesh)
   train_fn = jax.jit(ref.steps.train_step)
   epoch = jnp.asarray(0, jnp.int32)
   batches = _epochs(ref)

@@ -23,7 +23,8 @@ import numpy as np
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import sources
 from mmkd_jax.distill import losses
-from mmkd_jax.teachers import augmented_teacher_outputs, cache, feature_shapes, lifecycle
+from mmkd_jax import teacher_stages
+from mmkd_jax.teachers import augmented_teacher_outputs, cache, feature_shapes
 
 
 def main(argv=None) -> int:
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   config = config_lib.validate(config_lib.load(args.config, None, args.set))
   dataset = sources.open_dataset(config)
-  teachers = lifecycle.load_teachers(config, dataset.spec)
+  teachers = teacher_stages.load_teachers(config, dataset.spec)
   n = min(args.examples, len(dataset.train))
   indices = np.arange(n)
   images = sources.read_records(dataset.train, indices, dataset.spec)["image"]

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods import WeightedTermsMethod, loss_weights, register
+from mmkd_jax.methods import TeacherWeights, WeightedTermsMethod, loss_weights, register
 from mmkd_jax.methods.base import RunInfo, apply_student, kd_matrix
 
 
@@ -55,7 +55,7 @@ class Oracle(WeightedTermsMethod):
     weights = jnp.asarray(self.competence, logits.dtype)[batch["label"]]
     terms = {"ce": losses.cross_entropy(logits, batch["label"]),
              "kd": losses.weighted_batch_sum(per_sample_kd, weights)}
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": weights}
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(logits=weights)}
 
 
 @register("oracle", terms={"ce": 1.0, "kd": 1.0}, section={"competence": ""})

@@ -45,7 +45,7 @@ from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-positi
 from mmkd_jax import replicas, train  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
 from mmkd_jax.runs import Preempted  # pylint: disable=wrong-import-position
-from mmkd_jax.teachers import lifecycle  # pylint: disable=wrong-import-position
+from mmkd_jax import teacher_stages  # pylint: disable=wrong-import-position
 
 # How each method appears in tables (the papers' names).
 DISPLAY = {"none": "Student (no KD)", "kd": "KD (1 teacher)", "aver": "AVER", "ebkd": "EBKD",
@@ -71,12 +71,12 @@ def method_config(config, method: str, overrides=(), **fields) -> Any:
 def prepare_setting(config, variants, overrides) -> list:
   """Teachers (trained if missing) and one teacher cache per feature layer the variants read."""
   resolved = [config_lib.validate(method_config(config, v.method, (*v.overrides, *overrides))) for v in variants]
-  lifecycle.train_missing_teachers(resolved[0])
-  loaded = lifecycle.load_teachers(resolved[0])
+  teacher_stages.train_missing_teachers(resolved[0])
+  loaded = teacher_stages.load_teachers(resolved[0])
   done = set()
   for c in resolved:
     if c.teacher_source == "precomputed" and METHODS.get(c.method).needs_teachers and c.feature_layer not in done:
-      lifecycle.precompute(c, loaded)
+      teacher_stages.precompute(c, loaded)
       done.add(c.feature_layer)
   return loaded
 
@@ -90,7 +90,7 @@ def run_one(config, variant: Variant, seed: int, workdir: str, loaded, overrides
                                         seed=seed, mode="distill"))
   teachers = loaded if METHODS.get(variant.method).needs_teachers else []
   print(f"== {display(variant)} seed {seed} -> {workdir}", flush=True)
-  summary = train.train_and_evaluate(c, workdir, teachers, lifecycle.open_cache(c, teachers))
+  summary = train.train_and_evaluate(c, workdir, teachers, teacher_stages.open_cache(c, teachers))
   summary.pop("state", None)
   if summary["status"] != "finished":  # SIGTERM: the run saved a checkpoint; stop the table too
     raise SystemExit(f"{display(variant)} seed {seed} stopped ({summary['status']}) in {workdir}; "
@@ -105,7 +105,7 @@ def run_replicas(config, variant: Variant, seeds: list[int], workdir: str, loade
                                         replicas=",".join(map(str, seeds)), mode="distill"))
   teachers = loaded if METHODS.get(variant.method).needs_teachers else []
   print(f"== {display(variant)} seeds {seeds} as replicas -> {workdir}", flush=True)
-  result = replicas.train_replicas(c, workdir, teachers, lifecycle.open_cache(c, teachers))
+  result = replicas.train_replicas(c, workdir, teachers, teacher_stages.open_cache(c, teachers))
   unfinished = [s["seed"] for s in result["replicas"] if s["status"] == "preempted"]
   if unfinished:
     raise SystemExit(f"{display(variant)} seeds {unfinished} stopped in {workdir}; run the same command again")

@@ -4,7 +4,7 @@ mass on the teachers competent for its true label, per class and overall.
     python experiments/routing.py runs/reproduce/fashion_mnist_specialists/<row>/mmkd/seed0 \\
         [--competence "0,1,2,3|4,5,6|7,8,9"]
 
-The weights are the method's own per-sample KD weights (``logits_weights``) as its training
+The weights are the method's own per-sample KD weights (``TeacherWeights.logits``) as its training
 objective computes them, on the unaugmented test images with the run's final (latest) student,
 meta networks and teachers (online, eval mode), at the last epoch; the student's BatchNorm runs as
 in a training step (batch statistics of a training-size batch; the last, padded batch's zero rows
@@ -33,7 +33,7 @@ from mmkd_jax import registry, train
 from mmkd_jax.data import pipeline
 from mmkd_jax.data.augment import normalize
 from mmkd_jax.student import _restore_raw
-from mmkd_jax.teachers import lifecycle
+from mmkd_jax import teacher_stages
 from mmkd_jax.teachers.core import teacher_forward
 
 ROUTING_FILE = "routing.json"
@@ -77,7 +77,7 @@ def measure(workdir: str, competence_text: str = "") -> dict:
   """Routing of the run in ``workdir`` (its latest checkpoint) on its evaluation split."""
   config = stored_config(workdir)
   config.teacher_source = "online"  # the teachers run here on the test images; nothing else changes
-  teachers = lifecycle.load_teachers(config)
+  teachers = teacher_stages.load_teachers(config)
   setup = train.build(config, teachers)
   found = _restore_raw(os.path.join(workdir, "checkpoints"))
   if found is None:
@@ -95,7 +95,7 @@ def measure(workdir: str, competence_text: str = "") -> dict:
     batch = {"image": x, "label": labels, "teacher_logits": logits.astype(jnp.float32),
              "teacher_feat": tuple(f.astype(jnp.float32) for f in feats), "epoch": epoch}
     _, (_, aux) = method.train_objective(state["params"], state["model_state"], state["meta_params"], batch)
-    return aux["logits_weights"].astype(jnp.float32)
+    return aux["teacher_weights"].logits.astype(jnp.float32)
 
   all_weights, all_labels = [], []
   # Training-size batches: a method's weights may read the whole batch (MMKD's Gram rows are B

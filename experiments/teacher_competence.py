@@ -25,7 +25,7 @@ import numpy as np
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import pipeline, sources
 from mmkd_jax.data.augment import normalize
-from mmkd_jax.teachers import lifecycle
+from mmkd_jax import teacher_stages
 from mmkd_jax.teachers.core import teacher_forward
 
 
@@ -67,7 +67,7 @@ def competence_from_validation(config, accuracy: np.ndarray, margin: float) -> s
 
 
 def report(config, margin: float) -> dict:
-  teachers = lifecycle.load_teachers(config)
+  teachers = teacher_stages.load_teachers(config)
   splits = {"validation": "train[90%:]", "test": sources.dataset_spec(config).test_split}
   record = {"teachers": [t.name for t in config.teachers], "margin_points": margin, "splits": splits}
   for name, split in splits.items():

@@ -25,7 +25,7 @@ from mmkd_jax import bilevel, methods, registry
 from mmkd_jax.replica_spec import REPLICA_LOOPS, check_replica_overrides, get_field, replica_entries
 from mmkd_jax.data import sources
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError, UnknownNameError
 
 MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export", "show_config")
 
@@ -396,7 +396,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(0.0 <= c.label_noise < 1.0, "label_noise", "must be a rate in [0, 1)")
   try:
     sources.check_image_dataset(c.dataset, c.data_dir or None, c.dataset_source_dir)
-  except (registry.UnknownNameError, ValueError) as e:
+  except (UnknownNameError, ValueError) as e:
     raise ConfigError(f"config.dataset: {e}") from e
   need(c.teacher_source in ("precomputed", "online"), "teacher_source",
        f"{c.teacher_source!r} must be 'precomputed' or 'online'")

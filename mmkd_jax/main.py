@@ -27,10 +27,10 @@ from mmkd_jax import replica_spec, show_config
 from mmkd_jax.data import sources
 from mmkd_jax.methods import METHODS
 from mmkd_jax.loop import NonFiniteLossError
-from mmkd_jax.registry import ConfigError, UnknownNameError
+from mmkd_jax.errors import ConfigError, UnknownNameError
 from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers import convert
-from mmkd_jax.teachers import lifecycle
+from mmkd_jax import teacher_stages
 
 flags.DEFINE_string("config", None, "A config file (configs/digits.py[:arg]), a shipped config by name, or a "
                     "run's config.json; --config.FIELD=VALUE sets a field.")
@@ -72,7 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return written
   if "student" in stages:
     runs.check_workdir(config, workdir)
-  lifecycle.check_trained_teachers(config)
+  teacher_stages.check_trained_teachers(config)
   dataset = sources.open_dataset(config)
   os.makedirs(workdir, exist_ok=True)
   with runs.StopRequest(), checkpoint.WorkdirLock(workdir):
@@ -81,18 +81,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, dataset: sources.Dataset) -> dict:
   if "teachers" in stages:
-    lifecycle.train_missing_teachers(config)
+    teacher_stages.train_missing_teachers(config)
   if stages <= {"teachers"}:
     return {}
   runs.raise_if_stopped("after training the teachers")
   needs_teachers = METHODS.get(config.method).needs_teachers
-  loaded = lifecycle.load_teachers(config, dataset.spec) if needs_teachers else []
+  loaded = teacher_stages.load_teachers(config, dataset.spec) if needs_teachers else []
   if loaded and "cache" in stages and ("student" not in stages or config.teacher_source != "online"):
-    lifecycle.precompute(config, loaded, dataset)
+    teacher_stages.precompute(config, loaded, dataset)
   if stages <= {"cache"}:
     return {}
   runs.raise_if_stopped("after precomputing the teacher cache")
-  cache = lifecycle.open_cache(config, loaded, dataset)
+  cache = teacher_stages.open_cache(config, loaded, dataset)
   if replica_spec.replica_seeds(config):
     result = replicas.train_replicas(config, workdir, loaded, cache)
     for summary in result["replicas"]:

@@ -215,6 +215,9 @@ def eval_name(spec) -> str:
   return "test" if spec.test_split.split("[")[0] == "test" else "val"
 
 
+TEACHER_WEIGHTS_PREFIX = "teacher_weights_"   # step metrics: mean per-teacher weights of a kind
+
+
 def tagged_train_metrics(means: dict[str, np.ndarray], teacher_names: list[str]) -> dict[str, Any]:
   """Step-metric means under grouped names: ``train/...`` (accuracy in percent),
   ``teacher_weights/{logits,feature}/<teacher>``."""
@@ -222,8 +225,8 @@ def tagged_train_metrics(means: dict[str, np.ndarray], teacher_names: list[str])
   for key, value in means.items():
     if key in ("class_weight_sums", "class_counts"):
       continue
-    if key.startswith("mean_") and key.endswith("_weights"):
-      kind = key[len("mean_"):-len("_weights")]
+    if key.startswith(TEACHER_WEIGHTS_PREFIX):  # a TeacherWeights kind's batch mean (steps.train_step)
+      kind = key[len(TEACHER_WEIGHTS_PREFIX):]
       for i, v in enumerate(np.asarray(value)):
         out[f"teacher_weights/{kind}/{teacher_names[i] if i < len(teacher_names) else i}"] = float(v)
     elif key == "accuracy":

@@ -44,7 +44,9 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> None:
                      f"use a multiple of {devices}")
 
 
-def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+def copy_to_devices(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+  """A full copy of ``tree`` on every device of ``mesh`` (not to be confused with a replica: a
+  seed's run in ``mmkd_jax.replicas``)."""
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 

@@ -4,6 +4,7 @@ datasets), in the style of torchdistill's registries: a decorator registers, a c
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -11,11 +12,9 @@ import sys
 import types
 from typing import Generic, Iterable, TypeVar
 
+from mmkd_jax.errors import UnknownNameError
+
 T = TypeVar("T")
-
-
-class UnknownNameError(ValueError):
-  """A config names something no module registered; the message lists what is known."""
 
 
 class Registry(Generic[T]):
@@ -55,6 +54,9 @@ class Registry(Generic[T]):
 
 
 def origin_of(obj: object) -> str:
+  """Where a registered object was defined (for the message of a name registered twice)."""
+  if isinstance(obj, functools.partial):
+    return origin_of(obj.func)
   return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
@@ -91,7 +93,3 @@ def import_plugins(modules: Iterable[str]) -> list[types.ModuleType]:
         raise ModuleNotFoundError(f"config.imports: cannot import {module!r} ({e}); put its "
                                   "directory on PYTHONPATH or give the path of its .py file") from e
   return imported
-
-
-class ConfigError(ValueError):
-  """A config field is invalid; the message names the field and what would be valid."""

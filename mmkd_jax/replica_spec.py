@@ -10,7 +10,7 @@ from typing import Any
 import ml_collections
 
 from mmkd_jax import methods
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 REPLICA_LOOPS = ("auto", "vmap", "map")  # how one program steps the replicas (mmkd_jax/replicas.py)
 

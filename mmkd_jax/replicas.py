@@ -121,7 +121,7 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
   mesh = parallel.data_mesh(shards)
   base = train.build(replica_config(config, replica_spec.ReplicaEntry(entries[0].seed)), teachers, cache, mesh=mesh)
   steps = base.steps
-  teacher_vars = parallel.replicate(tuple(t.variables for t in base.teachers), base.mesh) if steps.online else ()
+  teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in base.teachers), base.mesh) if steps.online else ()
   eval_fn = jax.jit(steps.eval_step)
   members = []
   for k, entry in enumerate(entries):
@@ -161,7 +161,7 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
     mesh = members[0].setup.mesh
     started = time.time()
     with runs.StopRequest() as stop:
-      preempted = loop_lib.run(program, members, stop, lambda k: parallel.replicate(take(program.state, k), mesh))
+      preempted = loop_lib.run(program, members, stop, lambda k: parallel.copy_to_devices(take(program.state, k), mesh))
     summaries = []
     for k, member in enumerate(members):
       member.close()

@@ -15,7 +15,7 @@ import numpy as np
 from mmkd_jax import checkpoint
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 
 # Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and

@@ -21,7 +21,8 @@ from mmkd_jax import optim, parallel
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.data.sources import DatasetSpec
 from mmkd_jax.distill import losses
-from mmkd_jax.methods import METHODS, Method, MethodSpec
+from mmkd_jax.methods import METHODS, Method, MethodSpec, TeacherWeights
+from mmkd_jax.metrics import TEACHER_WEIGHTS_PREFIX
 from mmkd_jax.methods import bilevel as bilevel_methods
 from mmkd_jax.teachers import Teacher, teacher_forward
 
@@ -97,14 +98,14 @@ class Steps:
     buffer = bilevel_methods.record_hard_examples(state.buffer, batch, logits, buffer_key)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                **{f"loss_{k}": v for k, v in aux["terms"].items()}}
-    for key in ("logits_weights", "feature_weights"):
-      if aux.get(key) is not None:
-        metrics[f"mean_{key}"] = jnp.mean(aux[key], axis=0)
+    teacher_weights = aux.get("teacher_weights", TeacherWeights())
+    for kind, weights in teacher_weights.items():
+      metrics[f"{TEACHER_WEIGHTS_PREFIX}{kind}"] = jnp.mean(weights, axis=0)
     metrics.update({f"diag_{k}": v for k, v in aux.get("diagnostics", {}).items()})
-    if aux.get("logits_weights") is not None:
+    if teacher_weights.logits is not None:
       # Per-class sums and counts; their ratio over an epoch is each class's mean teacher weight.
       onehot = jax.nn.one_hot(batch["label"], self.spec.num_classes, dtype=jnp.float32)
-      metrics["class_weight_sums"] = onehot.T @ aux["logits_weights"].astype(jnp.float32)
+      metrics["class_weight_sums"] = onehot.T @ teacher_weights.logits.astype(jnp.float32)
       metrics["class_counts"] = jnp.sum(onehot, axis=0)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state, buffer=buffer, rng=jax.random.key_data(rng))

@@ -208,7 +208,7 @@ def evaluate_workdir(config, workdir: str, which: str = "best") -> dict[str, Any
   student's top-1 agreement and KL with each)."""
   from mmkd_jax import evaluation, parallel  # pylint: disable=import-outside-toplevel
   from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
   student = student_from_workdir(workdir, which)
   dataset = sources.open_dataset(config)
   if (dataset.spec.num_classes, tuple(dataset.spec.image_shape)) != (student.num_classes, student.image_shape):
@@ -218,7 +218,7 @@ def evaluate_workdir(config, workdir: str, which: str = "best") -> dict[str, Any
   teachers = []
   if config.teachers:
     try:
-      teachers = lifecycle.load_teachers(config, dataset.spec)
+      teachers = teacher_stages.load_teachers(config, dataset.spec)
     except FileNotFoundError as e:
       print(f"note: evaluating the student alone ({e})")
   result = evaluation.student_against_teachers(student, teachers, dataset.test, dataset.spec,

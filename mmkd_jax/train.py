@@ -24,7 +24,7 @@ from mmkd_jax.data import pipeline, sources
 from mmkd_jax.methods import METHODS, Method, MethodSpec, RunInfo, TeacherView, build_method
 from mmkd_jax.metrics import MetricWriter, eval_name
 from mmkd_jax.models import MODELS, get_model
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 from mmkd_jax.steps import Steps, TrainState, init_state, make_steps
 from mmkd_jax.teachers import Teacher, feature_shapes
 
@@ -190,8 +190,8 @@ def _start(setup: Setup, workdir: str, quiet: bool) -> tuple[Program, Member]:
   """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
   steps = setup.steps
   member = open_member(setup, workdir, quiet, jax.jit(steps.eval_step))
-  member.state = parallel.replicate(member.state, setup.mesh)
-  teacher_vars = parallel.replicate(tuple(t.variables for t in setup.teachers), setup.mesh) if steps.online else ()
+  member.state = parallel.copy_to_devices(member.state, setup.mesh)
+  teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in setup.teachers), setup.mesh) if steps.online else ()
   program = Program(member.state, jax.jit(steps.train_step, donate_argnums=(0,)),
                     jax.jit(steps.meta_step, donate_argnums=(0,)), teacher_vars,
                     lambda epoch, first: train_batches(setup, epoch, first), lr_fn=steps.schedule)

@@ -110,10 +110,10 @@ def digits_teacher_record(name: str) -> dict:
   """teacher.json metadata of a teacher of the digits smoke config named ``name``, as
   ``mode=train_teacher`` records it (its identity), so tests can save random teachers that the
   pipeline accepts as trained with the config's settings."""
-  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
   config = config_lib.validate(digits_smoke())
   (entry,) = [t for t in config.teachers if t.name == name]
-  return {"dataset": "digits", "identity": lifecycle.identity(config, entry)}
+  return {"dataset": "digits", "identity": teacher_stages.identity(config, entry)}
 
 
 def save_random_digits_teachers(root: str) -> str:

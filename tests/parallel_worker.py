@@ -75,8 +75,8 @@ if mode == "steps":
   loaded = teachers()
   setup = train.build(c, loaded, None)
   batches = list(train.train_batches(setup, 0))
-  state = parallel.replicate(initial(setup), setup.mesh)
-  tv = parallel.replicate(tuple(t.variables for t in loaded), setup.mesh)
+  state = parallel.copy_to_devices(initial(setup), setup.mesh)
+  tv = parallel.copy_to_devices(tuple(t.variables for t in loaded), setup.mesh)
   train_fn, meta_fn = jax.jit(setup.steps.train_step), jax.jit(setup.steps.meta_step)
   epoch = jnp.asarray(0, jnp.int32)
   losses, meta_losses = [], []
@@ -103,7 +103,7 @@ elif mode == "replica_steps":
   setups = [train.build(replicas.replica_config(c, s), loaded, None, mesh=mesh) for s in seeds]
   streams = [list(train.train_batches(setup, 0)) for setup in setups]
   state = parallel.shard_replicas(replicas.stack([initial(setup) for setup in setups]), mesh)
-  tv = parallel.replicate(tuple(t.variables for t in loaded), mesh)
+  tv = parallel.copy_to_devices(tuple(t.variables for t in loaded), mesh)
   steps = setups[0].steps
   train_fn = jax.jit(replicas.freeze_on_nonfinite(steps.train_step, "vmap", "replica"))
   meta_fn = jax.jit(replicas.freeze_on_nonfinite(steps.meta_step, "vmap", "replica"))

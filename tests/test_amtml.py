@@ -34,7 +34,7 @@ def test_amtml_weights_target_and_phases():
   method, batch = method_and_batch("amtml")
   params, state, meta = method.init(jax.random.key(0), batch)
   _, (_, terms) = method.train_objective(params, state, meta, batch)
-  np.testing.assert_allclose(np.sum(terms["logits_weights"], -1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.sum(terms["teacher_weights"].logits, -1), 1.0, rtol=1e-5)
 
   def div(p, epoch):
     _, (_, t) = method.train_objective(p, state, meta, dict(batch, epoch=jnp.asarray(epoch)))

@@ -38,5 +38,5 @@ def test_bomd_weights_are_a_distribution():
   params, state, meta = method.init(jax.random.key(0), batch)
   meta = {"teacher_logits": jnp.array([1.0, 0.0, -1.0])}
   _, (_, terms) = method.train_objective(params, state, meta, batch)
-  w = np.asarray(terms["logits_weights"][0])
+  w = np.asarray(terms["teacher_weights"].logits[0])
   np.testing.assert_allclose(w, np.exp([1, 0, -1]) / np.exp([1, 0, -1]).sum(), rtol=1e-6)

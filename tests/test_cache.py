@@ -175,7 +175,7 @@ def test_a_cache_in_the_earlier_int64_records_reads_the_same_under_the_same_key(
   """Raw-bytes records (the default) and the int64 lists of caches written before them hold the
   same values; a reader follows the cache's own encoding, and the encoding is not part of the
   cache's directory key, so an existing cache is still found and used."""
-  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
   loaded = _random_teachers(tmp_path)
   spec = _spec(loaded, 10)
   assert spec.record_encoding == "bytes"
@@ -197,4 +197,4 @@ def test_a_cache_in_the_earlier_int64_records_reads_the_same_under_the_same_key(
   assert np.abs(a["teacher_feat"][0][0] - 9).max() < 5  # the values written, not zeros
   config = config_lib.base_config()
   config.dataset, config.teacher_dir, config.cache_dir = "digits", str(tmp_path), ""
-  assert lifecycle.cache_dir(config, spec) == lifecycle.cache_dir(config, older)
+  assert teacher_stages.cache_dir(config, spec) == teacher_stages.cache_dir(config, older)

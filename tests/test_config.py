@@ -11,7 +11,7 @@ import pytest
 from mmkd_jax import config as config_lib
 from mmkd_jax import runs
 from mmkd_jax.methods import METHODS
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 from helpers import DIGITS, ROOT
 
@@ -111,3 +111,19 @@ def test_a_runs_config_json_loads_back_to_the_same_resolved_config(arg, tmp_path
   again = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "run.py"), str(path)))
   assert runs.changed_fields(json.loads(resolved.to_json_best_effort()), again) == []
   assert again.to_json_best_effort() == resolved.to_json_best_effort()
+
+
+def test_overrides_parse_as_the_command_line_writes_them():
+  """Text fields keep text, flags take true/false, other fields Python literals; a bad literal,
+  an unknown field (with the closest name) and a missing list entry name the override."""
+  c = config_lib.base_config()
+  config_lib.set_fields(c, ["async_checkpoints=false", "epochs=7", "lr_milestones=(2, 5)", "train_split=train[:10%]",
+                            "teachers[0].seed=9" if c.teachers else "seed=3"])
+  assert c.async_checkpoints is False and c.epochs == 7 and c.lr_milestones == (2, 5)
+  assert c.train_split == "train[:10%]"
+  with pytest.raises(ConfigError, match=r"config.epochs=abc: invalid literal for int"):
+    config_lib.set_fields(c, ["epochs=abc"])
+  with pytest.raises(ConfigError, match='config.epochz: no such field. Did you mean "epochs"'):
+    config_lib.set_fields(c, ["epochz=3"])
+  with pytest.raises(ConfigError, match=r"config.teachers\[40\].seed: config.teachers has no entry 40"):
+    config_lib.set_fields(c, ["teachers[40].seed=1"])

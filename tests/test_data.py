@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import augment, digits, pipeline, sources
-from mmkd_jax.registry import UnknownNameError
+from mmkd_jax.errors import UnknownNameError
 
 
 def _spec(name="digits", data_dir="", **fields):

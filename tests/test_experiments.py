@@ -201,7 +201,7 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
   its per-class mean weights on the competent teacher (the two views of one measurement agree);
   MMKD's weights, which read the whole batch (Gram rows), are measured in training-size batches."""
   from mmkd_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
   from helpers import digits_smoke  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(ORACLE))
   import routing  # pylint: disable=import-outside-toplevel
@@ -211,9 +211,9 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
                    lr_milestones=(1,), async_checkpoints=False, method=method, stop_at_step=3, eval_batch_size=40,
                    imports=(ORACLE,), **({"oracle.competence": competence} if method == "oracle" else {}))
   c = config_lib.validate(c)
-  loaded = lifecycle.load_teachers(c)
+  loaded = teacher_stages.load_teachers(c)
   workdir = str(tmp_path / method)
-  train.train_and_evaluate(c, workdir, loaded, lifecycle.open_cache(c, loaded), quiet=True)
+  train.train_and_evaluate(c, workdir, loaded, teacher_stages.open_cache(c, loaded), quiet=True)
   with open(os.path.join(workdir, "summary.json"), "w") as f:  # a stopped run stands in for a finished one
     f.write("{}")
   record = routing.measure_and_store(workdir, competence)

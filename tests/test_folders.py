@@ -13,7 +13,7 @@ from PIL import Image
 from mmkd_jax import config as config_lib
 from mmkd_jax import train
 from mmkd_jax.data import sources
-from mmkd_jax.teachers import lifecycle
+from mmkd_jax import teacher_stages
 
 from helpers import ROOT
 
@@ -83,12 +83,12 @@ def test_a_missing_manual_directory_names_the_dataset_layout_and_field(tmp_path)
 
 def _pipeline(config):
   config = config_lib.validate(config)
-  lifecycle.train_missing_teachers(config)
-  loaded = lifecycle.load_teachers(config)
+  teacher_stages.train_missing_teachers(config)
+  loaded = teacher_stages.load_teachers(config)
   if config.teacher_source == "precomputed":
-    lifecycle.precompute(config, loaded)
+    teacher_stages.precompute(config, loaded)
   return train.train_and_evaluate(config, config.teacher_dir + "/../run", loaded,
-                                  lifecycle.open_cache(config, loaded), quiet=True)
+                                  teacher_stages.open_cache(config, loaded), quiet=True)
 
 
 @pytest.mark.parametrize("dataset", ["stanford_dogs", "cub_200_2011"])

@@ -16,4 +16,4 @@ def test_single_teacher_kd_is_hinton_kd_from_that_teacher():
   log_p = lambda z: z - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1, keepdims=True)) - z.max(-1, keepdims=True)
   expected = 16 * np.mean(np.sum(np.exp(log_p(z_t)) * (log_p(z_t) - log_p(z_s)), -1))
   np.testing.assert_allclose(terms["terms"]["kd"], expected, rtol=1e-5)
-  np.testing.assert_array_equal(terms["logits_weights"][:, 1], 1.0)
+  np.testing.assert_array_equal(terms["teacher_weights"].logits[:, 1], 1.0)

@@ -10,7 +10,7 @@ import pytest
 
 from mmkd_jax import bilevel, optim
 from mmkd_jax import config as config_lib
-from mmkd_jax.methods import METHODS
+from mmkd_jax.methods import METHODS, TeacherWeights
 
 from helpers import method_and_batch
 
@@ -32,9 +32,9 @@ def test_every_method_trains_and_its_learned_parts_get_gradients(name):
   assert np.isfinite(float(loss))
   assert set(terms["terms"]) <= set(METHODS.get(name).terms)
   assert terms["logits"].shape == (B, C)
-  for key in ("logits_weights", "feature_weights"):
-    if key in terms and terms[key] is not None:
-      assert terms[key].shape == (B, 3)
+  assert isinstance(terms["teacher_weights"], TeacherWeights) and terms["teacher_weights"].logits is not None
+  for kind, weights in terms["teacher_weights"].items():
+    assert weights.shape == (B, 3), kind
   for part, tree in grads.items():
     norm = float(optax.tree.norm(tree))
     assert np.isfinite(norm) and norm > 0, (name, part, norm)

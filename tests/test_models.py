@@ -13,7 +13,7 @@ import pytest
 
 from mmkd_jax import verify
 from mmkd_jax.models import get_model, model_names, register_model
-from mmkd_jax.registry import UnknownNameError
+from mmkd_jax.errors import UnknownNameError
 
 MODEL_NAMES = model_names()[:21]  # the zoo (registered first)
 from mmkd_jax.models.layers import BatchNorm, channel_shuffle

@@ -61,7 +61,7 @@ def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(t
   import numpy as np  # pylint: disable=import-outside-toplevel
   from mmkd_jax import config as config_lib, registry, train  # pylint: disable=import-outside-toplevel
   from mmkd_jax.distill import hard_buffer  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
   from helpers import digits_smoke, save_random_digits_teachers  # pylint: disable=import-outside-toplevel
   plugin = os.path.join(PLUGIN, "my_bilevel.py")
   registry.import_plugins([plugin])
@@ -71,8 +71,8 @@ def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(t
                                        method="global_weights_kd", imports=(plugin,), teacher_source="online",
                                        stop_at_step=11, async_checkpoints=False,
                                        **{"global_weights_kd.buffer_size": 2 * smoke.batch_size}))
-  loaded = lifecycle.load_teachers(c)
-  summary = train.train_and_evaluate(c, str(tmp_path / "run"), loaded, lifecycle.open_cache(c, loaded), quiet=True)
+  loaded = teacher_stages.load_teachers(c)
+  summary = train.train_and_evaluate(c, str(tmp_path / "run"), loaded, teacher_stages.open_cache(c, loaded), quiet=True)
   state = summary["state"]
   assert isinstance(state.buffer, hard_buffer.HardBuffer) and int(state.buffer.count) == 2 * c.batch_size
   v = np.asarray(state.meta_params["v"])

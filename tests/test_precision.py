@@ -9,7 +9,7 @@ import pytest
 
 from mmkd_jax import config as config_lib
 from mmkd_jax.models import get_model
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 from helpers import digits_smoke, steps_and_state
 

@@ -13,8 +13,8 @@ import pytest
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec
 from mmkd_jax import replicas, steps as steps_lib, train
-from mmkd_jax.registry import ConfigError
-from mmkd_jax.teachers import lifecycle
+from mmkd_jax.errors import ConfigError
+from mmkd_jax import teacher_stages
 
 from helpers import as_float64, digits_smoke, steps_and_state
 
@@ -187,8 +187,8 @@ def _config(setting, **overrides):
 
 
 def _train(config, workdir):
-  loaded = lifecycle.load_teachers(config)
-  cache = lifecycle.open_cache(config, loaded)
+  loaded = teacher_stages.load_teachers(config)
+  cache = teacher_stages.open_cache(config, loaded)
   if replica_spec.replica_seeds(config):
     return replicas.train_replicas(config, workdir, loaded, cache, quiet=True)
   return train.train_and_evaluate(config, workdir, loaded, cache, quiet=True)

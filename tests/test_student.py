@@ -78,13 +78,13 @@ def test_evaluate_reports_teachers_agreement_and_kl(trained, tmp_path):
   """Agreement and KL(p_t || p_s) equal what the test computes from the two models' logits."""
   config, workdir, _ = trained
   from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import lifecycle  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
   eval_config = config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver", teacher_dir=str(tmp_path),
                                                  mode="evaluate"))
   teachers = random_teachers(("resnet8", "resnet8"), names=("s_resnet8a", "s_resnet8b"))
   for t, entry in zip(teachers, eval_config.teachers):
     teachers_lib.save_teacher(os.path.join(str(tmp_path), f"digits_{t.name}"), t.arch, 10, t.variables,
-                              {"identity": lifecycle.identity(eval_config, entry)})
+                              {"identity": teacher_stages.identity(eval_config, entry)})
   result = student_lib.evaluate_workdir(eval_config, workdir)
   images, labels = _test_images(config)
   student = mmkd_jax.load_student(workdir)

@@ -16,7 +16,7 @@ from mmkd_jax import teachers as teachers_lib
 from mmkd_jax import runs, train
 from mmkd_jax.loop import NonFiniteLossError
 from mmkd_jax.models import get_model
-from mmkd_jax.teachers import lifecycle
+from mmkd_jax import teacher_stages
 
 from helpers import digits_smoke, digits_teacher_record
 
@@ -45,8 +45,8 @@ def _config(teacher_dir, data_dir, **overrides):
 
 def _run(config, workdir):
   config = config_lib.validate(config)
-  loaded = lifecycle.load_teachers(config)
-  return train.train_and_evaluate(config, workdir, loaded, lifecycle.open_cache(config, loaded), quiet=True)
+  loaded = teacher_stages.load_teachers(config)
+  return train.train_and_evaluate(config, workdir, loaded, teacher_stages.open_cache(config, loaded), quiet=True)
 
 
 def _leaves(state):
@@ -137,11 +137,11 @@ def test_nan_loss_stops_and_names_the_term(tmp_path, teacher_dir, data_dir):
 def test_missing_teacher_and_missing_cache_are_clear(tmp_path, teacher_dir, data_dir):
   config = config_lib.validate(_config(str(tmp_path / "nothing"), data_dir))
   with pytest.raises(FileNotFoundError, match="mode=train_teacher"):
-    lifecycle.load_teachers(config)
+    teacher_stages.load_teachers(config)
   config = config_lib.validate(_config(teacher_dir, data_dir, teacher_source="precomputed",
                                        cache_dir=str(tmp_path / "c")))
   with pytest.raises(FileNotFoundError, match="mode=precompute"):
-    lifecycle.open_cache(config, lifecycle.load_teachers(config))
+    teacher_stages.open_cache(config, teacher_stages.load_teachers(config))
 
 
 def test_batch_size_must_divide_over_devices():
@@ -157,13 +157,13 @@ def test_batch_size_must_divide_over_devices():
 def test_online_and_precomputed_teachers_give_the_same_losses(tmp_path, teacher_dir, data_dir):
   base = config_lib.validate(_config(teacher_dir, data_dir, cache_dtype="float32",
                                      cache_dir=str(tmp_path / "cache"), num_replays=2))
-  loaded = lifecycle.load_teachers(base)
-  lifecycle.precompute(base, loaded)
+  loaded = teacher_stages.load_teachers(base)
+  teacher_stages.precompute(base, loaded)
   results = {}
   for source in ("online", "precomputed"):
     c = config_lib.validate(_config(teacher_dir, data_dir, cache_dtype="float32", cache_dir=str(tmp_path / "cache"),
                                     num_replays=2, teacher_source=source))
-    setup = train.build(c, loaded, lifecycle.open_cache(c, loaded))
+    setup = train.build(c, loaded, teacher_stages.open_cache(c, loaded))
     raw = next(iter(train.train_batches(setup, 1)))
     state = train.initial_state(setup)
     teacher_vars = tuple(t.variables for t in loaded) if source == "online" else ()
@@ -225,12 +225,12 @@ def test_warmup_epochs_use_uniform_weights_and_no_meta_steps(tmp_path, teacher_d
 def test_pipeline_skips_what_exists(tmp_path, teacher_dir, data_dir, capsys):
   config = config_lib.validate(_config(teacher_dir, data_dir, teacher_source="precomputed",
                                        cache_dir=str(tmp_path / "cache")))
-  lifecycle.train_missing_teachers(config)  # both exist: nothing is trained
+  teacher_stages.train_missing_teachers(config)  # both exist: nothing is trained
   assert not [d for d in os.listdir(teacher_dir) if d.endswith(".run")]
-  loaded = lifecycle.load_teachers(config)
-  lifecycle.precompute(config, loaded)
+  loaded = teacher_stages.load_teachers(config)
+  teacher_stages.precompute(config, loaded)
   stamp = os.path.getmtime(tmp_path / "cache")
-  lifecycle.precompute(config, loaded)
+  teacher_stages.precompute(config, loaded)
   assert "teacher cache already present" in capsys.readouterr().out
   assert os.path.getmtime(tmp_path / "cache") == stamp
 

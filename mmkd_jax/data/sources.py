@@ -24,7 +24,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmkd_jax.registry import Registry, UnknownNameError, origin_of
+from mmkd_jax.errors import UnknownNameError
+from mmkd_jax.registry import Registry, origin_of
 
 BuilderFactory = Callable[..., tfds.core.DatasetBuilder]
 
@@ -78,26 +79,30 @@ DATASETS: Registry[DatasetEntry] = Registry(
 
 
 def register_dataset(name: str, **fields: Any) -> Callable:
-  """Decorator on a ``tfds.core.DatasetBuilder`` subclass (or a factory of builders): registers
-  it as ``name``; ``fields`` are those of ``DatasetEntry`` (mean, std, splits, offline...)."""
+  """Registers dataset ``name``; ``fields`` are those of ``DatasetEntry`` (mean, std, splits,
+  offline...). As a decorator on a ``tfds.core.DatasetBuilder`` subclass (or a factory of
+  builders); or, with ``tfds_name=``, a TFDS dataset under this name and these fields, registered
+  by the call itself (``register_dataset("cifar100", tfds_name="cifar100", mean=..., std=...)``)."""
+  if fields.get("tfds_name"):
+    DATASETS.add(name, DatasetEntry(**fields), f"tfds:{fields['tfds_name']}")
+    return lambda builder: builder
+
   def decorator(builder):
     DATASETS.add(name, DatasetEntry(builder=builder, **fields), origin_of(builder))
     return builder
   return decorator
 
 
-# The reference's CIFAR-100 normalisation; CIFAR-10 uses its well-known statistics.
-DATASETS.add("cifar100", DatasetEntry(tfds_name="cifar100", mean=(0.5071, 0.4867, 0.4408),
-                                      std=(0.2675, 0.2565, 0.2761)), "mmkd_jax.data.sources")
-DATASETS.add("cifar10", DatasetEntry(tfds_name="cifar10", mean=(0.4914, 0.4822, 0.4465),
-                                     std=(0.2470, 0.2435, 0.2616)), "mmkd_jax.data.sources")
+# The built-in TFDS datasets, registered as a user's would be. The reference's CIFAR-100
+# normalisation; CIFAR-10 uses its well-known statistics.
+register_dataset("cifar100", tfds_name="cifar100", mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
+register_dataset("cifar10", tfds_name="cifar10", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 # The reference's 224x224 fine-grained datasets: RandomResizedCrop(224) + flip, Resize(256) +
 # CenterCrop(224), ImageNet mean/std (its dataset/finegrained.py). TFDS prepares them with a
 # download (on a machine with internet: python -m mmkd_jax.data.prepare stanford_dogs).
 _IMAGENET_NORM = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 for _name, _tfds in (("stanford_dogs", "stanford_dogs"), ("cub_200_2011", "caltech_birds2011")):
-  DATASETS.add(_name, DatasetEntry(tfds_name=_tfds, host_transform=True, image_size=224, eval_resize=256,
-                                   **_IMAGENET_NORM), "mmkd_jax.data.sources")
+  register_dataset(_name, tfds_name=_tfds, host_transform=True, image_size=224, eval_resize=256, **_IMAGENET_NORM)
 
 
 def default_data_dir() -> str:

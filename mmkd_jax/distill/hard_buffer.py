@@ -15,7 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 PyTree = Any
 

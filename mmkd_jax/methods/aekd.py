@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, kd_matrix,
+from mmkd_jax.methods.base import (RunInfo, TeacherWeights, WeightedTermsMethod, apply_student, kd_matrix,
                                    loss_weights, register)
 
 Array = jax.Array
@@ -159,7 +159,7 @@ class AEKD(WeightedTermsMethod):
     kd = kd_matrix(logits, batch["teacher_logits"], self.temperature)
     lam, gram_trace = self.teacher_weights(logits, batch["teacher_logits"])
     terms = {"ce": losses.cross_entropy(logits, batch["label"]), "kd": jnp.sum(lam * jnp.mean(kd, axis=0))}
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": jnp.broadcast_to(lam, kd.shape),
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(logits=jnp.broadcast_to(lam, kd.shape)),
                                                "diagnostics": {"gram_trace": gram_trace}}
 
 

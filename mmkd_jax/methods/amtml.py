@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, init_student, loss_weights, register
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, WeightedTermsMethod, apply_student, init_student, loss_weights, register
+from mmkd_jax.errors import ConfigError
 
 Array = jax.Array
 
@@ -142,7 +142,7 @@ class AMTMLKD(WeightedTermsMethod):
       mse = [jnp.mean(jnp.square(p - _l2_normalize(jnp.mean(f.astype(p.dtype), axis=(1, 2)))[:, None, None, :]))
              for p, f in zip(projected, batch["teacher_feat"])]
       terms["feat"] = sum(mse)
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": mu}
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(logits=mu)}
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:

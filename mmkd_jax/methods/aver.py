@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,7 @@ class AVER(WeightedTermsMethod):
     uniform = jnp.full(per_sample_kd.shape, 1.0 / per_sample_kd.shape[1], logits.dtype)
     terms = {"ce": losses.cross_entropy(logits, batch["label"]),
              "kd": losses.weighted_batch_sum(per_sample_kd, uniform)}
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": uniform}
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(logits=uniform)}
 
 
 @register("aver", terms={"ce": 1.0, "kd": 1.0})

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,22 @@ from mmkd_jax.registry import Registry, origin_of
 Array = jax.Array
 PyTree = Any
 # objective(params, model_state, meta_params, batch) -> (loss, (model_state, aux)), aux holding
-# "terms" (raw named loss terms), "logits" and optionally per-sample "logits_weights" /
-# "feature_weights" (B, T).
+# "terms" (raw named loss terms), "logits" and, for a method that weights its teachers,
+# "teacher_weights" (a TeacherWeights).
 Objective = Callable[[PyTree, PyTree, PyTree, dict], tuple[Array, tuple[PyTree, dict]]]
+
+
+@flax.struct.dataclass
+class TeacherWeights:
+  """The per-sample weights (B, T) a method puts on each teacher: on their logits (the KD term)
+  and on their features. The trainer logs their batch means (``teacher_weights/<kind>/<teacher>``)
+  and the per-class means of ``logits``; experiments/routing.py reads ``logits``."""
+  logits: Array | None = None
+  feature: Array | None = None
+
+  def items(self) -> list[tuple[str, Array]]:
+    """(kind, weights) of the kinds the method reports."""
+    return [(kind, w) for kind, w in (("logits", self.logits), ("feature", self.feature)) if w is not None]
 
 
 @dataclasses.dataclass(frozen=True)

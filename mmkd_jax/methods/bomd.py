@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import RunInfo, apply_student, init_student, kd_matrix, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, apply_student, init_student, kd_matrix, loss_weights, register
 from mmkd_jax.methods.bilevel import BUFFER_SECTION, BilevelMethod, bilevel_fields, check_buffer
 
 Array = jax.Array
@@ -70,8 +70,8 @@ class BOMD(BilevelMethod):
     terms = {"ce": losses.cross_entropy(logits, batch["label"]),
              "kd": jnp.sum(weights * jnp.mean(kd, axis=0)),
              "feat": jnp.sum(weights * jnp.mean(align, axis=0))}
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": per_sample_weights,
-                                               "feature_weights": per_sample_weights}
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(
+                                                   logits=per_sample_weights, feature=per_sample_weights)}
 
 
 @register("bomd", terms={"ce": 1.0, "kd": 1.0, "feat": 10.0}, bilevel=True, lookahead={"ce": 0.0},

@@ -24,9 +24,9 @@ import numpy as np
 
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import Embed
-from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
 from mmkd_jax.models.layers import adaptive_avg_pool
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 Array = jax.Array
 
@@ -73,7 +73,7 @@ class CAMKD(WeightedTermsMethod):
     w = jax.lax.stop_gradient(confidence_weights(losses.per_sample_cross_entropy(batch["teacher_logits"],
                                                                                  batch["label"])))
     terms = {"ce": losses.cross_entropy(logits, batch["label"]), "kd": jnp.sum(w * kd) / kd.size}
-    extras = {"logits": logits, "logits_weights": w}
+    extras = {"logits": logits, "teacher_weights": TeacherWeights(logits=w)}
     new_state = dict(state, student=stats)
     if not self.weights["feat"]:
       return terms, new_state, extras
@@ -85,7 +85,7 @@ class CAMKD(WeightedTermsMethod):
     omega = confidence_weights(losses.per_sample_cross_entropy(jnp.stack(head_logits, axis=1), batch["label"]))
     per_sample = jnp.stack(mse, axis=-1)
     terms["feat"] = jnp.sum(omega * per_sample) / per_sample.size
-    extras["feature_weights"] = omega
+    extras["teacher_weights"] = TeacherWeights(logits=w, feature=omega)
     return terms, new_state, extras
 
 

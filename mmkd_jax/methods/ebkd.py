@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, kd_matrix,
+from mmkd_jax.methods.base import (RunInfo, TeacherWeights, WeightedTermsMethod, apply_student, kd_matrix,
                                    loss_weights, register)
 
 Array = jax.Array
@@ -41,7 +41,7 @@ class EBKD(WeightedTermsMethod):
     kd = kd_matrix(logits, batch["teacher_logits"], self.temperature)
     w = jax.lax.stop_gradient(ebkd_weights(batch["teacher_logits"]))
     terms = {"ce": losses.cross_entropy(logits, batch["label"]), "kd": jnp.sum(w * kd) / kd.size}
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": w}
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(logits=w)}
 
 
 @register("ebkd", terms={"ce": 1.0, "kd": 1.0})

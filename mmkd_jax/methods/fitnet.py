@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, WeightedTermsMethod, apply_student, kd_matrix, loss_weights, register
 from mmkd_jax.models.layers import BatchNorm, conv, torch_uniform
 
 Array = jax.Array
@@ -88,7 +88,7 @@ class FitNetMKD(WeightedTermsMethod):
     uniform = jnp.full(kd.shape, 1.0 / self.run.num_teachers, kd.dtype)
     terms = {"ce": losses.cross_entropy(logits, batch["label"]), "kd": jnp.mean(kd), "feat": hints}
     return (terms, dict(state, student=stats, match=match_stats),
-            {"logits": logits, "logits_weights": uniform, "feature_weights": uniform})
+            {"logits": logits, "teacher_weights": TeacherWeights(logits=uniform, feature=uniform)})
 
 
 @register("fitnet", terms={"ce": 1.0, "kd": 1.0, "feat": 100.0}, feature_layer=2, feat_from_epoch=1,

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import (RunInfo, WeightedTermsMethod, apply_student, loss_weights,
+from mmkd_jax.methods.base import (RunInfo, TeacherWeights, WeightedTermsMethod, apply_student, loss_weights,
                                    register)
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class SingleTeacherKD(WeightedTermsMethod):
     weights = jax.nn.one_hot(jnp.full(logits.shape[:1], self.teacher_index), self.run.num_teachers)
     terms = {"ce": losses.cross_entropy(logits, batch["label"]),
              "kd": losses.kd_batchmean(logits, teacher, self.temperature)}
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": weights}
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(logits=weights)}
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:

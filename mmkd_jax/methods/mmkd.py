@@ -31,9 +31,9 @@ import ml_collections
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import FeatureAligner
 from mmkd_jax.distill.meta_nets import FEATURE_INPUTS, WeightMLP, feature_weight_input, logits_weight_input
-from mmkd_jax.methods.base import RunInfo, apply_student, loss_weights, register
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, apply_student, loss_weights, register
 from mmkd_jax.methods.bilevel import BUFFER_SECTION, BilevelMethod, bilevel_fields, check_buffer
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 
 Array = jax.Array
 PyTree = Any
@@ -106,7 +106,7 @@ class MMKD(BilevelMethod):
         logits[:, None, :], batch["teacher_logits"].astype(logits.dtype), self.temperature)  # (B, T)
     terms = {"ce": losses.cross_entropy(logits, batch["label"]),
              "kd": losses.weighted_batch_sum(per_sample_kd, w_logits)}
-    extras = {"logits": logits, "per_sample_kd": per_sample_kd, "logits_weights": w_logits,
+    extras = {"logits": logits, "per_sample_kd": per_sample_kd, "teacher_weights": TeacherWeights(logits=w_logits),
               "diagnostics": {"logits_weights_onehot": one_hot_fraction(w_logits)}}
     new_state = dict(state)
     if self.uses_features:
@@ -115,7 +115,8 @@ class MMKD(BilevelMethod):
           batch["teacher_feat"], mutable=["batch_stats"])
       new_state["match"] = match_updated["batch_stats"]
       terms["feat"] = losses.weighted_batch_sum(per_sample_feat, w_feat)
-      extras.update(student_feat=student_feat, feature_weights=w_feat, per_sample_feat=per_sample_feat)
+      extras.update(student_feat=student_feat, per_sample_feat=per_sample_feat,
+                    teacher_weights=TeacherWeights(logits=w_logits, feature=w_feat))
       extras["diagnostics"]["feature_weights_onehot"] = one_hot_fraction(w_feat)
     return terms, new_state, extras
 

@@ -11,7 +11,8 @@ from mmkd_jax.methods.base import RunInfo, WeightedTermsMethod, apply_student, l
 
 
 @dataclasses.dataclass(frozen=True)
-class CrossEntropyOnly(WeightedTermsMethod):
+class NoDistillation(WeightedTermsMethod):
+  """Method 'none': no distillation, the student on its cross-entropy alone."""
 
   def init(self, rng, batch):
     v = self.student.init(rng, batch["image"], train=False)
@@ -24,6 +25,6 @@ class CrossEntropyOnly(WeightedTermsMethod):
 
 
 @register("none", terms={"ce": 1.0}, needs_teachers=False)
-def build(config: ml_collections.ConfigDict, run: RunInfo) -> CrossEntropyOnly:
+def build(config: ml_collections.ConfigDict, run: RunInfo) -> NoDistillation:
   """The student alone (cross-entropy on labels)."""
-  return CrossEntropyOnly(run, loss_weights(config))
+  return NoDistillation(run, loss_weights(config))

@@ -85,7 +85,7 @@ def _add_zoo() -> None:
          for name, (cfg, split) in imagenet.VGG_IMAGENET.items()},
   })
   for name, (factory, classifier) in zoo.items():
-    MODELS.add(name, ModelSpec(factory, classifier), f"mmkd_jax.models:{name}")
+    register_model(name, classifier)(factory)  # as a user's model is
 
 
 _add_zoo()

@@ -156,7 +156,7 @@ def check_hypergrad_file(path: str, rtol: float | None = None, mode: str = "forw
   if "final_student_logits" in npz:
     checks.append(OutputCheck("final_student_logits", relative_error(final_logits, npz["final_student_logits"]), rtol))
   step0_map = {"student_logits": step0["logits"], "per_sample_kd": step0["per_sample_kd"],
-               "logits_weights": step0["logits_weights"], "feature_weights": step0["feature_weights"],
+               "logits_weights": step0["teacher_weights"].logits, "feature_weights": step0["teacher_weights"].feature,
                "loss_div": step0["terms"]["kd"], "loss_feat": step0["terms"]["feat"],
                "student_feat": nchw(np.asarray(step0["student_feat"])),
                "student_feat_sum": np.sum(step0["student_feat"]),

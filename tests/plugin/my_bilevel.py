@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods import BUFFER_SECTION, BilevelMethod, bilevel_fields, check_buffer, loss_weights, register
+from mmkd_jax.methods import (BUFFER_SECTION, BilevelMethod, TeacherWeights, bilevel_fields, check_buffer,
+                              loss_weights, register)
 from mmkd_jax.methods.base import apply_student, init_student, kd_matrix
 
 
@@ -26,7 +27,7 @@ class GlobalWeightsKD(BilevelMethod):
                            batch)
     kd = jnp.mean(jnp.sum(weights * kd_matrix(logits, batch["teacher_logits"], self.temperature), -1))
     return ({"ce": losses.cross_entropy(logits, batch["label"]), "kd": kd}, dict(state, student=stats),
-            {"logits": logits, "logits_weights": weights})
+            {"logits": logits, "teacher_weights": TeacherWeights(logits=weights)})
 
 
 @register("global_weights_kd", terms={"ce": 1.0, "kd": 1.0}, bilevel=True, lookahead={"ce": 0.0},

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from mmkd_jax.data import register_dataset
 from mmkd_jax.distill import losses
-from mmkd_jax.methods import WeightedTermsMethod, loss_weights, register
+from mmkd_jax.methods import TeacherWeights, WeightedTermsMethod, loss_weights, register
 from mmkd_jax.methods.base import apply_student, kd_matrix
 from mmkd_jax.models import register_model
 
@@ -76,7 +76,7 @@ class ConfidentKD(WeightedTermsMethod):
     w = confidence_weights(batch["teacher_logits"], self.sharpness)
     kd = jnp.mean(jnp.sum(w * kd_matrix(logits, batch["teacher_logits"], self.temperature), -1))
     terms = {"ce": losses.cross_entropy(logits, batch["label"]), "kd": kd}
-    return terms, dict(state, student=stats), {"logits": logits, "logits_weights": w}
+    return terms, dict(state, student=stats), {"logits": logits, "teacher_weights": TeacherWeights(logits=w)}
 
 
 @register("confident_kd", terms={"ce": 1.0, "kd": 1.0}, section={"sharpness": 5.0},

@@ -17,9 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmkd_jax import runs
+from mmkd_jax import config as config_lib
+from mmkd_jax import runs, train
 from mmkd_jax.data import sources
-from mmkd_jax.registry import ConfigError
+from mmkd_jax.errors import ConfigError
 from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers.core import (TEACHER_META, Teacher, augmented_teacher_outputs, feature_shapes,
                                     is_complete, load_teacher, save_teacher)
@@ -52,7 +53,6 @@ class StaleTeacherError(ConfigError):
 def training_config(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The resolved config that trains teacher ``entry``: the run's setting with method ``none``,
   the teacher's architecture and seed, and ``teacher_training``'s schedule."""
-  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   tc = copy.deepcopy(config)
   tc.unlock()
   tc.resolved_for, tc.replicas = "", ""
@@ -137,7 +137,6 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
   returns the seconds spent. A teacher with an explicit checkpoint is never trained (a mistyped
   path is an error later). SIGTERM stops it with its latest checkpoint saved (runs.Preempted);
   the same command resumes it from there, and only a finished teacher gets its teacher.json."""
-  from mmkd_jax import train  # pylint: disable=import-outside-toplevel
   check_trained_teachers(config)
   spent = 0.0
   for entry in config.teachers:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmkd_jax import config as config_lib
-from mmkd_jax.teachers import lifecycle, save_teacher
+from mmkd_jax import teacher_stages, save_teacher
 
 from helpers import digits_smoke, random_teachers
 
@@ -29,15 +29,15 @@ def _config(tmp_path, **overrides):
 def _saved(tmp_path, **overrides):
   config = _config(tmp_path, **overrides)
   for entry, t in zip(config.teachers, random_teachers(("resnet8", "resnet8"))):
-    save_teacher(lifecycle.checkpoint_path(config, entry), t.arch, 10, t.variables,
-                 {"identity": lifecycle.identity(config, entry)})
+    save_teacher(teacher_stages.checkpoint_path(config, entry), t.arch, 10, t.variables,
+                 {"identity": teacher_stages.identity(config, entry)})
   return config
 
 
 def test_the_same_settings_reuse_the_teacher(tmp_path):
   config = _saved(tmp_path)
-  lifecycle.check_trained_teachers(config)
-  assert lifecycle.train_missing_teachers(config) == 0.0  # nothing to train
+  teacher_stages.check_trained_teachers(config)
+  assert teacher_stages.train_missing_teachers(config) == 0.0  # nothing to train
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -50,9 +50,9 @@ def test_the_same_settings_reuse_the_teacher(tmp_path):
 def test_a_changed_setting_is_refused_naming_the_field(tmp_path, override, fragment):
   _saved(tmp_path)
   config = _config(tmp_path, **override)
-  path = os.path.abspath(lifecycle.checkpoint_path(config, config.teachers[0]))
-  for check in (lifecycle.check_trained_teachers, lifecycle.train_missing_teachers, lifecycle.load_teachers):
-    with pytest.raises(lifecycle.StaleTeacherError) as raised:
+  path = os.path.abspath(teacher_stages.checkpoint_path(config, config.teachers[0]))
+  for check in (teacher_stages.check_trained_teachers, teacher_stages.train_missing_teachers, teacher_stages.load_teachers):
+    with pytest.raises(teacher_stages.StaleTeacherError) as raised:
       check(config)
     message = str(raised.value)
     assert fragment in message and path in message
@@ -63,23 +63,23 @@ def test_a_changed_setting_is_refused_naming_the_field(tmp_path, override, fragm
 def test_student_settings_do_not_make_a_teacher_stale(tmp_path):
   _saved(tmp_path)
   config = _config(tmp_path, method="aver", lr=0.3, seed=5, epochs=7)
-  lifecycle.check_trained_teachers(config)
+  teacher_stages.check_trained_teachers(config)
 
 
 def test_a_teacher_without_a_record_is_refused_unless_named_explicitly(tmp_path):
   config = _config(tmp_path)
   for entry, t in zip(config.teachers, random_teachers(("resnet8", "resnet8"))):
-    save_teacher(lifecycle.checkpoint_path(config, entry), t.arch, 10, t.variables, {"epochs": 1})
-  with pytest.raises(lifecycle.StaleTeacherError, match=r"epochs \(not recorded\) -> 1"):
-    lifecycle.load_teachers(config)
-  explicit = _config(tmp_path, **{f"teachers{i}_checkpoint": lifecycle.checkpoint_path(config, e)
+    save_teacher(teacher_stages.checkpoint_path(config, entry), t.arch, 10, t.variables, {"epochs": 1})
+  with pytest.raises(teacher_stages.StaleTeacherError, match=r"epochs \(not recorded\) -> 1"):
+    teacher_stages.load_teachers(config)
+  explicit = _config(tmp_path, **{f"teachers{i}_checkpoint": teacher_stages.checkpoint_path(config, e)
                                   for i, e in enumerate(config.teachers)})
-  assert [t.name for t in lifecycle.load_teachers(explicit)] == ["s_resnet8a", "s_resnet8b"]
+  assert [t.name for t in teacher_stages.load_teachers(explicit)] == ["s_resnet8a", "s_resnet8b"]
 
 
 def _teacher_batches(config, index):
   from mmkd_jax import train  # pylint: disable=import-outside-toplevel
-  setup = train.build(lifecycle.training_config(config, config.teachers[index]))
+  setup = train.build(teacher_stages.training_config(config, config.teachers[index]))
   return setup, list(train.train_batches(setup, 0))
 
 
@@ -112,11 +112,11 @@ def test_a_specialist_sees_only_its_classes_and_noise_is_applied_as_configured(t
 ])
 def test_a_teachers_own_settings_are_part_of_its_identity(tmp_path, override, fragment):
   _saved(tmp_path)
-  with pytest.raises(lifecycle.StaleTeacherError, match=re.escape(fragment)):
-    lifecycle.check_trained_teachers(_config(tmp_path, **override))
+  with pytest.raises(teacher_stages.StaleTeacherError, match=re.escape(fragment)):
+    teacher_stages.check_trained_teachers(_config(tmp_path, **override))
 
 
 def test_a_teacher_on_its_own_split_lives_apart(tmp_path):
   config = _config(tmp_path, teachers0_train_split="train[:500]")
-  assert lifecycle.checkpoint_path(config, config.teachers[0]).endswith("digits-train__500_s_resnet8a")
-  assert lifecycle.checkpoint_path(config, config.teachers[1]).endswith("digits_s_resnet8b")
+  assert teacher_stages.checkpoint_path(config, config.teachers[0]).endswith("digits-train__500_s_resnet8a")
+  assert teacher_stages.checkpoint_path(config, config.teachers[1]).endswith("digits_s_resnet8b")
