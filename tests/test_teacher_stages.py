@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import teacher_stages, save_teacher
+from mmkd_jax import teacher_stages
+from mmkd_jax.teachers import save_teacher
 
 from helpers import digits_smoke, random_teachers
 
