@@ -32,7 +32,7 @@ from mmkd_jax import config as config_lib
 from mmkd_jax import registry, train
 from mmkd_jax.data import pipeline
 from mmkd_jax.data.augment import normalize
-from mmkd_jax.student import _restore_raw
+from mmkd_jax.student import restore_raw_checkpoint
 from mmkd_jax import teacher_stages
 from mmkd_jax.teachers.core import teacher_forward
 
@@ -79,7 +79,7 @@ def measure(workdir: str, competence_text: str = "") -> dict:
   config.teacher_source = "online"  # the teachers run here on the test images; nothing else changes
   teachers = teacher_stages.load_teachers(config)
   setup = train.build(config, teachers)
-  found = _restore_raw(os.path.join(workdir, "checkpoints"))
+  found = restore_raw_checkpoint(os.path.join(workdir, "checkpoints"))
   if found is None:
     raise FileNotFoundError(f"{workdir}: no checkpoint to measure")
   state, _, step = found

@@ -111,8 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.trust_pickle = False         # allow arbitrary objects in teacher .pth files
   c.feature_layer = config_dict.placeholder(int)   # feat[...] of feature terms (method default -2)
   c.temperature = config_dict.placeholder(float)   # KD temperature (method default 4)
+  c.feat_from_epoch = config_dict.placeholder(int)  # the feature term counts from this (0-based) epoch (method default 0)
   c.weights = _placeholders({t: 1.0 for t in _term_names()})  # raw loss term -> weight
-  c.weights.feat_from_epoch = config_dict.placeholder(int)   # the feature term counts from this epoch
   # Data parallelism: BatchNorm statistics per device (like PyTorch DDP) unless synchronised.
   c.sync_batch_norm = False
   # BatchNorm statistics groups per global batch; 0 = one per device (1 with sync_batch_norm).
@@ -221,6 +221,8 @@ def set_fields(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] |
   for key, value in items:
     if "=" in key or not key:
       raise ConfigError(f"config.{key}: write overrides as FIELD=VALUE")
+    if key in RENAMED:
+      raise ConfigError(f"config.{key} is now config.{RENAMED[key]}")
     *parents, leaf = key.split(".")
     if parents and _name_and_index(parents[0])[0] not in config:
       _add_method_section(config, _name_and_index(parents[0])[0])
@@ -293,9 +295,34 @@ def load(path: str, arg: str | None = None, overrides: Mapping[str, Any] | Itera
   return set_fields(module.get_config() if arg is None else module.get_config(arg), overrides)
 
 
+# Fields renamed since runs were recorded (old dotted name -> new): an older run's config.json
+# loads, compares and resumes under the current names.
+RENAMED = {"weights.feat_from_epoch": "feat_from_epoch", "mmkd.gram_per_device": "mmkd.gram_per_bn_group"}
+
+
+def upgrade_stored(stored: Mapping[str, Any]) -> dict[str, Any]:
+  """A stored config (``config.json``) with renamed fields under their current names."""
+  out = copy.deepcopy(dict(stored))
+  for old, new in RENAMED.items():
+    *old_parents, old_leaf = old.split(".")
+    section = out
+    for p in old_parents:
+      section = section.get(p) if isinstance(section, dict) else None
+    if not isinstance(section, dict) or old_leaf not in section:
+      continue
+    value = section.pop(old_leaf)
+    *new_parents, new_leaf = new.split(".")
+    target = out
+    for p in new_parents:
+      target = target.setdefault(p, {})
+    target.setdefault(new_leaf, value)
+  return out
+
+
 def from_json(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """The config a run's ``config.json`` records, as a config to run again (``--config
   <workdir>/config.json``): every field as stored, resolved again (to the same values)."""
+  stored = upgrade_stored(stored)
   registry.import_plugins(stored.get("imports", ()))
   c = base_config()
   _assign(c, stored)
@@ -324,7 +351,7 @@ def _assign(target: ml_collections.ConfigDict, values: Mapping[str, Any]) -> Non
 def _owned_defaults(config: ml_collections.ConfigDict, spec: methods.MethodSpec) -> dict[str, Any]:
   """Every field the method owns with its default (look-ahead weights: the training weight)."""
   owned: dict[str, Any] = {"feature_layer": spec.feature_layer, "temperature": spec.temperature,
-                           "weights.feat_from_epoch": spec.feat_from_epoch}
+                           "feat_from_epoch": spec.feat_from_epoch}
   owned.update({f"weights.{t}": w for t, w in spec.terms.items()})
   owned.update({f"{spec.name}.{k}": v for k, v in spec.section.items()})
   return owned
@@ -366,7 +393,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       set_fields(c, {path: preset.get(path, spec.lookahead.get(term, c.weights[term]))})
   for name, section in (("weights", c.weights), ("meta.lookahead_weights", c.meta.lookahead_weights)):
     valid = set(spec.terms) if (name == "weights" or spec.bilevel) else set()
-    stray = [k for k in section if k not in valid and k != "feat_from_epoch" and section[k] is not None]
+    stray = [k for k in section if k not in valid and section[k] is not None]
     if stray:
       raise ConfigError(f"config.{name}.{stray[0]}: method {spec.name!r} has no such term "
                         f"({'its terms: ' + ', '.join(sorted(valid)) if valid else 'and no look-ahead'})")

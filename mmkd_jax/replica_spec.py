@@ -43,8 +43,7 @@ class ReplicaEntry:
 
 def _tunable(field: str) -> bool:
   head, _, term = field.rpartition(".")
-  return field in ("lr", "temperature", "meta.lr") or (head in ("weights", "meta.lookahead_weights")
-                                                       and bool(term) and term != "feat_from_epoch")
+  return field in ("lr", "temperature", "meta.lr") or (head in ("weights", "meta.lookahead_weights") and bool(term))
 
 
 def replica_entries(config: ml_collections.ConfigDict) -> tuple[ReplicaEntry, ...]:

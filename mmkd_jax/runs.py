@@ -4,6 +4,7 @@ made it, and stopping on a signal."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 from typing import Any, Mapping
@@ -38,13 +39,21 @@ def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict)
   paths) whose value differs between a stored run's config and ``config``. A field the stored
   config lacks counts as unchanged at its ``base_config`` default: a later code version added it
   with the behaviour the run was made with."""
-  old, new = flatten(stored), flatten(json.loads(config.to_json_best_effort()))
+  old, new = flatten(config_lib.upgrade_stored(stored)), flatten(json.loads(config.to_json_best_effort()))
   defaults = flatten(json.loads(config_lib.base_config().to_json_best_effort()))
+  # a teacher entry's fields default as config.teacher() sets them
+  entry_defaults = flatten(json.loads(config_lib.teacher("", "").to_json_best_effort()))
+  unset = object()
+
+  def default_of(key: str) -> Any:
+    entry = re.fullmatch(r"teachers\.\[\d+\]\.(\w+)", key)
+    return entry_defaults.get(entry.group(1), unset) if entry else defaults.get(key, unset)
+
   out = []
   for key in sorted(set(old) | set(new)):
-    if key.startswith(RESUMABLE) or (key.startswith("teachers[") and key.endswith(".checkpoint")):
+    if key.startswith(RESUMABLE) or re.fullmatch(r"teachers\.\[\d+\]\.checkpoint", key):
       continue
-    if key not in old and key in defaults and new.get(key) == defaults[key]:
+    if key not in old and new.get(key, unset) == default_of(key):
       continue
     if old.get(key, "<unset>") != new.get(key, "<unset>"):
       out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")

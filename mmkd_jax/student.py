@@ -78,7 +78,9 @@ class Student:
     return np.asarray(jax.nn.softmax(self.logits(images, batch_size), axis=-1))
 
 
-def _restore_raw(directory: str) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+def restore_raw_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+  """The newest checkpoint under ``directory`` (a run's ``checkpoints/`` or ``best/``) as saved:
+  (the train state as a tree of arrays, the host-side metadata, its step); None if there is none."""
   manager = ocp.CheckpointManager(os.path.abspath(directory))
   step = manager.latest_step()
   if step is None:
@@ -98,7 +100,7 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
     directory = os.path.join(workdir, "best" if name == "best" else "checkpoints")
     if os.path.isdir(directory):
       try:
-        found = _restore_raw(directory)
+        found = restore_raw_checkpoint(directory)
       except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types for damaged files)
         problems.append(f"{directory} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})")
         continue

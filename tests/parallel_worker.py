@@ -42,7 +42,7 @@ def config(sync_bn: bool = True):
   return config_lib.resolve(digits_smoke(
       data_dir=data_dir, teacher_source="online", sync_batch_norm=sync_bn, async_checkpoints=False,
       epochs=1, lr_milestones=(1,), **({"weights.feat": float(os.environ.get("MMKD_BETA", "1.0")),
-                                         "mmkd.gram_per_device": os.environ.get("MMKD_GRAM_PER_DEVICE") == "1"}
+                                         "mmkd.gram_per_bn_group": os.environ.get("MMKD_GRAM_PER_BN_GROUP") == "1"}
                                         if os.environ.get("MMKD_METHOD", "mmkd") == "mmkd" else {}),
       lr=float(os.environ.get("MMKD_LR", "0.01")), batch_norm_groups=int(os.environ.get("MMKD_BN_GROUPS", "0")),
       method=os.environ.get("MMKD_METHOD", "mmkd")))

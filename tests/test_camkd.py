@@ -35,5 +35,5 @@ def test_camkd_drops_the_feature_term_in_the_first_epoch():
   assert t["feat"] > 0
   np.testing.assert_allclose(first, t["ce"] + t["kd"], rtol=1e-6)
   np.testing.assert_allclose(later, t["ce"] + t["kd"] + 50.0 * t["feat"], rtol=1e-6)
-  always, _ = method_and_batch("camkd", **{"weights.feat_from_epoch": 0})
+  always, _ = method_and_batch("camkd", feat_from_epoch=0)
   np.testing.assert_allclose(_terms(always, batch, epoch=0)[0], later, rtol=1e-6)

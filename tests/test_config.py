@@ -56,7 +56,7 @@ def test_method_switch_applies_that_methods_settings():
   assert (mmkd.feature_layer, mmkd.weights.feat, mmkd.meta.lookahead_weights.feat) == (-2, 10.0, 10.0)
   assert mmkd.meta.lookahead_weights.ce == 0.0
   fitnet = config_lib.resolve(config_lib.load(DIGITS, overrides={"method": "fitnet"}))
-  assert (fitnet.feature_layer, fitnet.weights.feat, fitnet.weights.feat_from_epoch) == (2, 100.0, 1)
+  assert (fitnet.feature_layer, fitnet.weights.feat, fitnet.feat_from_epoch) == (2, 100.0, 1)
   assert fitnet.meta.lookahead_weights.feat is None
   amtml = config_lib.resolve(config_lib.load(DIGITS, overrides={"method": "amtml"}))
   assert (amtml.temperature, amtml.weights.ce, amtml.weights.kd, amtml.amtml.adapter_epochs) == (5.0, 0.3, 1.4, 5)
@@ -127,3 +127,20 @@ def test_overrides_parse_as_the_command_line_writes_them():
     config_lib.set_fields(c, ["epochz=3"])
   with pytest.raises(ConfigError, match=r"config.teachers\[40\].seed: config.teachers has no entry 40"):
     config_lib.set_fields(c, ["teachers[40].seed=1"])
+
+
+def test_a_run_recorded_before_fields_were_renamed_loads_and_compares_unchanged():
+  """config.RENAMED: a committed run's config.json (weights.feat_from_epoch, mmkd.gram_per_device)
+  loads under the current names and counts as the same run; the old name on the command line
+  says the new one."""
+  path = os.path.join(ROOT, "experiments", "results", "fashion_mnist", "resnet20__wrn_16_2__vgg8____resnet8",
+                      "mmkd", "seed0", "config.json")
+  with open(path) as f:
+    stored = json.load(f)
+  assert "feat_from_epoch" in stored["weights"] and "gram_per_device" in stored["mmkd"]
+  loaded = config_lib.resolve(config_lib.from_json(stored))
+  assert loaded.feat_from_epoch == 0 and loaded.mmkd.gram_per_bn_group is False
+  assert "feat_from_epoch" not in loaded.weights and "gram_per_device" not in loaded.mmkd
+  assert runs.changed_fields(stored, loaded) == []
+  with pytest.raises(ConfigError, match="config.weights.feat_from_epoch is now config.feat_from_epoch"):
+    config_lib.set_fields(config_lib.base_config(), ["weights.feat_from_epoch=1"])

@@ -110,13 +110,13 @@ def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_d
 
 
 @pytest.mark.slow  # ~4 min: three float64 worker processes (8 fake devices)
-@pytest.mark.parametrize("gram_per_device", [False, True], ids=["global_gram", "gram_per_device"])
-def test_default_per_device_batchnorm_equals_its_groups_on_one_device(tmp_path, data_dir, gram_per_device):
+@pytest.mark.parametrize("gram_per_bn_group", [False, True], ids=["global_gram", "gram_per_bn_group"])
+def test_default_per_device_batchnorm_equals_its_groups_on_one_device(tmp_path, data_dir, gram_per_bn_group):
   """The default (per-device BatchNorm, like DDP without SyncBN) on 8 devices computes exactly what
-  one device computes with 8 statistics groups; with meta.gram_per_device the feature weighter's
+  one device computes with 8 statistics groups; with mmkd.gram_per_bn_group the feature weighter's
   Gram matrices are per device too. float64."""
   one, eight = tmp_path / "one.npz", tmp_path / "eight.npz"
-  flag = {"MMKD_GRAM_PER_DEVICE": "1" if gram_per_device else "0"}
+  flag = {"MMKD_GRAM_PER_BN_GROUP": "1" if gram_per_bn_group else "0"}
   _wait(_run("steps", one, data_dir, 1, 0, x64=True, MMKD_BN_GROUPS="8", **flag))
   _wait(_run("steps", eight, data_dir, 8, 0, x64=True, **flag))
   diffs = _compare(np.load(one), np.load(eight))

@@ -119,7 +119,7 @@ def test_replicas_field_is_checked():
   assert [e.name for e in entries] == ["seed0", "seed0_meta.lr=0.01_weights.feat=10", "seed1_temperature=2"]
   assert entries[1].overrides == (("meta.lr", 0.01), ("weights.feat", 10.0))
   for bad, words in (("0,x", "integer seed"), ("1,1", "repeats an entry"), ("0:momentum=0.5", "tunable scalar"),
-                     ("0:lr=fast", "not a number"), ("0:weights.feat_from_epoch=3", "tunable scalar")):
+                     ("0:lr=fast", "not a number"), ("0:feat_from_epoch=3", "tunable scalar")):
     with pytest.raises(ConfigError, match=words):
       replica_spec.replica_entries(config_lib.set_fields(config_lib.base_config(), {"replicas": bad}))
 

@@ -30,3 +30,19 @@ def test_a_field_added_by_later_code_at_its_default_is_no_change():
   assert runs.changed_fields(stored, resolved) == []
   torch_init = config_lib.validate(config_lib.load(DIGITS, "mmkd", {"adapter_init": "torch"}))
   assert runs.changed_fields(stored, torch_init) == ["adapter_init: '<unset>' -> 'torch'"]
+
+
+def test_teacher_entries_added_fields_default_and_their_checkpoint_path_is_no_change():
+  """A teacher entry stored before it had ``classes`` / ``label_noise`` / ... resumes at their
+  defaults; a teacher's checkpoint path may move (its fingerprint is what is compared); its seed
+  may not change."""
+  resolved = config_lib.validate(config_lib.load(DIGITS, "aver"))
+  stored = _stored(resolved)
+  for entry in stored["teachers"]:
+    for field in ("classes", "label_noise", "train_split", "epochs", "lr"):
+      del entry[field]
+  assert runs.changed_fields(stored, resolved) == []
+  moved = config_lib.validate(config_lib.load(DIGITS, "aver", {"teachers[0].checkpoint": "/elsewhere/t0"}))
+  assert runs.changed_fields(_stored(resolved), moved) == []
+  reseeded = config_lib.validate(config_lib.load(DIGITS, "aver", {"teachers[0].seed": 77}))
+  assert runs.changed_fields(_stored(resolved), reseeded) == [f"teachers.[0].seed: {resolved.teachers[0].seed} -> 77"]

@@ -162,7 +162,7 @@ def method_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
   """The configured training weights of the method's terms (a resolved config)."""
   return LossWeights(tuple((t, float(config.weights[t])) for t in method_terms(config)),
-                     int(config.weights.feat_from_epoch or 0))
+                     int(config.feat_from_epoch or 0))
 
 
 def lookahead_loss_weights(config: ml_collections.ConfigDict) -> LossWeights:

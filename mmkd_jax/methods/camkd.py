@@ -6,7 +6,7 @@ Features: the student's feat[-2] is pooled (or bilinearly upsampled) to each tea
 embedded (1x1 conv + BN + ReLU); *teacher t's own classifier head* applied to that embedding
 gives a CE whose confidence weights ``omega`` (not detached) weigh raw
 ``feat = sum_{b,t} omega MSE / (B T)`` (weight 50, from the second epoch on, as the reference's
-training loop: ``weights.feat_from_epoch``). Deviation from the reference: it overwrote the
+training loop: ``feat_from_epoch``). Deviation from the reference: it overwrote the
 pooled student map inside its loop (teachers of different sizes chained); here each teacher
 starts from the student's map.
 """

@@ -135,7 +135,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
 
 @register("mmkd", terms={"ce": 1.0, "kd": 1.0, "feat": 100.0}, bilevel=True, lookahead={"ce": 0.0},
-          section={**BUFFER_SECTION, "deep_aligner": False, "gram_per_device": False, "feature_input": "raw"},
+          section={**BUFFER_SECTION, "deep_aligner": False, "gram_per_bn_group": False, "feature_input": "raw"},
           # digits: weights.feat chosen on a validation split (train[:85%] / train[85%:], 3 seeds,
           # 15 epochs), never on test: 0 / 10 / 100 gave 92.59 / 94.44 / 92.28% (experiments/RESULTS.md).
           # fashion_mnist: on train[90%:] (2 seeds) weights.feat 1 / 10 / 100 gave 86.01 / 85.90 / 85.01%
@@ -148,4 +148,4 @@ def build(config: ml_collections.ConfigDict, run: RunInfo) -> MMKD:
               **bilevel_fields(config, "mmkd"),
               deep_aligner=m.deep_aligner,
               torch_init=config.adapter_init == "torch",
-              gram_groups=run.bn_groups if m.gram_per_device else 1, feature_input=m.feature_input)
+              gram_groups=run.bn_groups if m.gram_per_bn_group else 1, feature_input=m.feature_input)
