@@ -10,11 +10,8 @@ value (config file or ``--config.<field>=...``) always wins.
 
 from __future__ import annotations
 
-import ast
 import copy
-import difflib
 import os
-import re
 import types
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -25,6 +22,7 @@ from mmkd_jax import bilevel, methods, registry
 from mmkd_jax.replica_spec import REPLICA_LOOPS, check_replica_overrides, get_field, replica_entries
 from mmkd_jax.data import sources
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
+from mmkd_jax.config_fields import placeholders, set_fields, upgrade_stored
 from mmkd_jax.errors import ConfigError, UnknownNameError
 
 MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export", "show_config")
@@ -55,11 +53,6 @@ def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0, classes: 
   return ml_collections.ConfigDict({"name": name, "arch": arch, "checkpoint": checkpoint, "seed": seed,
                                     "classes": tuple(int(k) for k in classes), "label_noise": float(label_noise),
                                     "train_split": train_split, "epochs": int(epochs), "lr": float(lr)})
-
-
-def _placeholders(defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({k: config_dict.placeholder(type(v) if v is not None else object)
-                                    for k, v in defaults.items()})
 
 
 def _term_names() -> list[str]:
@@ -112,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.feature_layer = config_dict.placeholder(int)   # feat[...] of feature terms (method default -2)
   c.temperature = config_dict.placeholder(float)   # KD temperature (method default 4)
   c.feat_from_epoch = config_dict.placeholder(int)  # the feature term counts from this (0-based) epoch (method default 0)
-  c.weights = _placeholders({t: 1.0 for t in _term_names()})  # raw loss term -> weight
+  c.weights = placeholders({t: 1.0 for t in _term_names()})  # raw loss term -> weight
   # Data parallelism: BatchNorm statistics per device (like PyTorch DDP) unless synchronised.
   c.sync_batch_norm = False
   # BatchNorm statistics groups per global batch; 0 = one per device (1 with sync_batch_norm).
@@ -142,7 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.warmup_epochs = 0       # epochs with uniform teacher weights and no meta step
   c.meta.lookahead_matching_steps = 2  # look-ahead steps on the look-ahead weights
   c.meta.lookahead_outer_steps = 1     # then steps on the outer objective (CE)
-  c.meta.lookahead_weights = _placeholders({t: 1.0 for t in _term_names()})
+  c.meta.lookahead_weights = placeholders({t: 1.0 for t in _term_names()})
   c.meta.first_order = False     # drop the look-ahead's Hessian terms (cheaper, approximate)
   # How the exact hypergradient is computed (mmkd_jax.bilevel.MODES).
   c.meta.hypergradient = "forward_over_reverse"  # forward_over_reverse | reverse (exact) | original (the original code's)
@@ -152,7 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
   for name in methods.METHODS:
     section = methods.METHODS.get(name).section
     if section:
-      c[name] = _placeholders(section)
+      c[name] = placeholders(section)
 
   # Teacher training (mode=train_teacher / pipeline), same SGD rule.
   c.teacher_training = ml_collections.ConfigDict()
@@ -212,79 +205,6 @@ def parse_arg(arg: str | None, positional: Sequence[str] = (), defaults: Mapping
   return types.SimpleNamespace(**values)
 
 
-def set_fields(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | Iterable[str]
-               ) -> ml_collections.ConfigDict:
-  """Sets dotted fields: ``{'meta.lr': 1e-4}`` or ``['meta.lr=1e-4', ...]`` (strings are Python
-  literals, else taken as text; ``true``/``false`` for a flag). A method's section is created when
-  first set (a plug-in's once ``imports`` names its module). Unknown fields raise ConfigError."""
-  items = overrides.items() if isinstance(overrides, Mapping) else (s.split("=", 1) for s in overrides)
-  for key, value in items:
-    if "=" in key or not key:
-      raise ConfigError(f"config.{key}: write overrides as FIELD=VALUE")
-    if key in RENAMED:
-      raise ConfigError(f"config.{key} is now config.{RENAMED[key]}")
-    *parents, leaf = key.split(".")
-    if parents and _name_and_index(parents[0])[0] not in config:
-      _add_method_section(config, _name_and_index(parents[0])[0])
-    target = config
-    for part in parents:
-      target = _child(target, part, key)
-    if leaf not in target:
-      raise ConfigError(f"config.{key}: no such field{_did_you_mean(leaf, target)}")
-    try:
-      target[leaf] = _parse_value(value, target[leaf], key)
-    except TypeError as e:
-      raise ConfigError(f"config.{key}: {e}") from e
-  return config
-
-
-def _name_and_index(part: str) -> tuple[str, int | None]:
-  """``teachers[1]`` -> ('teachers', 1); ``meta`` -> ('meta', None)."""
-  match = re.fullmatch(r"(\w+)\[(\d+)\]", part)
-  return (match.group(1), int(match.group(2))) if match else (part, None)
-
-
-def _child(target: Any, part: str, key: str) -> Any:
-  name, index = _name_and_index(part)
-  if not isinstance(target, ml_collections.ConfigDict) or name not in target:
-    raise ConfigError(f"config.{key}: no such field {name!r}{_did_you_mean(name, target)}")
-  child = target[name]
-  if index is None:
-    return child
-  if not isinstance(child, (list, tuple)) or index >= len(child):
-    raise ConfigError(f"config.{key}: config.{name} has no entry {index}")
-  return child[index]
-
-
-def _did_you_mean(name: str, target: Any) -> str:
-  keys = list(target.keys()) if isinstance(target, ml_collections.ConfigDict) else []
-  close = difflib.get_close_matches(name, keys, n=1)
-  return f'. Did you mean "{close[0]}"?' if close else ""
-
-
-def _add_method_section(config: ml_collections.ConfigDict, name: str) -> None:
-  registry.import_plugins(config.get("imports", ()))
-  if name in methods.METHODS and methods.METHODS.get(name).section:
-    with config.unlocked():
-      config[name] = _placeholders(methods.METHODS.get(name).section)
-
-
-def _parse_value(value: Any, current: Any, key: str) -> Any:
-  if not isinstance(value, str):
-    return value
-  if isinstance(current, str):
-    return value  # a text field keeps the text ("0,1,2" is not a tuple here)
-  if isinstance(current, bool) and value.lower() in ("true", "false"):
-    return value.lower() == "true"
-  try:
-    return ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    if current is None:
-      return value
-    raise ConfigError(f"config.{key}={value}: invalid literal for {type(current).__name__} (write a Python "
-                      f"literal, e.g. {current!r})") from None
-
-
 def load(path: str, arg: str | None = None, overrides: Mapping[str, Any] | Iterable[str] = ()
          ) -> ml_collections.ConfigDict:
   """A config file's ``get_config(arg)`` with overrides, as ``--config path:arg --config.k=v``."""
@@ -293,30 +213,6 @@ def load(path: str, arg: str | None = None, overrides: Mapping[str, Any] | Itera
     raise FileNotFoundError(f"config file {path} does not exist")
   module = flags_impl._LoadConfigModule(os.path.splitext(os.path.basename(path))[0], path)  # pylint: disable=protected-access
   return set_fields(module.get_config() if arg is None else module.get_config(arg), overrides)
-
-
-# Fields renamed since runs were recorded (old dotted name -> new): an older run's config.json
-# loads, compares and resumes under the current names.
-RENAMED = {"weights.feat_from_epoch": "feat_from_epoch", "mmkd.gram_per_device": "mmkd.gram_per_bn_group"}
-
-
-def upgrade_stored(stored: Mapping[str, Any]) -> dict[str, Any]:
-  """A stored config (``config.json``) with renamed fields under their current names."""
-  out = copy.deepcopy(dict(stored))
-  for old, new in RENAMED.items():
-    *old_parents, old_leaf = old.split(".")
-    section = out
-    for p in old_parents:
-      section = section.get(p) if isinstance(section, dict) else None
-    if not isinstance(section, dict) or old_leaf not in section:
-      continue
-    value = section.pop(old_leaf)
-    *new_parents, new_leaf = new.split(".")
-    target = out
-    for p in new_parents:
-      target = target.setdefault(p, {})
-    target.setdefault(new_leaf, value)
-  return out
 
 
 def from_json(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -377,7 +273,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       if term not in section:
         section[term] = config_dict.placeholder(float)
   if spec.section and spec.name not in c:
-    c[spec.name] = _placeholders(spec.section)
+    c[spec.name] = placeholders(spec.section)
   preset = {**spec.presets.get("*", {}), **spec.presets.get(c.dataset, {})}
   owned = _owned_defaults(c, spec)
   lookahead = {f"meta.lookahead_weights.{t}" for t in spec.terms} if spec.bilevel else set()
