@@ -1,4 +1,5 @@
-"""Shared fixtures: where the PyTorch reference vectors live."""
+"""Shared fixtures: where the PyTorch reference vectors live; random digits teachers and a TFDS
+directory for the trainer and loop tests (a module may define its own)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,24 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   yield
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  """Two random (untrained) resnet8 teachers: enough to exercise every code path fast."""
+  from mmkd_jax import teachers as teachers_lib  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.models import get_model  # pylint: disable=import-outside-toplevel
+  from helpers import digits_teacher_record  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("teachers")
+  for i, name in enumerate(("s_resnet8a", "s_resnet8b")):
+    model = get_model("resnet8", 10)
+    variables = model.init(jax.random.key(10 + i), jnp.zeros((1, 32, 32, 3)))
+    teachers_lib.save_teacher(str(root / f"digits_{name}"), "resnet8", 10, variables, digits_teacher_record(name))
+  return str(root)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Sequence
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import train
+from mmkd_jax import teacher_stages, train
 from mmkd_jax.data.sources import DatasetSpec
 from mmkd_jax.methods import build_method
 from mmkd_jax.models import get_model
@@ -124,3 +125,29 @@ def save_random_digits_teachers(root: str) -> str:
     teachers_lib.save_teacher(os.path.join(root, f"digits_{t.name}"), t.arch, 10, t.variables,
                               digits_teacher_record(t.name))
   return root
+
+
+def trainer_config(teacher_dir, data_dir, **overrides):
+  """The digits smoke setting for trainer and loop tests: online teachers, one epoch, sync saves."""
+  c = digits_smoke(teacher_dir=teacher_dir, data_dir=data_dir, teacher_source="online", epochs=1,
+                   lr_milestones=(1,), async_checkpoints=False)
+  return config_lib.set_fields(c, overrides)
+
+
+def run_trainer(config, workdir):
+  """train_and_evaluate on ``config`` (validated), its teachers loaded as the CLI does."""
+  config = config_lib.validate(config)
+  loaded = teacher_stages.load_teachers(config)
+  return train.train_and_evaluate(config, workdir, loaded, teacher_stages.open_cache(config, loaded), quiet=True)
+
+
+def state_leaves(state):
+  """Every array a resumed run must reproduce bit for bit."""
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(
+      (state.params, state.model_state, state.opt_state, state.meta_params, state.buffer)))]
+
+
+def metric_records(workdir):
+  """metrics.jsonl without what differs between runs by nature (wall time, throughput)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in f]
