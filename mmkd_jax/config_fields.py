@@ -59,8 +59,9 @@ def set_fields(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] |
     if key in RENAMED:
       raise ConfigError(f"config.{key} is now config.{RENAMED[key]}")
     *parents, leaf = key.split(".")
-    if parents and _name_and_index(parents[0])[0] not in config:
-      _add_method_section(config, _name_and_index(parents[0])[0])
+    section = _name_and_index(parents[0])[0] if parents else None
+    if section is not None and section not in config:
+      _add_method_section(config, section)
     target = config
     for part in parents:
       target = _child(target, part, key)

@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import sys
+from typing import NamedTuple
 
 from absl import app, flags, logging
 import jax
@@ -34,7 +35,6 @@ from mmkd_jax import teacher_stages
 
 flags.DEFINE_string("config", None, "A config file (configs/digits.py[:arg]), a shipped config by name, or a "
                     "run's config.json; --config.FIELD=VALUE sets a field.")
-_LOADED: dict[str, ml_collections.ConfigDict] = {}   # the config parse_flags loaded
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
 
 
@@ -202,7 +202,13 @@ def split_config_args(argv: list[str]) -> tuple[list[str], str | None, list[str]
   return rest, config, overrides
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+class Args(NamedTuple):
+  """What ``parse_flags`` hands to ``main``: the arguments absl left, and the loaded config."""
+  argv: list[str]
+  config: ml_collections.ConfigDict | None
+
+
+def parse_flags(argv: list[str]) -> Args:
   """absl's flag parsing for the other flags; the config loaded by ``config_lib.load`` (so a
   plug-in method's section exists as soon as ``config.imports`` names its module), with a bad
   config (typo in a field, unknown argument, missing file) reported in one line, and shipped
@@ -224,16 +230,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     except Exception as e:  # pylint: disable=broad-except  (raised by the config file)
       fail(f"--config: {type(e).__name__}: {str(e).strip(chr(39)).strip()}")
     config.lock()
-    _LOADED["config"] = config
-  elif overrides:
+    return Args(remaining, config)
+  if overrides:
     fail(f"--config.{overrides[0]} needs --config CONFIG (see README.md)")
-  return remaining
+  return Args(remaining, None)
 
 
-def main(argv) -> None:
-  del argv
+def main(args: Args) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  config = _LOADED.get("config")
+  config = args.config
   if config is None:
     fail("--config is required, e.g. --config configs/digits.py (see README.md)")
   if _WORKDIR.value is None and config.mode != "show_config":

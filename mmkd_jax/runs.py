@@ -4,8 +4,8 @@ made it, and stopping on a signal."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 from typing import Any, Mapping
 
@@ -23,7 +23,11 @@ from mmkd_jax.errors import ConfigError
 # where files are, not what is computed. Anything else differing from the stored run is refused.
 RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
              "stop_at_step", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
-             "eval_batch_size", "distributed.", "teacher_training.", "trust_pickle", "resolved_for", "progress")
+             "eval_batch_size", "distributed.", "teacher_training.", "trust_pickle")
+# Free to differ too, but no user's choice: written by resolve(), or retired (early runs stored it).
+_BOOKKEEPING = ("resolved_for", "progress")
+# A teacher entry's field (group 1); its checkpoint path may move with the files.
+_TEACHER_ENTRY = re.compile(r"teachers\.\[\d+\]\.(\w+)")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -46,12 +50,13 @@ def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict)
   unset = object()
 
   def default_of(key: str) -> Any:
-    entry = re.fullmatch(r"teachers\.\[\d+\]\.(\w+)", key)
+    entry = _TEACHER_ENTRY.fullmatch(key)
     return entry_defaults.get(entry.group(1), unset) if entry else defaults.get(key, unset)
 
   out = []
   for key in sorted(set(old) | set(new)):
-    if key.startswith(RESUMABLE) or re.fullmatch(r"teachers\.\[\d+\]\.checkpoint", key):
+    entry = _TEACHER_ENTRY.fullmatch(key)
+    if key.startswith(RESUMABLE + _BOOKKEEPING) or (entry and entry.group(1) == "checkpoint"):
       continue
     if key not in old and new.get(key, unset) == default_of(key):
       continue
@@ -93,7 +98,7 @@ def _mismatch(run_dir: str, step: int, differences: list[str], detail: str = "")
   return ConfigMismatchError(
       f"{run_dir} holds checkpoint step {step} of another run: " + "; ".join(differences) + detail +
       f". Use another --workdir, or the stored config ({os.path.join(run_dir, 'config.json')} is a valid "
-      f"--config). Fields that may change on resume: {', '.join(RESUMABLE[:-2])}.")
+      f"--config). Fields that may change on resume: {', '.join(RESUMABLE)}.")
 
 
 def stored_config(run_dir: str) -> tuple[dict[str, Any], int] | None:
