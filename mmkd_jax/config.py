@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from mmkd_jax import bilevel, methods, registry
+from mmkd_jax import bilevel, methods, optim, registry
 from mmkd_jax.replica_spec import REPLICA_LOOPS, check_replica_overrides, get_field, replica_entries
 from mmkd_jax.data import sources
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.process_id = 0            # this process (with coordinator_address)
   c.distributed.auto = True               # let JAX detect TPU pods / SLURM / JAX_COORDINATOR_ADDRESS
 
-  # Student optimisation: the reference's SGD schedule.
+  # Student optimisation: the reference's multistep SGD by default (mmkd_jax.optim).
   c.batch_size = 64              # global batch (all devices and hosts)
   c.eval_batch_size = 128        # evaluation batch (padding is masked)
   c.epochs = 240                 # student epochs
@@ -126,7 +126,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_decay = 0.1               # multistep factor
   c.momentum = 0.9               # SGD momentum (PyTorch semantics)
   c.nesterov = True              # Nesterov momentum (the reference README's --nesterov)
-  c.weight_decay = 5e-4          # L2 added to the gradient (PyTorch SGD), every parameter
+  c.weight_decay = 5e-4          # every parameter; sgd: L2 added to the gradient, adamw: decoupled
+  c.schedule = "multistep"       # multistep (the papers') | cosine | constant | registered (optim.SCHEDULES)
+  c.schedule_epochs = 0          # cosine: the epochs it spans (0 = epochs, fixed when resolved)
+  c.warmup_epochs = 0.0          # linear warm-up of the learning rate over this many epochs, per step
+  c.optimizer = "sgd"            # sgd (torch.optim.SGD) | adamw (torch.optim.AdamW) | registered (optim.OPTIMIZERS)
+  c.adam_betas = (0.9, 0.999)    # adamw's (b1, b2)
+  c.label_smoothing = 0.0        # of the ce term, as torch's CrossEntropyLoss(label_smoothing=...)
 
   c.meta = ml_collections.ConfigDict()
   c.meta.lr = 1e-3               # Adam learning rate of learned teacher weights (meta_params)
@@ -295,6 +301,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                         f"({'its terms: ' + ', '.join(sorted(valid)) if valid else 'and no look-ahead'})")
   if c.faithful:  # the method's own "as the original computed it" fields too (presets["faithful"])
     set_fields(c, {**FAITHFUL, **spec.presets.get("faithful", {})})
+  if c.schedule in optim.SCHEDULES and optim.SCHEDULES.get(c.schedule).spans_run and not c.schedule_epochs:
+    c.schedule_epochs = c.epochs  # fixed from here on: a resume with more epochs keeps the schedule's shape
   c.resolved_for = key
   c.lock()
   return c
@@ -345,9 +353,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
        f"{c.meta.hypergradient!r} is not one of {', '.join(bilevel.MODES)}")
   need(c.temperature > 0, "temperature", "must be positive")
+  need(c.schedule in optim.SCHEDULES, "schedule", f"unknown schedule {c.schedule!r}; known: {', '.join(optim.SCHEDULES.names())}")
+  need(c.optimizer in optim.OPTIMIZERS, "optimizer",
+       f"unknown optimizer {c.optimizer!r}; known: {', '.join(optim.OPTIMIZERS.names())}")
+  need(c.warmup_epochs >= 0 and c.schedule_epochs >= 0, "warmup_epochs", "epochs of warm-up (and schedule_epochs) must be >= 0")
+  need(0.0 <= c.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
   need(c.meta.rollback_bn in ("exact", "replay"), "meta.rollback_bn", f"{c.meta.rollback_bn!r} is not 'exact' or 'replay'")
   need(c.feature_layer != -1, "feature_layer", "-1 is the pooled vector, not a feature map")
   spec = methods.METHODS.get(c.method)
+  need(not spec.bilevel or c.optimizer == "sgd", "optimizer",
+       f"method {c.method!r} is bi-level: its look-ahead unrolls the student's SGD step (momentum buffers and "
+       "all), so it trains with optimizer=sgd")
   if c.mode in ("distill", "pipeline", "precompute") and spec.needs_teachers:
     need(len(c.teachers) >= 1, "teachers", f"method {c.method!r} needs at least one teacher")
   if spec.validate is not None:

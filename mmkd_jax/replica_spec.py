@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from mmkd_jax import methods
+from mmkd_jax import methods, optim
 from mmkd_jax.errors import ConfigError
 
 REPLICA_LOOPS = ("auto", "vmap", "map")  # how one program steps the replicas (mmkd_jax/replicas.py)
@@ -26,7 +26,8 @@ def get_field(config: ml_collections.ConfigDict, path: str) -> Any:
 # Scalar hyperparameters a replica may override (``config.replicas = "0:weights.feat=10,..."``):
 # the ones that enter the compiled step as numbers, so one program can carry a value per replica
 # (steps.with_values). ``weights.<term>`` / ``meta.lookahead_weights.<term>`` for the method's terms.
-TUNABLE = ("lr", "temperature", "meta.lr", "weights.<term>", "meta.lookahead_weights.<term>")
+_SCALARS = (*optim.TUNABLE, "label_smoothing", "temperature", "meta.lr")
+TUNABLE = (*_SCALARS, "weights.<term>", "meta.lookahead_weights.<term>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ReplicaEntry:
 
 def _tunable(field: str) -> bool:
   head, _, term = field.rpartition(".")
-  return field in ("lr", "temperature", "meta.lr") or (head in ("weights", "meta.lookahead_weights") and bool(term))
+  return field in _SCALARS or (head in ("weights", "meta.lookahead_weights") and bool(term))
 
 
 def replica_entries(config: ml_collections.ConfigDict) -> tuple[ReplicaEntry, ...]:

@@ -8,7 +8,7 @@ one after another, R times less temporary memory), so a results
 table's seeds share one compilation and fill an accelerator that one CIFAR-size student leaves
 idle (experiments/accelerator_bench.py measures the gain).
 
-An entry may override tunable scalars (``"0:weights.feat=10"``, config.TUNABLE): their per-replica
+An entry may override tunable scalars (``"0:weights.feat=10"``, replica_spec.TUNABLE): their per-replica
 values are an argument of the compiled step (``steps.with_values``), so a hyperparameter sweep is
 one program too. ``config.replica_shards = G`` shards the replica axis over G device groups of a
 ('replica', 'data') mesh (docs/scaling.md).

@@ -8,7 +8,7 @@ method.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax
 import jax
@@ -57,6 +57,8 @@ class Steps:
   data_sharding: Any = None
   schedule: Any = None  # the student's learning rate as a function of the step count
   steps_per_epoch: int = 0
+  # A replica's own optimiser values (optim.TUNABLE, possibly traced) over the config's.
+  optimizer_values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def method_spec(self) -> MethodSpec:
@@ -150,16 +152,16 @@ def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str
           "loss": jnp.sum(per_sample_loss * mask), "count": jnp.sum(mask)}
 
 
-def _optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int, lr: Any, meta_lr: Any):
-  schedule = optim.multistep_lr(lr, steps_per_epoch, config.lr_milestones, config.lr_decay)
-  return (schedule, optim.torch_sgd(schedule, config.momentum, config.nesterov, config.weight_decay),
-          optim.torch_adam(meta_lr, config.meta.weight_decay))
+def _optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int, values: dict[str, Any]):
+  schedule, optimizer = optim.student_optimizer(config, steps_per_epoch, values)
+  return schedule, optimizer, optim.torch_adam(values.get("meta.lr", config.meta.lr), config.meta.weight_decay)
 
 
 def make_steps(config: ml_collections.ConfigDict, method: Method, spec: DatasetSpec,
                teachers: Sequence[Teacher], mesh: Any, steps_per_epoch: int) -> Steps:
-  """The steps of a run: the reference's SGD schedule and Adam for the meta networks."""
-  schedule, optimizer, meta_optimizer = _optimizers(config, steps_per_epoch, float(config.lr), config.meta.lr)
+  """The steps of a run: the student's schedule and optimiser (``optim.student_optimizer``; the
+  reference's multistep SGD by default) and Adam for the meta networks."""
+  schedule, optimizer, meta_optimizer = _optimizers(config, steps_per_epoch, {})
   return Steps(config, method, optimizer, meta_optimizer, spec, tuple(teachers),
                config.teacher_source == "online",
                parallel.batch_sharding(mesh) if parallel.data_devices(mesh) > 1 else None, schedule,
@@ -167,24 +169,27 @@ def make_steps(config: ml_collections.ConfigDict, method: Method, spec: DatasetS
 
 
 def with_values(steps: Steps, values: dict[str, jax.Array]) -> Steps:
-  """The same steps with tunable scalars (``config.TUNABLE``: ``lr``, ``temperature``,
-  ``meta.lr``, ``weights.<term>``, ``meta.lookahead_weights.<term>``) taken from ``values``,
+  """The same steps with tunable scalars (``replica_spec.TUNABLE``: the optimiser's
+  ``optim.TUNABLE`` and ``meta.lr``; the method's ``label_smoothing``, ``temperature``,
+  ``weights.<term>``, ``meta.lookahead_weights.<term>``) taken from ``values``,
   which may be traced: how one vmapped program gives each replica its own hyperparameters. The
   structure (which terms are computed, the optimisers' state) stays that of ``steps``."""
   if not values:
     return steps
   method, config = steps.method, steps.config
-  method_values = {k: v for k, v in values.items() if k not in ("lr", "meta.lr")}
+  optimiser_fields = (*optim.TUNABLE, "meta.lr")
+  method_values = {k: v for k, v in values.items() if k not in optimiser_fields}
   if method_values:
     if not hasattr(method, "with_values"):
       raise TypeError(f"method {config.method!r} ({type(method).__name__}) has no with_values hook: it does not "
                       f"take per-replica {', '.join(method_values)}")
     method = method.with_values(method_values)
   out = dataclasses.replace(steps, method=method)
-  if "lr" in values or "meta.lr" in values:
-    schedule, optimizer, meta_optimizer = _optimizers(config, steps.steps_per_epoch, values.get("lr", float(config.lr)),
-                                                      values.get("meta.lr", config.meta.lr))
-    out = dataclasses.replace(out, schedule=schedule, optimizer=optimizer, meta_optimizer=meta_optimizer)
+  if any(k in values for k in optimiser_fields):
+    schedule, optimizer, meta_optimizer = _optimizers(
+        config, steps.steps_per_epoch, {k: v for k, v in values.items() if k in optimiser_fields})
+    out = dataclasses.replace(out, schedule=schedule, optimizer=optimizer, meta_optimizer=meta_optimizer,
+                              optimizer_values={k: v for k, v in values.items() if k in optim.TUNABLE})
   return out
 
 

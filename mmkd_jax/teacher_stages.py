@@ -52,7 +52,7 @@ class StaleTeacherError(ConfigError):
 
 def training_config(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The resolved config that trains teacher ``entry``: the run's setting with method ``none``,
-  the teacher's architecture and seed, and ``teacher_training``'s schedule."""
+  the teacher's architecture and seed, and ``teacher_training``'s multistep SGD."""
   tc = copy.deepcopy(config)
   tc.unlock()
   tc.resolved_for, tc.replicas = "", ""
@@ -60,6 +60,8 @@ def training_config(config: ml_collections.ConfigDict, entry: ml_collections.Con
   tc.epochs = entry.get("epochs") or config.teacher_training.epochs
   tc.lr = entry.get("lr") or config.teacher_training.lr
   tc.lr_milestones, tc.stop_at_step = config.teacher_training.lr_milestones, -1
+  # teachers train by the papers' rule whatever the student's (so it is no part of their identity)
+  tc.schedule, tc.schedule_epochs, tc.warmup_epochs, tc.optimizer, tc.label_smoothing = "multistep", 0, 0.0, "sgd", 0.0
   tc.train_split = entry.get("train_split") or config.train_split
   tc.train_classes = tuple(entry.get("classes", ())) or tuple(config.train_classes)
   tc.label_noise = entry.get("label_noise") or config.label_noise

@@ -103,3 +103,32 @@ def test_a_runs_config_json_loads_back_to_the_same_resolved_config(arg, tmp_path
   again = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "run.py"), str(path)))
   assert runs.changed_fields(json.loads(resolved.to_json_best_effort()), again) == []
   assert again.to_json_best_effort() == resolved.to_json_best_effort()
+
+
+def test_a_cosine_schedule_is_fixed_to_its_epochs_so_a_longer_resume_is_a_new_run():
+  """schedule_epochs resolves to epochs for a schedule that spans the run; a resume asking for
+  more epochs names the change (the cosine would bend differently); multistep keeps epochs free."""
+  cosine = config_lib.validate(config_lib.load(DIGITS, "smoke", {"schedule": "cosine", "epochs": 4}))
+  assert cosine.schedule_epochs == 4
+  stored = json.loads(cosine.to_json_best_effort())
+  longer = config_lib.validate(config_lib.load(DIGITS, "smoke", {"schedule": "cosine", "epochs": 6}))
+  assert runs.changed_fields(stored, longer) == ["schedule_epochs: 4 -> 6"]
+  kept = config_lib.validate(config_lib.load(DIGITS, "smoke", {"schedule": "cosine", "epochs": 6, "schedule_epochs": 4}))
+  assert runs.changed_fields(stored, kept) == []
+  multistep = config_lib.validate(config_lib.load(DIGITS, "smoke", {"epochs": 4}))
+  assert multistep.schedule_epochs == 0
+  assert runs.changed_fields(json.loads(multistep.to_json_best_effort()),
+                             config_lib.validate(config_lib.load(DIGITS, "smoke", {"epochs": 6}))) == []
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"schedule": "cosin"}, "config.schedule: unknown schedule 'cosin'"),
+    ({"optimizer": "adam"}, "config.optimizer: unknown optimizer 'adam'"),
+    ({"label_smoothing": 1.0}, "config.label_smoothing"),
+    ({"warmup_epochs": -1.0}, "config.warmup_epochs"),
+    ({"optimizer": "adamw", "method": "mmkd"}, "config.optimizer: method 'mmkd' is bi-level"),
+])
+def test_schedule_and_optimizer_errors_name_the_field(override, words):
+  with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+    config_lib.validate(config_lib.load(DIGITS, "smoke", override))
+  assert config_lib.validate(config_lib.load(DIGITS, "smoke", {"optimizer": "adamw", "method": "aver"}))

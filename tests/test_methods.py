@@ -97,3 +97,27 @@ def test_faithful_sets_every_switch_of_the_original():
   assert (c.adapter_init, c.cache_dtype, c.weights.dist, c.meta.hypergradient) == ("torch", "float32", 1.0, "original")
   c = config_lib.resolve(config_lib.set_fields(config_lib.base_config(), {"method": "mmkd"}))
   assert (c.adapter_init, c.cache_dtype) == ("kaiming", "bfloat16")
+
+
+@pytest.mark.parametrize("name", ["aver", "mmkd"])
+def test_label_smoothing_changes_only_the_ce_term_and_a_replica_may_have_its_own(name):
+  """The training (and look-ahead) ce term is torch's smoothed cross-entropy; the others and the
+  bi-level outer objective (hard labels) are unchanged; with_values takes a traced smoothing."""
+  from mmkd_jax.distill import losses  # pylint: disable=import-outside-toplevel
+  plain, batch = method_and_batch(name)
+  smoothed, _ = method_and_batch(name, label_smoothing=0.2)
+  params, state, meta = plain.init(jax.random.key(0), batch)
+  _, (_, hard) = plain.train_objective(params, state, meta, batch)
+  _, (_, soft) = smoothed.train_objective(params, state, meta, batch)
+  expected = losses.smooth_labels(hard["terms"]["ce"], hard["logits"], 0.2)
+  np.testing.assert_allclose(soft["terms"]["ce"], expected, rtol=1e-6)
+  assert abs(float(soft["terms"]["ce"]) - float(hard["terms"]["ce"])) > 1e-3
+  for term in set(hard["terms"]) - {"ce"}:
+    np.testing.assert_array_equal(soft["terms"][term], hard["terms"][term])
+  traced = jax.jit(lambda e: plain.with_values({"label_smoothing": e}).train_objective(params, state, meta, batch))
+  np.testing.assert_allclose(traced(jnp.float32(0.2))[1][1]["terms"]["ce"], expected, rtol=1e-6)
+  if METHODS.get(name).bilevel:
+    lookahead = smoothed.lookahead_objectives()[0](params, state, meta, batch)[1][1]["terms"]["ce"]
+    np.testing.assert_allclose(lookahead, expected, rtol=1e-6)
+    outer = [m.outer_objective(params, state, meta, batch)[0] for m in (plain, smoothed)]
+    np.testing.assert_array_equal(*outer)

@@ -112,9 +112,13 @@ def test_a_nonfinite_replica_freezes_and_the_others_go_on(kind):
 
 @pytest.mark.slow  # 190 s with two other jobs on the 2 cores (three float64 compiles)
 def test_replicas_with_their_own_hyperparameters_equal_single_runs_with_them():
-  """Seeds 0 and 1 with their own lr, temperature and KD weight in one vmapped program (float64):
-  each replica equals the single run configured with those values, over 3 steps."""
-  overrides = [{}, {"lr": 0.02, "temperature": 2.0, "weights.kd": 3.0}]
+  """Seeds 0 and 1 with their own lr, temperature, KD weight, weight decay, warm-up and label
+  smoothing in one vmapped program (float64): each replica equals the single run configured with
+  those values, over 3 steps."""
+  fields = {"lr": 0.05, "temperature": 4.0, "weights.kd": 1.0, "weight_decay": 5e-4, "warmup_epochs": 0.0,
+            "label_smoothing": 0.0}
+  overrides = [{}, {"lr": 0.02, "temperature": 2.0, "weights.kd": 3.0, "weight_decay": 3e-3, "warmup_epochs": 0.5,
+                    "label_smoothing": 0.1}]
   with jax.enable_x64(True):
     singles, raws, fns = [], [], []
     for k, o in enumerate(overrides):
@@ -124,8 +128,7 @@ def test_replicas_with_their_own_hyperparameters_equal_single_runs_with_them():
       fns.append(jax.jit(steps.train_step))
       if k == 0:
         base = steps
-    values = {f: jnp.asarray([o.get(f, dict(lr=0.05, temperature=4.0, **{"weights.kd": 1.0})[f]) for o in overrides])
-              for f in ("lr", "temperature", "weights.kd")}
+    values = {f: jnp.asarray([o.get(f, default) for o in overrides]) for f, default in fields.items()}
     assert float(base.config.lr) == 0.05 and base.config.temperature == 4.0 and base.config.weights.kd == 1.0
     step = jax.jit(replicas.freeze_on_nonfinite(replicas.step_with_values(base, "train_step"), "vmap"))
     stacked, batch, epoch = replicas.stack(singles), replicas.stack(raws), jnp.asarray(0, jnp.int32)

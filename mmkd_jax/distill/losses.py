@@ -22,6 +22,14 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
   return jnp.mean(per_sample_cross_entropy(logits, labels))
 
 
+def smooth_labels(cross_entropy_value: Array, logits: Array, smoothing: Array | float) -> Array:
+  """The mean cross-entropy against labels smoothed by ``smoothing`` (torch's
+  ``CrossEntropyLoss(label_smoothing=e)``: the target ``(1 - e) onehot + e / C``), from the mean
+  hard-label cross-entropy of the same ``logits`` (B, C): ``(1 - e) ce + e mean_{b,k} -log p_bk``."""
+  uniform = -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+  return (1.0 - smoothing) * cross_entropy_value + smoothing * uniform
+
+
 def kd_per_sample(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
   """``T^2 * KL(p_t || p_s)`` per sample at temperature T, summed over classes: shape (B,).
 

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax.distill import losses
+from mmkd_jax.errors import ConfigError
 from mmkd_jax.registry import Registry, origin_of
 
 Array = jax.Array
@@ -128,16 +129,26 @@ class LossWeights:
   """``total = sum_k w_k * term_k`` over the terms in order; zero-weight terms are skipped,
   unit weights are not multiplied (the same floating-point sum a hand-written loss gives).
   ``traced``: per-term weights given as (possibly traced) arrays (a replica's own values,
-  ``steps.with_values``); they multiply their term, whose presence ``values`` still decides."""
+  ``steps.with_values``); they multiply their term, whose presence ``values`` still decides.
+  ``label_smoothing``: of the ``ce`` term (``smooth_labels``), a float or a replica's array."""
   values: tuple[tuple[str, float], ...]
   feat_from_epoch: int = 0   # the feature term counts from this (0-based) epoch on
   traced: tuple[tuple[str, Any], ...] = ()
+  label_smoothing: Any = 0.0
 
   def __getitem__(self, term: str) -> float:
     return dict(self.values).get(term, 0.0)
 
   def with_values(self, weights: Mapping[str, Any]) -> "LossWeights":
     return dataclasses.replace(self, traced=tuple({**dict(self.traced), **weights}.items()))
+
+  def smooth_labels(self, terms: dict[str, Array], logits: Array | None) -> dict[str, Array]:
+    """``terms`` with the ``ce`` term smoothed (unchanged without smoothing)."""
+    if isinstance(self.label_smoothing, float) and self.label_smoothing == 0.0 or "ce" not in terms:
+      return terms
+    if logits is None:
+      raise ValueError("label smoothing needs the student's logits among the method's outputs ('logits')")
+    return {**terms, "ce": losses.smooth_labels(terms["ce"], logits, self.label_smoothing)}
 
   def total(self, terms: Mapping[str, Array], epoch: Array | int = 0) -> Array:
     acc, traced = None, dict(self.traced)
@@ -162,11 +173,13 @@ def method_terms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
   """The configured training weights of the method's terms (a resolved config)."""
   return LossWeights(tuple((t, float(config.weights[t])) for t in method_terms(config)),
-                     int(config.feat_from_epoch or 0))
+                     int(config.feat_from_epoch or 0), label_smoothing=float(config.get("label_smoothing", 0.0)))
 
 
 def lookahead_loss_weights(config: ml_collections.ConfigDict) -> LossWeights:
-  return LossWeights(tuple((t, float(config.meta.lookahead_weights[t])) for t in method_terms(config)))
+  """The look-ahead's weights (its ``ce`` smoothed as the training step's)."""
+  return LossWeights(tuple((t, float(config.meta.lookahead_weights[t])) for t in method_terms(config)),
+                     label_smoothing=float(config.get("label_smoothing", 0.0)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,6 +248,7 @@ class WeightedTermsMethod:
   def _objective(self, weights: LossWeights):
     def objective(params, state, meta_params, batch):
       terms, new_state, extras = self.compute_terms(params, state, meta_params, batch)
+      terms = weights.smooth_labels(terms, extras.get("logits"))
       return weights.total(terms, batch.get("epoch", 0)), (new_state, {"terms": terms, **extras})
     return objective
 
@@ -261,6 +275,9 @@ class WeightedTermsMethod:
         if not hasattr(self, field):
           raise TypeError(f"{type(self).__name__} has no {field} to take {sorted(chosen)} from")
         changes[field] = getattr(self, field).with_values(chosen)
+      if "label_smoothing" in values and hasattr(self, field):
+        changes[field] = dataclasses.replace(changes.get(field, getattr(self, field)),
+                                             label_smoothing=values["label_smoothing"])
     return dataclasses.replace(self, **changes)
 
 
@@ -320,4 +337,8 @@ def build_method(config: ml_collections.ConfigDict, run: RunInfo) -> Method:
   if not isinstance(method, Method):
     raise TypeError(f"method {config.method!r}: build returned {type(method).__name__}, which lacks "
                     "hooks of mmkd_jax.methods.Method")
+  if config.get("label_smoothing", 0.0) and not isinstance(method, WeightedTermsMethod):
+    raise ConfigError(f"config.label_smoothing: method {config.method!r} ({type(method).__name__}) forms its own "
+                      "objective, so the smoothing would be ignored; build it on methods.WeightedTermsMethod or "
+                      "set label_smoothing=0")
   return method

@@ -133,9 +133,10 @@ def hypergradient(steps: Any, state: Any, raw: dict[str, Any], teacher_vars: Seq
   count = optim.step_count(state.opt_state)
   config = steps.config
   lr = steps.schedule(jnp.maximum(count - 1, 0)) if steps.schedule is not None and count is not None else config.lr
-  inner = optim.torch_sgd(lr, config.momentum, config.nesterov, config.weight_decay)
+  weight_decay = steps.optimizer_values.get("weight_decay", config.weight_decay)
+  inner = optim.torch_sgd(lr, config.momentum, config.nesterov, weight_decay)
   inner_state = optim.set_momentum(inner.init(state.params), optim.momentum_of(state.opt_state))
-  heavy_ball = (lr, config.momentum, config.weight_decay) if meta.hypergradient == "original" else None
+  heavy_ball = (lr, config.momentum, weight_decay) if meta.hypergradient == "original" else None
   final, grads, result = bilevel.hypergradient(
       inner, steps.method.lookahead_objectives(), steps.method.outer_objective, state.params, inner_state,
       state.model_state, state.meta_params, batch, first_order=meta.first_order, mode=meta.hypergradient,
