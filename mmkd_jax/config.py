@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from mmkd_jax import bilevel, methods, optim, registry
+from mmkd_jax import bilevel, evaluators, methods, optim, registry
 from mmkd_jax.replica_spec import REPLICA_LOOPS, check_replica_overrides, get_field, replica_entries
 from mmkd_jax.data import sources
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
@@ -120,6 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Student optimisation: the reference's multistep SGD by default (mmkd_jax.optim).
   c.batch_size = 64              # global batch (all devices and hosts)
   c.eval_batch_size = 128        # evaluation batch (padding is masked)
+  # What each evaluation measures (mmkd_jax.evaluators): accuracy (top-1, top-5 over 5 classes,
+  # loss; the best checkpoint is chosen on its top-1) | per_class | calibration (ECE) | teachers
+  c.evaluators = ("accuracy",)
+  c.eval_every = 1               # evaluate every this many epochs (and after the last)
   c.epochs = 240                 # student epochs
   c.lr = 0.05                    # student SGD learning rate
   c.lr_milestones = (150, 180, 210)  # epochs after which the learning rate is multiplied by lr_decay
@@ -353,6 +357,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
        f"{c.meta.hypergradient!r} is not one of {', '.join(bilevel.MODES)}")
   need(c.temperature > 0, "temperature", "must be positive")
+  for name in c.evaluators:
+    need(name in evaluators.EVALUATORS, "evaluators",
+         f"unknown evaluator {name!r}; known: {', '.join(evaluators.EVALUATORS.names())}")
+  need("accuracy" in c.evaluators, "evaluators", "must include 'accuracy' (the best checkpoint is chosen on its top-1)")
+  need(c.eval_every >= 1, "eval_every", "must be at least 1")
   need(c.schedule in optim.SCHEDULES, "schedule", f"unknown schedule {c.schedule!r}; known: {', '.join(optim.SCHEDULES.names())}")
   need(c.optimizer in optim.OPTIMIZERS, "optimizer",
        f"unknown optimizer {c.optimizer!r}; known: {', '.join(optim.OPTIMIZERS.names())}")

@@ -68,22 +68,24 @@ class Member:
       counts = train_means.pop("class_counts")[:, None]
       sums = train_means.pop("class_weight_sums")
       class_weights = np.where(counts > 0, sums / np.maximum(counts, 1e-12), np.nan)
-    result = evaluation.student_accuracy(self.eval_fn, self.state, self.setup.dataset.test, spec,
-                                         config.eval_batch_size, self.setup.mesh)
+    evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+    result = evaluation.evaluate_student(self.eval_fn, self.state, self.setup.dataset.test, spec,
+                                         config.eval_batch_size, self.setup.mesh, self.setup.steps.evaluators
+                                         ) if evaluated else {}
     epoch_seconds = time.perf_counter() - tic
     self.host["train_seconds"] = self.host.get("train_seconds", 0.0) + epoch_seconds
     name = eval_name(spec)
-    is_best = result["top1"] > self.host["best_top1"]
+    is_best = evaluated and result["top1"] > self.host["best_top1"]
     if is_best:
       self.host["best_top1"], self.host["best_epoch"] = result["top1"], epoch + 1
       self.host["best_chosen_on"] = spec.test_split
-    record = {"epoch": epoch + 1, "eval_split": spec.test_split, f"{name}/top1": result["top1"],
-              f"{name}/top5": result["top5"], f"{name}/loss": result["loss"],
+    scalars = {f"{name}/{k}": v for k, v in result.items() if np.ndim(v) == 0}
+    record = {"epoch": epoch + 1, **({"eval_split": spec.test_split} if evaluated else {}), **scalars,
               "train/images_per_s": seen / epoch_seconds,
               **{k: v.tolist() if np.ndim(v) else float(v)
                  for k, v in tagged_train_metrics(train_means, self.teacher_names).items()}}
-    self.host["history"].append(record)
-    logged = dict(record)
+    self.host["history"].append(record)  # scalars only: the checkpoint's host state stays small
+    logged = dict(record, **{f"{name}/{k}": np.asarray(v) for k, v in result.items() if np.ndim(v) > 0})
     if class_weights is not None:  # (classes, teachers): logged, not kept in the checkpoint
       logged["teacher_weights/per_class"] = class_weights
     step_now = int(jax.device_get(self.state.step))
@@ -91,9 +93,10 @@ class Member:
     if not self.quiet:
       weights = [v for k, v in record.items() if k.startswith("teacher_weights/logits/")]
       extra = f", teacher weights {np.round(weights, 3).tolist()}" if weights else ""
+      evaluation_text = (f"{name} top-1 {result['top1']:.2f}% (best {self.host['best_top1']:.2f}% @ "
+                         f"{self.host['best_epoch']}), " if evaluated else "")
       print(f"{self.label}epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train/loss', float('nan')):.4f}, "
-            f"train acc {record.get('train/accuracy', 0):.2f}%, {name} top-1 {result['top1']:.2f}% "
-            f"(best {self.host['best_top1']:.2f}% @ {self.host['best_epoch']}), "
+            f"train acc {record.get('train/accuracy', 0):.2f}%, {evaluation_text}"
             f"{record['train/images_per_s']:.0f} img/s{extra}", flush=True)
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or is_best:
       self.ckpt.save(step_now, self.state, self.host, is_best=is_best)

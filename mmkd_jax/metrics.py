@@ -41,9 +41,8 @@ class MetricWriter:
       v = np.asarray(v)
       if v.ndim == 0:
         flat[k] = float(v) if v.dtype.kind == "f" else int(v)
-      elif v.ndim == 1:
-        for i, x in enumerate(v):
-          flat[f"{k}/{i}"] = float(x)
+      elif v.ndim == 1:  # one scalar per entry (an undefined one, NaN, left out)
+        flat.update({f"{k}/{i}": float(x) for i, x in enumerate(v) if np.isfinite(x)})
       else:
         v = np.round(v.astype(np.float64), 6)
         nested[k] = np.where(np.isfinite(v), v, None).tolist()  # JSON has no NaN

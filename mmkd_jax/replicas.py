@@ -122,7 +122,7 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
   base = train.build(replica_config(config, replica_spec.ReplicaEntry(entries[0].seed)), teachers, cache, mesh=mesh)
   steps = base.steps
   teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in base.teachers), base.mesh) if steps.online else ()
-  eval_fn = jax.jit(steps.eval_step)
+  eval_fn = train.eval_function(base)
   members = []
   for k, entry in enumerate(entries):
     setup = dataclasses.replace(base, config=config_lib.resolve(replica_config(config, entry)))

@@ -20,7 +20,7 @@ import optax
 from mmkd_jax import optim, parallel
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.data.sources import DatasetSpec
-from mmkd_jax.distill import losses
+from mmkd_jax.evaluators import EvalBatch, Evaluators, build_evaluators
 from mmkd_jax.methods import METHODS, Method, MethodSpec, TeacherWeights
 from mmkd_jax.metrics import TEACHER_WEIGHTS_PREFIX
 from mmkd_jax.methods import bilevel as bilevel_methods
@@ -119,11 +119,20 @@ class Steps:
     new, metrics = bilevel_methods.meta_update(self, state, raw, teacher_vars, epoch)
     return new.replace(nonfinite=self.track_nonfinite(new, metrics)), metrics
 
-  def eval_step(self, state: TrainState, raw: dict[str, Any]) -> dict[str, jax.Array]:
+  @property
+  def evaluators(self) -> Evaluators:
+    return build_evaluators(self.config.evaluators, self.spec.num_classes, [t.name for t in self.teachers])
+
+  def eval_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree] = ()) -> dict[str, Any]:
+    """The configured evaluators' sums over a batch (``teacher_vars``: for those reading teachers)."""
     x = normalize(raw["image"], self.spec.mean, self.spec.std)
     _, logits = self.method.student.apply(
         {"params": state.params["student"], "batch_stats": state.model_state["student"]}, x, train=False)
-    return eval_sums(logits, raw["label"], raw["mask"])
+    evaluators = self.evaluators
+    teacher_logits = None
+    if evaluators.needs_teachers and teacher_vars:
+      teacher_logits = teacher_forward(self.teachers, teacher_vars, x, self.config.feature_layer)[0]
+    return evaluators.sums(EvalBatch(logits, raw["label"], raw["mask"], teacher_logits))
 
   def track_nonfinite(self, state: TrainState, metrics: dict[str, jax.Array]) -> jax.Array:
     """``state.nonfinite`` updated with the first non-finite tracked metric of this step."""
@@ -142,14 +151,6 @@ def describe_nonfinite(term: str, step: int, steps_per_epoch: int) -> str:
   return (f"loss term {term!r} became NaN/inf at step {step} (epoch {step // steps_per_epoch + 1}, batch "
           f"{step % steps_per_epoch}); training stopped and the last good checkpoint is kept. Lower the "
           "learning rate or the loss weights (config.weights.*), or check the teacher outputs.")
-
-
-def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-  """Masked sums over a batch: top-1 and top-5 hits, loss, and the count of real rows."""
-  per_sample_loss = losses.per_sample_cross_entropy(logits, labels)
-  return {"top1": jnp.sum(losses.top_k_correct(logits, labels, 1) * mask),
-          "top5": jnp.sum(losses.top_k_correct(logits, labels, 5) * mask),
-          "loss": jnp.sum(per_sample_loss * mask), "count": jnp.sum(mask)}
 
 
 def _optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int, values: dict[str, Any]):

@@ -29,6 +29,7 @@ from mmkd_jax.models import get_model
 from mmkd_jax.teachers import convert
 
 STUDENT_META = "student.json"
+EVALUATION_FILE = "evaluation.json"   # mode=evaluate's result in the work directory
 
 
 @dataclasses.dataclass
@@ -205,8 +206,9 @@ def export_student(workdir: str, out_dir: str, which: str = "best",
 
 
 def evaluate_workdir(config, workdir: str, which: str = "best") -> dict[str, Any]:
-  """``mode=evaluate``: the run's student on ``config``'s evaluation split; no teachers or cache
-  are needed. Teachers configured and on disk are reported too (accuracy, ensemble, and the
+  """``mode=evaluate``: the run's student on ``config``'s evaluation split through
+  ``config.evaluators``, written to ``<workdir>/evaluation.json``; no teachers or cache are
+  needed. Teachers configured and on disk are reported too (accuracy, ensemble, and the
   student's top-1 agreement and KL with each)."""
   from mmkd_jax import evaluation, parallel  # pylint: disable=import-outside-toplevel
   from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
@@ -223,11 +225,28 @@ def evaluate_workdir(config, workdir: str, which: str = "best") -> dict[str, Any
       teachers = teacher_stages.load_teachers(config, dataset.spec)
     except FileNotFoundError as e:
       print(f"note: evaluating the student alone ({e})")
-  result = evaluation.student_against_teachers(student, teachers, dataset.test, dataset.spec,
-                                               config.eval_batch_size, parallel.data_mesh(), config.feature_layer)
-  result.update(split=dataset.spec.test_split, step=student.info["step"], checkpoint=which)
-  print(f"{which} checkpoint (step {result['step']}) on {result['split']}: top-1 {result['top1']:.2f}%, "
-        f"top-5 {result['top5']:.2f}%, loss {result['loss']:.4f}"
+  names = tuple(config.evaluators) + (("teachers",) if teachers and "teachers" not in config.evaluators else ())
+  result = evaluation.student_against_teachers(student, teachers, dataset.test, dataset.spec, config.eval_batch_size,
+                                               parallel.data_mesh(), names, config.feature_layer)
+  result.update(split=dataset.spec.test_split, step=student.info["step"], checkpoint=which,
+                evaluators=list(names))
+  top5 = f", top-5 {result['top5']:.2f}%" if "top5" in result else ""
+  extra = "".join(f", {k} {result[k]:.4f}" for k in ("ece",) if k in result)
+  print(f"{which} checkpoint (step {result['step']}) on {result['split']}: top-1 {result['top1']:.2f}%{top5}, "
+        f"loss {result['loss']:.4f}{extra}"
         + "".join(f"; {t.name}: top-1 {result['teacher/' + t.name]:.2f}%, agreement "
                   f"{result['agreement/' + t.name]:.2f}%, KL {result['kl/' + t.name]:.4f}" for t in teachers))
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, EVALUATION_FILE)
+    with open(path + ".tmp", "w") as f:
+      json.dump({k: _without_nan(v) for k, v in result.items()}, f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
+    print(f"written to {path}")
   return result
+
+
+def _without_nan(value: Any) -> Any:
+  """JSON has no NaN: an undefined number (a class absent from the split) is null."""
+  if isinstance(value, list):
+    return [_without_nan(v) for v in value]
+  return None if isinstance(value, float) and not np.isfinite(value) else value

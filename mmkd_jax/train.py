@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -134,9 +134,14 @@ def initial_state(setup: Setup) -> TrainState:
   return init_state(setup.steps, example_batch(setup), setup.config.seed)
 
 
-def evaluate(setup: Setup, state: TrainState, eval_fn) -> dict[str, float]:
-  return evaluation.student_accuracy(eval_fn, state, setup.dataset.test, setup.spec,
-                                     setup.config.eval_batch_size, setup.mesh)
+def eval_function(setup: Setup) -> Callable[[TrainState, dict[str, Any]], Any]:
+  """The compiled evaluation of one member's state on a sharded batch (with the teachers on the
+  devices when an evaluator reads them)."""
+  eval_step = jax.jit(setup.steps.eval_step)
+  if not (setup.steps.evaluators.needs_teachers and setup.teachers):
+    return eval_step
+  teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in setup.teachers), setup.mesh)
+  return lambda state, raw: eval_step(state, raw, teacher_vars)
 
 
 def evaluate_teachers(setup: Setup) -> dict[str, float]:
@@ -189,7 +194,7 @@ def open_member(setup: Setup, workdir: str, quiet: bool, eval_fn: Any, label: st
 def _start(setup: Setup, workdir: str, quiet: bool) -> tuple[Program, Member]:
   """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
   steps = setup.steps
-  member = open_member(setup, workdir, quiet, jax.jit(steps.eval_step))
+  member = open_member(setup, workdir, quiet, eval_function(setup))
   member.state = parallel.copy_to_devices(member.state, setup.mesh)
   teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in setup.teachers), setup.mesh) if steps.online else ()
   program = Program(member.state, jax.jit(steps.train_step, donate_argnums=(0,)),
@@ -238,12 +243,13 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
 def run_summary(setup: Setup, host: dict[str, Any], status: str, started: float) -> dict[str, Any]:
   """What ``summary.json`` says about a run: results, setting, teachers, time, code version."""
   config = setup.config
+  name = eval_name(setup.spec)
+  last = next((r for r in reversed(host["history"]) if f"{name}/top1" in r), {})  # the last evaluated epoch
   return {
       "status": status, "method": config.method, "student": config.student, "dataset": config.dataset,
       "seed": config.seed, "epochs_completed": len(host["history"]), "epochs": config.epochs,
       "steps_total": config.epochs * setup.steps_per_epoch,
-      "final_top1": host["history"][-1][f"{eval_name(setup.spec)}/top1"] if host["history"] else None,
-      "final_top5": host["history"][-1][f"{eval_name(setup.spec)}/top5"] if host["history"] else None,
+      "final_top1": last.get(f"{name}/top1"), "final_top5": last.get(f"{name}/top5"),  # top-5: over 5 classes only
       "eval_split": setup.spec.test_split, "best_chosen_on": host.get("best_chosen_on", setup.spec.test_split),
       "best_top1": host["best_top1"], "best_epoch": host["best_epoch"],
       "teacher_accuracy": host["teacher_accuracy"],

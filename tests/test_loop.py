@@ -63,6 +63,25 @@ def test_the_mmkd_loop_takes_meta_steps_on_the_reference_schedule(tmp_path, teac
   np.testing.assert_allclose(per_class.sum(axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(per_class.mean(axis=0) @ [1, 1], 1.0, rtol=1e-5)
 
+def test_evaluations_every_n_epochs_log_each_configured_evaluator(tmp_path, teacher_dir, data_dir):
+  """eval_every=2 over 3 epochs evaluates after epochs 2 and 3 only (the best is chosen among
+  them); each evaluator's metrics reach metrics.jsonl under the split's name."""
+  config = trainer_config(teacher_dir, data_dir, method="aver", batch_size=16, eval_batch_size=16,
+                          train_split="train[:64]", epochs=3, eval_every=2,
+                          evaluators=("accuracy", "per_class", "calibration", "teachers"))
+  for entry in config.teachers:  # the full-split teachers of the fixture, named explicitly
+    entry.checkpoint = os.path.join(teacher_dir, f"digits_{entry.name}")
+  summary = run_trainer(config, str(tmp_path / "w"))
+  epochs = {r["epoch"]: r for r in metric_records(str(tmp_path / "w")) if "epoch" in r}
+  assert sorted(epochs) == [1, 2, 3] and "test/top1" not in epochs[1] and "train/loss" in epochs[1]
+  for epoch in (2, 3):
+    record = epochs[epoch]
+    assert {"test/top1", "test/top5", "test/loss", "test/ece", "test/per_class_top1/0", "test/agreement/s_resnet8a",
+            "test/kl/s_resnet8b", "test/teacher/ensemble"} <= set(record)
+    assert 0.0 <= record["test/ece"] <= 1.0
+  assert summary["final_top1"] == epochs[3]["test/top1"] and summary["best_epoch"] in (2, 3)
+
+
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, teacher_dir, data_dir, monkeypatch):
   calls = {"n": 0}
   original = train.parallel.shard_batch

@@ -140,3 +140,25 @@ def test_a_corrupt_best_checkpoint_falls_back_to_the_latest(trained, tmp_path, c
   from mmkd_jax import checkpoint  # pylint: disable=import-outside-toplevel
   with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint"):
     mmkd_jax.load_student(str(copy))
+
+
+def test_evaluate_writes_each_configured_evaluator_to_evaluation_json(trained):
+  """mode=evaluate with per-class accuracy and calibration: evaluation.json holds what the
+  exported predictions give (per class, and the ECE of their top probabilities)."""
+  config, workdir, _ = trained
+  result = student_lib.evaluate_workdir(config_lib.validate(digits_smoke(
+      data_dir=config.data_dir, method="aver", teachers=[], mode="evaluate",
+      evaluators=("accuracy", "per_class", "calibration"))), workdir)
+  with open(os.path.join(workdir, student_lib.EVALUATION_FILE)) as f:
+    written = json.load(f)
+  assert written["top1"] == result["top1"] and written["evaluators"] == ["accuracy", "per_class", "calibration"]
+  images, labels = _test_images(config)
+  probs = mmkd_jax.load_student(workdir).predict(images).astype(np.float64)
+  hits = probs.argmax(-1) == labels
+  np.testing.assert_allclose(written["per_class_top1"], [100.0 * hits[labels == c].mean() for c in range(10)])
+  confidence, ece = probs.max(-1), 0.0
+  for i in range(15):
+    inside = (confidence > i / 15) & (confidence <= (i + 1) / 15)
+    if inside.any():
+      ece += inside.mean() * abs(hits[inside].mean() - confidence[inside].mean())
+  assert written["ece"] == pytest.approx(ece, abs=1e-5)
