@@ -44,7 +44,9 @@ import routing  # pylint: disable=wrong-import-position
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax import replicas, train  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
+from mmkd_jax.main import resolve_config_path  # pylint: disable=wrong-import-position
 from mmkd_jax.runs import Preempted  # pylint: disable=wrong-import-position
+from mmkd_jax.runs_table import mean_std  # pylint: disable=wrong-import-position
 from mmkd_jax import teacher_stages  # pylint: disable=wrong-import-position
 
 # How each method appears in tables (the papers' names).
@@ -150,13 +152,6 @@ def eval_top1(record: dict) -> float | None:
 
 def class_weights(record: dict):
   return record.get("teacher_weights/per_class", record.get("train_class_logits_weights"))
-
-
-def mean_std(values, digits: int = 2) -> str:
-  values = np.asarray(values, float)
-  if len(values) == 1:  # one seed has no spread to report
-    return f"{values[0]:.{digits}f}"
-  return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def _minutes(runs) -> str:
@@ -378,7 +373,8 @@ def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool,
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--table", choices=sorted(TABLES), help="a table of experiments/tables.py")
-  parser.add_argument("--config", help="instead of --table: one setting, from this config file")
+  parser.add_argument("--config", help="instead of --table: one setting, in any form --config of mmkd_jax.main "
+                      "takes (configs/digits.py:smoke, digits:aver, a run's config.json)")
   parser.add_argument("--methods", help="comma-separated methods (default: the table's, or all)")
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--out", help="default runs/reproduce/<table or config name>")
@@ -394,9 +390,10 @@ def main(argv=None) -> int:
     table = TABLES[args.table]
     name = args.table
   else:
-    name = os.path.splitext(os.path.basename(args.config))[0]
+    path, _, arg = resolve_config_path(args.config).partition(":")
+    name = os.path.splitext(os.path.basename(arg if path.endswith("run.py") else path))[0]
     table = Table(title=f"{name}" + (f" ({', '.join(args.set)})" if args.set else ""),
-                  rows=(Row(name, args.config),), methods=tuple(METHODS.names()))
+                  rows=(Row(name, path, arg or None),), methods=tuple(METHODS.names()))
   if args.methods:  # a subset of the table's variants (by method or slug), or plain methods
     wanted = args.methods.split(",")
     known = {v.slug: v for v in table.variants}

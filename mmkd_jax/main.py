@@ -255,7 +255,10 @@ def main(args: Args) -> None:
 
 
 def cli() -> None:
-  """The ``mmkd-jax`` console script."""
+  """The ``mmkd-jax`` console script (``mmkd-jax runs DIR ...``: the runs table)."""
+  if sys.argv[1:2] == ["runs"]:
+    from mmkd_jax import runs_table  # pylint: disable=import-outside-toplevel
+    sys.exit(runs_table.main(sys.argv[2:]))
   app.run(main, flags_parser=parse_flags)
 
 

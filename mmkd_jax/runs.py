@@ -25,7 +25,7 @@ RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epoc
              "stop_at_step", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
              "eval_batch_size", "evaluators", "eval_every", "distributed.", "teacher_training.", "trust_pickle")
 # Free to differ too, but no user's choice: written by resolve(), or retired (early runs stored it).
-_BOOKKEEPING = ("resolved_for", "progress")
+BOOKKEEPING = ("resolved_for", "progress")
 # A teacher entry's field (group 1); its checkpoint path may move with the files.
 _TEACHER_ENTRY = re.compile(r"teachers\.\[\d+\]\.(\w+)")
 
@@ -56,7 +56,7 @@ def changed_fields(stored: Mapping[str, Any], config: ml_collections.ConfigDict)
   out = []
   for key in sorted(set(old) | set(new)):
     entry = _TEACHER_ENTRY.fullmatch(key)
-    if key.startswith(RESUMABLE + _BOOKKEEPING) or (entry and entry.group(1) == "checkpoint"):
+    if key.startswith(RESUMABLE + BOOKKEEPING) or (entry and entry.group(1) == "checkpoint"):
       continue
     if key not in old and new.get(key, unset) == default_of(key):
       continue
@@ -208,3 +208,9 @@ class StopRequest:
 def _handle(signum, frame):
   del signum, frame
   _STOP["requested"] = True
+
+
+if __name__ == "__main__":  # python -m mmkd_jax.runs DIR ...: the runs table
+  import sys  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import runs_table  # pylint: disable=import-outside-toplevel
+  sys.exit(runs_table.main())

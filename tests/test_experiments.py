@@ -15,6 +15,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiment
 import reproduce  # pylint: disable=wrong-import-position
 from tables import TABLES, Published, Row, Table, Variant  # pylint: disable=wrong-import-position
 
+from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
+from helpers import ROOT  # pylint: disable=wrong-import-position
+
 
 def _summary(final, best, teachers=("a", "b")):
   return {"final_top1": final, "best_top1": best, "wall_seconds": 90.0,
@@ -239,3 +242,14 @@ def test_competence_from_validation_accuracy():
   assert teacher_competence.competence_from_validation(pool((), (), ()), accuracy, 2.0) == "0,1|0,2|1"
   assert teacher_competence.competence_from_validation(pool((), (), ()), accuracy, 100.0) == "*|*|*"
   assert teacher_competence.competence_from_validation(pool((0,), (1, 2), (2,)), accuracy, 2.0) == "0|1,2|2"
+
+
+def test_reproduce_takes_every_config_form_main_takes(tmp_path, capsys):
+  """configs/digits.py:smoke, a shipped config by name with its argument, a run's config.json."""
+  config_json = tmp_path / "config.json"
+  config_json.write_text(config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "digits.py"), "smoke"))
+                         .to_json_best_effort())
+  for form in ("configs/digits.py:smoke", "digits:aver,smoke", str(config_json)):
+    assert reproduce.main(["--config", form, "--collect_only", "--methods", "aver", "--seeds", "1",
+                           "--out", str(tmp_path / "out")]) == 0
+    assert "| AVER | not run |" in capsys.readouterr().out

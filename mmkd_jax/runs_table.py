@@ -1,0 +1,187 @@
+"""A table of runs from their work directories: ``mmkd-jax runs DIR [DIR ...]`` (or ``python -m
+mmkd_jax.runs``). Every directory below DIR holding a run's ``config.json`` counts (replica
+directories ``seed<s>/`` included; finished or not); runs that differ only in their seed form
+one row with mean ± std (sample std) over the seeds, or one row each with ``--per_run``.
+Markdown (default) or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmkd_jax import config as config_lib
+from mmkd_jax import runs
+
+_NOT_RUNS = {"checkpoints", "best", "tensorboard", "export", "corrupt"}   # parts of a run, not runs
+_EVAL_KEYS = ("test/top1", "val/top1", "test_top1")   # older runs logged test_top1
+# Fields that say nothing about what a run computes (besides RESUMABLE): never split a group.
+_IGNORED = ("seed", "replicas")
+
+
+@dataclasses.dataclass
+class RunRecord:
+  path: str
+  config: dict[str, Any]
+  status: str                   # finished | preempted | unfinished
+  epochs_completed: int
+  last_top1: float | None
+  best_top1: float | None
+  wall_seconds: float | None
+  code_version: str
+
+  @property
+  def teachers(self) -> str:
+    return " / ".join(t.get("arch", "?") for t in self.config.get("teachers", [])) or "—"
+
+
+def find_runs(paths: Sequence[str]) -> list[str]:
+  """Every run directory (one holding ``config.json``) at or below ``paths``, sorted."""
+  found = set()
+  for path in paths:
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"{path} is not a directory")
+    for directory, subdirs, files in os.walk(path):
+      subdirs[:] = [d for d in subdirs if d not in _NOT_RUNS]
+      if "config.json" in files:
+        found.add(os.path.normpath(directory))
+  return sorted(found)
+
+
+def _eval_top1(record: dict) -> float | None:
+  return next((record[k] for k in _EVAL_KEYS if k in record), None)
+
+
+def read_run(path: str) -> RunRecord:
+  """A run's record: its summary when finished, else what its metrics.jsonl logged so far."""
+  with open(os.path.join(path, "config.json")) as f:
+    config = config_lib.upgrade_stored(json.load(f))  # fields renamed since, under their names now
+  summary: dict[str, Any] = {}
+  if os.path.exists(os.path.join(path, "summary.json")):
+    with open(os.path.join(path, "summary.json")) as f:
+      summary = json.load(f)
+  by_epoch: dict[int, dict] = {}
+  times = []
+  if os.path.exists(os.path.join(path, "metrics.jsonl")):
+    with open(os.path.join(path, "metrics.jsonl")) as f:
+      for line in f:
+        record = json.loads(line)
+        times.append(record.get("time"))
+        if "epoch" in record:  # a resumed run logs an epoch again: the last record wins
+          by_epoch[record["epoch"]] = record
+  evaluated = [_eval_top1(by_epoch[e]) for e in sorted(by_epoch) if _eval_top1(by_epoch[e]) is not None]
+  times = [t for t in times if t is not None]
+  return RunRecord(
+      path=path, config=config, status=summary.get("status", "unfinished"),
+      epochs_completed=summary.get("epochs_completed", len(by_epoch)),
+      last_top1=summary.get("final_top1", evaluated[-1] if evaluated else None),
+      best_top1=summary.get("best_top1", max(evaluated) if evaluated else None),
+      wall_seconds=summary.get("wall_seconds", (max(times) - min(times)) if len(times) > 1 else None),
+      code_version=summary.get("code_version", "—"))
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+  """The fields that make two runs different experiments (not seeds of one)."""
+  free = tuple(f for f in runs.RESUMABLE if f != "epochs") + runs.BOOKKEEPING + _IGNORED
+  return {k: v for k, v in runs.flatten(config).items() if not k.startswith(free)}
+
+
+def mean_std(values: Sequence[float | None], digits: int = 2) -> str:
+  """``mean ± std`` (sample std) of the values given; one value alone; — for none."""
+  values = np.asarray([v for v in values if v is not None], float)
+  if len(values) == 0:
+    return "—"
+  if len(values) == 1:  # one seed has no spread to report
+    return f"{values[0]:.{digits}f}"
+  return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _status(records: Sequence[RunRecord]) -> str:
+  counts: dict[str, int] = {}
+  for r in records:
+    counts[r.status] = counts.get(r.status, 0) + 1
+  return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+
+
+def table_rows(records: Sequence[RunRecord], per_run: bool = False) -> list[dict[str, str]]:
+  """The rows: one per group of seeds (or per run), with the fields that set groups apart."""
+  groups: dict[str, list[RunRecord]] = {}
+  for r in records:
+    key = r.path if per_run else json.dumps(_identity(r.config), sort_keys=True, default=str)
+    groups.setdefault(key, []).append(r)
+  identities = [_identity(g[0].config) for g in groups.values()]
+  # groups with the same headline (method, student, teachers, dataset, epochs) are told apart by
+  # the fields that differ among them
+  headline = ("method", "student", "dataset", "epochs", "teachers.")
+  clusters: dict[str, list[dict]] = {}
+  for identity in identities:
+    clusters.setdefault(_headline_key(identity, headline), []).append(identity)
+  rows = []
+  for group, identity in zip(groups.values(), identities):
+    cluster = clusters[_headline_key(identity, headline)]
+    varying = sorted(k for k in set().union(*cluster) if not k.startswith(headline)
+                     and len({json.dumps(i.get(k), default=str) for i in cluster}) > 1)
+    first = group[0]
+    row = {"method": first.config.get("method", "?"), "student": first.config.get("student", "?"),
+           "teachers": first.teachers, "dataset": str(first.config.get("dataset", "?")),
+           "epochs": str(first.config.get("epochs", "?"))}
+    if per_run:
+      row.update(run=first.path, seed=str(first.config.get("seed", "?")))
+    else:
+      row["seeds"] = ",".join(str(r.config.get("seed", "?")) for r in sorted(group, key=lambda r: r.config.get("seed", 0)))
+    walls = [r.wall_seconds / 60 for r in group if r.wall_seconds is not None]
+    row.update(status=_status(group), last_top1=mean_std([r.last_top1 for r in group]),
+               best_top1=mean_std([r.best_top1 for r in group]),
+               wall_min=f"{np.mean(walls):.1f}" if walls else "—",
+               code=", ".join(sorted({r.code_version for r in group})))
+    row["setting"] = ", ".join(f"{k}={identity.get(k)}" for k in varying)
+    rows.append(row)
+  if not any(row["setting"] for row in rows):
+    for row in rows:
+      del row["setting"]
+  return rows
+
+
+def _headline_key(identity: dict[str, Any], headline: Sequence[str]) -> str:
+  return json.dumps({k: v for k, v in identity.items() if k.startswith(tuple(headline))}, sort_keys=True, default=str)
+
+
+def render(rows: Sequence[dict[str, str]], fmt: str = "markdown") -> str:
+  if not rows:
+    return ""
+  columns = list(rows[0])
+  if fmt == "csv":
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(row.get(c, "") for c in columns) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="mmkd-jax runs", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("dirs", nargs="+", help="work directories, or directories holding them")
+  parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+  parser.add_argument("--per_run", action="store_true", help="one row per run instead of per group of seeds")
+  args = parser.parse_args(argv)
+  try:
+    paths = find_runs(args.dirs)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if not paths:
+    print(f"error: no run (a directory with config.json) below {', '.join(args.dirs)}", file=sys.stderr)
+    return 2
+  sys.stdout.write(render(table_rows([read_run(p) for p in paths], args.per_run), args.format))
+  return 0
