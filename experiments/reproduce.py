@@ -269,6 +269,15 @@ def plot_routing(table: Table, row: Row, results: dict, path: str) -> bool:
   return True
 
 
+def curve_points(out: str, row: Row, variant: Variant, seeds: int) -> tuple[list[int], np.ndarray]:
+  """(epochs evaluated in every seed, top-1 per seed and epoch) of a variant's runs."""
+  curves = [{r.get("epoch", i + 1): eval_top1(r) for i, r in enumerate(epoch_records(
+      os.path.join(out, row.slug, variant.slug, f"seed{s}")))} for s in range(seeds)]
+  curves = [c for c in curves if c]
+  epochs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+  return epochs, np.array([[c[e] for e in epochs] for c in curves])
+
+
 def plot_curves(out: str, row: Row, variants, seeds: int, path: str) -> bool:
   """Evaluation top-1 per epoch: mean over seeds, with a band from the lowest to the highest seed."""
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -278,15 +287,11 @@ def plot_curves(out: str, row: Row, variants, seeds: int, path: str) -> bool:
   fig, ax = plt.subplots(figsize=(7.5, 4.2))
   drawn, lows = False, []
   for variant in variants:
-    curves = [[eval_top1(r) for r in epoch_records(os.path.join(out, row.slug, variant.slug, f"seed{s}"))]
-              for s in range(seeds)]
-    curves = [c for c in curves if c]
-    if curves:
-      length = min(len(c) for c in curves)
-      values = np.array([c[:length] for c in curves])
-      epochs = np.arange(1, length + 1)
-      line, = ax.plot(epochs, values.mean(axis=0), label=display(variant))
-      if len(curves) > 1:
+    epochs, values = curve_points(out, row, variant, seeds)
+    if epochs:
+      # markers: a run of one epoch (or one evaluation) is a point, not an invisible line
+      line, = ax.plot(epochs, values.mean(axis=0), marker="o", markersize=3, label=display(variant))
+      if len(values) > 1:
         ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
       lows.append(values.mean(axis=0).max())
       drawn = True

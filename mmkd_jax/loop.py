@@ -30,6 +30,21 @@ class NonFiniteLossError(FloatingPointError):
   """A loss term became NaN or infinite."""
 
 
+def announced(fn: Callable, what: str, quiet: bool) -> Callable:
+  """``fn`` (a jitted step) that prints one line before its first call, which compiles it: the
+  wait before the first epoch line is then explained (~40 s for a CPU teacher)."""
+  if quiet:
+    return fn
+  first = [True]
+
+  def call(*args, **kwargs):
+    if first[0]:
+      first[0] = False
+      print(f"compiling {what} (once per run) ...", flush=True)
+    return fn(*args, **kwargs)
+  return call
+
+
 @dataclasses.dataclass
 class Member:
   """One run of the program: its setup (train.Setup), its own state (for evaluation and

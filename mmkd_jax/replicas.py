@@ -122,7 +122,7 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
   base = train.build(replica_config(config, replica_spec.ReplicaEntry(entries[0].seed)), teachers, cache, mesh=mesh)
   steps = base.steps
   teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in base.teachers), base.mesh) if steps.online else ()
-  eval_fn = train.eval_function(base)
+  eval_fn = train.eval_function(base, quiet)
   members = []
   for k, entry in enumerate(entries):
     setup = dataclasses.replace(base, config=config_lib.resolve(replica_config(config, entry)))
@@ -135,8 +135,9 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
     members.append(member)
   axis = "replica" if shards > 1 else None
   values = parallel.shard_replicas(replica_values(config), mesh)
-  train_fn, meta_fn = (jax.jit(freeze_on_nonfinite(step_with_values(steps, name), kind, axis), donate_argnums=(0,))
-                       for name in ("train_step", "meta_step"))
+  train_fn, meta_fn = (loop_lib.announced(jax.jit(freeze_on_nonfinite(step_with_values(steps, name), kind, axis),
+                                                 donate_argnums=(0,)), f"the {what} of {len(members)} replicas", quiet)
+                       for name, what in (("train_step", "training step"), ("meta_step", "meta step")))
 
   def host_batches(epoch: int, first_batch: int):
     """Every replica's batch of each step (its own data order), stacked along axis 0."""

@@ -134,10 +134,10 @@ def initial_state(setup: Setup) -> TrainState:
   return init_state(setup.steps, example_batch(setup), setup.config.seed)
 
 
-def eval_function(setup: Setup) -> Callable[[TrainState, dict[str, Any]], Any]:
+def eval_function(setup: Setup, quiet: bool = True) -> Callable[[TrainState, dict[str, Any]], Any]:
   """The compiled evaluation of one member's state on a sharded batch (with the teachers on the
   devices when an evaluator reads them)."""
-  eval_step = jax.jit(setup.steps.eval_step)
+  eval_step = loop_lib.announced(jax.jit(setup.steps.eval_step), "the evaluation step", quiet)
   if not (setup.steps.evaluators.needs_teachers and setup.teachers):
     return eval_step
   teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in setup.teachers), setup.mesh)
@@ -194,11 +194,13 @@ def open_member(setup: Setup, workdir: str, quiet: bool, eval_fn: Any, label: st
 def _start(setup: Setup, workdir: str, quiet: bool) -> tuple[Program, Member]:
   """Restores the latest checkpoint (or initialises), replicates, compiles the steps."""
   steps = setup.steps
-  member = open_member(setup, workdir, quiet, eval_function(setup))
+  member = open_member(setup, workdir, quiet, eval_function(setup, quiet))
   member.state = parallel.copy_to_devices(member.state, setup.mesh)
   teacher_vars = parallel.copy_to_devices(tuple(t.variables for t in setup.teachers), setup.mesh) if steps.online else ()
-  program = Program(member.state, jax.jit(steps.train_step, donate_argnums=(0,)),
-                    jax.jit(steps.meta_step, donate_argnums=(0,)), teacher_vars,
+  program = Program(member.state,
+                    loop_lib.announced(jax.jit(steps.train_step, donate_argnums=(0,)), "the training step", quiet),
+                    loop_lib.announced(jax.jit(steps.meta_step, donate_argnums=(0,)), "the meta step", quiet),
+                    teacher_vars,
                     lambda epoch, first: train_batches(setup, epoch, first), lr_fn=steps.schedule)
   record_teacher_accuracy(member)
   return program, member

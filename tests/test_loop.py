@@ -141,3 +141,13 @@ def test_nan_stops_within_two_log_windows_not_at_the_end_of_the_epoch(tmp_path, 
   with pytest.raises(NonFiniteLossError, match=r"'loss_kd' became NaN/inf at step 0"):
     run_trainer(trainer_config(broken, data_dir, method="aver", log_every=2), str(tmp_path / "w"))
   assert seen["batches"] <= 1 + 3 * 2  # the example batch, then at most three log windows
+
+
+def test_a_compilation_is_announced_once_before_the_first_call(capsys):
+  from mmkd_jax import loop  # pylint: disable=import-outside-toplevel
+  calls = []
+  step = loop.announced(lambda x: calls.append(x) or x, "the training step", quiet=False)
+  assert step(1) == 1 and step(2) == 2 and calls == [1, 2]
+  assert capsys.readouterr().out == "compiling the training step (once per run) ...\n"
+  loop.announced(lambda x: x, "the meta step", quiet=True)(1)
+  assert capsys.readouterr().out == ""

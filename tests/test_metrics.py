@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from mmkd_jax.metrics import MetricWriter, StepLog, mean_metrics
 
@@ -82,3 +83,20 @@ def test_a_resumed_writer_drops_the_records_after_its_checkpoint(tmp_path):
   assert all(isinstance(r["time"], float) and r["time"] > 1.7e9 for r in records)
   MetricWriter(str(tmp_path), resume_step=-1).close()  # a fresh start: the log starts empty
   assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_tensorboard_reads_the_scalars_and_vectors_the_writer_logs(tmp_path):
+  """TensorBoard (the plots extra, installed by requirements.txt) shows every scalar, and a
+  vector as one curve per entry; a NaN entry (a class absent from the split) is left out."""
+  accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+  writer = MetricWriter(str(tmp_path))
+  writer.write(5, {"train/loss": 1.5, "test/per_class_top1": np.array([50.0, np.nan, 100.0])})
+  writer.write(10, {"train/loss": 1.25})
+  writer.close()
+  events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+  events.Reload()
+  assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(5, 1.5), (10, 1.25)]
+  assert set(events.Tags()["scalars"]) == {"train/loss", "test/per_class_top1/0", "test/per_class_top1/2"}
+  with open(tmp_path / "metrics.jsonl") as f:
+    first = json.loads(f.readline())
+  assert first["test/per_class_top1/0"] == 50.0 and "test/per_class_top1/1" not in first

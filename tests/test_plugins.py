@@ -29,6 +29,12 @@ def test_user_parts_train_and_evaluate_end_to_end(tmp_path):
     summary = json.load(f)
   assert summary["status"] == "finished" and summary["epochs_completed"] == 10
   assert summary["final_top1"] > 60.0, summary            # 4 classes: chance is 25%
+  assert summary["final_top5"] is None                     # top-5 of 4 classes says nothing
+  # each compilation is announced before the wait it causes (teachers' and the student's)
+  lines = done.stdout.splitlines()
+  compiling = [i for i, line in enumerate(lines) if line.startswith("compiling the training step")]
+  first_epochs = [i for i, line in enumerate(lines) if line.lstrip().startswith("epoch   1/")]
+  assert len(compiling) == len(first_epochs) >= 2 and all(c < e for c, e in zip(compiling, first_epochs)), lines
   assert summary["teacher_accuracy"]["teacher/ensemble"] > 60.0
   with open(tmp_path / "run" / "config.json") as f:
     resolved = json.load(f)
