@@ -253,3 +253,19 @@ def test_reproduce_takes_every_config_form_main_takes(tmp_path, capsys):
     assert reproduce.main(["--config", form, "--collect_only", "--methods", "aver", "--seeds", "1",
                            "--out", str(tmp_path / "out")]) == 0
     assert "| AVER | not run |" in capsys.readouterr().out
+
+
+def test_curves_use_the_evaluated_epochs_of_every_seed(tmp_path):
+  """eval_every=2: the x values are the epochs evaluated (2, 4), not positions (1, 2); an epoch
+  one seed has not reached yet is left out; a one-epoch run still gives its point."""
+  row, variant = Row("a -> b", "configs/digits.py"), Variant("aver")
+  for seed, epochs in ((0, (1, 2, 3, 4)), (1, (1, 2, 3, 4, 5, 6))):
+    path = tmp_path / row.slug / variant.slug / f"seed{seed}"
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+      for epoch in epochs:
+        f.write(json.dumps({"step": epoch, "epoch": epoch, **({"test/top1": 10.0 * epoch + seed} if epoch % 2 == 0
+                                                              else {"train/loss": 1.0})}) + "\n")
+  epochs, values = reproduce.curve_points(str(tmp_path), row, variant, 2)
+  assert epochs == [2, 4] and values.tolist() == [[20.0, 40.0], [21.0, 41.0]]
+  assert reproduce.plot_curves(str(tmp_path), row, [variant], 2, str(tmp_path / "curves.png"))
