@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.replica_loop = "auto"        # auto (= vmap) | vmap | map (one after another, less memory): how one program steps them
   c.replica_shards = 1           # G > 1: a (G, devices/G) ('replica', 'data') mesh, replicas sharded over G groups
   c.student = "resnet8"          # a registered model (mmkd_jax.models)
+  # Start the student from these weights (a .pth/.npz state_dict, e.g. torchvision's, or a run's
+  # or an export's directory) instead of a random initialisation; "" = random.
+  c.student_checkpoint = ""
+  c.checkpoint_head = "keep"     # student_checkpoint's classifier: keep | reinit (a new one, e.g. 1000 -> 120 classes)
   # Compute dtype of the student's (and online teachers') convolutions and matmuls: float32 |
   # bfloat16 (parameters, optimiser state, BatchNorm statistics and losses stay float32).
   c.dtype = "float32"
@@ -362,6 +366,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"unknown evaluator {name!r}; known: {', '.join(evaluators.EVALUATORS.names())}")
   need("accuracy" in c.evaluators, "evaluators", "must include 'accuracy' (the best checkpoint is chosen on its top-1)")
   need(c.eval_every >= 1, "eval_every", "must be at least 1")
+  need(c.checkpoint_head in ("keep", "reinit"), "checkpoint_head", f"{c.checkpoint_head!r} is not 'keep' or 'reinit'")
+  need(not c.student_checkpoint or c.mode not in ("distill", "pipeline") or os.path.exists(c.student_checkpoint),
+       "student_checkpoint",
+       f"{c.student_checkpoint} does not exist")
   need(c.schedule in optim.SCHEDULES, "schedule", f"unknown schedule {c.schedule!r}; known: {', '.join(optim.SCHEDULES.names())}")
   need(c.optimizer in optim.OPTIMIZERS, "optimizer",
        f"unknown optimizer {c.optimizer!r}; known: {', '.join(optim.OPTIMIZERS.names())}")

@@ -74,6 +74,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     runs.check_workdir(config, workdir)
   teacher_stages.check_trained_teachers(config)
   dataset = sources.open_dataset(config)
+  if "student" in stages and config.student_checkpoint:
+    convert.check_pretrained(config.student, dataset.spec.num_classes, config.student_checkpoint,
+                             dataset.spec.image_shape, config.trust_pickle, config.checkpoint_head)
   os.makedirs(workdir, exist_ok=True)
   with runs.StopRequest(), checkpoint.WorkdirLock(workdir):
     return _run_stages(config, workdir, stages, dataset)

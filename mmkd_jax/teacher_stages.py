@@ -62,6 +62,7 @@ def training_config(config: ml_collections.ConfigDict, entry: ml_collections.Con
   tc.lr_milestones, tc.stop_at_step = config.teacher_training.lr_milestones, -1
   # teachers train by the papers' rule whatever the student's (so it is no part of their identity)
   tc.schedule, tc.schedule_epochs, tc.warmup_epochs, tc.optimizer, tc.label_smoothing = "multistep", 0, 0.0, "sgd", 0.0
+  tc.student_checkpoint, tc.checkpoint_head = "", "keep"  # and from a random start
   tc.train_split = entry.get("train_split") or config.train_split
   tc.train_classes = tuple(entry.get("classes", ())) or tuple(config.train_classes)
   tc.label_noise = entry.get("label_noise") or config.label_noise

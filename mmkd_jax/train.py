@@ -26,7 +26,7 @@ from mmkd_jax.metrics import MetricWriter, eval_name
 from mmkd_jax.models import MODELS, get_model
 from mmkd_jax.errors import ConfigError
 from mmkd_jax.steps import Steps, TrainState, init_state, make_steps
-from mmkd_jax.teachers import Teacher, feature_shapes
+from mmkd_jax.teachers import Teacher, feature_shapes, fingerprint
 
 PyTree = Any
 
@@ -134,6 +134,19 @@ def initial_state(setup: Setup) -> TrainState:
   return init_state(setup.steps, example_batch(setup), setup.config.seed)
 
 
+def with_pretrained_student(setup: Setup, state: TrainState) -> TrainState:
+  """Step 0 from ``config.student_checkpoint``'s weights (its classifier replaced by the random
+  one of ``state`` when ``checkpoint_head=reinit``)."""
+  config = setup.config
+  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
+  initial = {"params": state.params["student"], "batch_stats": state.model_state["student"]}
+  _, loaded = convert.load_pretrained(config.student, setup.spec.num_classes, config.student_checkpoint,
+                                      setup.spec.image_shape, config.trust_pickle, config.checkpoint_head,
+                                      jax.device_get(initial))
+  return state.replace(params={**state.params, "student": loaded["params"]},
+                       model_state={**state.model_state, "student": loaded.get("batch_stats", {})})
+
+
 def eval_function(setup: Setup, quiet: bool = True) -> Callable[[TrainState, dict[str, Any]], Any]:
   """The compiled evaluation of one member's state on a sharded batch (with the teachers on the
   devices when an evaluator reads them)."""
@@ -159,10 +172,15 @@ def restore_or_init(setup: Setup, workdir: str, quiet: bool) -> tuple[TrainState
           **runs.run_identity(setup, state)}
   runs.check_resumable(ckpt, host)
   restored = ckpt.restore(state)
-  if restored is not None:
+  if restored is not None:  # a resumed run never reads student_checkpoint again
     state, host, restored_step = restored
     if not quiet:
       print(f"resumed from checkpoint step {restored_step} in {workdir}")
+  elif config.student_checkpoint:
+    state = with_pretrained_student(setup, state)
+    host["student_init"] = {"checkpoint": os.path.abspath(config.student_checkpoint), "head": config.checkpoint_head,
+                            "fingerprint": fingerprint(jax.device_get({"params": state.params["student"],
+                                                                       "batch_stats": state.model_state["student"]}))}
   return state, host, ckpt
 
 
@@ -255,6 +273,7 @@ def run_summary(setup: Setup, host: dict[str, Any], status: str, started: float)
       "eval_split": setup.spec.test_split, "best_chosen_on": host.get("best_chosen_on", setup.spec.test_split),
       "best_top1": host["best_top1"], "best_epoch": host["best_epoch"],
       "teacher_accuracy": host["teacher_accuracy"],
+      **({"student_init": host["student_init"]} if "student_init" in host else {}),
       "setting": {"teacher_source": config.teacher_source,
                   **({"num_replays": config.num_replays, "cache_dtype": config.cache_dtype,
                       "cache_logits_dtype": config.cache_logits_dtype}

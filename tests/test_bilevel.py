@@ -156,6 +156,7 @@ def test_modes_agree_with_momentum_and_schedule():
     np.testing.assert_allclose(flat(result_f.params), flat(result_r.params), rtol=1e-12)
 
 
+@pytest.mark.slow  # ~130 s; the default suite checks exactness against the reference vectors (float64)
 def test_hypergradient_matches_central_differences():
   """The default mode against central differences (the other mode is tied to it above)."""
   with jax.enable_x64(True):

@@ -29,6 +29,7 @@ def test_meta_steps_every_freq_batches_on_the_last_full_batch_and_not_in_warm_up
   assert due(1, 78) == [0, 5]
 
 
+@pytest.mark.slow  # ~100 s; meta.rollback=False is an ablation switch, off by default
 def test_rollback_false_keeps_the_schedule_on_training_steps():
   """Without rollback the look-ahead's three updates must not advance the learning-rate
   schedule (it counted them: decay ~1.6x too early at meta_freq 5)."""
@@ -61,7 +62,7 @@ def test_lookahead_uses_the_learning_rate_of_the_step_just_taken():
       assert (norm == pytest.approx(float(metrics[f"hypergrad_norm/{net}"]), rel=1e-4)) == same, (lr, net)
 
 
-@pytest.mark.parametrize("rollback_bn", ["exact", "replay"])
+@pytest.mark.parametrize("rollback_bn", ["exact", pytest.param("replay", marks=pytest.mark.slow)])
 def test_rollback_restores_or_replays_batchnorm(rollback_bn):
   steps, state, raw = steps_and_state("mmkd", **{"mmkd.hard_buffer": False, "meta.rollback_bn": rollback_bn})
   epoch = jnp.asarray(0, jnp.int32)

@@ -13,8 +13,15 @@ from mmkd_jax.models import get_model
 
 
 def _variables(arch: str, num_classes: int = 10):
+  """The model and random variables of its shapes (no compiled init: a conversion reads shapes
+  and values only)."""
   model = get_model(arch, num_classes)
-  return model, model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+  rng = np.random.default_rng(0)
+  positive = lambda path: "batch_stats" in jax.tree_util.keystr(path)  # variances (and means) of BatchNorm
+  return model, jax.tree_util.tree_map_with_path(
+      lambda path, s: (rng.uniform(0.5, 1.5, s.shape) if positive(path) else rng.standard_normal(s.shape)).astype(s.dtype),
+      shapes)
 
 
 @pytest.mark.parametrize("arch", ["resnet8", "wrn_16_1", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"])
@@ -76,8 +83,18 @@ def test_load_pretrained_from_npz(tmp_path):
   loaded_model, loaded = convert.load_pretrained("vgg8", 100, str(path), (32, 32, 3))
   x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
   np.testing.assert_array_equal(model.apply(variables, x)[1], loaded_model.apply(loaded, x)[1])
-  with pytest.raises(convert.ConversionError, match="cannot load .* as vgg8 with 10 classes"):
+  with pytest.raises(convert.ConversionError, match="classifier .* has 100 classes, the dataset 10; set checkpoint_head=reinit"):
     convert.load_pretrained("vgg8", 10, str(path), (32, 32, 3))
+  # a new head: everything else from the checkpoint, the classifier from the model's own init
+  _, initial = _variables("vgg8", 10)
+  _, reinit = convert.load_pretrained("vgg8", 10, str(path), (32, 32, 3), head="reinit", initial=initial)
+  for (key, value), (_, source) in zip(jax.tree_util.tree_flatten_with_path(reinit)[0],
+                                       jax.tree_util.tree_flatten_with_path(variables)[0]):
+    expected = initial["params"]["classifier"][key[-1].key] if "classifier" in jax.tree_util.keystr(key) else source
+    np.testing.assert_array_equal(value, expected)
+  with pytest.raises(convert.ConversionError, match="missing keys"):  # a truncated file is still refused
+    np.savez(tmp_path / "cut.npz", **{k: v for k, v in convert.flax_to_torch(variables).items() if not k.startswith("block0.")})
+    convert.load_pretrained("vgg8", 10, str(tmp_path / "cut.npz"), (32, 32, 3), head="reinit", initial=initial)
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -116,3 +133,68 @@ def test_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):
   monkeypatch.setattr(builtins, "__import__", no_torch)
   with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
     convert.load_state_dict(str(path))
+
+
+def _torchvision():
+  """torchvision, or a skip. Some CPU torch / torchvision wheel pairs fail to register
+  torchvision's C++ operators (nms, ...) at import; its models use none, so that import is
+  retried without the fake-kernel registrations."""
+  torch = pytest.importorskip("torch")
+  try:
+    import torchvision  # pylint: disable=import-outside-toplevel
+  except RuntimeError:
+    import sys  # pylint: disable=import-outside-toplevel
+    for name in [m for m in sys.modules if m.startswith("torchvision")]:
+      del sys.modules[name]
+    register_fake = torch.library.register_fake
+    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+    try:
+      import torchvision  # pylint: disable=import-outside-toplevel
+    finally:
+      torch.library.register_fake = register_fake
+  return torch, torchvision
+
+
+def _parity(torch, module, arch, num_classes, feature_module, image_size=64):
+  """Random weights and BatchNorm statistics in the torch module, loaded into ``arch`` through
+  its state_dict: logits and the last feature map agree to float32 rounding (measured <= 3e-6
+  relative to the output's scale)."""
+  torch.manual_seed(0)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.uniform_(-0.2, 0.2)
+  module.eval()
+  captured = {}
+  module.get_submodule(feature_module).register_forward_hook(lambda m, i, o: captured.update(feat=o))
+  x = torch.randn(2, 3, image_size, image_size)
+  with torch.no_grad():
+    logits = module(x).numpy()
+  model = get_model(arch, num_classes)
+  template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+  variables = convert.torch_to_flax({k: v.numpy() for k, v in module.state_dict().items()}, template)
+  feats, ours = model.apply(variables, jnp.asarray(x.numpy().transpose(0, 2, 3, 1)), train=False)
+  scale = np.max(np.abs(logits))
+  assert np.max(np.abs(np.asarray(ours) - logits)) <= 1e-5 * scale, arch
+  expected = captured["feat"].numpy().transpose(0, 2, 3, 1)
+  assert np.max(np.abs(np.asarray(feats[-2]) - expected)) <= 1e-5 * np.max(np.abs(expected)), arch
+
+
+@pytest.mark.parametrize("name, arch, feature_module", [
+    ("resnet18", "resnet18", "layer4"), ("resnet34", "resnet34", "layer4"), ("resnet50", "resnet50", "layer4"),
+    ("resnet101", "resnet101", "layer4"), ("wide_resnet50_2", "wide_resnet50_2", "layer4"),
+    ("resnext50_32x4d", "resnext50_32x4d", "layer4"), ("mobilenet_v2", "mobilenet_v2", "features.17"),
+    ("shufflenet_v2_x1_0", "shufflenet_v2_x1_0", "stage4")])  # feat[-2]: the reference's last tap
+def test_torchvision_state_dicts_load_with_its_outputs(name, arch, feature_module):
+  torch, torchvision = _torchvision()
+  _parity(torch, getattr(torchvision.models, name)(num_classes=37), arch, 37, feature_module)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_timm_state_dicts_load_with_its_outputs(name):
+  torch = pytest.importorskip("torch")
+  timm = pytest.importorskip("timm")
+  _parity(torch, timm.create_model(name, pretrained=False, num_classes=37), name, 37, "layer4")

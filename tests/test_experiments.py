@@ -197,7 +197,8 @@ def digits_teachers(tmp_path_factory):
   return save_random_digits_teachers(str(tmp_path_factory.mktemp("teachers"))), str(tmp_path_factory.mktemp("tfds"))
 
 
-@pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None), ("mmkd", None)])
+@pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None),
+                                             pytest.param("mmkd", None, marks=pytest.mark.slow)])
 def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, method, expected):
   """experiments/routing.py on a finished digits run (two teachers, competence split at class 5):
   the oracle puts all its weight on the competent teacher, AVER half; EBKD's per-class shares are

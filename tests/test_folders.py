@@ -91,7 +91,7 @@ def _pipeline(config):
                                   teacher_stages.open_cache(config, loaded), quiet=True)
 
 
-@pytest.mark.parametrize("dataset", ["stanford_dogs", "cub_200_2011"])
+@pytest.mark.parametrize("dataset", ["stanford_dogs", pytest.param("cub_200_2011", marks=pytest.mark.slow)])
 def test_tfds_finegrained_smoke_configs_run_on_mock_data(tmp_path, dataset):
   # (mock_data replaces every TFDS builder, the teacher cache's too: teachers run online here)
   with tfds.testing.mock_data(num_examples=16):

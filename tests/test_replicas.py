@@ -65,7 +65,7 @@ def test_vmapped_steps_equal_single_steps_in_float64(kind="vmap"):
                 replicas.take(stacked, 1).params["student"]["conv1"]["kernel"]) > 1e-2
 
 
-@pytest.mark.parametrize("kind", ["vmap", "map"])
+@pytest.mark.parametrize("kind", ["vmap", pytest.param("map", marks=pytest.mark.slow)])
 def test_both_replica_loops_equal_single_steps_in_float64(kind):
   """The default-suite variant of the MMKD test above, for both replica loops: three AVER
   replicas (own seed, own batches) through 3 train steps equal their single runs to 1e-12."""

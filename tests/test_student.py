@@ -162,3 +162,33 @@ def test_evaluate_writes_each_configured_evaluator_to_evaluation_json(trained):
     if inside.any():
       ece += inside.mean() * abs(hits[inside].mean() - confidence[inside].mean())
   assert written["ece"] == pytest.approx(ece, abs=1e-5)
+
+
+def test_a_student_starts_from_a_checkpoint_with_its_own_or_a_new_head(trained, tmp_path):
+  """student_checkpoint: a run's directory (head kept) or an exported .npz (checkpoint_head=reinit:
+  the classifier is the run's own random one) gives step 0's student; summary.json records it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  config, workdir, _ = trained
+  written = student_lib.export_student(workdir, str(tmp_path / "export"))
+  source = mmkd_jax.load_student(workdir).variables
+  teachers = random_teachers(("resnet8", "resnet8"), names=("s_resnet8a", "s_resnet8b"))
+  for path, head in ((workdir, "keep"), (written["npz"], "reinit")):
+    c = config_lib.validate(digits_smoke(data_dir=config.data_dir, teacher_source="online", method="aver",
+                                         teacher_dir=config.teacher_dir, student_checkpoint=path, checkpoint_head=head))
+    setup = train.build(c, teachers)
+    state, host, ckpt = train.restore_or_init(setup, str(tmp_path / head), quiet=True)
+    ckpt.close()
+    random_start = train.initial_state(setup)
+    assert host["student_init"]["head"] == head
+    for key, value in jax.tree_util.tree_flatten_with_path(state.params["student"])[0]:
+      name = jax.tree_util.keystr(key)
+      expected = (random_start.params["student"] if head == "reinit" and "'fc'" in name else source["params"])
+      np.testing.assert_array_equal(value, _at(expected, key), err_msg=f"{head} {name}")
+  with pytest.raises(config_lib.ConfigError, match="config.student_checkpoint: .* does not exist"):
+    config_lib.validate(digits_smoke(student_checkpoint=str(tmp_path / "missing.npz")))
+
+
+def _at(tree, key):
+  for part in key:
+    tree = tree[part.key]
+  return tree

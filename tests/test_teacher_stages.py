@@ -65,10 +65,11 @@ def test_student_settings_do_not_make_a_teacher_stale(tmp_path):
   """Nor do they reach the teacher's training: it keeps the papers' multistep SGD."""
   _saved(tmp_path)
   config = _config(tmp_path, method="aver", lr=0.3, seed=5, epochs=7, schedule="cosine", warmup_epochs=1.0,
-                   optimizer="adamw", label_smoothing=0.1)
+                   optimizer="adamw", label_smoothing=0.1, student_checkpoint=str(tmp_path), checkpoint_head="reinit")
   teacher_stages.check_trained_teachers(config)
   tc = teacher_stages.training_config(config, config.teachers[0])
   assert (tc.schedule, tc.warmup_epochs, tc.optimizer, tc.label_smoothing) == ("multistep", 0.0, "sgd", 0.0)
+  assert (tc.student_checkpoint, tc.checkpoint_head) == ("", "keep")
 
 
 def test_a_teacher_without_a_record_is_refused_unless_named_explicitly(tmp_path):

@@ -84,6 +84,12 @@ def _add_zoo() -> None:
       **{name: (resnet(imagenet.VGGImagenet, cfg, split), "classifier.6")
          for name, (cfg, split) in imagenet.VGG_IMAGENET.items()},
   })
+  # torchvision's (and timm's resnet18/34/50) names for the same architectures: their
+  # state_dicts load as they are (--config.teachers[i].checkpoint=resnet50.pth)
+  for torchvision_name, ours in (("resnet18", "ResNet18"), ("resnet34", "ResNet34"), ("resnet50", "ResNet50"),
+                                 ("resnet101", "ResNet101"), ("wide_resnet50_2", "wrn_50_2"),
+                                 ("mobilenet_v2", "MobileNetV2_Imagenet"), ("shufflenet_v2_x1_0", "ShuffleV2_Imagenet")):
+    zoo[torchvision_name] = zoo[ours]
   for name, (factory, classifier) in zoo.items():
     register_model(name, classifier)(factory)  # as a user's model is
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmkd_jax.models import get_model
+from mmkd_jax.models import classifier_name, get_model
 
 # (collection, flax leaf name) -> PyTorch parameter name.
 _LEAF_TO_TORCH = {
@@ -67,19 +67,26 @@ def _listing(title: str, items: list[str]) -> str:
 
 
 def torch_to_flax(state_dict: Mapping[str, Any], template: Mapping[str, Any],
-                  dtype: Any = np.float32) -> dict[str, Any]:
+                  dtype: Any = np.float32, keep: str | None = None) -> dict[str, Any]:
   """Converts a PyTorch state_dict into variables shaped like ``template``.
 
   ``template`` is the model's variables (``model.init`` or its ``jax.eval_shape``), whose
-  structure decides which keys are expected. Raises ``ConversionError`` naming every
-  missing key, unexpected key and shape mismatch.
+  structure decides which keys are expected. ``keep``: a module (the classifier, ``"fc"``)
+  whose variables come from ``template`` (which must then hold arrays) and whose checkpoint
+  entries are dropped: a new head. Raises ``ConversionError`` naming every missing key,
+  unexpected key and shape mismatch.
   """
   state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
+  if keep is not None:
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(keep + ".")}
   flat = flax.traverse_util.flatten_dict(
       {c: template[c] for c in ("params", "batch_stats") if c in template})
   out, used, missing, mismatched = {}, set(), [], []
   for (collection, *path), leaf in flat.items():
     key = _torch_key(collection, tuple(path))
+    if keep is not None and key.startswith(keep + "."):
+      out[(collection, *path)] = np.asarray(leaf).astype(dtype)
+      continue
     if key not in state_dict:
       missing.append(key)
       continue
@@ -149,14 +156,62 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
   return state_dict
 
 
+HEADS = ("keep", "reinit")   # checkpoint_head: the checkpoint's classifier, or a new one
+
+
 def load_pretrained(arch: str, num_classes: int, path: str, image_shape: tuple[int, int, int],
-                    trust_pickle: bool = False) -> tuple[Any, dict[str, Any]]:
-  """Builds the model ``arch`` and returns ``(model, variables)`` loaded from ``path``
-  (``image_shape``: the input the model will see; parameter shapes may depend on it)."""
+                    trust_pickle: bool = False, head: str = "keep", initial: Mapping[str, Any] | None = None
+                    ) -> tuple[Any, dict[str, Any]]:
+  """Builds the model ``arch`` and returns ``(model, variables)`` loaded from ``path``: a
+  ``.pth``/``.npz`` state_dict (RepDistiller/MMKD, torchvision, timm) or a run's or export's
+  orbax directory (``image_shape``: the input the model will see). ``head="reinit"``: every
+  variable but the classifier's, which comes from ``initial`` (the model's own initialisation),
+  for a checkpoint of another class count; with ``"keep"`` such a checkpoint is an error saying so."""
   model = get_model(arch, num_classes)
-  template = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))
+  template = initial if initial is not None else jax.eval_shape(
+      model.init, jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))
+  state_dict = _orbax_state_dict(arch, path) if os.path.isdir(path) else load_state_dict(path, trust_pickle)
+  keep = None
+  if head == "reinit":
+    if initial is None:
+      raise ValueError("head='reinit' needs the model's initial variables (initial=...)")
+    keep = classifier_name(arch)
+  else:
+    _check_head(arch, num_classes, path, state_dict)
   try:
-    variables = torch_to_flax(load_state_dict(path, trust_pickle), template)
+    variables = torch_to_flax(state_dict, template, keep=keep)
   except ConversionError as e:
     raise ConversionError(f"cannot load {path} as {arch} with {num_classes} classes: {e}") from e
   return model, jax.tree.map(jnp.asarray, variables)
+
+
+def check_pretrained(arch: str, num_classes: int, path: str, image_shape: tuple[int, int, int],
+                     trust_pickle: bool = False, head: str = "keep") -> None:
+  """Refuses, before anything is written, a checkpoint that ``load_pretrained`` would refuse."""
+  shapes = jax.eval_shape(get_model(arch, num_classes).init, jax.random.key(0),
+                          jnp.zeros((1, *image_shape), jnp.float32))
+  load_pretrained(arch, num_classes, path, image_shape, trust_pickle, head,
+                  jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+
+
+def _check_head(arch: str, num_classes: int, path: str, state_dict: Mapping[str, Any]) -> None:
+  """A classifier of another class count is named as such, with the way to start a new one."""
+  try:
+    head = classifier_name(arch)
+  except ValueError:
+    return
+  weight = state_dict.get(f"{head}.weight")
+  if weight is not None and np.ndim(weight) == 2 and np.shape(weight)[0] != num_classes:
+    raise ConversionError(
+        f"{path}: its classifier ({head}) has {np.shape(weight)[0]} classes, the dataset {num_classes}; "
+        "for a student (--config.student_checkpoint) set --config.checkpoint_head=reinit to load everything "
+        "else and start a new classifier; a teacher must already classify the dataset's classes")
+
+
+def _orbax_state_dict(arch: str, path: str) -> dict[str, np.ndarray]:
+  """A run's (best checkpoint) or an export's student in state_dict form."""
+  from mmkd_jax import student as student_lib  # pylint: disable=import-outside-toplevel
+  student = student_lib.load_student(path)
+  if student.arch != arch:
+    raise ConversionError(f"{path} holds a {student.arch}, not a {arch}")
+  return flax_to_torch(student.variables)
