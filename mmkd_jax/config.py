@@ -40,10 +40,12 @@ ADAPTER_INITS = ("kaiming", "torch")
 
 
 def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0, classes: Sequence[int] = (),
-            label_noise: float = 0.0, train_split: str = "", epochs: int = 0, lr: float = 0.0
-            ) -> ml_collections.ConfigDict:
+            label_noise: float = 0.0, train_split: str = "", epochs: int = 0, lr: float = 0.0,
+            checkpoint_head: str = "keep") -> ml_collections.ConfigDict:
   """A teacher entry: ``checkpoint`` is an orbax teacher directory or a PyTorch .pth/.npz file;
   empty means ``<teacher_dir>/<dataset>[-<split>]_<name>`` (trained there by mode=train_teacher).
+  ``checkpoint_head="reinit"``: ``checkpoint`` is where its training starts instead (e.g.
+  torchvision's ImageNet weights), with a new classifier, and it is trained (fine-tuned) there.
 
   Its own training settings, overriding ``teacher_training`` and the run's (empty / 0 = inherit):
   ``classes`` it is trained on (a specialist sees only images of those classes; its head keeps
@@ -52,7 +54,8 @@ def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0, classes: 
   They are part of the teacher's recorded identity."""
   return ml_collections.ConfigDict({"name": name, "arch": arch, "checkpoint": checkpoint, "seed": seed,
                                     "classes": tuple(int(k) for k in classes), "label_noise": float(label_noise),
-                                    "train_split": train_split, "epochs": int(epochs), "lr": float(lr)})
+                                    "train_split": train_split, "epochs": int(epochs), "lr": float(lr),
+                                    "checkpoint_head": checkpoint_head})
 
 
 def _term_names() -> list[str]:
@@ -332,6 +335,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"unknown model {t.arch!r}; known: {', '.join(model_names())}")
     need(0.0 <= t.get("label_noise", 0.0) < 1.0, f"teachers[{i}].label_noise", "must be a rate in [0, 1)")
     need(t.get("epochs", 0) >= 0 and t.get("lr", 0.0) >= 0, f"teachers[{i}]", "epochs and lr must be >= 0 (0 = inherit)")
+    need(t.get("checkpoint_head", "keep") in ("keep", "reinit"), f"teachers[{i}].checkpoint_head",
+         f"{t.get('checkpoint_head')!r} is not 'keep' or 'reinit'")
+    need(t.get("checkpoint_head", "keep") == "keep" or t.checkpoint, f"teachers[{i}].checkpoint_head",
+         "reinit fine-tunes from teachers[i].checkpoint; set it (or use keep)")
   need(0.0 <= c.label_noise < 1.0, "label_noise", "must be a rate in [0, 1)")
   try:
     sources.check_image_dataset(c.dataset, c.data_dir or None, c.dataset_source_dir)

@@ -22,15 +22,22 @@ from mmkd_jax import runs, train
 from mmkd_jax.data import sources
 from mmkd_jax.errors import ConfigError
 from mmkd_jax.teachers import cache as cache_lib
+from mmkd_jax.teachers import convert
 from mmkd_jax.teachers.core import (TEACHER_META, Teacher, augmented_teacher_outputs, feature_shapes,
                                     is_complete, load_teacher, save_teacher)
+
+
+def is_explicit(entry: ml_collections.ConfigDict) -> bool:
+  """A finished teacher named by its path, used as it is (with ``checkpoint_head=reinit`` the path
+  is only where its training starts)."""
+  return bool(entry.checkpoint) and entry.get("checkpoint_head", "keep") == "keep"
 
 
 def checkpoint_path(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> str:
   """The teacher's explicit checkpoint, else ``<teacher_dir>/<dataset>[-<split>]_<name>``: trained
   ones are named by dataset and training split (when not the whole one), so validation-split
   teachers never stand in for full-split ones."""
-  if entry.checkpoint:
+  if is_explicit(entry):
     return entry.checkpoint
   split = "".join(ch if ch.isalnum() else "_" for ch in (entry.get("train_split") or config.train_split))
   dataset = os.path.basename(os.path.normpath(config.dataset))
@@ -43,7 +50,10 @@ def checkpoint_path(config: ml_collections.ConfigDict, entry: ml_collections.Con
 # changed setting is never silently served by an old teacher.
 IDENTITY_FIELDS = ("dataset", "train_split", "train_classes", "label_noise", "label_noise_seed", "normalization",
                    "image_size", "augmentation_seed", "batch_size", "epochs", "lr", "lr_milestones", "lr_decay",
-                   "momentum", "nesterov", "weight_decay", "dtype", "sync_batch_norm", "batch_norm_groups")
+                   "momentum", "nesterov", "weight_decay", "dtype", "sync_batch_norm", "batch_norm_groups",
+                   "student_checkpoint", "checkpoint_head")
+# Identity fields added later, as every teacher recorded before them was made.
+_UNRECORDED = {"student_checkpoint": "", "checkpoint_head": "keep"}
 
 
 class StaleTeacherError(ConfigError):
@@ -62,7 +72,9 @@ def training_config(config: ml_collections.ConfigDict, entry: ml_collections.Con
   tc.lr_milestones, tc.stop_at_step = config.teacher_training.lr_milestones, -1
   # teachers train by the papers' rule whatever the student's (so it is no part of their identity)
   tc.schedule, tc.schedule_epochs, tc.warmup_epochs, tc.optimizer, tc.label_smoothing = "multistep", 0, 0.0, "sgd", 0.0
-  tc.student_checkpoint, tc.checkpoint_head = "", "keep"  # and from a random start
+  # from a random start, or fine-tuned from the entry's checkpoint with a new classifier
+  tc.student_checkpoint, tc.checkpoint_head = ((entry.checkpoint, "reinit") if entry.checkpoint and not is_explicit(entry)
+                                               else ("", "keep"))
   tc.train_split = entry.get("train_split") or config.train_split
   tc.train_classes = tuple(entry.get("classes", ())) or tuple(config.train_classes)
   tc.label_noise = entry.get("label_noise") or config.label_noise
@@ -80,7 +92,7 @@ def identity(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict
 
 
 def identity_differences(recorded: dict[str, Any] | None, expected: dict[str, Any]) -> list[str]:
-  recorded = recorded or {}
+  recorded = {**_UNRECORDED, **(recorded or {})} if recorded else {}
   return [f"{k} {json.dumps(recorded[k]) if k in recorded else '(not recorded)'} -> {json.dumps(v)}"
           for k, v in expected.items() if k not in recorded or recorded[k] != v]
 
@@ -112,12 +124,12 @@ def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec |
   for i, entry in enumerate(config.teachers):
     path = checkpoint_path(config, entry)
     if not os.path.exists(path):
-      if entry.checkpoint:
+      if is_explicit(entry):
         raise _missing_checkpoint(entry, i, path)
       raise FileNotFoundError(f"teacher {entry.name!r}: {os.path.abspath(path)} does not exist. Train it with "
                               "--config.mode=train_teacher (or mode=pipeline), or set "
                               f"config.teachers[{i}].checkpoint to its .pth / orbax directory")
-    if not entry.checkpoint and is_complete(path):
+    if not is_explicit(entry) and is_complete(path):
       check_identity(config, i, path)
     loaded.append(load_teacher(entry.name, entry.arch, spec.num_classes, path, spec.image_shape,
                                config.trust_pickle))
@@ -129,10 +141,14 @@ def check_trained_teachers(config: ml_collections.ConfigDict) -> None:
   any finished teacher that the config would reuse but that was trained with other settings."""
   for i, entry in enumerate(config.teachers):
     path = checkpoint_path(config, entry)
-    if entry.checkpoint and not os.path.exists(path):
-      raise _missing_checkpoint(entry, i, path)
-    if not entry.checkpoint and os.path.isdir(path) and is_complete(path):
+    if entry.checkpoint and not os.path.exists(entry.checkpoint):
+      raise _missing_checkpoint(entry, i, entry.checkpoint)
+    if not is_explicit(entry) and os.path.isdir(path) and is_complete(path):
       check_identity(config, i, path)
+    elif entry.checkpoint and not is_explicit(entry):  # to be fine-tuned: its start must load
+      spec = sources.dataset_spec(config)
+      convert.check_pretrained(entry.arch, spec.num_classes, entry.checkpoint, spec.image_shape, config.trust_pickle,
+                               "reinit")
 
 
 def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
@@ -144,7 +160,7 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
   spent = 0.0
   for entry in config.teachers:
     path = checkpoint_path(config, entry)
-    if entry.checkpoint or (os.path.isdir(path) and is_complete(path)):
+    if is_explicit(entry) or (os.path.isdir(path) and is_complete(path)):
       continue
     runs.raise_if_stopped(f"before training teacher {entry.name!r}")
     print(f"training teacher {entry.name!r} ({entry.arch}) on {config.dataset} -> {os.path.abspath(path)}", flush=True)

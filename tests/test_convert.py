@@ -83,7 +83,7 @@ def test_load_pretrained_from_npz(tmp_path):
   loaded_model, loaded = convert.load_pretrained("vgg8", 100, str(path), (32, 32, 3))
   x = jax.random.normal(jax.random.key(3), (2, 32, 32, 3))
   np.testing.assert_array_equal(model.apply(variables, x)[1], loaded_model.apply(loaded, x)[1])
-  with pytest.raises(convert.ConversionError, match="classifier .* has 100 classes, the dataset 10; for a student .* set --config.checkpoint_head=reinit"):
+  with pytest.raises(convert.ConversionError, match="classifier .* has 100 classes, the dataset 10; set checkpoint_head=reinit"):
     convert.load_pretrained("vgg8", 10, str(path), (32, 32, 3))
   # a new head: everything else from the checkpoint, the classifier from the model's own init
   _, initial = _variables("vgg8", 10)

@@ -100,6 +100,7 @@ def test_tfds_finegrained_smoke_configs_run_on_mock_data(tmp_path, dataset):
   assert summary["status"] == "finished" and summary["final_top1"] is not None
 
 
+@pytest.mark.slow  # ~80 s; the default suite reads both layouts (test_folder_builders_read_the_official_layouts)
 def test_mit67_and_tiny_imagenet_smoke_configs_run_end_to_end(tmp_path):
   # AVER keeps this in the default suite's budget; MMKD's meta step runs in the digits smoke tests.
   fake_mit67(str(tmp_path / "mit67"))

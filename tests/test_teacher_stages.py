@@ -126,3 +126,33 @@ def test_a_teacher_on_its_own_split_lives_apart(tmp_path):
   config = _config(tmp_path, teachers0_train_split="train[:500]")
   assert teacher_stages.checkpoint_path(config, config.teachers[0]).endswith("digits-train__500_s_resnet8a")
   assert teacher_stages.checkpoint_path(config, config.teachers[1]).endswith("digits_s_resnet8b")
+
+
+def test_a_teacher_is_fine_tuned_from_a_checkpoint_of_another_class_count(tmp_path):
+  """checkpoint_head=reinit: the entry's checkpoint (a 100-class resnet8 here, as torchvision's
+  1000-class weights would be) is where its training starts, with a new classifier; it is trained
+  into teacher_dir and that start is part of its recorded identity. Without reinit the same file
+  is refused naming the class counts; a teacher recorded before these fields still matches."""
+  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
+  (pretrained,) = random_teachers(("resnet8",), num_classes=100)
+  start = str(tmp_path / "imagenet_like.npz")
+  np.savez(start, **convert.flax_to_torch(pretrained.variables))
+  config = _config(tmp_path, teachers0_checkpoint=start, teachers0_checkpoint_head="reinit")
+  entry = config.teachers[0]
+  path = teacher_stages.checkpoint_path(config, entry)
+  assert path.startswith(str(tmp_path)) and path != start and not teacher_stages.is_explicit(entry)
+  tc = teacher_stages.training_config(config, entry)
+  assert (tc.student_checkpoint, tc.checkpoint_head) == (start, "reinit")
+  teacher_stages.check_trained_teachers(config)  # the start loads
+  recorded = teacher_stages.identity(config, entry)
+  assert recorded["student_checkpoint"] == start and recorded["checkpoint_head"] == "reinit"
+  kept = _config(tmp_path, teachers0_checkpoint=start)
+  with pytest.raises(convert.ConversionError, match="has 100 classes, the dataset 10"):
+    teacher_stages.load_teachers(kept)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    teacher_stages.check_trained_teachers(_config(tmp_path, teachers0_checkpoint=start + ".gone",
+                                                  teachers0_checkpoint_head="reinit"))
+  plain = _config(tmp_path)
+  older = {k: v for k, v in teacher_stages.identity(plain, plain.teachers[0]).items()
+           if k not in ("student_checkpoint", "checkpoint_head")}
+  assert teacher_stages.identity_differences(older, teacher_stages.identity(plain, plain.teachers[0])) == []

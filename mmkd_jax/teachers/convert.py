@@ -204,8 +204,9 @@ def _check_head(arch: str, num_classes: int, path: str, state_dict: Mapping[str,
   if weight is not None and np.ndim(weight) == 2 and np.shape(weight)[0] != num_classes:
     raise ConversionError(
         f"{path}: its classifier ({head}) has {np.shape(weight)[0]} classes, the dataset {num_classes}; "
-        "for a student (--config.student_checkpoint) set --config.checkpoint_head=reinit to load everything "
-        "else and start a new classifier; a teacher must already classify the dataset's classes")
+        "set checkpoint_head=reinit to load everything else and start a new classifier "
+        "(--config.checkpoint_head=reinit for --config.student_checkpoint; "
+        "--config.teachers[i].checkpoint_head=reinit fine-tunes that teacher from it)")
 
 
 def _orbax_state_dict(arch: str, path: str) -> dict[str, np.ndarray]:
