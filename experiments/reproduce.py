@@ -46,7 +46,7 @@ from mmkd_jax import replicas, train  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
 from mmkd_jax.main import resolve_config_path  # pylint: disable=wrong-import-position
 from mmkd_jax.runs import Preempted  # pylint: disable=wrong-import-position
-from mmkd_jax.runs_table import mean_std  # pylint: disable=wrong-import-position
+from mmkd_jax.runs_table import eval_top1, mean_std  # pylint: disable=wrong-import-position
 from mmkd_jax import teacher_stages  # pylint: disable=wrong-import-position
 
 # How each method appears in tables (the papers' names).
@@ -140,14 +140,6 @@ def epoch_records(workdir: str) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------
 # Rendering.
-
-
-def eval_top1(record: dict) -> float | None:
-  """An epoch record's evaluation top-1 (``test/top1`` or ``val/top1``; older runs: ``test_top1``)."""
-  for key in ("test/top1", "val/top1", "test_top1"):
-    if key in record:
-      return record[key]
-  return None
 
 
 def class_weights(record: dict):

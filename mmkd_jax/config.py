@@ -322,6 +322,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Resolves and checks the config; returns the resolved one. Errors name the field."""
   c = resolve(config)
+  from mmkd_jax.teachers.convert import HEADS  # pylint: disable=import-outside-toplevel
 
   def need(cond: bool, field: str, message: str) -> None:
     if not cond:
@@ -335,8 +336,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"unknown model {t.arch!r}; known: {', '.join(model_names())}")
     need(0.0 <= t.get("label_noise", 0.0) < 1.0, f"teachers[{i}].label_noise", "must be a rate in [0, 1)")
     need(t.get("epochs", 0) >= 0 and t.get("lr", 0.0) >= 0, f"teachers[{i}]", "epochs and lr must be >= 0 (0 = inherit)")
-    need(t.get("checkpoint_head", "keep") in ("keep", "reinit"), f"teachers[{i}].checkpoint_head",
-         f"{t.get('checkpoint_head')!r} is not 'keep' or 'reinit'")
+    need(t.get("checkpoint_head", "keep") in HEADS, f"teachers[{i}].checkpoint_head",
+         f"{t.get('checkpoint_head')!r} is not one of {', '.join(HEADS)}")
     need(t.get("checkpoint_head", "keep") == "keep" or t.checkpoint, f"teachers[{i}].checkpoint_head",
          "reinit fine-tunes from teachers[i].checkpoint; set it (or use keep)")
   need(0.0 <= c.label_noise < 1.0, "label_noise", "must be a rate in [0, 1)")
@@ -373,7 +374,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"unknown evaluator {name!r}; known: {', '.join(evaluators.EVALUATORS.names())}")
   need("accuracy" in c.evaluators, "evaluators", "must include 'accuracy' (the best checkpoint is chosen on its top-1)")
   need(c.eval_every >= 1, "eval_every", "must be at least 1")
-  need(c.checkpoint_head in ("keep", "reinit"), "checkpoint_head", f"{c.checkpoint_head!r} is not 'keep' or 'reinit'")
+  need(c.checkpoint_head in HEADS, "checkpoint_head", f"{c.checkpoint_head!r} is not one of {', '.join(HEADS)}")
   need(not c.student_checkpoint or c.mode not in ("distill", "pipeline") or os.path.exists(c.student_checkpoint),
        "student_checkpoint",
        f"{c.student_checkpoint} does not exist")

@@ -112,7 +112,7 @@ def calibration(num_classes: int, teacher_names: Sequence[str]) -> Evaluator:
     correct = (jnp.argmax(probs, axis=-1) == b.labels).astype(jnp.float32)
     bins = jnp.clip(jnp.ceil(confidence * ECE_BINS).astype(jnp.int32) - 1, 0, ECE_BINS - 1)
     onehot = jax.nn.one_hot(bins, ECE_BINS) * b.mask[:, None]
-    return {"bin_count": jnp.sum(onehot, 0), "bin_confidence": onehot.T @ confidence, "bin_correct": onehot.T @ correct}
+    return {"bin_confidence": onehot.T @ confidence, "bin_correct": onehot.T @ correct}
 
   def finish(totals, count):
     gap = np.abs(np.asarray(totals["bin_correct"]) - np.asarray(totals["bin_confidence"]))

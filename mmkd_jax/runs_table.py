@@ -55,7 +55,8 @@ def find_runs(paths: Sequence[str]) -> list[str]:
   return sorted(found)
 
 
-def _eval_top1(record: dict) -> float | None:
+def eval_top1(record: dict) -> float | None:
+  """An epoch record's evaluation top-1 (``test/top1`` or ``val/top1``; older runs: ``test_top1``)."""
   return next((record[k] for k in _EVAL_KEYS if k in record), None)
 
 
@@ -76,7 +77,7 @@ def read_run(path: str) -> RunRecord:
         times.append(record.get("time"))
         if "epoch" in record:  # a resumed run logs an epoch again: the last record wins
           by_epoch[record["epoch"]] = record
-  evaluated = [_eval_top1(by_epoch[e]) for e in sorted(by_epoch) if _eval_top1(by_epoch[e]) is not None]
+  evaluated = [v for v in (eval_top1(by_epoch[e]) for e in sorted(by_epoch)) if v is not None]
   times = [t for t in times if t is not None]
   return RunRecord(
       path=path, config=config, status=summary.get("status", "unfinished"),

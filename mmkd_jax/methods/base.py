@@ -144,7 +144,7 @@ class LossWeights:
 
   def smooth_labels(self, terms: dict[str, Array], logits: Array | None) -> dict[str, Array]:
     """``terms`` with the ``ce`` term smoothed (unchanged without smoothing)."""
-    if isinstance(self.label_smoothing, float) and self.label_smoothing == 0.0 or "ce" not in terms:
+    if (isinstance(self.label_smoothing, float) and self.label_smoothing == 0.0) or "ce" not in terms:
       return terms
     if logits is None:
       raise ValueError("label smoothing needs the student's logits among the method's outputs ('logits')")

@@ -188,10 +188,12 @@ def load_pretrained(arch: str, num_classes: int, path: str, image_shape: tuple[i
 def check_pretrained(arch: str, num_classes: int, path: str, image_shape: tuple[int, int, int],
                      trust_pickle: bool = False, head: str = "keep") -> None:
   """Refuses, before anything is written, a checkpoint that ``load_pretrained`` would refuse."""
-  shapes = jax.eval_shape(get_model(arch, num_classes).init, jax.random.key(0),
-                          jnp.zeros((1, *image_shape), jnp.float32))
-  load_pretrained(arch, num_classes, path, image_shape, trust_pickle, head,
-                  jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
+  initial = None  # shapes are enough, but a new head (reinit) takes its values from initial
+  if head == "reinit":
+    shapes = jax.eval_shape(get_model(arch, num_classes).init, jax.random.key(0),
+                            jnp.zeros((1, *image_shape), jnp.float32))
+    initial = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  load_pretrained(arch, num_classes, path, image_shape, trust_pickle, head, initial)
 
 
 def _check_head(arch: str, num_classes: int, path: str, state_dict: Mapping[str, Any]) -> None:
