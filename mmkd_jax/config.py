@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from mmkd_jax import bilevel, evaluators, methods, optim, registry
+from mmkd_jax.data.resident import PLACEMENTS
 from mmkd_jax.replica_spec import REPLICA_LOOPS, check_replica_overrides, get_field, replica_entries
 from mmkd_jax.data import sources
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
@@ -170,6 +171,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher_training.lr = 0.05           # its learning rate
   c.teacher_training.lr_milestones = (150, 180, 210)  # its multistep milestones
   c.log_every = 50               # steps per logged window of training metrics
+  # Training data: host (streamed by grain) | device (the split and the current replay's teacher
+  # outputs in device memory) | auto (device when its memory plan fits); mmkd_jax/data/resident.py.
+  c.data_placement = "host"
+  c.scan_steps = 1               # device placement: training steps per dispatch (lax.fori_loop)
   c.checkpoint_every_epochs = 1  # latest checkpoint every this many epochs (and the best one)
   c.keep_checkpoints = 2         # latest checkpoints kept
   c.async_checkpoints = True     # write checkpoints in the background
@@ -327,7 +332,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   def need(cond: bool, field: str, message: str) -> None:
     if not cond:
       raise ConfigError(f"config.{field}: {message}")
-  need(c.mode in MODES, "mode", f"{c.mode!r} is not one of {', '.join(MODES)}")
+  from mmkd_jax.teachers.cache import STORAGE_DTYPES  # pylint: disable=import-outside-toplevel
+  choices = {"mode": MODES, "teacher_source": ("precomputed", "online"), "cache_dtype": STORAGE_DTYPES,
+             "cache_logits_dtype": STORAGE_DTYPES, "adapter_init": ADAPTER_INITS, "dtype": COMPUTE_DTYPES,
+             "replica_loop": REPLICA_LOOPS, "data_placement": PLACEMENTS, "meta.hypergradient": bilevel.MODES,
+             "checkpoint_head": HEADS, "meta.rollback_bn": ("exact", "replay")}
+  for field, allowed in choices.items():
+    value = get_field(c, field)
+    need(value in allowed, field, f"{value!r} must be one of {', '.join(allowed)}")
   need(c.student in model_names(), "student", f"unknown model {c.student!r}; known: {', '.join(model_names())}")
   names = [t.name for t in c.teachers]
   need(len(set(names)) == len(names), "teachers", f"teacher names must be unique, got {names}")
@@ -345,16 +357,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     sources.check_image_dataset(c.dataset, c.data_dir or None, c.dataset_source_dir)
   except (UnknownNameError, ValueError) as e:
     raise ConfigError(f"config.dataset: {e}") from e
-  need(c.teacher_source in ("precomputed", "online"), "teacher_source",
-       f"{c.teacher_source!r} must be 'precomputed' or 'online'")
-  from mmkd_jax.teachers.cache import STORAGE_DTYPES  # pylint: disable=import-outside-toplevel
-  for field in ("cache_dtype", "cache_logits_dtype"):
-    need(c[field] in STORAGE_DTYPES, field, f"{c[field]!r} must be one of {', '.join(STORAGE_DTYPES)}")
-  need(c.adapter_init in ADAPTER_INITS, "adapter_init", f"{c.adapter_init!r} must be one of {', '.join(ADAPTER_INITS)}")
-  need(c.dtype in COMPUTE_DTYPES, "dtype", f"{c.dtype!r} must be one of {', '.join(COMPUTE_DTYPES)}")
   need(c.num_replays >= 1, "num_replays", "must be at least 1")
   check_replica_overrides(c)
-  need(c.replica_loop in REPLICA_LOOPS, "replica_loop", f"{c.replica_loop!r} is not one of {', '.join(REPLICA_LOOPS)}")
   if c.replica_shards != 1:
     count = len(replica_entries(c))
     need(count > 0, "replica_shards", "shards the replicas of config.replicas; set config.replicas or use 1")
@@ -363,18 +367,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     need(c.replica_loop != "map", "replica_shards", "a sharded replica axis is stepped by vmap; "
          "set config.replica_loop=vmap (or auto)")
   need(c.batch_size > 0 and c.eval_batch_size > 0, "batch_size", "must be positive")
+  need(c.scan_steps >= 1, "scan_steps", "must be at least 1 (steps per dispatch)")
   need(c.epochs >= 1, "epochs", f"{c.epochs} trains nothing; give at least 1")
   need(c.teacher_training.epochs >= 1, "teacher_training.epochs", f"{c.teacher_training.epochs} trains nothing; give at least 1")
   need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
-  need(c.meta.hypergradient in bilevel.MODES, "meta.hypergradient",
-       f"{c.meta.hypergradient!r} is not one of {', '.join(bilevel.MODES)}")
   need(c.temperature > 0, "temperature", "must be positive")
   for name in c.evaluators:
     need(name in evaluators.EVALUATORS, "evaluators",
          f"unknown evaluator {name!r}; known: {', '.join(evaluators.EVALUATORS.names())}")
   need("accuracy" in c.evaluators, "evaluators", "must include 'accuracy' (the best checkpoint is chosen on its top-1)")
   need(c.eval_every >= 1, "eval_every", "must be at least 1")
-  need(c.checkpoint_head in HEADS, "checkpoint_head", f"{c.checkpoint_head!r} is not one of {', '.join(HEADS)}")
   need(not c.student_checkpoint or c.mode not in ("distill", "pipeline") or os.path.exists(c.student_checkpoint),
        "student_checkpoint",
        f"{c.student_checkpoint} does not exist")
@@ -383,7 +385,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
        f"unknown optimizer {c.optimizer!r}; known: {', '.join(optim.OPTIMIZERS.names())}")
   need(c.warmup_epochs >= 0 and c.schedule_epochs >= 0, "warmup_epochs", "epochs of warm-up (and schedule_epochs) must be >= 0")
   need(0.0 <= c.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
-  need(c.meta.rollback_bn in ("exact", "replay"), "meta.rollback_bn", f"{c.meta.rollback_bn!r} is not 'exact' or 'replay'")
   need(c.feature_layer != -1, "feature_layer", "-1 is the pooled vector, not a feature map")
   spec = methods.METHODS.get(c.method)
   need(not spec.bilevel or c.optimizer == "sgd", "optimizer",

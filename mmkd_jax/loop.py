@@ -15,12 +15,10 @@ import time
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mmkd_jax import checkpoint, evaluation, parallel, runs
-from mmkd_jax.methods.bilevel import is_meta_step
+from mmkd_jax import checkpoint, dispatch, evaluation, runs
 from mmkd_jax.metrics import MetricWriter, StepLog, eval_name, tagged_train_metrics
 
 PyTree = Any
@@ -134,11 +132,17 @@ class Program:
   stacked: bool = False
   values: dict = dataclasses.field(default_factory=dict)  # per-member tunable scalars (stacked)
   lr_fn: Callable[[int], Any] | None = None                # the learning rate at a step (per member)
+  scanned: Any = None        # dispatch.Scanned: device-resident data, scan_steps per dispatch
+  dispatches: int = 0        # dispatches this session (the preemption sync point's counter)
 
   def step(self, fn: Callable, raw: PyTree, epoch: jax.Array) -> dict:
     args = (self.state, raw, self.teacher_vars, epoch) + ((self.values,) if self.stacked else ())
     self.state, metrics = fn(*args)
     return metrics
+
+  def close(self) -> None:
+    if self.scanned is not None:
+      self.scanned.close()
 
   def member_of(self, tree: PyTree, k: int) -> PyTree:
     return jax.tree.map(lambda x: np.asarray(x)[k], tree) if self.stacked else tree
@@ -190,31 +194,31 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
   (finished, so reading it stalls nothing) is logged and checked for non-finite terms."""
   setup, config = members[0].setup, members[0].setup.config
   spe = setup.steps_per_epoch
-  epoch_array = jnp.asarray(epoch, jnp.int32)
   quiet = all(m.quiet for m in members)
   # The bar counts finished steps (not dispatched ones) and is off when stderr is no terminal.
   bar = tqdm(total=spe, initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
              disable=True if quiet else None, unit="step")
   log = StepLog(config.log_every, first_batch, program_carry(program, members))
   tic, seen, done, interrupted = time.perf_counter(), 0, 0, False
-  batches = parallel.prefetch_to_device(program.host_batches(epoch, first_batch), setup.mesh,
-                                        batch_axis=1 if program.stacked else 0)
-  for idx, device_raw in enumerate(batches, start=first_batch):
-    metrics = program.step(program.train_fn, device_raw, epoch_array)
-    if setup.method_spec.bilevel and is_meta_step(config, epoch, idx, spe, setup.dataset.num_train):
-      metrics = {**metrics, **program.step(program.meta_fn, device_raw, epoch_array)}
-    seen += config.batch_size
-    ready = log.add(idx, metrics)
-    while done < len(log.steps) and log.steps[done]["loss"].is_ready():
-      done += 1
-      bar.update(1)
-    log_windows(program, members, epoch, ready)
-    if ready and not program.stacked:
-      means = ready[-1][1]
-      bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
-                      img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+  dispatches = (program.scanned.epoch(program, epoch, first_batch) if program.scanned is not None
+                else dispatch.streamed(program, setup, epoch, first_batch))
+  for stepped in dispatches:
+    for idx, metrics in stepped:
+      seen += config.batch_size
+      ready = log.add(idx, metrics)
+      while done < len(log.steps) and log.steps[done]["loss"].is_ready():
+        done += 1
+        bar.update(1)
+      log_windows(program, members, epoch, ready)
+      if ready and not program.stacked:
+        means = ready[-1][1]
+        bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
+                        img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+    # The preemption sync point counts dispatches (JAX's sync manager wants consecutive calls).
+    program.dispatches += 1
     global_step = epoch * spe + idx + 1
-    if stop.requested or global_step == config.stop_at_step or members[0].ckpt.reached_preemption(global_step):
+    if (stop.requested or global_step == config.stop_at_step
+        or members[0].ckpt.reached_preemption(program.dispatches)):
       interrupted = True
       break
   bar.update(len(log.steps) - done)

@@ -25,7 +25,7 @@ from mmkd_jax import checkpoint, replicas, runs, train
 from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec, show_config
-from mmkd_jax.data import sources
+from mmkd_jax.data import resident, sources
 from mmkd_jax.methods import METHODS
 from mmkd_jax.loop import NonFiniteLossError
 from mmkd_jax.errors import ConfigError, UnknownNameError
@@ -74,6 +74,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     runs.check_workdir(config, workdir)
   teacher_stages.check_trained_teachers(config)
   dataset = sources.open_dataset(config)
+  if "student" in stages:
+    resident.check_placement(config, dataset.spec)
   if "student" in stages and config.student_checkpoint:
     convert.check_pretrained(config.student, dataset.spec.num_classes, config.student_checkpoint,
                              dataset.spec.image_shape, config.trust_pickle, config.checkpoint_head)

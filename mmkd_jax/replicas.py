@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import checkpoint, parallel, runs, train
+from mmkd_jax import checkpoint, dispatch, parallel, runs, train
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec
 from mmkd_jax import loop as loop_lib
@@ -135,9 +135,10 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
     members.append(member)
   axis = "replica" if shards > 1 else None
   values = parallel.shard_replicas(replica_values(config), mesh)
-  train_fn, meta_fn = (loop_lib.announced(jax.jit(freeze_on_nonfinite(step_with_values(steps, name), kind, axis),
-                                                 donate_argnums=(0,)), f"the {what} of {len(members)} replicas", quiet)
-                       for name, what in (("train_step", "training step"), ("meta_step", "meta step")))
+  train_step, meta_step = (freeze_on_nonfinite(step_with_values(steps, name), kind, axis)
+                           for name in ("train_step", "meta_step"))
+  train_fn, meta_fn = (loop_lib.announced(jax.jit(fn, donate_argnums=(0,)), f"the {what} of {len(members)} replicas", quiet)
+                       for fn, what in ((train_step, "training step"), (meta_step, "meta step")))
 
   def host_batches(epoch: int, first_batch: int):
     """Every replica's batch of each step (its own data order), stacked along axis 0."""
@@ -148,6 +149,8 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
   state = parallel.shard_replicas(stack([m.state for m in members]), mesh)
   program = Program(state, train_fn, meta_fn, teacher_vars, host_batches, stacked=True, values=values,
                     lr_fn=lambda step: steps_lib.with_values(steps, values).schedule(step))
+  program.scanned = dispatch.open_scanned(base, program, [m.setup.config.seed for m in members], train_step, meta_step,
+                                          lambda epoch: train.replay_of(base, epoch), quiet)
   return program, members
 
 
@@ -163,6 +166,7 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
     started = time.time()
     with runs.StopRequest() as stop:
       preempted = loop_lib.run(program, members, stop, lambda k: parallel.copy_to_devices(take(program.state, k), mesh))
+    program.close()
     summaries = []
     for k, member in enumerate(members):
       member.close()

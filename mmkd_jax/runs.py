@@ -23,7 +23,8 @@ from mmkd_jax.errors import ConfigError
 # where files are, not what is computed. Anything else differing from the stored run is refused.
 RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
              "stop_at_step", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
-             "eval_batch_size", "evaluators", "eval_every", "distributed.", "teacher_training.", "trust_pickle")
+             "eval_batch_size", "evaluators", "eval_every", "distributed.", "teacher_training.", "trust_pickle",
+             "data_placement", "scan_steps")
 # Free to differ too, but no user's choice: written by resolve(), or retired (early runs stored it).
 BOOKKEEPING = ("resolved_for", "progress")
 # A teacher entry's field (group 1); its checkpoint path may move with the files.

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import checkpoint, evaluation, parallel, runs
+from mmkd_jax import checkpoint, dispatch, evaluation, parallel, runs
 from mmkd_jax.loop import Member, Program
 from mmkd_jax import loop as loop_lib
 from mmkd_jax import config as config_lib
@@ -220,6 +220,8 @@ def _start(setup: Setup, workdir: str, quiet: bool) -> tuple[Program, Member]:
                     loop_lib.announced(jax.jit(steps.meta_step, donate_argnums=(0,)), "the meta step", quiet),
                     teacher_vars,
                     lambda epoch, first: train_batches(setup, epoch, first), lr_fn=steps.schedule)
+  program.scanned = dispatch.open_scanned(setup, program, [setup.config.seed], steps.train_step, steps.meta_step,
+                                          lambda epoch: replay_of(setup, epoch), quiet)
   record_teacher_accuracy(member)
   return program, member
 
@@ -252,6 +254,7 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
   started = time.time()
   with runs.StopRequest() as stop:
     preempted = loop_lib.run(program, [member], stop, lambda k: program.state)
+  program.close()
   member.close()
   summary = run_summary(setup, member.host, "preempted" if preempted else "finished", started)
   if not preempted:

@@ -9,6 +9,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -198,3 +199,23 @@ def test_a_cache_in_the_earlier_int64_records_reads_the_same_under_the_same_key(
   config = config_lib.base_config()
   config.dataset, config.teacher_dir, config.cache_dir = "digits", str(tmp_path), ""
   assert teacher_stages.cache_dir(config, spec) == teacher_stages.cache_dir(config, older)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_replay_arrays_read_in_bulk_equal_lookup_once_widened(tmp_path, dtype):
+  """A whole replay read in chunks, across shards, in the stored dtype: widened to float32 it is
+  what ``lookup`` gives record by record (device-resident training holds these arrays)."""
+  loaded = _random_teachers(tmp_path)
+  spec = _spec(loaded, 10, dtype)
+  for s in range(3):
+    teacher_cache.write_cache(str(tmp_path / "c"), spec, _fake_producer(2, 10), shard=s, num_shards=3)
+  cache = teacher_cache.TeacherCache(str(tmp_path / "c"), spec)
+  for replay in (0, 1):
+    bulk = cache.replay_arrays(replay, chunk=4)
+    each = cache.lookup(np.arange(10), replay)
+    assert bulk["teacher_feat"][0].dtype == np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    assert bulk["teacher_logits"].dtype == np.float32
+    np.testing.assert_array_equal(bulk["teacher_logits"], each["teacher_logits"])
+    for a, b in zip(bulk["teacher_feat"], each["teacher_feat"]):
+      np.testing.assert_array_equal(np.asarray(a, np.float32), b)
+  assert not np.array_equal(cache.replay_arrays(0)["teacher_logits"], cache.replay_arrays(1)["teacher_logits"])

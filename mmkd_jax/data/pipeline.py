@@ -43,6 +43,16 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def epoch_rows(num_records: int, global_batch: int, seed: int, epoch: int,
+               subset: np.ndarray | None = None) -> np.ndarray:
+  """The record positions of every global batch of a training epoch, (steps, global_batch):
+  a seeded permutation of ``subset`` (default: every record), the partial last batch dropped."""
+  positions = np.arange(num_records) if subset is None else np.asarray(subset)
+  n = len(positions)
+  steps = steps_per_epoch(n, global_batch)
+  return positions[epoch_permutation(n, seed, epoch)[: steps * global_batch]].reshape(steps, global_batch)
+
+
 def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, epoch: int,
                   start_batch: int = 0, process_index: int = 0, process_count: int = 1,
                   join: Join | None = None, num_threads: int = 2,
@@ -55,10 +65,8 @@ def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, 
   (``sources.read_records``); ``subset``: the record positions to draw from (default all);
   ``labels``: the label of every record position to train on instead of the records' own.
   """
-  positions = np.arange(len(source)) if subset is None else np.asarray(subset)
-  n = len(positions)
-  steps = steps_per_epoch(n, global_batch)
-  rows = positions[epoch_permutation(n, seed, epoch)[: steps * global_batch]].reshape(steps, global_batch)
+  rows = epoch_rows(len(source), global_batch, seed, epoch, subset)
+  steps = len(rows)
   rows = rows[:, _local_slice(global_batch, process_index, process_count)]
 
   def load(b: int) -> Batch:

@@ -97,10 +97,15 @@ def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
   return np.asarray(x, STORAGE_DTYPES[dtype])
 
 
-def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
+def in_memory(x: np.ndarray, dtype: str) -> np.ndarray:
+  """A stored array as an array of its dtype (bfloat16 from its uint16 bit pattern), not widened."""
   if dtype == "bfloat16":
-    return np.asarray(x, np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
-  return np.asarray(x, np.float32)
+    return np.asarray(x, np.uint16).view(ml_dtypes.bfloat16)
+  return np.asarray(x, STORAGE_DTYPES[dtype])
+
+
+def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
+  return np.asarray(in_memory(x, dtype), np.float32)
 
 
 # Produces (logits (b, T, C), tuple of T maps (b, H, W, C)) for example indices at a replay.
@@ -290,17 +295,31 @@ class TeacherCache:
         records[p] = r
     return records
 
-  def lookup(self, indices: np.ndarray, epoch: int) -> dict[str, Any]:
-    replay = epoch % self.spec.num_replays
+  def _records(self, indices: np.ndarray, replay: int) -> list[dict[str, Any]]:
     records = self._read(np.asarray(indices), replay)
     for r, i in zip(records, indices):
       if int(r["index"]) != int(i) or int(r["replay"]) != replay:
         raise CacheMismatchError(f"teacher cache record for index {i} replay {replay} holds index "
                                  f"{r['index']} replay {r['replay']}: the cache is corrupt")
-    dtype = self.spec.dtype
-    return {
-        "teacher_logits": from_storage(np.stack([r["logits"] for r in records]), self.spec.logits_dtype),
-        "teacher_feat": tuple(from_storage(np.stack([r[f"feat_{t}"] for r in records]), dtype)
-                              for t in range(len(self.spec.teacher_names))),
-        "replay": np.full(len(indices), replay, np.int32),
-    }
+    return records
+
+  def _stacked(self, records: list[dict[str, Any]], convert: Callable[[np.ndarray, str], np.ndarray]) -> dict[str, Any]:
+    return {"teacher_logits": convert(np.stack([r["logits"] for r in records]), self.spec.logits_dtype),
+            "teacher_feat": tuple(convert(np.stack([r[f"feat_{t}"] for r in records]), self.spec.dtype)
+                                  for t in range(len(self.spec.teacher_names)))}
+
+  def lookup(self, indices: np.ndarray, epoch: int) -> dict[str, Any]:
+    replay = epoch % self.spec.num_replays
+    return {**self._stacked(self._records(indices, replay), from_storage),
+            "replay": np.full(len(indices), replay, np.int32)}
+
+  def replay_arrays(self, replay: int, chunk: int = 4096) -> dict[str, Any]:
+    """Every example's outputs at ``replay``, read in bulk and kept in their stored dtype
+    (bfloat16 as bfloat16; ``astype(float32)`` then equals ``lookup``): what device-resident
+    training holds (``mmkd_jax.data.resident``)."""
+    n = self.spec.num_examples
+    parts = [self._stacked(self._records(np.arange(lo, min(lo + chunk, n)), replay), in_memory)
+             for lo in range(0, n, chunk)]
+    return {"teacher_logits": np.concatenate([p["teacher_logits"] for p in parts]),
+            "teacher_feat": tuple(np.concatenate([p["teacher_feat"][t] for p in parts])
+                                  for t in range(len(self.spec.teacher_names)))}
