@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,21 +25,25 @@ def rounded_batch(batch_size: int, mesh: Any) -> int:
 
 
 def accumulate(sums_fn: Callable[[dict[str, Any]], Any], source: Any, spec: DatasetSpec,
-               batch_size: int, mesh: Any) -> Any:
+               batch_size: int, mesh: Any, batches: Iterable[dict[str, Any]] | None = None) -> Any:
   """Sums ``sums_fn(sharded raw batch)`` (a tree of arrays) over the split, every example once,
-  padding masked, in float64 on the host."""
+  padding masked, in float64 on the host. ``batches``: the split's device batches when they are
+  not streamed from ``source`` (``data.resident``). Every batch is dispatched before any result
+  is read, so the device does not wait on the host between batches."""
+  if batches is None:
+    batches = (parallel.shard_batch(raw, mesh) for raw in pipeline.eval_batches(
+        source, spec, rounded_batch(batch_size, mesh), jax.process_index(), jax.process_count()))
   totals = None
-  for raw in pipeline.eval_batches(source, spec, rounded_batch(batch_size, mesh), jax.process_index(),
-                                   jax.process_count()):
-    got = jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(sums_fn(parallel.shard_batch(raw, mesh))))
+  for got in jax.device_get([sums_fn(raw) for raw in batches]):
+    got = jax.tree.map(lambda x: np.asarray(x, np.float64), got)
     totals = got if totals is None else jax.tree.map(np.add, totals, got)
   return totals
 
 
 def evaluate_student(eval_fn: Callable, state: Any, source: Any, spec: DatasetSpec, batch_size: int, mesh: Any,
-                     evaluators: Evaluators) -> dict[str, Any]:
+                     evaluators: Evaluators, batches: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
   """The metrics of ``evaluators`` for ``eval_fn(state, raw) -> evaluators.sums(...)``."""
-  return evaluators.finish(accumulate(lambda raw: eval_fn(state, raw), source, spec, batch_size, mesh))
+  return evaluators.finish(accumulate(lambda raw: eval_fn(state, raw), source, spec, batch_size, mesh, batches))
 
 
 def teacher_accuracy(teachers: Sequence[Teacher], source: Any, spec: DatasetSpec, batch_size: int,

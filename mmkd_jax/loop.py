@@ -57,6 +57,7 @@ class Member:
   eval_fn: Callable
   label: str = ""                 # printed before each epoch line (a replica's name)
   stopped: str | None = None      # its non-finite message once it stopped
+  eval_batches: Callable | None = None  # (batch size) -> device batches of the split (data.resident)
 
   @property
   def teacher_names(self) -> list[str]:
@@ -82,9 +83,10 @@ class Member:
       sums = train_means.pop("class_weight_sums")
       class_weights = np.where(counts > 0, sums / np.maximum(counts, 1e-12), np.nan)
     evaluated = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+    batches = self.eval_batches(config.eval_batch_size) if evaluated and self.eval_batches else None
     result = evaluation.evaluate_student(self.eval_fn, self.state, self.setup.dataset.test, spec,
-                                         config.eval_batch_size, self.setup.mesh, self.setup.steps.evaluators
-                                         ) if evaluated else {}
+                                         config.eval_batch_size, self.setup.mesh, self.setup.steps.evaluators,
+                                         batches) if evaluated else {}
     epoch_seconds = time.perf_counter() - tic
     self.host["train_seconds"] = self.host.get("train_seconds", 0.0) + epoch_seconds
     name = eval_name(spec)

@@ -151,6 +151,8 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
                     lr_fn=lambda step: steps_lib.with_values(steps, values).schedule(step))
   program.scanned = dispatch.open_scanned(base, program, [m.setup.config.seed for m in members], train_step, meta_step,
                                           lambda epoch: train.replay_of(base, epoch), quiet)
+  for member in members if program.scanned is not None else ():
+    member.eval_batches = program.scanned.data.eval_batches
   return program, members
 
 

@@ -222,6 +222,8 @@ def _start(setup: Setup, workdir: str, quiet: bool) -> tuple[Program, Member]:
                     lambda epoch, first: train_batches(setup, epoch, first), lr_fn=steps.schedule)
   program.scanned = dispatch.open_scanned(setup, program, [setup.config.seed], steps.train_step, steps.meta_step,
                                           lambda epoch: replay_of(setup, epoch), quiet)
+  if program.scanned is not None:
+    member.eval_batches = program.scanned.data.eval_batches
   record_teacher_accuracy(member)
   return program, member
 

@@ -84,14 +84,20 @@ def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, 
   yield from dataset.to_iter_dataset(read_options=options)
 
 
+def eval_rows(num_examples: int, global_batch: int) -> tuple[np.ndarray, np.ndarray]:
+  """The record positions and mask of every evaluation batch, (steps, global_batch) each: the
+  split in order, the last batch padded with record 0 under mask 0."""
+  steps = -(-num_examples // global_batch)
+  positions = np.arange(steps * global_batch)
+  mask = (positions < num_examples).astype(np.float32).reshape(steps, global_batch)
+  return np.where(positions < num_examples, positions, 0).reshape(steps, global_batch), mask
+
+
 def eval_batches(source: Any, spec: DatasetSpec, global_batch: int, process_index: int = 0,
                  process_count: int = 1, num_threads: int = 2) -> Iterator[Batch]:
   """Every example of the split exactly once, in order; padding has ``mask == 0``."""
-  n = len(source)
-  steps = -(-n // global_batch)
-  positions = np.arange(steps * global_batch)
-  mask = (positions < n).astype(np.float32).reshape(steps, global_batch)
-  rows = np.where(positions < n, positions, 0).reshape(steps, global_batch)
+  rows, mask = eval_rows(len(source), global_batch)
+  steps = len(rows)
   local = _local_slice(global_batch, process_index, process_count)
   rows, mask = rows[:, local], mask[:, local]
 

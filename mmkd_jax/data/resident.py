@@ -17,7 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import flax
 import jax
@@ -87,7 +87,7 @@ def device_budget() -> tuple[int, str]:
 @dataclasses.dataclass
 class MemoryPlan:
   """Bytes per device of device-resident training."""
-  images: int                 # images and labels of the training split
+  images: int                 # images and labels of the training and evaluation splits
   teacher_per_replay: int     # cached teacher outputs of one replay (0: none read)
   replays: int                # replays the cache holds (the next is swapped in at an epoch start)
   temporaries: int | None     # the compiled step's temporaries (XLA memory analysis), once known
@@ -117,7 +117,8 @@ class MemoryPlan:
 def plan(setup: Any) -> MemoryPlan:
   """The plan from shapes alone (nothing is read)."""
   n = len(setup.dataset.train)
-  images = n * int(np.prod(setup.spec.image_shape)) + 4 * n
+  records = n + len(setup.dataset.test)
+  images = records * (int(np.prod(setup.spec.image_shape)) + 4)
   teacher = 0
   if uses_cache(setup):
     spec = setup.cache.spec
@@ -128,18 +129,28 @@ def plan(setup: Any) -> MemoryPlan:
   return MemoryPlan(images, teacher, setup.cache.spec.num_replays if teacher else 1, None, budget, source)
 
 
+def _read_split(source: Any, spec: Any, chunk: int) -> dict[str, np.ndarray]:
+  """Every record of a split: images (N, H, W, C) uint8 and labels (N,) int32."""
+  n = len(source)
+  parts = [read_records(source, np.arange(lo, min(lo + chunk, n)), spec) for lo in range(0, n, chunk)]
+  return {k: np.concatenate([p[k] for p in parts]) for k in ("image", "label")}
+
+
 class ResidentData:
   """The device copies of a run's training data; ``arrays(epoch)`` swaps replays in as needed."""
 
   def __init__(self, setup: Any, mesh: jax.sharding.Mesh, replay_of: Any, chunk: int = 4096):
     self.setup, self.mesh, self._replay_of = setup, mesh, replay_of
     self._replicated = NamedSharding(mesh, P())
-    source, n = setup.dataset.train, len(setup.dataset.train)
-    parts = [read_records(source, np.arange(lo, min(lo + chunk, n)), setup.spec) for lo in range(0, n, chunk)]
-    labels = np.concatenate([p["label"] for p in parts])
+    train = _read_split(setup.dataset.train, setup.spec, chunk)
     if setup.dataset.train_labels is not None:
-      labels = np.asarray(setup.dataset.train_labels, np.int32)
-    self._base = self._put({"image": np.concatenate([p["image"] for p in parts]), "label": labels})
+      train["label"] = np.asarray(setup.dataset.train_labels, np.int32)
+    self._base = self._put(train)
+    self._test = self._put(_read_split(setup.dataset.test, setup.spec, chunk))
+    self._batch_sharding = NamedSharding(mesh, P("data"))
+    self._gather_eval = jax.jit(lambda test, rows, mask: {"image": test["image"][rows], "label": test["label"][rows],
+                                                          "index": rows, "mask": mask},
+                                out_shardings=self._batch_sharding)
     self._cache = setup.cache if uses_cache(setup) else None
     self._teacher: dict[str, Any] = {}
     self._loaded: int | None = None
@@ -178,6 +189,16 @@ class ResidentData:
     spec = P("replica", None, "data") if stacked else P(None, "data")
     rows = rows.astype(np.int32)
     return jax.make_array_from_callback(rows.shape, NamedSharding(self.mesh, spec), lambda i: rows[i])
+
+  def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
+    """The evaluation split's batches as ``pipeline.eval_batches`` makes them, gathered on the
+    devices (the batch rounded up to the devices; padding masked)."""
+    devices = int(self.mesh.shape["data"])
+    rows, mask = pipeline.eval_rows(len(self.setup.dataset.test), -(-batch_size // devices) * devices)
+    rows, mask = (jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P(None, "data")), lambda i, x=x: x[i])
+                  for x in (rows.astype(np.int32), mask))
+    for b in range(rows.shape[0]):
+      yield self._gather_eval(self._test, rows[b], mask[b])
 
   def close(self) -> None:
     if self._pool is not None:
