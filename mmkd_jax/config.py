@@ -174,7 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Training data: host (streamed by grain) | device (the split and the current replay's teacher
   # outputs in device memory) | auto (device when its memory plan fits); mmkd_jax/data/resident.py.
   c.data_placement = "host"
-  c.scan_steps = 1               # device placement: training steps per dispatch (lax.fori_loop)
+  c.scan_steps = 1               # device placement: training steps per dispatch (unrolled)
   c.checkpoint_every_epochs = 1  # latest checkpoint every this many epochs (and the best one)
   c.keep_checkpoints = 2         # latest checkpoints kept
   c.async_checkpoints = True     # write checkpoints in the background

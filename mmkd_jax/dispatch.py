@@ -4,8 +4,8 @@
 coming from the grain pipeline (``config.data_placement = host``).
 
 ``Scanned``: the data live on the devices (``mmkd_jax.data.resident``) and one dispatch runs up
-to ``config.scan_steps`` steps in a ``lax.fori_loop`` whose body gathers a batch, takes the
-train step and, where ``methods.bilevel.is_meta_step`` says so, the meta step (``lax.cond``).
+to ``config.scan_steps`` unrolled steps, each gathering its batch and taking the train step and,
+where ``methods.bilevel.is_meta_step`` says so, the meta step (one compiled program per pattern).
 Dispatches end at multiples of ``scan_steps`` in the epoch and at ``stop_at_step``, so a stop
 request, a preemption point or the end of an epoch waits for at most one dispatch; the per-step
 metrics come back stacked and are logged as the streamed ones are. Both give the same states and

@@ -122,9 +122,9 @@ def plan(setup: Any) -> MemoryPlan:
   teacher = 0
   if uses_cache(setup):
     spec = setup.cache.spec
-    itemsize = {"bfloat16": 2, "float16": 2, "float32": 4}
-    teacher = n * (len(spec.teacher_names) * spec.num_classes * itemsize[spec.logits_dtype]
-                   + sum(int(np.prod(s)) for s in spec.feature_shapes) * itemsize[spec.dtype])
+    itemsize = lambda name: jnp.dtype(name).itemsize
+    teacher = n * (len(spec.teacher_names) * spec.num_classes * itemsize(spec.logits_dtype)
+                   + sum(int(np.prod(s)) for s in spec.feature_shapes) * itemsize(spec.dtype))
   budget, source = device_budget()
   return MemoryPlan(images, teacher, setup.cache.spec.num_replays if teacher else 1, None, budget, source)
 
@@ -193,8 +193,8 @@ class ResidentData:
   def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
     """The evaluation split's batches as ``pipeline.eval_batches`` makes them, gathered on the
     devices (the batch rounded up to the devices; padding masked)."""
-    devices = int(self.mesh.shape["data"])
-    rows, mask = pipeline.eval_rows(len(self.setup.dataset.test), -(-batch_size // devices) * devices)
+    from mmkd_jax.evaluation import rounded_batch  # pylint: disable=import-outside-toplevel
+    rows, mask = pipeline.eval_rows(len(self.setup.dataset.test), rounded_batch(batch_size, self.mesh))
     rows, mask = (jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P(None, "data")), lambda i, x=x: x[i])
                   for x in (rows.astype(np.int32), mask))
     for b in range(rows.shape[0]):
