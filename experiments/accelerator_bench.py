@@ -1,7 +1,16 @@
 """One-shot throughput benchmark for whatever backend is present (GPU, TPU or CPU).
 
+    python experiments/accelerator_bench.py --all --out DIR   # the one accelerator command (< 8 min)
     python experiments/accelerator_bench.py --json runs/accel.json --markdown runs/accel.md
     python experiments/accelerator_bench.py --cpu          # small settings for a CPU (~3 min)
+
+``--all`` first checks the device (``device_checks``: a float32 train and meta step against the
+CPU, MMKD's float64 hypergradient against the original code's reference meta steps), then
+measures the grid below for R = 1 / 4 / 8 with both input placements (``--placements``: batches
+streamed from host arrays, one transfer and dispatch per step, or gathered from device-resident
+arrays by the trainer's ``scan_steps`` stepper, one dispatch per meta cycle), and writes
+accelerator_bench.json and accelerator_bench.md into DIR. It exits 1 when a check fails. On a
+machine without an accelerator it runs the small settings.
 
 For vgg8 <- 3 x vgg13 and resnet8x4 <- 3 x resnet32x4 (CIFAR-100 shapes, batch 64, synthetic
 data) it measures, for teachers precomputed and online, compute dtype float32 and bfloat16, and
@@ -36,12 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import device_checks  # pylint: disable=wrong-import-position
 from benchmark_step import (flops_of, make_config, peak_flops, peak_memory_bytes,  # pylint: disable=wrong-import-position
                             random_teachers, synthetic_raw, timed_interleaved, write_report, xla_memory_mib)
 
 from mmkd_jax import steps as steps_lib, train  # pylint: disable=wrong-import-position
-from mmkd_jax import parallel  # pylint: disable=wrong-import-position
+from mmkd_jax import dispatch, parallel  # pylint: disable=wrong-import-position
 from mmkd_jax import replicas as replicas_lib  # pylint: disable=wrong-import-position
+from mmkd_jax.data import resident  # pylint: disable=wrong-import-position
 from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position
 from mmkd_jax.models import get_model  # pylint: disable=wrong-import-position
@@ -49,6 +60,21 @@ from mmkd_jax.teachers import teacher_forward  # pylint: disable=wrong-import-po
 
 SETTINGS = {"vgg8": ("vgg8", ("vgg13",) * 3), "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3)}
 CPU_SETTINGS = {"resnet8": ("resnet8", ("resnet14",) * 3)}
+# The shipped configs' default settings (--configs): student, teachers, image shape, classes.
+CONFIG_SETTINGS = {
+    "cifar100": ("vgg8", ("vgg13",) * 3, (32, 32, 3), 100),
+    "cifar100:resnet8x4,resnet32x4": ("resnet8x4", ("resnet32x4",) * 3, (32, 32, 3), 100),
+    "digits": ("resnet8", ("resnet14", "resnet20", "wrn_16_1"), (32, 32, 3), 10),
+    "fashion_mnist": ("resnet8", ("resnet20", "wrn_16_2", "vgg8"), (28, 28, 1), 10),
+    "tinyimagenet": ("resnet8x4", ("resnet32x4",) * 3, (32, 32, 3), 200),
+    "finegrained": ("ResNet18", ("ResNet34x4",) * 3, (224, 224, 3), 120),
+}
+
+
+def setting(table: dict, name: str) -> tuple:
+  """(student, teachers, image shape, classes) of a setting (CIFAR-100 shapes unless it says)."""
+  student, teachers, *shape_classes = table[name]
+  return (student, teachers, *(shape_classes or ((32, 32, 3), 100)))
 
 # Dense peak FLOP/s (float32 without tensor cores / bfloat16 tensor cores) and memory bandwidth.
 # H100 SXM5 and H200: NVIDIA H100 / H200 Tensor Core GPU datasheets (FP32 67 TFLOP/s; BF16 dense
@@ -88,14 +114,84 @@ def amortised(plain: float, meta: float) -> float:
   return plain + meta / META_FREQ
 
 
+# Input placement (--all): both draw batches from this many synthetic records held as the trainer
+# holds them (uint8 images, float32 logits, bfloat16 feature maps); a dispatch of the resident
+# stepper is one meta cycle (META_FREQ - 1 plain steps and a plain + meta step).
+DATASET_ROWS = 1024
+PLACEMENTS = ("streamed", "resident")
+
+
+def synthetic_dataset(teachers, source: str, rows: int, num_classes: int, image_shape: tuple) -> dict:
+  """Host arrays of ``rows`` training records, with their teachers' outputs when precomputed."""
+  rng = np.random.default_rng(1)
+  data = {"image": rng.integers(0, 256, (rows, *image_shape)).astype(np.uint8),
+          "label": rng.integers(0, num_classes, rows).astype(np.int32)}
+  if source == "precomputed":
+    forward = jax.jit(lambda v, x: teacher_forward(teachers, v, x))
+    logits, feats = [], []
+    for start in range(0, rows, 256):
+      x = (data["image"][start:start + 256].astype(np.float32) / 255 - 0.5) / 0.25
+      out_logits, out_feats = forward(tuple(t.variables for t in teachers), jnp.asarray(x))
+      logits.append(np.asarray(out_logits))
+      feats.append([np.asarray(f.astype(jnp.bfloat16)) for f in out_feats])
+    data["teacher_logits"] = np.concatenate(logits)
+    data["teacher_feat"] = tuple(np.concatenate([f[t] for f in feats]) for t in range(len(teachers)))
+  return data
+
+
+def host_batch(data: dict, rows: np.ndarray) -> dict:
+  """The stacked (R, B) batch of record positions ``rows``, formed on the host as the pipeline
+  forms it (feature maps widened to float32 there)."""
+  raw = {"image": data["image"][rows], "label": data["label"][rows], "index": rows.astype(np.int32),
+         "replay": np.zeros(rows.shape, np.int32)}
+  if "teacher_logits" in data:
+    raw["teacher_logits"] = data["teacher_logits"][rows]
+    raw["teacher_feat"] = tuple(f[rows].astype(np.float32) for f in data["teacher_feat"])
+  return raw
+
+
+def placement_ms(compiled: dict, teachers, source: str, stepped: dict, state, tv, epoch, batch: int,
+                 num_classes: int, image_shape: tuple, replicas: int, placements, repeats: int, warmup: int) -> dict:
+  """ms per training step over one meta cycle, the batches streamed from host arrays (one
+  transfer and dispatch per step) or gathered from device-resident arrays (one dispatch per
+  cycle, ``dispatch.chunk_function``: the trainer's scan_steps stepper)."""
+  data = synthetic_dataset(teachers, source, DATASET_ROWS, num_classes, image_shape)
+  order = np.stack([np.random.default_rng(k).permutation(DATASET_ROWS)[:META_FREQ * batch].reshape(META_FREQ, batch)
+                    for k in range(replicas)]).astype(np.int32)
+
+  def streamed():
+    s = state
+    for k in range(META_FREQ):
+      raw = jax.device_put(host_batch(data, order[:, k]))
+      s, _ = compiled["plain"](s, raw, tv, epoch)
+      if k == META_FREQ - 1:
+        s, _ = compiled["meta"](s, raw, tv, epoch)
+    return s
+
+  arrays = resident.Arrays(jnp.asarray(data["image"]), jnp.asarray(data["label"]), jnp.asarray(0, jnp.int32))
+  if "teacher_logits" in data:
+    arrays = arrays.replace(teacher_logits=jnp.asarray(data["teacher_logits"]),
+                            teacher_feat=tuple(jnp.asarray(f) for f in data["teacher_feat"]))
+  rows, first = jnp.asarray(order), np.int32(0)
+  start = time.perf_counter()
+  pattern = (False,) * (META_FREQ - 1) + (True,)
+  chunk = jax.jit(dispatch.chunk_function(stepped["plain"], stepped["meta"], True, None, pattern))
+  chunk = chunk.lower(state, arrays, rows, first, tv, epoch, {}).compile()
+  compile_s = time.perf_counter() - start
+  cycles = {"streamed": streamed, "resident": lambda: chunk(state, arrays, rows, first, tv, epoch, {})[0]}
+  cycles = {name: cycles[name] for name in placements}
+  medians = (timed_interleaved(cycles, (), repeats, warmup) if repeats
+             else {name: float("nan") for name in cycles})
+  return {**{name: 1e3 * t / META_FREQ for name, t in medians.items()}, "resident_compile_s": compile_s}
+
+
 def measure(student: str, teacher_archs, batch: int, num_classes: int, source: str, dtype: str,
             replicas: int, repeats: int, warmup: int, overrides: dict | None = None,
-            replica_loop: str = "vmap") -> dict:
+            replica_loop: str = "vmap", placements: tuple[str, ...] = (), image_shape: tuple = (32, 32, 3)) -> dict:
   """Plain / meta / amortised step of ``replicas`` vmapped students; everything per call."""
-  image_shape = (32, 32, 3)
   teachers = random_teachers(teacher_archs, num_classes, image_shape)
   teacher_vars = tuple(t.variables for t in teachers)
-  spec = DatasetSpec("synthetic", num_classes, image_shape, (0.5,) * 3, (0.25,) * 3)
+  spec = DatasetSpec("synthetic", num_classes, image_shape, (0.5,) * image_shape[-1], (0.25,) * image_shape[-1])
   config = make_config(batch, num_classes, source, dtype=dtype, **(overrides or {}))
   run = train.run_info(config, spec, teachers, get_model(student, num_classes, 1, dtype), 1)
   steps = steps_lib.make_steps(config, build_method(config, run), spec, teachers, parallel.data_mesh(),
@@ -103,7 +199,7 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
   forward = jax.jit(lambda v, x: teacher_forward(teachers, v, x))
   raws = []
   for k in range(replicas):  # every replica its own batch (its own data order)
-    raw = synthetic_raw(batch, num_classes, seed=k)
+    raw = synthetic_raw(batch, num_classes, seed=k, shape=image_shape)
     if source == "precomputed":
       x = (raw["image"].astype(np.float32) / 255 - 0.5) / 0.25
       logits, feats = forward(teacher_vars, jnp.asarray(x))
@@ -115,9 +211,11 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
   epoch = jnp.asarray(1, jnp.int32)
   fns = {"plain": steps.train_step, "meta": dataclasses.replace(steps, config=config).meta_step}
   compiled, compile_s = {}, {}
+  stepped_fns = []
   for name, fn in fns.items():
     start = time.perf_counter()
     stepped = replicas_lib.freeze_on_nonfinite(fn, replica_loop)  # the trainer's own replica step
+    stepped_fns.append(stepped)
     compiled[name] = jax.jit(stepped).lower(state, raw, tv, epoch).compile()
     compile_s[name] = time.perf_counter() - start
   if repeats:
@@ -126,7 +224,12 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
     medians = timed_interleaved(compiled, (state, raw, tv, epoch), repeats, warmup)
   else:  # cost analysis only (the roofline of settings too slow to time on this machine)
     medians = {name: float("nan") for name in compiled}
-  entry = {"student": student, "teachers": list(teacher_archs), "batch": batch, "source": source,
+  placed = {}
+  if placements:
+    placed = placement_ms(compiled, teachers, source, dict(zip(("plain", "meta"), stepped_fns)), state, tv, epoch,
+                          batch, num_classes, image_shape, replicas, placements, repeats, warmup)
+  entry = {"student": student, "teachers": list(teacher_archs), "image_shape": list(image_shape),
+           "classes": num_classes, "batch": batch, "source": source,
            "dtype": dtype, "replicas": replicas, "replica_loop": replicas_lib.loop_kind(replica_loop)}
   # XLA's cost analysis counts a while loop's body once: lax.map's R iterations are R bodies.
   loop_trips = replicas if entry["replica_loop"] == "map" else 1
@@ -144,6 +247,7 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
                for name in ("plain", "meta")}
       for device, spec_ in ROOFLINE_DEVICES.items()}
   entry["roofline_run_hours"] = {device: run_hours(r["plain"], r["meta"]) for device, r in entry["roofline_ms"].items()}
+  entry["placement_ms"] = placed
   return entry
 
 
@@ -191,35 +295,66 @@ def markdown(report: dict) -> str:
     cells = " | ".join(f"{h:.2f}" for h in e["roofline_run_hours"].values())
     lines.append(f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
                  f"{e['replicas']} | {cells} | {run_hours(e['plain']['ms'], e['meta']['ms']):.2f} |")
+  placed = [e for e in report["results"] if e.get("placement_ms")]
+  if placed:
+    lines += ["", f"Input placement, ms per training step over a meta cycle (a meta step every {META_FREQ}; "
+              "device only: the batch already on the device; streamed: formed on the host and sent per step; "
+              f"resident: gathered on the device, {META_FREQ} steps per dispatch):", "",
+              "| setting | teachers | dtype | R | device only | streamed | resident | host overhead streamed / resident |",
+              "|---|---|---|---|---|---|---|---|"]
+    for e in placed:
+      p = e["placement_ms"]
+      lines.append(f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
+                   f"{e['replicas']} | {e['amortised_ms']:.2f} | {p.get('streamed', float('nan')):.2f} | "
+                   f"{p.get('resident', float('nan')):.2f} | {p.get('streamed', float('nan')) - e['amortised_ms']:+.2f} / "
+                   f"{p.get('resident', float('nan')) - e['amortised_ms']:+.2f} |")
   if report["skipped"]:
     lines += ["", "Skipped (time budget spent): " + "; ".join(report["skipped"])]
+  if "step_against_cpu" in report:
+    lines = device_checks.markdown(report["step_against_cpu"], report["hypergradient"]) + lines
   return "\n".join(lines)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--all", action="store_true",
+                      help="the one accelerator command: the device checks, then R = 1,4,8 x dtypes x sources with "
+                           "streamed and resident placement; JSON and Markdown into --out (CPU: the small settings)")
+  parser.add_argument("--out", default="", help="folder for accelerator_bench.json and accelerator_bench.md")
+  parser.add_argument("--vectors", default="", help="folder of hypergrad_*.npz for the device's hypergradient "
+                      "check (default: device_checks.default_vectors())")
   parser.add_argument("--cpu", action="store_true", help="small settings (resnet8 <- 3 x resnet14, batch 16)")
   parser.add_argument("--settings", default="", help="comma-separated names of SETTINGS (default: all)")
-  parser.add_argument("--replicas", default="", help="comma-separated R values (default 1,4,16; --cpu: 1,4)")
+  parser.add_argument("--configs", action="store_true", help="the shipped configs' settings (CONFIG_SETTINGS)")
+  parser.add_argument("--replicas", default="", help="comma-separated R values (default 1,4,16; --all 1,4,8; --cpu: 1,4)")
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--replica_loop", default="vmap", choices=("auto", "vmap", "map"),
                       help="how one program steps the replicas (the trainer's config.replica_loop)")
   parser.add_argument("--sources", default="precomputed,online")
+  parser.add_argument("--placements", default="", help="comma-separated of " + ",".join(PLACEMENTS)
+                      + " (default: none; --all: both)")
   parser.add_argument("--batch", type=int, default=0, help="default 64 (--cpu: 16)")
   parser.add_argument("--repeats", type=int, default=5, help="timed calls per step (0: cost analysis only)")
   parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--budget_s", type=float, default=300.0, help="stop starting new measurements after this")
+  parser.add_argument("--budget_s", type=float, default=0.0,
+                      help="stop starting new measurements after this (default 300; --all 330, the checks excluded)")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                       help="config overrides, e.g. meta.lookahead_matching_steps=1 (values parsed as Python literals)")
   parser.add_argument("--json", default="")
   parser.add_argument("--markdown", default="")
   args = parser.parse_args(argv)
   overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
-  table = CPU_SETTINGS if args.cpu else SETTINGS
-  names = args.settings.split(",") if args.settings else list(table)
-  replicas = [int(r) for r in (args.replicas or ("1,4" if args.cpu else "1,4,16")).split(",")]
-  batch = args.batch or (16 if args.cpu else 64)
   device = jax.devices()[0]
+  small = args.cpu or (args.all and device.platform == "cpu")
+  table = CONFIG_SETTINGS if args.configs else CPU_SETTINGS if small else SETTINGS
+  names = args.settings.split(",") if args.settings else list(table)
+  default_replicas = "1,4,8" if args.all else ("1,4" if small else "1,4,16")
+  replicas = [int(r) for r in (args.replicas or default_replicas).split(",")]
+  placements = tuple(p for p in (args.placements or (",".join(PLACEMENTS) if args.all else "")).split(",") if p)
+  batch = args.batch or (16 if small else 64)
+  budget_s = args.budget_s or (330.0 if args.all else 300.0)
+  json_path = args.json or (os.path.join(args.out, "accelerator_bench.json") if args.out else "")
+  markdown_path = args.markdown or (os.path.join(args.out, "accelerator_bench.md") if args.out else "")
   known = known_device()
   if known:
     peak = {k: ROOFLINE_DEVICES[known][k] / 1e9 for k in ("float32", "bfloat16")}
@@ -232,27 +367,36 @@ def main(argv=None) -> int:
             "jax": jax.__version__, "overrides": overrides, "peak_gflops": peak, "peak_source": peak_source, "results": [],
             "skipped": []}
   start = time.perf_counter()
-  for name in names:
-    student, teacher_archs = table[name]
-    for source in args.sources.split(","):
+  if args.all:
+    report["step_against_cpu"] = device_checks.step_against_cpu(batch=min(batch, 16), overrides=overrides)
+    report["hypergradient"] = device_checks.hypergradient_on_device(args.vectors or device_checks.default_vectors())
+    report["checks_s"] = time.perf_counter() - start
+    print("\n".join(device_checks.markdown(report["step_against_cpu"], report["hypergradient"])), flush=True)
+  grid_start = time.perf_counter()
+  for source in args.sources.split(","):
+    for name in names:
+      student, teacher_archs, image_shape, classes = setting(table, name)
       for dtype in args.dtypes.split(","):
         for r in replicas:
           label = f"{name} {source} {dtype} R={r}"
-          if time.perf_counter() - start > args.budget_s:
+          if time.perf_counter() - grid_start > budget_s:
             report["skipped"].append(label)
             continue
-          entry = measure(student, teacher_archs, batch, 100, source, dtype, r, args.repeats, args.warmup,
-                          overrides, args.replica_loop)
+          entry = measure(student, teacher_archs, batch, classes, source, dtype, r, args.repeats, args.warmup,
+                          overrides, args.replica_loop, placements, image_shape)
+          entry["setting"] = name
           report["results"].append(entry)
           print(f"{label}: plain {entry['plain']['ms']:.1f} ms, meta {entry['meta']['ms']:.1f} ms, "
-                f"{entry['images_per_s']:.0f} img/s", flush=True)
+                f"{entry['images_per_s']:.0f} img/s"
+                + "".join(f", {p} {entry['placement_ms'][p]:.1f} ms/step" for p in placements), flush=True)
   report["peak_memory_mib"] = peak_memory_bytes() / 2**20
   report["wall_s"] = time.perf_counter() - start
   text = markdown(report)
   print(text)
-  write_report(args.json, json.dumps(report, indent=2))
-  write_report(args.markdown, text + "\n")
-  return 0
+  write_report(json_path, json.dumps(report, indent=2))
+  write_report(markdown_path, text + "\n")
+  checks = [report[k]["ok"] for k in ("step_against_cpu", "hypergradient") if k in report]
+  return 0 if all(checks) else 1
 
 
 if __name__ == "__main__":

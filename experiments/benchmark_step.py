@@ -94,10 +94,10 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: process peak RSS
 
 
-def synthetic_raw(batch: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_raw(batch: int, num_classes: int, seed: int = 0, shape=(32, 32, 3)) -> dict[str, np.ndarray]:
   """A host batch as the pipeline yields it: uint8 images, labels, example indices, replay 0."""
   rng = np.random.default_rng(seed)
-  return {"image": rng.integers(0, 256, (batch, 32, 32, 3)).astype(np.uint8),
+  return {"image": rng.integers(0, 256, (batch, *shape)).astype(np.uint8),
           "label": rng.integers(0, num_classes, batch).astype(np.int32),
           "index": np.arange(batch, dtype=np.int32), "replay": np.zeros(batch, np.int32)}
 

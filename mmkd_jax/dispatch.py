@@ -110,26 +110,16 @@ class Scanned:
     self._steps = (train_step, meta_step)
     self._compiled: dict[tuple[bool, ...], Any] = {}
     self.data: resident.ResidentData | None = None
-    mesh, stacked = setup.mesh, program.stacked
-    self._batch_sharding = (parallel.batch_sharding(mesh, 1 if stacked else 0)
-                            if parallel.data_devices(mesh) > 1 or stacked else None)
+    mesh, self.stacked = setup.mesh, program.stacked
+    self._batch_sharding = (parallel.batch_sharding(mesh, 1 if self.stacked else 0)
+                            if parallel.data_devices(mesh) > 1 or self.stacked else None)
     replicated = NamedSharding(mesh, P())
-    n = len(setup.dataset.train)
-    arrays = resident.Arrays(jax.ShapeDtypeStruct((n, *setup.spec.image_shape), jnp.uint8, sharding=replicated),
-                             jax.ShapeDtypeStruct((n,), jnp.int32, sharding=replicated),
-                             jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
-    if resident.uses_cache(setup):
-      cache = setup.cache.spec
-      arrays = arrays.replace(
-          teacher_logits=jax.ShapeDtypeStruct((n, len(cache.teacher_names), cache.num_classes),
-                                              jnp.dtype(cache.logits_dtype), sharding=replicated),
-          teacher_feat=tuple(jax.ShapeDtypeStruct((n, *shape), jnp.dtype(cache.dtype), sharding=replicated)
-                             for shape in cache.feature_shapes))
     spe, batch = setup.steps_per_epoch, setup.config.batch_size
-    rows = jax.ShapeDtypeStruct((len(seeds), spe, batch) if stacked else (spe, batch), jnp.int32,
-                                sharding=NamedSharding(mesh, P("replica", None, "data") if stacked else P(None, "data")))
+    rows = jax.ShapeDtypeStruct((len(seeds), spe, batch) if self.stacked else (spe, batch), jnp.int32,
+                                sharding=resident.rows_sharding(mesh, self.stacked))
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    self._abstract = (arrays, rows, scalar, program.teacher_vars, scalar, program.values)
+    self._abstract = (resident.abstract_arrays(setup, replicated), rows, scalar, program.teacher_vars, scalar,
+                      program.values)
     self._out_shardings = (jax.tree.map(lambda x: x.sharding, program.state), replicated, replicated, None)
     self._state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), program.state)
 
@@ -138,14 +128,10 @@ class Scanned:
       if not self.quiet:
         print(f"compiling {len(pattern)} steps per dispatch ({sum(pattern)} meta) over device-resident data "
               "(once per run) ...", flush=True)
-      chunk = chunk_function(self._steps[0], self._steps[1], self._stacked, self._batch_sharding, pattern)
+      chunk = chunk_function(self._steps[0], self._steps[1], self.stacked, self._batch_sharding, pattern)
       jitted = jax.jit(chunk, donate_argnums=(0,), out_shardings=self._out_shardings)
       self._compiled[pattern] = jitted.lower(self._state, *self._abstract).compile()
     return self._compiled[pattern]
-
-  @property
-  def _stacked(self) -> bool:
-    return len(self._abstract[1].shape) == 3
 
   def meta_flags(self, epoch: int) -> list[bool]:
     s = self.setup

@@ -78,6 +78,15 @@ def test_meta_steps_inside_a_dispatch_equal_streaming_bit_for_bit(tmp_path, teac
   _assert_same_run(reference, _train(c(data_placement="device", scan_steps=2), workdir), workdir)
 
 
+@pytest.mark.slow
+def test_bfloat16_steps_on_the_device_equal_streaming_bit_for_bit(tmp_path, teacher_dir, data_dir):
+  """config.dtype=bfloat16 (AVER, online teachers in bfloat16 too), 3 steps per dispatch."""
+  c = lambda **o: _config(teacher_dir, data_dir, method="aver", dtype="bfloat16", **o)
+  reference = _reference(c(), str(tmp_path / "host"))
+  workdir = str(tmp_path / "device")
+  _assert_same_run(reference, _train(c(data_placement="device", scan_steps=3), workdir), workdir)
+
+
 def test_replicas_on_the_device_equal_streaming_bit_for_bit(tmp_path, teacher_dir, data_dir):
   """Two seeds stacked, each gathering its own data order from one copy of the data."""
   def run(name, **o):

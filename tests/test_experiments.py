@@ -125,20 +125,76 @@ def test_roofline_takes_the_slower_of_compute_and_bandwidth():
   assert accelerator_bench.run_hours(10.0, 50.0) == pytest.approx(187_680 * 0.020 / 3600)
 
 
-@pytest.mark.slow
-def test_accelerator_bench_smoke_on_cpu(tmp_path, monkeypatch):
+@pytest.mark.slow  # ~150 s (six compiled MMKD steps and a 5-step dispatch)
+def test_accelerator_bench_all_checks_and_placements_on_cpu(tmp_path, monkeypatch):
+  """--all on a small setting: the step check (the CPU against itself: no error), the hypergradient
+  check said skipped without vectors, one grid row with both placements, JSON and Markdown in
+  --out (the slow test below runs the command as shipped, vectors included)."""
   import accelerator_bench  # pylint: disable=import-outside-toplevel
+  import device_checks  # pylint: disable=import-outside-toplevel
   monkeypatch.setitem(accelerator_bench.CPU_SETTINGS, "resnet8", ("resnet8", ("resnet8", "resnet8")))
-  out = tmp_path / "bench.json"
-  accelerator_bench.main(["--cpu", "--replicas", "2", "--dtypes", "bfloat16", "--sources", "online",
-                          "--batch", "4", "--repeats", "1", "--warmup", "0", "--json", str(out),
-                          "--set", "meta.lookahead_matching_steps=1"])
-  report = json.loads(out.read_text())
+  vectors = tmp_path / "no_vectors"
+  vectors.mkdir()
+  out = tmp_path / "out"
+  assert accelerator_bench.main(["--all", "--out", str(out), "--vectors", str(vectors), "--replicas", "2",
+                                 "--dtypes", "bfloat16", "--sources", "precomputed", "--batch", "4",
+                                 "--repeats", "1", "--warmup", "0", "--set", "meta.lookahead_matching_steps=1"]) == 0
+  report = json.loads((out / "accelerator_bench.json").read_text())
+  checks = report["step_against_cpu"]
+  assert checks["ok"] and checks["tolerance"] == device_checks.STEP_RTOL
+  for name in ("train_step", "meta_step"):  # the same backend both sides: the same numbers
+    assert checks[name]["update_rel_error"] == 0 and checks[name]["metrics_rel_error"] == 0
+  assert report["hypergradient"]["skipped"].startswith("no hypergrad_*.npz in")
   (entry,) = report["results"]
-  assert (entry["replicas"], entry["dtype"], entry["source"]) == (2, "bfloat16", "online")
+  assert (entry["replicas"], entry["dtype"], entry["source"]) == (2, "bfloat16", "precomputed")
   assert entry["images_per_s"] == pytest.approx(2 * 4 / (entry["amortised_ms"] / 1e3))
   assert entry["plain"]["gflops"] > 0 and entry["meta"]["gflops"] > entry["plain"]["gflops"]
   assert all(r["plain"] > 0 for r in entry["roofline_ms"].values())
+  assert entry["placement_ms"]["streamed"] > 0 and entry["placement_ms"]["resident"] > 0
+  text = (out / "accelerator_bench.md").read_text()
+  assert "Input placement" in text and "Hypergradient on the device: skipped" in text
+
+
+def test_device_check_fails_on_a_changed_step(monkeypatch):
+  """The step check can fail: a device step whose update is off by 1e-3 is refused."""
+  import device_checks  # pylint: disable=import-outside-toplevel
+  ref = np.ones(1000)
+  assert device_checks._relative(ref * (1 + 1e-3), ref) > device_checks.STEP_RTOL  # pylint: disable=protected-access
+  assert device_checks._relative(ref * (1 + 1e-6), ref) < device_checks.STEP_RTOL  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
+def test_accelerator_bench_all_end_to_end_on_cpu(tmp_path, testvectors):
+  """The one accelerator command as shipped, on this CPU with one repeat: both checks pass (the
+  reference meta steps' hypergradients to 1e-10), every grid row measured (nothing skipped),
+  both placements in each."""
+  import accelerator_bench  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "out"
+  assert accelerator_bench.main(["--all", "--out", str(out), "--repeats", "1", "--warmup", "0",
+                                 "--budget_s", "100000"]) == 0
+  report = json.loads((out / "accelerator_bench.json").read_text())
+  assert report["step_against_cpu"]["ok"] and report["hypergradient"]["ok"] and not report["skipped"]
+  assert len(report["hypergradient"]["files"]) == len(list((testvectors / "mmkd").glob("hypergrad_*.npz")))
+  assert {(e["source"], e["dtype"], e["replicas"]) for e in report["results"]} == {
+      (s, d, r) for s in ("precomputed", "online") for d in ("float32", "bfloat16") for r in (1, 4, 8)}
+  assert all(e["placement_ms"]["resident"] > 0 for e in report["results"])
+
+
+def test_host_ratio_pairs_the_host_rate_with_the_roofline(tmp_path):
+  """Ratio = roofline ms / host ms per step; streamed takes the slower of main thread and pipeline;
+  a dataset cropped on the host has no resident ratio; hours at max(roofline, host)."""
+  import host_ratio  # pylint: disable=import-outside-toplevel
+  overhead = {"results": [{"method": "mmkd", "replicas": 1, "mode": "streamed", "host_cpu_ms_per_step": 5.0},
+                          {"method": "mmkd", "replicas": 1, "mode": "resident+scan", "host_cpu_ms_per_step": 2.0}]}
+  step = {"plain": 1.0, "meta": 5.0}  # amortised 1 + 5 / 5 = 2 ms
+  roofline = {"results": [{"setting": "cifar100", "roofline_ms": {"H100 SXM": step}},
+                          {"setting": "finegrained", "roofline_ms": {"H100 SXM": step}}]}
+  cifar, fine = host_ratio.rows(roofline, overhead, pipeline_batches_per_s=50.0)  # pipeline: 20 ms/batch
+  assert cifar["roofline_ms"] == pytest.approx(2.0)
+  assert cifar["streamed_ratio"] == pytest.approx(2.0 / 20.0) and cifar["resident_ratio"] == pytest.approx(1.0)
+  assert cifar["hours_streamed"] == pytest.approx(187_680 * 0.020 / 3600)
+  assert cifar["hours_best"] == pytest.approx(187_680 * 0.002 / 3600)
+  assert fine["resident_ratio"] is None and fine["hours_best"] == fine["hours_streamed"]
 
 
 def test_input_pipeline_measures_every_combination(tmp_path):

@@ -75,6 +75,23 @@ def uses_cache(setup: Any) -> bool:
   return setup.cache is not None and setup.method_spec.needs_teachers and not setup.steps.online
 
 
+def abstract_arrays(setup: Any, sharding: Any) -> Arrays:
+  """The shapes, dtypes and sharding of a run's ``Arrays`` (to compile before reading anything)."""
+  n = len(setup.dataset.train)
+  struct = lambda shape, dtype: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=sharding)
+  arrays = Arrays(struct((n, *setup.spec.image_shape), jnp.uint8), struct((n,), jnp.int32), struct((), jnp.int32))
+  if not uses_cache(setup):
+    return arrays
+  cache = setup.cache.spec
+  return arrays.replace(teacher_logits=struct((n, len(cache.teacher_names), cache.num_classes), cache.logits_dtype),
+                        teacher_feat=tuple(struct((n, *shape), cache.dtype) for shape in cache.feature_shapes))
+
+
+def rows_sharding(mesh: jax.sharding.Mesh, stacked: bool) -> NamedSharding:
+  """An epoch's index array, (steps, B) or (R, steps, B): sharded like the batches it selects."""
+  return NamedSharding(mesh, P("replica", None, "data") if stacked else P(None, "data"))
+
+
 def device_budget() -> tuple[int, str]:
   """Bytes one device may hold, and where that figure comes from."""
   stats = jax.local_devices()[0].memory_stats() or {}
@@ -185,10 +202,8 @@ class ResidentData:
     c, dataset = self.setup.config, self.setup.dataset
     per_seed = [pipeline.epoch_rows(len(dataset.train), c.batch_size, s, epoch, dataset.train_indices)
                 for s in seeds]
-    rows = np.stack(per_seed) if stacked else per_seed[0]
-    spec = P("replica", None, "data") if stacked else P(None, "data")
-    rows = rows.astype(np.int32)
-    return jax.make_array_from_callback(rows.shape, NamedSharding(self.mesh, spec), lambda i: rows[i])
+    rows = (np.stack(per_seed) if stacked else per_seed[0]).astype(np.int32)
+    return jax.make_array_from_callback(rows.shape, rows_sharding(self.mesh, stacked), lambda i: rows[i])
 
   def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
     """The evaluation split's batches as ``pipeline.eval_batches`` makes them, gathered on the
