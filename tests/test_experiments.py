@@ -194,7 +194,7 @@ def test_host_ratio_pairs_the_host_rate_with_the_roofline(tmp_path):
   assert cifar["streamed_ratio"] == pytest.approx(2.0 / 20.0) and cifar["resident_ratio"] == pytest.approx(1.0)
   assert cifar["hours_streamed"] == pytest.approx(187_680 * 0.020 / 3600)
   assert cifar["hours_best"] == pytest.approx(187_680 * 0.002 / 3600)
-  assert fine["resident_ratio"] is None and fine["hours_best"] == fine["hours_streamed"]
+  assert fine["resident_ratio"] is None and fine["hours_best"] is None  # hours: the CIFAR-100 run only
 
 
 def test_input_pipeline_measures_every_combination(tmp_path):
