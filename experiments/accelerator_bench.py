@@ -10,7 +10,8 @@ measures the grid below for R = 1 / 4 / 8 with both input placements (``--placem
 streamed from host arrays, one transfer and dispatch per step, or gathered from device-resident
 arrays by the trainer's ``scan_steps`` stepper, one dispatch per meta cycle), and writes
 accelerator_bench.json and accelerator_bench.md into DIR. It exits 1 when a check fails. On a
-machine without an accelerator it runs the small settings.
+machine without an accelerator it runs the whole command on resnet8 <- 3 x resnet8 at batch 8
+(``ALL_ON_CPU``: a check of the command, not a benchmark; ``--cpu`` for the CPU benchmark).
 
 For vgg8 <- 3 x vgg13 and resnet8x4 <- 3 x resnet32x4 (CIFAR-100 shapes, batch 64, synthetic
 data) it measures, for teachers precomputed and online, compute dtype float32 and bfloat16, and
@@ -60,6 +61,8 @@ from mmkd_jax.teachers import teacher_forward  # pylint: disable=wrong-import-po
 
 SETTINGS = {"vgg8": ("vgg8", ("vgg13",) * 3), "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3)}
 CPU_SETTINGS = {"resnet8": ("resnet8", ("resnet14",) * 3)}
+# --all without an accelerator: a wiring run of the whole command (batch 8), not a benchmark.
+ALL_ON_CPU = {"resnet8": ("resnet8", ("resnet8",) * 3)}
 # The shipped configs' default settings (--configs): student, teachers, image shape, classes.
 CONFIG_SETTINGS = {
     "cifar100": ("vgg8", ("vgg13",) * 3, (32, 32, 3), 100),
@@ -154,19 +157,22 @@ def placement_ms(compiled: dict, teachers, source: str, stepped: dict, state, tv
                  num_classes: int, image_shape: tuple, replicas: int, placements, repeats: int, warmup: int) -> dict:
   """ms per training step over one meta cycle, the batches streamed from host arrays (one
   transfer and dispatch per step) or gathered from device-resident arrays (one dispatch per
-  cycle, ``dispatch.chunk_function``: the trainer's scan_steps stepper)."""
+  cycle, ``dispatch.chunk_function``: the trainer's scan_steps stepper), and the baseline
+  ``device``: the streamed cycle's dispatches on a batch already on the device."""
   data = synthetic_dataset(teachers, source, DATASET_ROWS, num_classes, image_shape)
   order = np.stack([np.random.default_rng(k).permutation(DATASET_ROWS)[:META_FREQ * batch].reshape(META_FREQ, batch)
                     for k in range(replicas)]).astype(np.int32)
 
-  def streamed():
+  def cycle(batch_of):
     s = state
     for k in range(META_FREQ):
-      raw = jax.device_put(host_batch(data, order[:, k]))
+      raw = batch_of(k)
       s, _ = compiled["plain"](s, raw, tv, epoch)
       if k == META_FREQ - 1:
         s, _ = compiled["meta"](s, raw, tv, epoch)
     return s
+
+  on_device = jax.device_put(host_batch(data, order[:, 0]))
 
   arrays = resident.Arrays(jnp.asarray(data["image"]), jnp.asarray(data["label"]), jnp.asarray(0, jnp.int32))
   if "teacher_logits" in data:
@@ -178,8 +184,11 @@ def placement_ms(compiled: dict, teachers, source: str, stepped: dict, state, tv
   chunk = jax.jit(dispatch.chunk_function(stepped["plain"], stepped["meta"], True, None, pattern))
   chunk = chunk.lower(state, arrays, rows, first, tv, epoch, {}).compile()
   compile_s = time.perf_counter() - start
-  cycles = {"streamed": streamed, "resident": lambda: chunk(state, arrays, rows, first, tv, epoch, {})[0]}
-  cycles = {name: cycles[name] for name in placements}
+  # "device": the same dispatches on one batch already on the device, the baseline of both.
+  cycles = {"device": lambda: cycle(lambda k: on_device),
+            "streamed": lambda: cycle(lambda k: jax.device_put(host_batch(data, order[:, k]))),
+            "resident": lambda: chunk(state, arrays, rows, first, tv, epoch, {})[0]}
+  cycles = {name: cycles[name] for name in ("device", *placements)}
   medians = (timed_interleaved(cycles, (), repeats, warmup) if repeats
              else {name: float("nan") for name in cycles})
   return {**{name: 1e3 * t / META_FREQ for name, t in medians.items()}, "resident_compile_s": compile_s}
@@ -297,17 +306,18 @@ def markdown(report: dict) -> str:
                  f"{e['replicas']} | {cells} | {run_hours(e['plain']['ms'], e['meta']['ms']):.2f} |")
   placed = [e for e in report["results"] if e.get("placement_ms")]
   if placed:
-    lines += ["", f"Input placement, ms per training step over a meta cycle (a meta step every {META_FREQ}; "
-              "device only: the batch already on the device; streamed: formed on the host and sent per step; "
-              f"resident: gathered on the device, {META_FREQ} steps per dispatch):", "",
-              "| setting | teachers | dtype | R | device only | streamed | resident | host overhead streamed / resident |",
+    lines += ["", f"Input placement, ms per training step over a meta cycle ({META_FREQ - 1} plain steps, then a "
+              "plain and a meta step; device only: one step per dispatch on a batch already on the device; "
+              "streamed: each batch formed on the host and sent; resident: gathered on the device, "
+              f"{META_FREQ} steps per dispatch):", "",
+              "| setting | teachers | dtype | R | device only | streamed | resident | streamed - device / resident - device |",
               "|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for e in placed:
       p = e["placement_ms"]
       lines.append(f"| {e['student']} <- {len(e['teachers'])} x {e['teachers'][0]} | {e['source']} | {e['dtype']} | "
-                   f"{e['replicas']} | {e['amortised_ms']:.2f} | {p.get('streamed', float('nan')):.2f} | "
-                   f"{p.get('resident', float('nan')):.2f} | {p.get('streamed', float('nan')) - e['amortised_ms']:+.2f} / "
-                   f"{p.get('resident', float('nan')) - e['amortised_ms']:+.2f} |")
+                   f"{e['replicas']} | {p['device']:.2f} | {p.get('streamed', nan):.2f} | {p.get('resident', nan):.2f} | "
+                   f"{p.get('streamed', nan) - p['device']:+.2f} / {p.get('resident', nan) - p['device']:+.2f} |")
   if report["skipped"]:
     lines += ["", "Skipped (time budget spent): " + "; ".join(report["skipped"])]
   if "step_against_cpu" in report:
@@ -345,13 +355,14 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
   device = jax.devices()[0]
-  small = args.cpu or (args.all and device.platform == "cpu")
-  table = CONFIG_SETTINGS if args.configs else CPU_SETTINGS if small else SETTINGS
+  wiring = args.all and device.platform == "cpu" and not (args.cpu or args.configs or args.settings)
+  small = args.cpu or wiring
+  table = CONFIG_SETTINGS if args.configs else ALL_ON_CPU if wiring else CPU_SETTINGS if small else SETTINGS
   names = args.settings.split(",") if args.settings else list(table)
   default_replicas = "1,4,8" if args.all else ("1,4" if small else "1,4,16")
   replicas = [int(r) for r in (args.replicas or default_replicas).split(",")]
   placements = tuple(p for p in (args.placements or (",".join(PLACEMENTS) if args.all else "")).split(",") if p)
-  batch = args.batch or (16 if small else 64)
+  batch = args.batch or (8 if wiring else 16 if small else 64)
   budget_s = args.budget_s or (330.0 if args.all else 300.0)
   json_path = args.json or (os.path.join(args.out, "accelerator_bench.json") if args.out else "")
   markdown_path = args.markdown or (os.path.join(args.out, "accelerator_bench.md") if args.out else "")

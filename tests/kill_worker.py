@@ -3,7 +3,8 @@
     python tests/kill_worker.py POINT N -- --config ... --workdir ...
 
 POINT (prefixed ``term:`` for SIGTERM instead of SIGKILL): disk_full (the N-th student checkpoint save fails with ENOSPC, as on a full disk), teacher_step (the N-th training batch of a teacher run), precompute (the N-th batch of
-teacher outputs), step (the N-th training batch of the student run), async_save (right after
+teacher outputs), step (the N-th training batch of the student run), dispatch (the N-th dispatch
+of a device-resident student run, ``config.data_placement=device``), async_save (right after
 the N-th checkpoint save was started, while orbax writes it in the background), after_epoch
 (after the N-th checkpoint save has completed), evaluation (in the N-th evaluation pass).
 The patches only decide *when* to die; the code that runs is the package's own.
@@ -45,6 +46,15 @@ def main() -> None:
           _tick()
         yield batch
     train.train_batches = batches
+  elif point == "dispatch":  # device-resident data: the N-th dispatch of training steps
+    from mmkd_jax import dispatch  # pylint: disable=import-outside-toplevel
+    original_epoch = dispatch.Scanned.epoch
+
+    def epoch(self, program, epoch_index, first_batch):
+      for stepped in original_epoch(self, program, epoch_index, first_batch):
+        _tick()
+        yield stepped
+    dispatch.Scanned.epoch = epoch
   elif point == "precompute":
     write = cache.write_cache
 

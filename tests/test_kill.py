@@ -142,3 +142,32 @@ def test_sigterm_and_sigkill_at_every_stage_resume_to_the_uninterrupted_run(tmp_
       np.testing.assert_array_equal(value, records_b[k][field], err_msg=f"{k} {field}")
   stopped = _assert_same_student_run(tmp_path / "ref" / "run", tmp_path / "stopped" / "run", 44)
   assert all(stopped["stage_seconds"][s] > 0 for s in ("teacher_training", "precompute", "student"))
+
+
+@pytest.mark.slow  # ~5 min; the default suite stops inside a dispatch with stop_at_step (test_dispatch.py)
+def test_sigterm_and_sigkill_inside_device_dispatches_resume_to_the_streamed_run(tmp_path):
+  """Device-resident data, 3 steps per dispatch: SIGTERM after the 4th dispatch, SIGKILL after the
+  9th of the resumed command, then the same command to the end; the student equals the
+  uninterrupted host-streamed run bit for bit (MMKD, meta steps inside the dispatches)."""
+  env = dict(_env(tmp_path), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+  def args(name, *extra):
+    return ["--config", f"{DIGITS}:smoke", "--workdir", str(tmp_path / name / "run"),
+            f"--config.teacher_dir={tmp_path / 'teachers'}", "--config.epochs=3", "--config.lr_milestones=(2,)", *extra]
+  device = ("--config.data_placement=device", "--config.scan_steps=3")
+  reference = subprocess.run([sys.executable, "-m", "mmkd_jax.main", *args("ref")], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=1800)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  for point, n, code in (("term:dispatch", 4, 0), ("dispatch", 9, -signal.SIGKILL)):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "kill_worker.py"), point, str(n), "--",
+                           *args("stopped", *device)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == code, (point, done.returncode, done.stderr[-3000:])
+    if code == 0:
+      lines = [line for line in done.stdout.splitlines() if line.startswith("stopped by SIGTERM")]
+      assert len(lines) == 1 and "while training the student at step 12" in lines[0], done.stdout[-2000:]
+  final = subprocess.run([sys.executable, "-m", "mmkd_jax.main", *args("stopped", *device)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1800)
+  assert final.returncode == 0, final.stderr[-3000:]
+  _assert_same_student_run(tmp_path / "ref" / "run", tmp_path / "stopped" / "run", 66)
