@@ -4,6 +4,9 @@
     python tests/parallel_worker.py replica_steps OUT.npz DATA_DIR DEVICES REPLICA_SHARDS
     python tests/parallel_worker.py train  OUT.npz DATA_DIR LOCAL_DEVICES WORKDIR [PORT PROCESS_ID NUM_PROCESSES]
     python tests/parallel_worker.py restore OUT.npz DATA_DIR LOCAL_DEVICES WORKDIR
+
+Environment: MMKD_METHOD, MMKD_LR, MMKD_BETA, MMKD_BN_GROUPS, MMKD_GRAM_PER_BN_GROUP (the config),
+MMKD_PLACEMENT and MMKD_SCAN_STEPS (config.data_placement / scan_steps), MMKD_X64.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def config(sync_bn: bool = True):
                                          "mmkd.gram_per_bn_group": os.environ.get("MMKD_GRAM_PER_BN_GROUP") == "1"}
                                         if os.environ.get("MMKD_METHOD", "mmkd") == "mmkd" else {}),
       lr=float(os.environ.get("MMKD_LR", "0.01")), batch_norm_groups=int(os.environ.get("MMKD_BN_GROUPS", "0")),
-      method=os.environ.get("MMKD_METHOD", "mmkd")))
+      method=os.environ.get("MMKD_METHOD", "mmkd"), data_placement=os.environ.get("MMKD_PLACEMENT", "host"),
+      scan_steps=int(os.environ.get("MMKD_SCAN_STEPS", "1"))))
 
 
 def flat(tree):

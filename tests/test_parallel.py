@@ -163,6 +163,27 @@ def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_d
   assert relative_difference(r, b, "params") == 0.0 and relative_difference(r, b, "meta") == 0.0
 
 
+@pytest.mark.slow  # ~4 min: four trainer processes
+def test_device_resident_data_on_two_processes_equal_streaming(tmp_path, data_dir):
+  """2 processes x 2 devices (jax.distributed on 127.0.0.1): the trainer with the data on the
+  devices (each process reading the whole split into its devices' copies) and 3 steps per
+  dispatch equals the same two processes streaming their data shards, bit for bit (AVER, 10
+  steps, float32)."""
+  results = {}
+  for placement, extra in (("host", {}), ("device", {"MMKD_PLACEMENT": "device", "MMKD_SCAN_STEPS": "3"})):
+    port = _free_port()
+    procs = [_run("train", tmp_path / f"{placement}{p}.npz", data_dir, 2, tmp_path / placement, port, p, 2,
+                  MMKD_METHOD="aver", **extra) for p in range(2)]
+    for p in procs:
+      _wait(p)
+    results[placement] = np.load(tmp_path / f"{placement}0.npz")
+  a, b = results["host"], results["device"]
+  assert int(a["processes"]) == int(b["processes"]) == 2 and int(a["step"]) == int(b["step"]) == 10
+  assert set(a.files) == set(b.files)
+  for key in a.files:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
 @pytest.mark.slow  # ~4 min alone on 2 cores: three float64 compiles of the MMKD train and meta steps
 def test_replicas_on_a_two_by_four_mesh_reproduce_their_single_device_runs(tmp_path, data_dir):
   """Seeds 0 and 1 as replicas sharded over 2 groups of 4 fake devices (each replica's batch
