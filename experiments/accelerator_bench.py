@@ -47,17 +47,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import device_checks  # pylint: disable=wrong-import-position
-from benchmark_step import (flops_of, make_config, peak_flops, peak_memory_bytes,  # pylint: disable=wrong-import-position
-                            random_teachers, synthetic_raw, timed_interleaved, write_report, xla_memory_mib)
+from benchmark_step import (flops_of, peak_flops, peak_memory_bytes, synthetic_raw,  # pylint: disable=wrong-import-position
+                            synthetic_steps, teacher_outputs, timed_interleaved, write_report, xla_memory_mib)
 
-from mmkd_jax import steps as steps_lib, train  # pylint: disable=wrong-import-position
-from mmkd_jax import dispatch, parallel  # pylint: disable=wrong-import-position
+from mmkd_jax import dispatch, steps as steps_lib  # pylint: disable=wrong-import-position
 from mmkd_jax import replicas as replicas_lib  # pylint: disable=wrong-import-position
 from mmkd_jax.data import resident  # pylint: disable=wrong-import-position
-from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
-from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position
-from mmkd_jax.models import get_model  # pylint: disable=wrong-import-position
-from mmkd_jax.teachers import teacher_forward  # pylint: disable=wrong-import-position
 
 SETTINGS = {"vgg8": ("vgg8", ("vgg13",) * 3), "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3)}
 CPU_SETTINGS = {"resnet8": ("resnet8", ("resnet14",) * 3)}
@@ -125,20 +120,15 @@ PLACEMENTS = ("streamed", "resident")
 
 
 def synthetic_dataset(teachers, source: str, rows: int, num_classes: int, image_shape: tuple) -> dict:
-  """Host arrays of ``rows`` training records, with their teachers' outputs when precomputed."""
+  """Host arrays of ``rows`` training records, with their teachers' outputs when precomputed
+  (feature maps in bfloat16, as the cache stores them)."""
   rng = np.random.default_rng(1)
   data = {"image": rng.integers(0, 256, (rows, *image_shape)).astype(np.uint8),
           "label": rng.integers(0, num_classes, rows).astype(np.int32)}
   if source == "precomputed":
-    forward = jax.jit(lambda v, x: teacher_forward(teachers, v, x))
-    logits, feats = [], []
-    for start in range(0, rows, 256):
-      x = (data["image"][start:start + 256].astype(np.float32) / 255 - 0.5) / 0.25
-      out_logits, out_feats = forward(tuple(t.variables for t in teachers), jnp.asarray(x))
-      logits.append(np.asarray(out_logits))
-      feats.append([np.asarray(f.astype(jnp.bfloat16)) for f in out_feats])
-    data["teacher_logits"] = np.concatenate(logits)
-    data["teacher_feat"] = tuple(np.concatenate([f[t] for f in feats]) for t in range(len(teachers)))
+    logits, feats = teacher_outputs(teachers, data["image"], chunk=256)
+    data["teacher_logits"] = logits
+    data["teacher_feat"] = tuple(f.astype(jnp.bfloat16) for f in feats)
   return data
 
 
@@ -198,34 +188,25 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
             replicas: int, repeats: int, warmup: int, overrides: dict | None = None,
             replica_loop: str = "vmap", placements: tuple[str, ...] = (), image_shape: tuple = (32, 32, 3)) -> dict:
   """Plain / meta / amortised step of ``replicas`` vmapped students; everything per call."""
-  teachers = random_teachers(teacher_archs, num_classes, image_shape)
+  teachers, steps, config = synthetic_steps(student, teacher_archs, batch, num_classes, source, dtype, overrides,
+                                            image_shape)
   teacher_vars = tuple(t.variables for t in teachers)
-  spec = DatasetSpec("synthetic", num_classes, image_shape, (0.5,) * image_shape[-1], (0.25,) * image_shape[-1])
-  config = make_config(batch, num_classes, source, dtype=dtype, **(overrides or {}))
-  run = train.run_info(config, spec, teachers, get_model(student, num_classes, 1, dtype), 1)
-  steps = steps_lib.make_steps(config, build_method(config, run), spec, teachers, parallel.data_mesh(),
-                               steps_per_epoch=781)
-  forward = jax.jit(lambda v, x: teacher_forward(teachers, v, x))
-  raws = []
-  for k in range(replicas):  # every replica its own batch (its own data order)
-    raw = synthetic_raw(batch, num_classes, seed=k, shape=image_shape)
-    if source == "precomputed":
-      x = (raw["image"].astype(np.float32) / 255 - 0.5) / 0.25
-      logits, feats = forward(teacher_vars, jnp.asarray(x))
-      raw = dict(raw, teacher_logits=np.asarray(logits), teacher_feat=tuple(np.asarray(f) for f in feats))
-    raws.append(raw)
+  # every replica its own batch (its own data order)
+  raws = [synthetic_raw(batch, num_classes, seed=k, shape=image_shape) for k in range(replicas)]
+  if source == "precomputed":
+    logits, feats = teacher_outputs(teachers, np.concatenate([r["image"] for r in raws]), chunk=batch)
+    raws = [dict(r, teacher_logits=logits[k * batch:(k + 1) * batch],
+                 teacher_feat=tuple(f[k * batch:(k + 1) * batch] for f in feats)) for k, r in enumerate(raws)]
   states = [steps_lib.init_state(steps, raws[k], seed=k) for k in range(replicas)]
   state, raw = replicas_lib.stack(states), replicas_lib.stack([jax.tree.map(jnp.asarray, r) for r in raws])
   tv = teacher_vars if source == "online" else ()
   epoch = jnp.asarray(1, jnp.int32)
   fns = {"plain": steps.train_step, "meta": dataclasses.replace(steps, config=config).meta_step}
-  compiled, compile_s = {}, {}
-  stepped_fns = []
+  compiled, compile_s, stepped = {}, {}, {}
   for name, fn in fns.items():
     start = time.perf_counter()
-    stepped = replicas_lib.freeze_on_nonfinite(fn, replica_loop)  # the trainer's own replica step
-    stepped_fns.append(stepped)
-    compiled[name] = jax.jit(stepped).lower(state, raw, tv, epoch).compile()
+    stepped[name] = replicas_lib.freeze_on_nonfinite(fn, replica_loop)  # the trainer's own replica step
+    compiled[name] = jax.jit(stepped[name]).lower(state, raw, tv, epoch).compile()
     compile_s[name] = time.perf_counter() - start
   if repeats:
     for _ in range(4):  # fill the hard buffers so the meta step samples real entries
@@ -235,7 +216,7 @@ def measure(student: str, teacher_archs, batch: int, num_classes: int, source: s
     medians = {name: float("nan") for name in compiled}
   placed = {}
   if placements:
-    placed = placement_ms(compiled, teachers, source, dict(zip(("plain", "meta"), stepped_fns)), state, tv, epoch,
+    placed = placement_ms(compiled, teachers, source, stepped, state, tv, epoch,
                           batch, num_classes, image_shape, replicas, placements, repeats, warmup)
   entry = {"student": student, "teachers": list(teacher_archs), "image_shape": list(image_shape),
            "classes": num_classes, "batch": batch, "source": source,

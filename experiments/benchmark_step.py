@@ -24,6 +24,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +101,37 @@ def synthetic_raw(batch: int, num_classes: int, seed: int = 0, shape=(32, 32, 3)
   return {"image": rng.integers(0, 256, (batch, *shape)).astype(np.uint8),
           "label": rng.integers(0, num_classes, batch).astype(np.int32),
           "index": np.arange(batch, dtype=np.int32), "replay": np.zeros(batch, np.int32)}
+
+
+# The synthetic dataset's normalisation (its DatasetSpec and the teachers' inputs alike).
+SYNTHETIC_MEAN, SYNTHETIC_STD = 0.5, 0.25
+
+
+def synthetic_steps(student: str, teacher_archs, batch: int, num_classes: int, source: str, dtype: str,
+                    overrides: dict | None = None, image_shape=(32, 32, 3)) -> tuple[list[Teacher], Any, Any]:
+  """(random teachers, the run's ``steps_lib.Steps``, its resolved config) of a synthetic setting."""
+  teachers = random_teachers(teacher_archs, num_classes, image_shape)
+  channels = image_shape[-1]
+  spec = DatasetSpec("synthetic", num_classes, image_shape, (SYNTHETIC_MEAN,) * channels, (SYNTHETIC_STD,) * channels)
+  config = make_config(batch, num_classes, source, dtype=dtype, **(overrides or {}))
+  run = train.run_info(config, spec, teachers, get_model(student, num_classes, 1, dtype), 1)
+  steps = steps_lib.make_steps(config, build_method(config, run), spec, teachers, parallel.data_mesh(),
+                               steps_per_epoch=781)
+  return teachers, steps, config
+
+
+def teacher_outputs(teachers, images: np.ndarray, chunk: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+  """The teachers' logits and feature maps of uint8 ``images`` (normalised as the synthetic spec),
+  ``chunk`` images per call of one compiled forward pass."""
+  forward = jax.jit(lambda v, x: teacher_forward(teachers, v, x))
+  variables = tuple(t.variables for t in teachers)
+  logits, feats = [], []
+  for start in range(0, len(images), chunk):
+    x = (images[start:start + chunk].astype(np.float32) / 255 - SYNTHETIC_MEAN) / SYNTHETIC_STD
+    out_logits, out_feats = forward(variables, jnp.asarray(x))
+    logits.append(np.asarray(out_logits))
+    feats.append([np.asarray(f) for f in out_feats])
+  return np.concatenate(logits), tuple(np.concatenate(maps) for maps in zip(*feats))
 
 
 def make_config(batch: int, num_classes: int, teacher_source: str, method: str = "mmkd",

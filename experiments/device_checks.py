@@ -18,15 +18,10 @@ import glob
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from benchmark_step import make_config, random_teachers, synthetic_raw
-from mmkd_jax import parallel, steps as steps_lib, train
-from mmkd_jax.data.sources import DatasetSpec
-from mmkd_jax.methods import build_method
-from mmkd_jax.models import get_model
-from mmkd_jax.teachers import teacher_forward
+from benchmark_step import synthetic_raw, synthetic_steps, teacher_outputs
+from mmkd_jax import steps as steps_lib
 from mmkd_jax.verify import HYPERGRAD_RTOL, check_hypergrad_file
 
 # A float32 update computed in another order (another device's kernels) differs by ~1e-6
@@ -58,18 +53,10 @@ def step_against_cpu(student: str = "resnet8", teacher_archs=("resnet8", "resnet
   """One float32 train step and meta step (MMKD, precomputed teachers) here and on the CPU: the
   relative error of the state's update and of the step's metrics (losses, weights, norms)."""
   cpu = jax.devices("cpu")[0]
-  image_shape = (32, 32, 3)
-  teachers = random_teachers(teacher_archs, num_classes, image_shape)
-  spec = DatasetSpec("synthetic", num_classes, image_shape, (0.5,) * 3, (0.25,) * 3)
-  config = make_config(batch, num_classes, "precomputed", dtype="float32", **(overrides or {}))
-  run = train.run_info(config, spec, teachers, get_model(student, num_classes, 1, "float32"), 1)
-  steps = steps_lib.make_steps(config, build_method(config, run), spec, teachers, parallel.data_mesh(),
-                               steps_per_epoch=781)
+  teachers, steps, _ = synthetic_steps(student, teacher_archs, batch, num_classes, "precomputed", "float32", overrides)
   raw = synthetic_raw(batch, num_classes)
-  with jax.default_device(cpu):
-    x = (raw["image"].astype(np.float32) / 255 - 0.5) / 0.25
-    logits, feats = teacher_forward(teachers, tuple(t.variables for t in teachers), jnp.asarray(x))
-  raw = dict(raw, teacher_logits=np.asarray(logits), teacher_feat=tuple(np.asarray(f) for f in feats))
+  logits, feats = teacher_outputs(teachers, raw["image"], chunk=batch)  # both sides read these
+  raw = dict(raw, teacher_logits=logits, teacher_feat=feats)
   state = jax.device_get(steps_lib.init_state(steps, raw, seed=0))
   for _ in range(2):  # a few plain steps first, so the meta step samples a filled hard buffer
     state = jax.device_get(jax.jit(steps.train_step)(state, raw, (), np.int32(1))[0])

@@ -35,17 +35,21 @@ def host_ms(overhead: dict, mode: str, method: str = "mmkd", replicas: int = 1) 
   return row["host_cpu_ms_per_step"]
 
 
+def host_costs(overhead: dict, pipeline_batches_per_s: float) -> tuple[float, float]:
+  """Host ms per MMKD step: streamed (the slower of main thread and pipeline), device + scan."""
+  return max(host_ms(overhead, "streamed"), 1e3 / pipeline_batches_per_s), host_ms(overhead, "resident+scan")
+
+
 def rows(roofline: dict, overhead: dict, pipeline_batches_per_s: float) -> list[dict]:
-  streamed = max(host_ms(overhead, "streamed"), 1e3 / pipeline_batches_per_s)
-  scanned = host_ms(overhead, "resident+scan")
+  streamed, scanned = host_costs(overhead, pipeline_batches_per_s)
   out = []
   for entry in roofline["results"]:
     name = entry["setting"]
     resident_ok = name.split(":")[0] not in HOST_CROPPED
+    best_host = scanned if resident_ok else streamed
+    hours = (lambda ms: RUN_EPOCHS * RUN_STEPS_PER_EPOCH * ms / 3.6e6) if name.startswith("cifar100") else None
     for device, step in entry["roofline_ms"].items():
       device_ms = step["plain"] + step["meta"] / META_FREQ
-      best_host = scanned if resident_ok else streamed
-      hours = (lambda ms: RUN_EPOCHS * RUN_STEPS_PER_EPOCH * ms / 3.6e6) if name.startswith("cifar100") else None
       out.append({"config": name, "device": device, "roofline_ms": device_ms,
                   "streamed_ratio": device_ms / streamed,
                   "resident_ratio": device_ms / scanned if resident_ok else None,
@@ -84,8 +88,7 @@ def main(argv=None) -> int:
   with open(args.roofline) as f:
     roofline = json.load(f)
   table = rows(roofline, overhead, args.pipeline_batches_per_s)
-  text = markdown(table, max(host_ms(overhead, "streamed"), 1e3 / args.pipeline_batches_per_s),
-                  host_ms(overhead, "resident+scan"))
+  text = markdown(table, *host_costs(overhead, args.pipeline_batches_per_s))
   print(text)
   if args.out:
     with open(args.out, "w") as f:
