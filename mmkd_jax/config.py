@@ -171,9 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher_training.lr = 0.05           # its learning rate
   c.teacher_training.lr_milestones = (150, 180, 210)  # its multistep milestones
   c.log_every = 50               # steps per logged window of training metrics
-  # Training data: host (streamed by grain) | device (the split and the current replay's teacher
-  # outputs in device memory) | auto (device when its memory plan fits); mmkd_jax/data/resident.py.
-  c.data_placement = "host"
+  c.data_placement = "host"      # host (grain streams it) | device | auto (by a memory plan): data/resident.py
   c.scan_steps = 1               # device placement: training steps per dispatch (unrolled)
   c.checkpoint_every_epochs = 1  # latest checkpoint every this many epochs (and the best one)
   c.keep_checkpoints = 2         # latest checkpoints kept
