@@ -26,7 +26,9 @@ def smooth_labels(cross_entropy_value: Array, logits: Array, smoothing: Array | 
   """The mean cross-entropy against labels smoothed by ``smoothing`` (torch's
   ``CrossEntropyLoss(label_smoothing=e)``: the target ``(1 - e) onehot + e / C``), from the mean
   hard-label cross-entropy of the same ``logits`` (B, C): ``(1 - e) ce + e mean_{b,k} -log p_bk``."""
-  uniform = -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+  # at least float32 (bfloat16 logits), float64 where the run is: a float32 term times a replica's
+  # float64 smoothing value rounds otherwise than times the single run's Python float
+  uniform = -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1))
   return (1.0 - smoothing) * cross_entropy_value + smoothing * uniform
 
 
