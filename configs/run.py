@@ -4,13 +4,11 @@ file for any ``.json`` path), e.g. to resume or evaluate a run from the config i
     python -m mmkd_jax.main --config runs/digits/config.json --workdir runs/digits
 """
 
-import json
-
 from mmkd_jax import config as config_lib
+from mmkd_jax import storage
 
 
 def get_config(arg: str | None = None):
   if not arg:
     raise ValueError("configs/run.py takes the path of a run's config.json: --config runs/x/config.json")
-  with open(arg) as f:
-    return config_lib.from_json(json.load(f))
+  return config_lib.from_json(storage.read_json(arg))

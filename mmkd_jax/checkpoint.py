@@ -1,5 +1,5 @@
-"""Orbax checkpoints of the whole TrainState: latest (kept N deep) and best, async and atomic;
-and the work-directory lock.
+"""Orbax checkpoints of the whole TrainState: latest (kept N deep) and best, async and atomic
+(local or on an object store: ``mmkd_jax.storage``).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
 mid-save never leaves a half checkpoint that restore would pick. A checkpoint that exists but
@@ -10,16 +10,14 @@ cannot be read (corrupt files) is reported with its step, moved aside to ``<work
 from __future__ import annotations
 
 import copy
-import fcntl
 import logging
-import os
-import shutil
-import socket
 import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from mmkd_jax import storage
 
 PyTree = Any
 
@@ -28,22 +26,22 @@ class CheckpointError(RuntimeError):
   """No checkpoint in the work directory could be restored."""
 
 
-class WorkdirLockedError(RuntimeError):
-  """Another process is running on the same work directory."""
-
-
-def _manager(directory: str, keep: int, async_save: bool) -> ocp.CheckpointManager:
+def _manager(directory: str, keep: int, async_save: bool, name: str) -> ocp.CheckpointManager:
+  # Each manager's barriers get its own prefix: both save the same step at an epoch that is the
+  # best so far, and two asynchronous saves of one step under one key fail on several hosts
+  # ("Barrier _async_write_complete.<step> is already ongoing").
   options = ocp.CheckpointManagerOptions(
       enable_async_checkpointing=async_save,
-      preservation_policy=ocp.checkpoint_managers.LatestN(keep))
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name))
+  return ocp.CheckpointManager(storage.for_library(directory), options=options)
 
 
 class Checkpoints:
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
     self.workdir = workdir
-    self.latest = _manager(os.path.join(workdir, "checkpoints"), max(keep, 1), async_save)
-    self.best = _manager(os.path.join(workdir, "best"), 1, async_save)
+    self.latest = _manager(storage.join(workdir, "checkpoints"), max(keep, 1), async_save, "latest")
+    self.best = _manager(storage.join(workdir, "best"), 1, async_save, "best")
 
   def save(self, step: int, state: PyTree, host_state: dict[str, Any], is_best: bool = False,
            force: bool = False) -> None:
@@ -91,12 +89,11 @@ class Checkpoints:
   def _quarantine(self, manager: ocp.CheckpointManager, step: int) -> str:
     """Moves an unreadable step aside (``<workdir>/corrupt/``) so that it is neither restored
     again nor blocks a new save of that step; nothing is deleted."""
-    source = os.path.join(str(manager.directory), str(step))
-    target = os.path.join(self.workdir, "corrupt", f"{os.path.basename(str(manager.directory))}-{step}-"
+    source = storage.join(str(manager.directory), str(step))
+    target = storage.join(self.workdir, "corrupt", f"{storage.basename(str(manager.directory))}-{step}-"
                           f"{time.strftime('%Y%m%d-%H%M%S')}")
-    if jax.process_index() == 0 and os.path.exists(source):
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(source, target)
+    if jax.process_index() == 0 and storage.exists(source):
+      storage.move_tree(source, target)
     manager.reload()
     return target
 
@@ -126,52 +123,3 @@ class Checkpoints:
     raise CheckpointError("no readable checkpoint: " + " | ".join(errors) +
                           ". The unreadable ones were moved aside, not deleted; the run will start "
                           "from scratch in this --workdir if you run it again.")
-
-
-# Locks this process holds, by real path: the command holds its work directory's lock for all
-# its stages, and the student stage inside it takes the same lock again (flock would refuse a
-# second open file of the same process).
-_HELD: dict[str, list] = {}
-
-
-class WorkdirLock:
-  """An exclusive lock on ``<workdir>/.lock`` for the life of a run (process 0 of a multi-host
-  run): a second run on the same work directory is refused, naming the first. The kernel drops
-  the lock when its process dies, so a killed run never leaves a stale one. Re-entrant within a
-  process."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, ".lock")
-    self._key = os.path.realpath(self.path)
-
-  def __enter__(self) -> "WorkdirLock":
-    if jax.process_index() != 0:
-      return self
-    if self._key in _HELD:
-      _HELD[self._key][1] += 1
-      return self
-    lock_file = open(self.path, "a+")
-    try:
-      fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as e:
-      lock_file.seek(0)
-      holder = lock_file.read().strip() or "another process"
-      lock_file.close()
-      raise WorkdirLockedError(f"{os.path.dirname(self.path)} is in use by {holder}; wait for it, stop "
-                               "it, or use another --workdir") from e
-    lock_file.seek(0)
-    lock_file.truncate()
-    lock_file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    lock_file.flush()
-    _HELD[self._key] = [lock_file, 1]
-    return self
-
-  def __exit__(self, *exc) -> None:
-    held = _HELD.get(self._key)
-    if held is None:
-      return
-    held[1] -= 1
-    if held[1] == 0:
-      del _HELD[self._key]
-      fcntl.flock(held[0], fcntl.LOCK_UN)
-      held[0].close()

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from mmkd_jax import bilevel, evaluators, methods, optim, registry
+from mmkd_jax import bilevel, evaluators, methods, optim, registry, storage
 from mmkd_jax.data.resident import PLACEMENTS
 from mmkd_jax.replica_spec import REPLICA_LOOPS, check_replica_overrides, get_field, replica_entries
 from mmkd_jax.data import sources
@@ -375,7 +375,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"unknown evaluator {name!r}; known: {', '.join(evaluators.EVALUATORS.names())}")
   need("accuracy" in c.evaluators, "evaluators", "must include 'accuracy' (the best checkpoint is chosen on its top-1)")
   need(c.eval_every >= 1, "eval_every", "must be at least 1")
-  need(not c.student_checkpoint or c.mode not in ("distill", "pipeline") or os.path.exists(c.student_checkpoint),
+  need(not c.student_checkpoint or c.mode not in ("distill", "pipeline") or storage.exists(c.student_checkpoint),
        "student_checkpoint",
        f"{c.student_checkpoint} does not exist")
   need(c.schedule in optim.SCHEDULES, "schedule", f"unknown schedule {c.schedule!r}; known: {', '.join(optim.SCHEDULES.names())}")

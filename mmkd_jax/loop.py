@@ -71,6 +71,7 @@ class Member:
     an uninterrupted one would)."""
     self.host["carry"] = carry
     self.host["train_seconds"] = self.host.get("train_seconds", 0.0) + time.perf_counter() - tic
+    self.writer.flush()  # the log reaches the checkpoint's step before the checkpoint exists
     self.ckpt.save(int(jax.device_get(self.state.step)), self.state, self.host, force=True)
     self.host.pop("carry")
 
@@ -113,6 +114,7 @@ class Member:
       print(f"{self.label}epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train/loss', float('nan')):.4f}, "
             f"train acc {record.get('train/accuracy', 0):.2f}%, {evaluation_text}"
             f"{record['train/images_per_s']:.0f} img/s{extra}", flush=True)
+    self.writer.flush()
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or is_best:
       self.ckpt.save(step_now, self.state, self.host, is_best=is_best)
 

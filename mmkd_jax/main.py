@@ -21,7 +21,7 @@ from absl import app, flags, logging
 import jax
 import ml_collections
 
-from mmkd_jax import checkpoint, replicas, runs, train
+from mmkd_jax import checkpoint, replicas, runs, storage, train, workdir_lock
 from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec, show_config
@@ -55,19 +55,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.mode == "show_config":
     print(show_config.describe(config))
     return {}
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if storage.is_file(workdir):
     raise ConfigError(f"--workdir {workdir} is a file, not a directory")
   stages = _STAGES[config.mode]
   if stages & {"evaluate", "export"}:
     if replica_spec.replica_seeds(config):
       raise ConfigError(f"config.replicas: mode={config.mode} reads one run; point --workdir at a replica's "
-                        f"directory (e.g. {os.path.join(workdir, 'seed0')}) and drop --config.replicas")
-    if not os.path.isdir(workdir):
+                        f"directory (e.g. {storage.join(workdir, 'seed0')}) and drop --config.replicas")
+    if not storage.is_dir(workdir):
       raise FileNotFoundError(f"--workdir {workdir} does not exist: mode={config.mode} reads the work directory "
                               "of a finished run (or one with checkpoints)")
     if "evaluate" in stages:
       return student_lib.evaluate_workdir(config, workdir)
-    written = student_lib.export_student(workdir, config.export_dir or os.path.join(workdir, "export"))
+    written = student_lib.export_student(workdir, config.export_dir or storage.join(workdir, "export"))
     print("exported the student: " + ", ".join(f"{k} {v}" for k, v in written.items()))
     return written
   if "student" in stages:
@@ -79,8 +79,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if "student" in stages and config.student_checkpoint:
     convert.check_pretrained(config.student, dataset.spec.num_classes, config.student_checkpoint,
                              dataset.spec.image_shape, config.trust_pickle, config.checkpoint_head)
-  os.makedirs(workdir, exist_ok=True)
-  with runs.StopRequest(), checkpoint.WorkdirLock(workdir):
+  storage.makedirs(workdir)
+  with runs.StopRequest(), workdir_lock.WorkdirLock(workdir):
     return _run_stages(config, workdir, stages, dataset)
 
 
@@ -107,21 +107,21 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, da
       step = int(jax.numpy.max(result["state"].step))
       raise runs.Preempted(f"stopped by SIGTERM while training the student replicas at step {step} of "
                            f"{result['replicas'][0]['steps_total']} (checkpoints saved in "
-                           f"{os.path.abspath(workdir)}/seed*); run the same command to resume")
-    print(f"written to {os.path.abspath(workdir)}/seed<s>/: summary.json, config.json, metrics.jsonl, "
+                           f"{storage.absolute(workdir)}/seed*); run the same command to resume")
+    print(f"written to {storage.absolute(workdir)}/seed<s>/: summary.json, config.json, metrics.jsonl, "
           "checkpoints/, best/ (each an ordinary run directory)")
     return {k: v for k, v in result.items() if k != "state"}
   summary = train.train_and_evaluate(config, workdir, loaded, cache)
   state = summary.pop("state", None)
   if summary["status"] == "preempted":
     raise runs.Preempted(f"stopped by SIGTERM while training the student at step {int(state.step)} of "
-                         f"{summary['steps_total']} (checkpoint saved in {os.path.abspath(workdir)}); "
+                         f"{summary['steps_total']} (checkpoint saved in {storage.absolute(workdir)}); "
                          "run the same command to resume")
   print(json.dumps({k: v for k, v in summary.items() if k not in ("teachers", "setting")}, indent=2))
   where = {"summary": "summary.json", "resolved config": "config.json", "metrics": "metrics.jsonl",
            "TensorBoard": "tensorboard/", "checkpoints": "checkpoints/ (latest) and best/"}
-  print(f"written to {os.path.abspath(workdir)}: " + ", ".join(f"{k} {v}" for k, v in where.items())
-        + (f"; teachers and their cache under {os.path.abspath(config.teacher_dir)}" if loaded else ""))
+  print(f"written to {storage.absolute(workdir)}: " + ", ".join(f"{k} {v}" for k, v in where.items())
+        + (f"; teachers and their cache under {storage.absolute(config.teacher_dir)}" if loaded else ""))
   return summary
 
 
@@ -143,7 +143,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 # Mistakes of the user (config, files, data, a busy or unwritable workdir): one line, exit code 2.
 USER_ERRORS = (NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
-               checkpoint.CheckpointError, checkpoint.WorkdirLockedError, convert.ConversionError, OSError,
+               checkpoint.CheckpointError, workdir_lock.WorkdirLockedError, convert.ConversionError, OSError,
                ImportError, ValueError)
 
 
@@ -158,7 +158,7 @@ def resolve_config_path(value: str) -> str:
   """``--config`` may name a file, a shipped config (``mmkd_jax:configs/digits.py``), or just its
   name (``digits``, ``fashion_mnist.py:aver``); the ``:arg`` suffix is kept."""
   if value.endswith(".json"):  # a run's recorded config.json
-    return resolve_config_path("run.py") + ":" + os.path.abspath(value)
+    return resolve_config_path("run.py") + ":" + storage.absolute(value)
   spec = value.removeprefix("mmkd_jax:")
   path, sep, arg = spec.partition(":")
   if spec == value and os.path.exists(path):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
 import jax
 import numpy as np
+
+from mmkd_jax import storage
 
 
 class MetricWriter:
@@ -24,12 +25,23 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    path = os.path.join(workdir, "metrics.jsonl")
-    _drop_records_after(path, resume_step)
-    self.jsonl = open(path, "a")
+    self.path = storage.join(workdir, "metrics.jsonl")
+    self.remote = storage.is_url(workdir)
+    kept = _records_until(self.path, resume_step)
+    if self.remote:  # object stores cannot append: the log is kept here and rewritten whole
+      self.lines, self.uploaded = kept, len(kept)
+      if kept != _read_lines(self.path):
+        self._upload()
+    else:
+      if kept != _read_lines(self.path):
+        storage.write_text(self.path, "".join(kept))
+      self.jsonl = storage.as_path(self.path).open("a")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+      if self.remote:
+        _route_tensorboard_through_storage(workdir)
+      self.tb = SummaryWriter(storage.for_library(storage.join(workdir, "tensorboard")),
+                              purge_step=resume_step + 1 if resume_step else None)
     except ImportError:  # optional
       self.tb = None
 
@@ -46,39 +58,89 @@ class MetricWriter:
       else:
         v = np.round(v.astype(np.float64), 6)
         nested[k] = np.where(np.isfinite(v), v, None).tolist()  # JSON has no NaN
-    self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **flat, **nested}) + "\n")
-    self.jsonl.flush()
+    line = json.dumps({"step": step, "time": round(time.time(), 3), **flat, **nested}) + "\n"
+    if self.remote:
+      self.lines.append(line)
+    else:
+      self.jsonl.write(line)
+      self.jsonl.flush()
     if self.tb is not None:
       for k, v in flat.items():
         if isinstance(v, (int, float)):
           self.tb.add_scalar(k, v, step)
 
+  def flush(self) -> None:
+    """Makes every record written so far durable: on an object store the loop calls it with each
+    checkpoint, so the log always reaches at least the step a resumed run starts from."""
+    if self.enabled and self.remote and self.uploaded != len(self.lines):
+      self._upload()
+    if self.enabled and self.tb is not None:
+      self.tb.flush()
+
+  def _upload(self) -> None:
+    storage.write_text(self.path, "".join(self.lines))
+    self.uploaded = len(self.lines)
+
   def close(self) -> None:
     if self.enabled:
-      self.jsonl.close()
+      self.flush()
+      if not self.remote:
+        self.jsonl.close()
       if self.tb is not None:
         self.tb.close()
 
 
-def _drop_records_after(path: str, step: int) -> None:
-  """Rewrites ``path`` (atomically) without the records of steps after ``step`` (and without a
-  torn last line of a killed writer)."""
-  if not os.path.isfile(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
+class _ObjectEventFile:
+  """A TensorBoard event file on an object store: kept in memory, rewritten whole at each flush
+  (tensorboardX's own GCS writer also flushes from ``__del__``, which at interpreter exit can
+  outlive the server: seconds of retries, or a hang)."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer, self.flushed = path, bytearray(), 0
+
+  def write(self, data: bytes) -> None:
+    self.buffer += data
+
+  def flush(self) -> None:
+    if self.flushed != len(self.buffer):
+      storage.as_path(self.path).write_bytes(bytes(self.buffer))
+      self.flushed = len(self.buffer)
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectEventFiles:
+  """A tensorboardX writer factory for object-store URLs (``register_writer_factory``)."""
+
+  def open(self, path: str) -> _ObjectEventFile:
+    return _ObjectEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # object stores have no directories
+
+
+def _route_tensorboard_through_storage(url: str) -> None:
+  from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+  record_writer.register_writer_factory(url.split("://")[0], _ObjectEventFiles())
+
+
+def _read_lines(path: str) -> list[str]:
+  return storage.read_text(path).splitlines(keepends=True) if storage.is_file(path) else []
+
+
+def _records_until(path: str, step: int) -> list[str]:
+  """The lines of ``path`` logged at steps up to ``step`` (dropping a torn last line of a killed
+  writer): what a run resumed from ``step`` keeps."""
   kept = []
-  for line in lines:
+  for line in _read_lines(path):
     try:
       record = json.loads(line)
     except json.JSONDecodeError:
       continue
     if record.get("step", 0) <= step:
       kept.append(line if line.endswith("\n") else line + "\n")
-  if kept != lines:
-    with open(path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(path + ".tmp", path)
+  return kept
 
 
 Sums = dict[str, Any]  # {"sums": {key: float64 array}, "counts": {key: int}}

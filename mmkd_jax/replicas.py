@@ -24,7 +24,6 @@ checkpoints. A replica whose loss becomes NaN/inf is frozen at its last good sta
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Sequence
 
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import checkpoint, dispatch, parallel, runs, train
+from mmkd_jax import dispatch, parallel, runs, storage, train, workdir_lock
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec
 from mmkd_jax import loop as loop_lib
@@ -126,8 +125,8 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
   members = []
   for k, entry in enumerate(entries):
     setup = dataclasses.replace(base, config=config_lib.resolve(replica_config(config, entry)))
-    directory = os.path.join(workdir, entry.name)
-    os.makedirs(directory, exist_ok=True)
+    directory = storage.join(workdir, entry.name)
+    storage.makedirs(directory)
     member = train.open_member(setup, directory, quiet, eval_fn, label=f"replica {k} ({entry.name}): ")
     train.write_config(setup.config, directory)
     train.record_teacher_accuracy(member, members[0].host["teacher_accuracy"] if members else None)
@@ -160,9 +159,9 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
                    cache: Any = None, quiet: bool = False) -> dict[str, Any]:
   """Trains the replicas of ``config.replicas`` together (resuming each from its directory);
   returns {"replicas": [each replica's summary], "seeds": [...]} and writes the summaries."""
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   quiet = quiet or jax.process_index() != 0
-  with checkpoint.WorkdirLock(workdir):
+  with workdir_lock.WorkdirLock(workdir):
     program, members = _open(config, workdir, teachers, cache, quiet)
     mesh = members[0].setup.mesh
     started = time.time()

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmkd_jax import checkpoint
+from mmkd_jax import checkpoint, storage
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec
 from mmkd_jax.errors import ConfigError
@@ -100,18 +100,18 @@ def _mismatch(run_dir: str, step: int, differences: list[str], detail: str = "")
   """The refusal of a work directory whose checkpoints another run made, naming what differs."""
   return ConfigMismatchError(
       f"{run_dir} holds checkpoint step {step} of another run: " + "; ".join(differences) + detail +
-      f". Use another --workdir, or the stored config ({os.path.join(run_dir, 'config.json')} is a valid "
+      f". Use another --workdir, or the stored config ({storage.join(run_dir, 'config.json')} is a valid "
       f"--config). Fields that may change on resume: {', '.join(RESUMABLE)}.")
 
 
 def stored_config(run_dir: str) -> tuple[dict[str, Any], int] | None:
   """The config and step of the newest readable checkpoint in ``run_dir`` (read-only: nothing is
   created), or None."""
-  directory = os.path.join(run_dir, "checkpoints")
-  if not os.path.isdir(directory):
+  directory = storage.join(run_dir, "checkpoints")
+  if not storage.is_dir(directory):
     return None
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(storage.for_library(directory), options=ocp.CheckpointManagerOptions(read_only=True))
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -127,7 +127,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   made with another config, naming each differing field."""
   from mmkd_jax import replicas  # pylint: disable=import-outside-toplevel
   entries = replica_spec.replica_entries(config)
-  runs_to_check = ([(os.path.join(workdir, e.name), config_lib.resolve(replicas.replica_config(config, e)))
+  runs_to_check = ([(storage.join(workdir, e.name), config_lib.resolve(replicas.replica_config(config, e)))
                     for e in entries] if entries else [(workdir, config)])
   for run_dir, run_config in runs_to_check:
     found = stored_config(run_dir)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import runs
+from mmkd_jax import runs, storage
 
 _NOT_RUNS = {"checkpoints", "best", "tensorboard", "export", "corrupt"}   # parts of a run, not runs
 _EVAL_KEYS = ("test/top1", "val/top1", "test_top1")   # older runs logged test_top1
@@ -46,12 +46,12 @@ def find_runs(paths: Sequence[str]) -> list[str]:
   """Every run directory (one holding ``config.json``) at or below ``paths``, sorted."""
   found = set()
   for path in paths:
-    if not os.path.isdir(path):
+    if not storage.is_dir(path):
       raise FileNotFoundError(f"{path} is not a directory")
-    for directory, subdirs, files in os.walk(path):
+    for directory, subdirs, files in storage.walk(path):
       subdirs[:] = [d for d in subdirs if d not in _NOT_RUNS]
       if "config.json" in files:
-        found.add(os.path.normpath(directory))
+        found.add(directory if storage.is_url(directory) else os.path.normpath(directory))
   return sorted(found)
 
 
@@ -62,17 +62,16 @@ def eval_top1(record: dict) -> float | None:
 
 def read_run(path: str) -> RunRecord:
   """A run's record: its summary when finished, else what its metrics.jsonl logged so far."""
-  with open(os.path.join(path, "config.json")) as f:
-    config = config_lib.upgrade_stored(json.load(f))  # fields renamed since, under their names now
+  # fields renamed since, under their names now
+  config = config_lib.upgrade_stored(storage.read_json(storage.join(path, "config.json")))
   summary: dict[str, Any] = {}
-  if os.path.exists(os.path.join(path, "summary.json")):
-    with open(os.path.join(path, "summary.json")) as f:
-      summary = json.load(f)
+  if storage.exists(storage.join(path, "summary.json")):
+    summary = storage.read_json(storage.join(path, "summary.json"))
   by_epoch: dict[int, dict] = {}
   times = []
-  if os.path.exists(os.path.join(path, "metrics.jsonl")):
-    with open(os.path.join(path, "metrics.jsonl")) as f:
-      for line in f:
+  if storage.exists(storage.join(path, "metrics.jsonl")):
+    for line in storage.read_text(storage.join(path, "metrics.jsonl")).splitlines():
+      if line.strip():
         record = json.loads(line)
         times.append(record.get("time"))
         if "epoch" in record:  # a resumed run logs an epoch again: the last record wins

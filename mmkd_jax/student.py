@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mmkd_jax import storage
 from mmkd_jax.data.augment import normalize
 from mmkd_jax.models import get_model
 from mmkd_jax.teachers import convert
@@ -81,12 +82,18 @@ class Student:
 
 def restore_raw_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, Any], int] | None:
   """The newest checkpoint under ``directory`` (a run's ``checkpoints/`` or ``best/``) as saved:
-  (the train state as a tree of arrays, the host-side metadata, its step); None if there is none."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  (the train state as a tree of arrays, the host-side metadata, its step); None if there is none.
+  The arrays land on this process's first device whatever topology saved them (a run trained on
+  a pod slice is evaluated and exported on one host)."""
+  manager = ocp.CheckpointManager(storage.for_library(directory), item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
   step = manager.latest_step()
   if step is None:
     return None
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  saved = manager.item_metadata(step)["state"]
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), getattr(saved, "tree", saved))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                            meta=ocp.args.JsonRestore()))
   return restored["state"], dict(restored["meta"]), step
 
@@ -98,8 +105,8 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
   from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
   found, problems = None, []
   for name in ((which, "checkpoints") if which == "best" else ("checkpoints",)):
-    directory = os.path.join(workdir, "best" if name == "best" else "checkpoints")
-    if os.path.isdir(directory):
+    directory = storage.join(workdir, "best" if name == "best" else "checkpoints")
+    if storage.is_dir(directory):
       try:
         found = restore_raw_checkpoint(directory)
       except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types for damaged files)
@@ -115,9 +122,8 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
       raise CheckpointError(f"no readable checkpoint in {workdir}: " + "; ".join(problems))
     raise FileNotFoundError(f"no checkpoint in {workdir} (expected {workdir}/best or {workdir}/checkpoints)")
   state, meta, step = found
-  if "config" not in meta and os.path.isfile(os.path.join(workdir, "config.json")):
-    with open(os.path.join(workdir, "config.json")) as f:
-      meta["config"] = json.load(f)
+  if "config" not in meta and storage.is_file(storage.join(workdir, "config.json")):
+    meta["config"] = storage.read_json(storage.join(workdir, "config.json"))
   if "config" not in meta:
     raise FileNotFoundError(f"{workdir}: neither its checkpoints nor a config.json record its config")
   config = meta["config"]
@@ -128,7 +134,7 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
   variables = {"params": state["params"]["student"], "batch_stats": state["model_state"]["student"]}
   history = meta.get("history", [])
   record = next((r for r in history if r.get("epoch") == meta.get("best_epoch")), history[-1] if history else {})
-  info = {"workdir": os.path.abspath(workdir), "step": step, "method": config["method"],
+  info = {"workdir": storage.absolute(workdir), "step": step, "method": config["method"],
           "dataset": config["dataset"], "selected_on": f"{meta.get('best_chosen_on', spec.test_split)} ({'best epoch' if which == 'best' else 'latest'})",
           "top1": record.get("test/top1", record.get("val/top1")), "epoch": record.get("epoch"),
           "teachers": [t["name"] for t in config.get("teachers", [])]}
@@ -142,17 +148,16 @@ def load_student(path: str, which: str = "best") -> Student:
   checkpoint), an export directory, its ``student.npz`` / ``student.pth``, or its orbax
   ``variables/``. An export of a plug-in model imports the modules its ``student.json`` records."""
   from mmkd_jax.registry import import_plugins  # pylint: disable=import-outside-toplevel
-  path = os.path.normpath(os.fspath(path))
-  is_file = os.path.isfile(path)
-  export_dir = os.path.dirname(path) if is_file or os.path.basename(path) == "variables" else path
-  meta_path = os.path.join(export_dir, STUDENT_META)
-  if not os.path.isfile(meta_path):
+  path = storage.absolute(path)
+  is_file = storage.is_file(path)
+  export_dir = storage.parent(path) if is_file or storage.basename(path) == "variables" else path
+  meta_path = storage.join(export_dir, STUDENT_META)
+  if not storage.is_file(meta_path):
     if is_file or export_dir != path:
       raise FileNotFoundError(f"{path}: no {STUDENT_META} beside it; load the export directory it came from "
                               "(written by mode=export), or a run's work directory")
     return student_from_workdir(path, which)
-  with open(meta_path) as f:
-    meta = json.load(f)
+  meta = storage.read_json(meta_path)
   import_plugins(meta.get("imports", ()))
   image_shape = tuple(meta["image_shape"])
   if is_file:
@@ -160,7 +165,7 @@ def load_student(path: str, which: str = "best") -> Student:
   else:
     model = get_model(meta["arch"], meta["num_classes"])
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
-    variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(export_dir), "variables"), abstract)
+    variables = ocp.StandardCheckpointer().restore(storage.join(export_dir, "variables"), abstract)
   return Student(meta["arch"], meta["num_classes"], image_shape, tuple(meta["mean"]),
                  tuple(meta["std"]), variables, meta.get("run", {}))
 
@@ -170,12 +175,13 @@ def export_student(workdir: str, out_dir: str, which: str = "best",
   """Writes the student of ``workdir`` to ``out_dir``; returns the written paths. ``pth`` needs
   torch (the optional extra) and is skipped, with a note in ``student.json``, without it."""
   student = student_from_workdir(workdir, which)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.absolute(out_dir)
+  storage.makedirs(out_dir)
   written: dict[str, str] = {}
   host = jax.device_get(student.variables)
   if "orbax" in formats:
-    target = os.path.join(os.path.abspath(out_dir), "variables")
-    if os.path.exists(target):
+    target = storage.join(out_dir, "variables")
+    if storage.exists(target):
       raise FileExistsError(f"{target} exists; export into a new directory")
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target, host)
@@ -183,25 +189,25 @@ def export_student(workdir: str, out_dir: str, which: str = "best",
     written["orbax"] = target
   state_dict = convert.flax_to_torch(host)
   if "npz" in formats:
-    written["npz"] = os.path.join(out_dir, "student.npz")
-    np.savez(written["npz"], **state_dict)
+    written["npz"] = storage.join(out_dir, "student.npz")
+    with storage.as_path(written["npz"]).open("wb") as f:
+      np.savez(f, **state_dict)
   notes = []
   if "pth" in formats:
     try:
       import torch  # pylint: disable=import-outside-toplevel
-      written["pth"] = os.path.join(out_dir, "student.pth")
-      torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}},
-                 written["pth"])
+      written["pth"] = storage.join(out_dir, "student.pth")
+      with storage.as_path(written["pth"]).open("wb") as f:
+        torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}}, f)
     except Exception as e:  # pylint: disable=broad-except  (torch missing, or a CUDA-only wheel)
       notes.append(f"student.pth not written: torch unavailable ({type(e).__name__}); pip install -e '.[torch]'")
   meta = {"arch": student.arch, "num_classes": student.num_classes, "image_shape": list(student.image_shape),
           "imports": [os.path.abspath(m) if m.endswith(".py") else m  # found from anywhere
                       for m in student.info.get("config", {}).get("imports", ())],
           "mean": list(student.mean), "std": list(student.std), "layout": "flax NHWC (variables/), PyTorch NCHW (npz, pth)",
-          "run": {k: v for k, v in student.info.items() if k != "config"}, "files": {k: os.path.basename(v) for k, v in written.items()}, "notes": notes}
-  with open(os.path.join(out_dir, STUDENT_META), "w") as f:
-    json.dump(meta, f, indent=2)
-  written["meta"] = os.path.join(out_dir, STUDENT_META)
+          "run": {k: v for k, v in student.info.items() if k != "config"}, "files": {k: storage.basename(v) for k, v in written.items()}, "notes": notes}
+  written["meta"] = storage.join(out_dir, STUDENT_META)
+  storage.write_json(written["meta"], meta)  # last: an export directory is complete once it exists
   return written
 
 
@@ -237,10 +243,8 @@ def evaluate_workdir(config, workdir: str, which: str = "best") -> dict[str, Any
         + "".join(f"; {t.name}: top-1 {result['teacher/' + t.name]:.2f}%, agreement "
                   f"{result['agreement/' + t.name]:.2f}%, KL {result['kl/' + t.name]:.4f}" for t in teachers))
   if jax.process_index() == 0:
-    path = os.path.join(workdir, EVALUATION_FILE)
-    with open(path + ".tmp", "w") as f:
-      json.dump({k: _without_nan(v) for k, v in result.items()}, f, indent=2, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    path = storage.join(workdir, EVALUATION_FILE)
+    storage.write_text(path, json.dumps({k: _without_nan(v) for k, v in result.items()}, indent=2, allow_nan=False))
     print(f"written to {path}")
   return result
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import runs, train
+from mmkd_jax import runs, storage, train
 from mmkd_jax.data import sources
 from mmkd_jax.errors import ConfigError
 from mmkd_jax.teachers import cache as cache_lib
@@ -40,9 +39,9 @@ def checkpoint_path(config: ml_collections.ConfigDict, entry: ml_collections.Con
   if is_explicit(entry):
     return entry.checkpoint
   split = "".join(ch if ch.isalnum() else "_" for ch in (entry.get("train_split") or config.train_split))
-  dataset = os.path.basename(os.path.normpath(config.dataset))
+  dataset = storage.basename(config.dataset)
   dataset = f"{dataset}-{split.strip('_')}" if split else dataset
-  return os.path.join(config.teacher_dir, f"{dataset}_{entry.name}")
+  return storage.join(config.teacher_dir, f"{dataset}_{entry.name}")
 
 
 # What a trained teacher's parameters depend on besides its architecture and seed: the fields of
@@ -100,15 +99,14 @@ def identity_differences(recorded: dict[str, Any] | None, expected: dict[str, An
 def check_identity(config: ml_collections.ConfigDict, index: int, path: str) -> None:
   """Refuses a finished teacher in ``path`` whose recorded settings differ from the config's."""
   entry = config.teachers[index]
-  with open(os.path.join(path, TEACHER_META)) as f:
-    recorded = json.load(f).get("identity")
+  recorded = storage.read_json(storage.join(path, TEACHER_META)).get("identity")
   differences = identity_differences(recorded, identity(config, entry))
   if differences:
     raise StaleTeacherError(
-        f"teacher {entry.name!r}: {os.path.abspath(path)} was trained with other settings (recorded -> "
+        f"teacher {entry.name!r}: {storage.absolute(path)} was trained with other settings (recorded -> "
         f"this config): {'; '.join(differences)}. To train the new one beside it, give it another name "
         f"(--config.teachers[{index}].name={entry.name}_2) or another --config.teacher_dir; to use the "
-        f"existing one as it is, name it explicitly: --config.teachers[{index}].checkpoint={os.path.abspath(path)}")
+        f"existing one as it is, name it explicitly: --config.teachers[{index}].checkpoint={storage.absolute(path)}")
 
 
 def _missing_checkpoint(entry: ml_collections.ConfigDict, index: int, path: str) -> FileNotFoundError:
@@ -123,10 +121,10 @@ def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec |
   loaded = []
   for i, entry in enumerate(config.teachers):
     path = checkpoint_path(config, entry)
-    if not os.path.exists(path):
+    if not storage.exists(path):
       if is_explicit(entry):
         raise _missing_checkpoint(entry, i, path)
-      raise FileNotFoundError(f"teacher {entry.name!r}: {os.path.abspath(path)} does not exist. Train it with "
+      raise FileNotFoundError(f"teacher {entry.name!r}: {storage.absolute(path)} does not exist. Train it with "
                               "--config.mode=train_teacher (or mode=pipeline), or set "
                               f"config.teachers[{i}].checkpoint to its .pth / orbax directory")
     if not is_explicit(entry) and is_complete(path):
@@ -141,9 +139,9 @@ def check_trained_teachers(config: ml_collections.ConfigDict) -> None:
   any finished teacher that the config would reuse but that was trained with other settings."""
   for i, entry in enumerate(config.teachers):
     path = checkpoint_path(config, entry)
-    if entry.checkpoint and not os.path.exists(entry.checkpoint):
+    if entry.checkpoint and not storage.exists(entry.checkpoint):
       raise _missing_checkpoint(entry, i, entry.checkpoint)
-    if not is_explicit(entry) and os.path.isdir(path) and is_complete(path):
+    if not is_explicit(entry) and is_complete(path):
       check_identity(config, i, path)
     elif entry.checkpoint and not is_explicit(entry):  # to be fine-tuned: its start must load
       spec = sources.dataset_spec(config)
@@ -160,17 +158,17 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
   spent = 0.0
   for entry in config.teachers:
     path = checkpoint_path(config, entry)
-    if is_explicit(entry) or (os.path.isdir(path) and is_complete(path)):
+    if is_explicit(entry) or is_complete(path):
       continue
     runs.raise_if_stopped(f"before training teacher {entry.name!r}")
-    print(f"training teacher {entry.name!r} ({entry.arch}) on {config.dataset} -> {os.path.abspath(path)}", flush=True)
+    print(f"training teacher {entry.name!r} ({entry.arch}) on {config.dataset} -> {storage.absolute(path)}", flush=True)
     tc = training_config(config, entry)
     summary = train.train_and_evaluate(tc, path + ".run")
     state = summary["state"]
     if summary["status"] != "finished":
       raise runs.Preempted(
           f"stopped by SIGTERM while training teacher {entry.name!r} at step {int(jax.device_get(state.step))} "
-          f"(of {summary['steps_total']}; checkpoint saved in {os.path.abspath(path)}.run); run the same command to resume")
+          f"(of {summary['steps_total']}; checkpoint saved in {storage.absolute(path)}.run); run the same command to resume")
     spent += summary["wall_seconds"]
     variables = {"params": state.params["student"], "batch_stats": state.model_state["student"]}
     spec = sources.dataset_spec(config)
@@ -211,7 +209,7 @@ def cache_dir(config: ml_collections.ConfigDict, spec: cache_lib.CacheSpec) -> s
   if config.cache_dir:
     return config.cache_dir
   key = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode()).hexdigest()[:12]
-  return os.path.join(config.teacher_dir, "cache", f"{os.path.basename(os.path.normpath(config.dataset))}-{key}")
+  return storage.join(config.teacher_dir, "cache", f"{storage.basename(config.dataset)}-{key}")
 
 
 def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
@@ -222,14 +220,14 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
   directory = cache_dir(config, spec)
   if cache_lib.cache_exists(directory):
     cache_lib.TeacherCache(directory, spec)  # validates
-    print(f"teacher cache already present: {os.path.abspath(directory)}")
+    print(f"teacher cache already present: {storage.absolute(directory)}")
     return directory
   ds = dataset.spec
   variables = tuple(t.variables for t in loaded)
   forward = jax.jit(lambda v, images, index, replay: augmented_teacher_outputs(
       loaded, v, images, index, replay, config.augmentation_seed, ds, config.feature_layer))
   def producer(indices: np.ndarray, replay: int):
-    runs.raise_if_stopped(f"while precomputing the teacher cache {os.path.abspath(directory)} (an unfinished "
+    runs.raise_if_stopped(f"while precomputing the teacher cache {storage.absolute(directory)} (an unfinished "
                           "shard is never marked finished)")
     view = (config.augmentation_seed, replay) if ds.host_transform else None
     images = sources.read_records(dataset.train, indices, ds, view)["image"]
@@ -251,7 +249,7 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
   if pc > 1:  # every host writes its shard; all wait until the cache is whole
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices("mmkd_jax teacher cache written")
-  print(f"teacher cache written: {os.path.abspath(directory)}")
+  print(f"teacher cache written: {storage.absolute(directory)}")
   return directory
 
 

@@ -6,8 +6,6 @@ hooks (``mmkd_jax.methods``); the steps themselves are in ``mmkd_jax.steps``.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -16,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax import checkpoint, dispatch, evaluation, parallel, runs
+from mmkd_jax import checkpoint, dispatch, evaluation, parallel, runs, storage, workdir_lock
 from mmkd_jax.loop import Member, Program
 from mmkd_jax import loop as loop_lib
 from mmkd_jax import config as config_lib
@@ -178,7 +176,7 @@ def restore_or_init(setup: Setup, workdir: str, quiet: bool) -> tuple[TrainState
       print(f"resumed from checkpoint step {restored_step} in {workdir}")
   elif config.student_checkpoint:
     state = with_pretrained_student(setup, state)
-    host["student_init"] = {"checkpoint": os.path.abspath(config.student_checkpoint), "head": config.checkpoint_head,
+    host["student_init"] = {"checkpoint": storage.absolute(config.student_checkpoint), "head": config.checkpoint_head,
                             "fingerprint": fingerprint(jax.device_get({"params": state.params["student"],
                                                                        "batch_stats": state.model_state["student"]}))}
   return state, host, ckpt
@@ -235,8 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, teachers
   its checkpoints are found to belong to this run."""
   quiet = quiet or jax.process_index() != 0  # logging and progress from process 0 only
   setup = build(config, teachers, cache)
-  os.makedirs(workdir, exist_ok=True)
-  with checkpoint.WorkdirLock(workdir):
+  storage.makedirs(workdir)
+  with workdir_lock.WorkdirLock(workdir):
     return _train(setup, workdir, quiet)
 
 
@@ -244,10 +242,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The resolved config beside the checkpoints (they hold it too), written atomically; a valid
   ``--config`` for the same run."""
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(path + ".tmp", path)
+    storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
@@ -296,7 +291,4 @@ def run_summary(setup: Setup, host: dict[str, Any], status: str, started: float)
 
 def write_summary(summary: dict[str, Any], workdir: str) -> None:
   if jax.process_index() == 0:
-    path = os.path.join(workdir, "summary.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(summary, f, indent=2)
-    os.replace(path + ".tmp", path)
+    storage.write_json(storage.join(workdir, "summary.json"), summary)

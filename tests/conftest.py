@@ -54,3 +54,11 @@ def teacher_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A local GCS server (tests/fake_gcs.py) for the whole session; each test makes its buckets."""
+  from fake_gcs import fake_gcs  # pylint: disable=import-outside-toplevel
+  with fake_gcs() as server:
+    yield server

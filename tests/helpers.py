@@ -151,3 +151,14 @@ def metric_records(workdir):
   """metrics.jsonl without what differs between runs by nature (wall time, throughput)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in f]
+
+
+def files_below(directory) -> list[str]:
+  """Every file below ``directory``, and every directory but the empty ``tmp*tfds`` ones TFDS
+  4.9.10 leaves in TMPDIR each time it opens a dataset not prepared yet
+  (``DatasetInfo.initialize_from_bucket`` calls ``tempfile.mkdtemp("tfds")`` and never removes it)."""
+  found = []
+  for root, dirs, files in os.walk(directory):
+    found += [os.path.join(root, f) for f in files]
+    found += [os.path.join(root, d) for d in dirs if not (d.startswith("tmp") and d.endswith("tfds"))]
+  return found

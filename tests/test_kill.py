@@ -1,4 +1,5 @@
-"""Real kills: SIGTERM and SIGKILL at every stage of a pipeline in the default suite; the slow
+"""Real kills: SIGTERM and SIGKILL at every stage of a pipeline in the default suite (with every path on a
+bucket of a local GCS server, against the same pipeline on local disk); the slow
 variant SIGKILLs at six points of a pipeline run (teacher training, precompute, mid-epoch
 before any checkpoint, during an asynchronous checkpoint write, mid-epoch after an epoch boundary,
 right after a completed checkpoint), each followed by the same command; the final student, the
@@ -15,7 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import DIGITS, ROOT
+from mmkd_jax import storage
+
+from helpers import DIGITS, ROOT, files_below
 
 KILLS = [("teacher_step", 5), ("precompute", 3), ("step", 10), ("async_save", 1), ("step", 8), ("after_epoch", 1)]
 
@@ -33,26 +36,26 @@ def _args(tmp_path, name):
 
 def _final_state(workdir):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-  tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(steps[-1]), "state"))
+  workdir = str(workdir)
+  steps = sorted(int(d) for d in storage.listdir(storage.join(workdir, "checkpoints")) if d.isdigit())
+  tree = ocp.PyTreeCheckpointer().restore(storage.join(workdir, "checkpoints", str(steps[-1]), "state"))
   import jax  # pylint: disable=import-outside-toplevel
   return steps[-1], {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _fingerprints(teacher_dir):
   out = {}
-  for name in sorted(os.listdir(teacher_dir)):
-    meta = os.path.join(teacher_dir, name, "teacher.json")
-    if os.path.isfile(meta):
-      with open(meta) as f:
-        out[name] = json.load(f)["fingerprint"]
+  for name in storage.listdir(str(teacher_dir)):
+    meta = storage.join(str(teacher_dir), name, "teacher.json")
+    if storage.is_file(meta):
+      out[name] = storage.read_json(meta)["fingerprint"]
   return out
 
 
 def _metrics(workdir):
   """metrics.jsonl without what differs between runs by nature (wall time, throughput)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in f]
+  lines = storage.read_text(storage.join(str(workdir), "metrics.jsonl")).splitlines()
+  return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train/images_per_s")} for line in lines]
 
 
 def _assert_same_student_run(reference, other, final_step):
@@ -64,7 +67,7 @@ def _assert_same_student_run(reference, other, final_step):
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
   assert _metrics(reference) == _metrics(other)
-  summaries = [json.load(open(os.path.join(d, "summary.json"))) for d in (reference, other)]
+  summaries = [storage.read_json(storage.join(str(d), "summary.json")) for d in (reference, other)]
   for field in ("final_top1", "best_top1", "best_epoch", "teacher_accuracy", "epochs_completed"):
     assert summaries[0][field] == summaries[1][field], field
   return summaries[1]
@@ -97,7 +100,8 @@ CHAIN = [("term:teacher_step", 5, 0), ("teacher_step", 6, -signal.SIGKILL), ("te
 
 def _cache_records(teacher_dir):
   from mmkd_jax.teachers import cache  # pylint: disable=import-outside-toplevel
-  (directory,) = [os.path.join(teacher_dir, "cache", d) for d in os.listdir(os.path.join(teacher_dir, "cache"))]
+  cache_root = storage.join(str(teacher_dir), "cache")
+  (directory,) = [storage.join(cache_root, d) for d in storage.listdir(cache_root)]
   out = {}
   for shard, meta in cache._complete_shards(directory):  # pylint: disable=protected-access
     source = cache.TeacherOutputs(spec=cache.shard_spec(meta), data_dir=shard, index_range=tuple(meta["index_range"]),
@@ -105,22 +109,35 @@ def _cache_records(teacher_dir):
     for i in range(len(source)):
       record = source[i]
       out[(int(record["index"]), int(record["replay"]))] = {k: np.asarray(v) for k, v in record.items()}
-  return os.path.basename(directory), out
+  return storage.basename(directory), out
 
 
-def test_sigterm_and_sigkill_at_every_stage_resume_to_the_uninterrupted_run(tmp_path):
+def test_sigterm_and_sigkill_at_every_stage_on_a_bucket_resume_to_the_local_run(tmp_path, gcs):
+  """The pipeline with every path on gs:// (a local GCS server), run from an empty directory with
+  its own TMPDIR (a pod host shares no disk), interrupted at every stage by the CHAIN, ends where
+  the same pipeline on local disk does: teachers, cache, student, metrics; then mode=evaluate,
+  mode=export to the bucket and load_student from it agree with the local run's."""
   env = dict(_env(tmp_path), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  bucket = gcs.new_bucket("pipeline")
+  host = tmp_path / "host"  # the bucket run's working directory and TMPDIR: must stay empty
+  host.mkdir()
+  bucket_env = dict(env, **gcs.env, TMPDIR=str(host))
+  bucket_env.pop("TFDS_DATA_DIR")
+  where = {"ref": (str(tmp_path / "ref"), [], env, ROOT),
+           "stopped": (bucket + "/stopped", [f"--config.data_dir={bucket}/tfds"], bucket_env, str(host))}
 
-  def args(name):
-    return ["--config", f"{DIGITS}:smoke", "--workdir", str(tmp_path / name / "run"),
-            f"--config.teacher_dir={tmp_path / name / 'teachers'}"]
-  reference = subprocess.run([sys.executable, "-m", "mmkd_jax.main", *args("ref")], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=1200)
+  def command(name, *extra, worker=()):
+    root, data, run_env, cwd = where[name]
+    args = ["--config", f"{DIGITS}:smoke", "--workdir", storage.join(root, "run"),
+            f"--config.teacher_dir={storage.join(root, 'teachers')}", *data, *extra]
+    program = [os.path.join(ROOT, "tests", "kill_worker.py"), *worker, "--"] if worker else ["-m", "mmkd_jax.main"]
+    return subprocess.run([sys.executable, *program, *args], cwd=cwd, env=run_env, capture_output=True, text=True,
+                          timeout=1200)
+  reference = command("ref")
   assert reference.returncode == 0, reference.stderr[-3000:]
   for point, n, code in CHAIN:
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "kill_worker.py"), point, str(n), "--",
-                           *args("stopped")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    done = command("stopped", worker=(point, str(n)))
     assert done.returncode == code, (point, done.returncode, done.stderr[-3000:])
     if code == 0:
       stage = {"teacher_step": "while training teacher", "precompute": "while precomputing",
@@ -128,11 +145,9 @@ def test_sigterm_and_sigkill_at_every_stage_resume_to_the_uninterrupted_run(tmp_
       lines = [line for line in done.stdout.splitlines() if line.startswith("stopped by SIGTERM")]
       assert len(lines) == 1 and stage in lines[0] and "run the same command to resume" in lines[0], done.stdout[-2000:]
       assert "Traceback" not in done.stderr
-  teachers = tmp_path / "stopped" / "teachers"
-  assert not os.path.exists(teachers / "cache") or point != "precompute"
-  final = subprocess.run([sys.executable, "-m", "mmkd_jax.main", *args("stopped")], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1200)
+  final = command("stopped")
   assert final.returncode == 0, final.stderr[-3000:]
+  teachers = storage.join(where["stopped"][0], "teachers")
   assert _fingerprints(teachers) == _fingerprints(tmp_path / "ref" / "teachers") and len(_fingerprints(teachers)) == 2
   key_a, records_a = _cache_records(tmp_path / "ref" / "teachers")
   key_b, records_b = _cache_records(teachers)
@@ -140,8 +155,22 @@ def test_sigterm_and_sigkill_at_every_stage_resume_to_the_uninterrupted_run(tmp_
   for k, record in records_a.items():
     for field, value in record.items():
       np.testing.assert_array_equal(value, records_b[k][field], err_msg=f"{k} {field}")
-  stopped = _assert_same_student_run(tmp_path / "ref" / "run", tmp_path / "stopped" / "run", 44)
+  stopped = _assert_same_student_run(tmp_path / "ref" / "run", storage.join(where["stopped"][0], "run"), 44)
   assert all(stopped["stage_seconds"][s] > 0 for s in ("teacher_training", "precompute", "student"))
+  for name in where:
+    for mode in ("evaluate", "export"):
+      done = command(name, f"--config.mode={mode}", f"--config.export_dir={storage.join(where[name][0], 'export')}")
+      assert done.returncode == 0, (name, mode, done.stderr[-3000:])
+  evaluations = [storage.read_json(storage.join(where[name][0], "run", "evaluation.json")) for name in where]
+  assert evaluations[0] == evaluations[1]
+  import mmkd_jax  # pylint: disable=import-outside-toplevel
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  logits = {form: [mmkd_jax.load_student(storage.join(where[name][0], *path)).logits(images) for name in where]
+            for form, path in (("export", ("export",)), ("npz", ("export", "student.npz")), ("run", ("run",)))}
+  for form, (local, remote) in logits.items():
+    np.testing.assert_array_equal(local, remote, err_msg=form)
+  assert files_below(host) == []  # nothing of the bucket run on the host's disk
+
 
 
 @pytest.mark.slow  # ~5 min; the default suite stops inside a dispatch with stop_at_step (test_dispatch.py)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mmkd_jax import checkpoint
+from mmkd_jax import checkpoint, workdir_lock
 
 from helpers import DIGITS, ROOT
 
@@ -77,26 +77,10 @@ def test_pth_teacher_without_torch_names_the_extra(tmp_path):
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   workdir = tmp_path / "w"
   workdir.mkdir()
-  with checkpoint.WorkdirLock(str(workdir)):
+  with workdir_lock.WorkdirLock(str(workdir)):
     done = _cli("--config", f"{DIGITS}:none,smoke", "--workdir", str(workdir), "--config.mode=distill",
                 "--config.epochs=1", tmp_path=tmp_path)
   _one_line_error(done, "is in use by pid", str(os.getpid()))
-
-
-def test_lock_is_released_with_its_holder(tmp_path):
-  """Another process's lock refuses this one; the holder's death releases it. Within a process the
-  lock is re-entrant (the command holds it, the student stage takes it again)."""
-  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmkd_jax import checkpoint\n"
-                             f"with checkpoint.WorkdirLock({str(tmp_path)!r}):\n  print('held', flush=True); time.sleep(60)"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
-  assert holder.stdout.readline().strip() == "held"
-  with pytest.raises(checkpoint.WorkdirLockedError, match=f"in use by pid {holder.pid}"):
-    checkpoint.WorkdirLock(str(tmp_path)).__enter__()
-  holder.kill()
-  holder.wait()
-  with checkpoint.WorkdirLock(str(tmp_path)):
-    with checkpoint.WorkdirLock(str(tmp_path)):
-      pass
 
 
 def _tree_digest(*roots) -> dict:
@@ -140,7 +124,7 @@ def test_refused_commands_change_nothing_on_disk(tmp_path):
       args[args.index("--workdir"):args.index("--workdir") + 2] = []
     _one_line_error(_cli(*args, *extra, tmp_path=tmp_path), *fragments)
     assert _tree_digest(tmp_path) == before, extra
-  with checkpoint.WorkdirLock(str(workdir)):  # a second run while the first holds the work directory
+  with workdir_lock.WorkdirLock(str(workdir)):  # a second run while the first holds the work directory
     locked = _cli(*base, tmp_path=tmp_path)
   _one_line_error(locked, "is in use by pid")
   assert {k: v for k, v in _tree_digest(tmp_path).items() if not k.endswith(".lock")} == \

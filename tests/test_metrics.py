@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from mmkd_jax import storage
 from mmkd_jax.metrics import MetricWriter, StepLog, mean_metrics
 
 
@@ -100,3 +101,31 @@ def test_tensorboard_reads_the_scalars_and_vectors_the_writer_logs(tmp_path):
   with open(tmp_path / "metrics.jsonl") as f:
     first = json.loads(f.readline())
   assert first["test/per_class_top1/0"] == 50.0 and "test/per_class_top1/1" not in first
+
+
+def test_on_a_bucket_the_log_is_whole_at_each_flush_and_a_resume_drops_what_followed(gcs, tmp_path):
+  """Object stores cannot append: the writer keeps the log and rewrites the object at each flush
+  (the loop flushes before every checkpoint), so a kill loses only records after the last one."""
+  workdir = gcs.new_bucket("metrics") + "/run"
+  path = storage.join(workdir, "metrics.jsonl")
+  writer = MetricWriter(workdir)
+  for step in (0, 10, 20):
+    writer.write(step, {"train/loss": float(step)})
+  assert not storage.exists(path)
+  writer.flush()
+  writer.write(30, {"train/loss": 30.0})  # then killed: never flushed
+  writer.tb.close()  # (in a real kill TensorBoard's writer dies too: here it would flush at exit)
+  steps = [json.loads(line)["step"] for line in storage.read_text(path).splitlines()]
+  assert steps == [0, 10, 20]
+  writer = MetricWriter(workdir, resume_step=10)  # the checkpoint it resumes from is step 10
+  assert [json.loads(line)["step"] for line in storage.read_text(path).splitlines()] == [0, 10]
+  writer.write(20, {"train/loss": 20.5})
+  writer.close()
+  records = [json.loads(line) for line in storage.read_text(path).splitlines()]
+  assert [r["step"] for r in records] == [0, 10, 20] and records[-1]["train/loss"] == 20.5
+  accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+  for name in storage.listdir(storage.join(workdir, "tensorboard")):  # TensorBoard's events, on the bucket too
+    (tmp_path / name).write_bytes(storage.as_path(storage.join(workdir, "tensorboard", name)).read_bytes())
+  events = accumulator.EventAccumulator(str(tmp_path))
+  events.Reload()
+  assert (20, 20.5) in [(e.step, e.value) for e in events.Scalars("train/loss")]

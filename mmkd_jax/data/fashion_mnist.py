@@ -14,11 +14,11 @@ Augmentation (the usual one for 28x28 data, our choice): zero-pad by 3 (= 28 // 
 from __future__ import annotations
 
 import gzip
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmkd_jax import storage
 from mmkd_jax.data.sources import register_dataset
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
@@ -42,12 +42,11 @@ def _missing(path: str) -> FileNotFoundError:
 
 def read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
   """The uint8 array of a (gzipped) IDX file, its magic number and byte count checked."""
-  if not os.path.isfile(path):
+  if not storage.is_file(path):
     raise _missing(path)
-  opener = gzip.open if path.endswith(".gz") else open
   try:
-    with opener(path, "rb") as f:
-      data = f.read()
+    data = storage.as_path(path).read_bytes()
+    data = gzip.decompress(data) if path.endswith(".gz") else data
   except (OSError, EOFError) as e:
     raise IdxFormatError(f"{path}: cannot be read ({e}); reinstall dataset-fashion-mnist") from e
   header = 4 + 4 * ndim
@@ -66,14 +65,14 @@ def read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
 def load_split(source_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(images (N, 28, 28, 1) uint8, labels (N,) int64) of ``split``, checked."""
   image_file, label_file, official = FILES[split]
-  images = read_idx(os.path.join(source_dir, image_file), _IMAGE_MAGIC, 3)
-  labels = read_idx(os.path.join(source_dir, label_file), _LABEL_MAGIC, 1)
+  images = read_idx(storage.join(source_dir, image_file), _IMAGE_MAGIC, 3)
+  labels = read_idx(storage.join(source_dir, label_file), _LABEL_MAGIC, 1)
   if images.shape[1:] != (28, 28):
-    raise IdxFormatError(f"{os.path.join(source_dir, image_file)}: images of {images.shape[1:]}, expected (28, 28)")
+    raise IdxFormatError(f"{storage.join(source_dir, image_file)}: images of {images.shape[1:]}, expected (28, 28)")
   if len(labels) != len(images):
     raise IdxFormatError(f"{source_dir}: {len(images)} {split} images but {len(labels)} labels")
   if labels.max(initial=0) > 9:
-    raise IdxFormatError(f"{os.path.join(source_dir, label_file)}: label {labels.max()} outside 0..9")
+    raise IdxFormatError(f"{storage.join(source_dir, label_file)}: label {labels.max()} outside 0..9")
   if len(images) != official:
     print(f"note: fashion_mnist {split} has {len(images)} images in {source_dir} (the official "
           f"split has {official})")

@@ -16,11 +16,11 @@ encoded files and cut to size on the host (``data/transforms.py``), as the refer
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmkd_jax import storage
 from mmkd_jax.data.sources import register_dataset
 
 
@@ -42,8 +42,8 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _check(self, *parts: str) -> str:
-    path = os.path.join(self._source_dir, *parts)
-    if not self._source_dir or not os.path.exists(path):
+    path = storage.join(self._source_dir, *parts) if self._source_dir else ""
+    if not path or not storage.exists(path):
       raise _missing(self.NAME_, path or "config.dataset_source_dir (empty)", self.LAYOUT)
     return path
 
@@ -79,13 +79,12 @@ class Mit67(_FolderBuilder):
   LAYOUT = "Images/<category>/*.jpg, TrainImages.txt, TestImages.txt"
 
   def _classes(self) -> list[str]:
-    return sorted(os.listdir(self._check("Images")))
+    return storage.listdir(self._check("Images"))
 
   def _splits(self):
     out = {}
     for split, listing in (("train", "TrainImages.txt"), ("test", "TestImages.txt")):
-      with open(self._check(listing)) as f:
-        entries = [line.strip() for line in f if line.strip()]
+      entries = [line.strip() for line in storage.read_text(self._check(listing)).splitlines() if line.strip()]
       out[split] = [(self._check("Images", e), e.split("/")[0]) for e in entries]
     return out
 
@@ -99,15 +98,14 @@ class TinyImagenet(_FolderBuilder):
   LAYOUT = "wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt"
 
   def _classes(self) -> list[str]:
-    with open(self._check("wnids.txt")) as f:
-      return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in storage.read_text(self._check("wnids.txt")).splitlines() if line.strip()]
 
   def _splits(self):
     train = []
     for wnid in self._classes():
       folder = self._check("train", wnid, "images")
-      train += [(os.path.join(folder, f), wnid) for f in sorted(os.listdir(folder))]
-    with open(self._check("val", "val_annotations.txt")) as f:
-      rows = [line.split("\t") for line in f if line.strip()]
+      train += [(storage.join(folder, f), wnid) for f in storage.listdir(folder)]
+    rows = [line.split("\t") for line in storage.read_text(self._check("val", "val_annotations.txt")).splitlines()
+            if line.strip()]
     validation = [(self._check("val", "images", r[0]), r[1].strip()) for r in rows]
     return {"train": train, "validation": validation}

@@ -18,12 +18,15 @@ import dataclasses
 import functools
 import inspect
 import os
+import tempfile
 from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmkd_jax import storage
 from mmkd_jax.errors import UnknownNameError
 from mmkd_jax.registry import Registry, origin_of
 
@@ -112,8 +115,8 @@ def default_data_dir() -> str:
 def _entry(name: str) -> DatasetEntry:
   if name in DATASETS:
     return DATASETS.get(name)
-  if os.path.isdir(os.path.expanduser(name)):
-    return DatasetEntry(builder=lambda **_: tfds.builder_from_directory(os.path.expanduser(name)))
+  if storage.is_url(name) and storage.is_dir(name) or os.path.isdir(os.path.expanduser(name)):
+    return DatasetEntry(builder=lambda **_: tfds.builder_from_directory(storage.for_library(name)))
   return DatasetEntry(tfds_name=name)
 
 
@@ -148,11 +151,30 @@ def prepare(name: str, data_dir: str | None = None, allow_download: bool = False
   ``allow_download`` (``python -m mmkd_jax.data.prepare``), never during a run.
   """
   data_dir = data_dir or default_data_dir()
+  if jax.process_count() > 1:  # one process prepares, the others wait for it
+    if jax.process_index() == 0:
+      _prepare(name, data_dir, allow_download, source_dir)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f"mmkd_jax dataset {name} prepared")
+  _prepare(name, data_dir, allow_download, source_dir)
+
+
+def _prepare(name: str, data_dir: str, allow_download: bool, source_dir: str) -> None:
   b = builder(name, data_dir, source_dir)
   if b.is_prepared():
     return
   if _entry(name).offline or allow_download:
-    b.download_and_prepare(file_format="array_record")
+    if not storage.is_url(data_dir):
+      b.download_and_prepare(file_format="array_record")
+      return
+    # array_record writes local files only: prepare on local disk, then upload the dataset's
+    # version directory with TFDS's marker (dataset_info.json) last
+    with tempfile.TemporaryDirectory(prefix="mmkd_jax_prepare_") as local:
+      staged = builder(name, local, source_dir)
+      staged.download_and_prepare(file_format="array_record")
+      relative = os.path.relpath(os.fspath(staged.data_path), local)
+      storage.upload_tree(os.fspath(staged.data_path), storage.join(data_dir, *relative.split(os.sep)),
+                          last=("dataset_info.json",))
     return
   raise FileNotFoundError(
       f"dataset {name!r} is not prepared under {data_dir}. Prepare it once on a machine with "

@@ -19,8 +19,6 @@ shards (any host count can read any shard count).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -28,6 +26,8 @@ import ml_dtypes
 import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
+
+from mmkd_jax import storage
 
 CACHE_META_FILE = "mmkd_teacher_cache.json"
 STORAGE_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
@@ -191,52 +191,50 @@ def shard_range(num_examples: int, shard: int, num_shards: int) -> tuple[int, in
 
 
 def _shard_dir(cache_dir: str, shard: int, num_shards: int) -> str:
-  return os.path.join(cache_dir, f"shard{shard:03d}of{num_shards:03d}")
+  return storage.join(cache_dir, f"shard{shard:03d}of{num_shards:03d}")
 
 
 def _version_dir(shard_dir: str) -> str:
-  return os.path.join(shard_dir, "teacher_outputs", str(TeacherOutputs.VERSION))
+  return storage.join(shard_dir, "teacher_outputs", str(TeacherOutputs.VERSION))
 
 
 def _shard_dirs(cache_dir: str) -> list[str]:
-  if not os.path.isdir(cache_dir):
-    return []
-  return sorted(os.path.join(cache_dir, d) for d in os.listdir(cache_dir) if d.startswith("shard"))
+  return [storage.join(cache_dir, d) for d in storage.listdir(cache_dir) if d.startswith("shard")]
 
 
 def write_cache(cache_dir: str, spec: CacheSpec, producer: Producer, batch_size: int = 256,
                 shard: int = 0, num_shards: int = 1, started: float | None = None) -> None:
   """Builds shard ``shard`` of ``num_shards`` of the cache (refuses to overwrite an existing one);
-  its metadata records the seconds since ``started`` (default: this call)."""
+  its metadata records the seconds since ``started`` (default: this call). On an object store the
+  shard is built on local disk and uploaded (array_record writes local files only)."""
   started = time.time() if started is None else started
   directory = _shard_dir(cache_dir, shard, num_shards)
-  if os.path.exists(os.path.join(_version_dir(directory), CACHE_META_FILE)):
+  if storage.exists(storage.join(_version_dir(directory), CACHE_META_FILE)):
     raise FileExistsError(f"a teacher cache already exists in {directory}; remove it or choose "
                           "another cache_dir")
   index_range = shard_range(spec.num_examples, shard, num_shards)
-  builder = TeacherOutputs(spec=spec, producer=producer, batch_size=batch_size, index_range=index_range,
-                           data_dir=directory, file_format="array_record")
-  builder.download_and_prepare(file_format="array_record")
-  # The marker is written after TFDS's atomic rename: a shard without it is not accepted.
-  tmp = os.path.join(_version_dir(directory), CACHE_META_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(dict(spec.to_json(), shard=shard, num_shards=num_shards, index_range=list(index_range),
-                   seconds=round(time.time() - started, 3)), f, indent=2)
-  os.replace(tmp, os.path.join(_version_dir(directory), CACHE_META_FILE))
+  with storage.staged(directory, last=(CACHE_META_FILE,)) as local:
+    builder = TeacherOutputs(spec=spec, producer=producer, batch_size=batch_size, index_range=index_range,
+                             data_dir=local, file_format="array_record")
+    builder.download_and_prepare(file_format="array_record")
+    # The marker is written after TFDS's atomic rename (and uploaded last): a shard without it
+    # is not accepted.
+    storage.write_json(storage.join(_version_dir(local), CACHE_META_FILE),
+                       dict(spec.to_json(), shard=shard, num_shards=num_shards, index_range=list(index_range),
+                            seconds=round(time.time() - started, 3)))
 
 
 def _complete_shards(cache_dir: str) -> list[tuple[str, dict[str, Any]]]:
   shards = []
   for directory in _shard_dirs(cache_dir):
-    marker = os.path.join(_version_dir(directory), CACHE_META_FILE)
-    if os.path.isfile(marker):
-      with open(marker) as f:
-        shards.append((directory, json.load(f)))
+    marker = storage.join(_version_dir(directory), CACHE_META_FILE)
+    if storage.is_file(marker):
+      shards.append((directory, storage.read_json(marker)))
   return shards
 
 
 def shard_exists(cache_dir: str, shard: int, num_shards: int) -> bool:
-  return os.path.isfile(os.path.join(_version_dir(_shard_dir(cache_dir, shard, num_shards)), CACHE_META_FILE))
+  return storage.is_file(storage.join(_version_dir(_shard_dir(cache_dir, shard, num_shards)), CACHE_META_FILE))
 
 
 def cache_exists(cache_dir: str) -> bool:

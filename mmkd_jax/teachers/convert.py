@@ -9,7 +9,6 @@ scale/bias (params) and mean/var (batch_stats).
 
 from __future__ import annotations
 
-import os
 import pickle
 from typing import Any, Mapping
 
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmkd_jax import storage
 from mmkd_jax.models import classifier_name, get_model
 
 # (collection, flax leaf name) -> PyTorch parameter name.
@@ -124,10 +124,10 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
   state_dict, are both accepted; a ``module.`` prefix from DataParallel is removed.
   ``trust_pickle`` allows arbitrary pickled objects (only for files you trust).
   """
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"checkpoint file not found: {path}")
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as npz:
+    with storage.as_path(path).open("rb") as f, np.load(f, allow_pickle=False) as npz:
       return {k: npz[k] for k in npz.files}
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -137,7 +137,8 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
         "`pip install -e '.[torch]'` (or `pip install torch`), or convert it to .npz elsewhere "
         "with {k: v.numpy() for k, v in state_dict.items()}") from e
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    with storage.as_path(path).open("rb") as f:
+      obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle)
   except pickle.UnpicklingError as e:
     raise ConversionError(
         f"{path} holds objects besides tensors and refuses to load safely ({e}). If you trust the "
@@ -170,7 +171,7 @@ def load_pretrained(arch: str, num_classes: int, path: str, image_shape: tuple[i
   model = get_model(arch, num_classes)
   template = initial if initial is not None else jax.eval_shape(
       model.init, jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))
-  state_dict = _orbax_state_dict(arch, path) if os.path.isdir(path) else load_state_dict(path, trust_pickle)
+  state_dict = _orbax_state_dict(arch, path) if storage.is_dir(path) else load_state_dict(path, trust_pickle)
   keep = None
   if head == "reinit":
     if initial is None:

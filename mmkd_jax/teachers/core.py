@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import os
 from typing import Any, Sequence
 
 import jax
@@ -19,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mmkd_jax import storage
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.teachers import convert
 from mmkd_jax.models import get_model, with_compute_dtype
@@ -54,47 +53,52 @@ def fingerprint(variables: PyTree) -> str:
 
 
 def is_complete(directory: str) -> bool:
-  return os.path.isfile(os.path.join(directory, TEACHER_META))
+  return storage.is_file(storage.join(directory, TEACHER_META))
 
 
 def save_teacher(directory: str, arch: str, num_classes: int, variables: PyTree,
                  metadata: dict[str, Any]) -> None:
-  """Writes a teacher atomically enough: orbax's own atomic save, then the JSON marker."""
-  directory = os.path.abspath(directory)
+  """Writes a teacher: orbax's own atomic save (every process, as orbax wants), then the JSON
+  marker (process 0), then a barrier, so that no host reads the teacher before it is whole."""
+  directory = storage.absolute(directory)
   if is_complete(directory):
     raise FileExistsError(f"teacher {directory} already exists; refusing to overwrite it")
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)
+  target = storage.join(directory, "variables")
+  if jax.process_index() == 0 and storage.exists(target):  # leftovers of an interrupted save
+    storage.remove_tree(target)
+  _sync("teacher variables cleared")
   checkpointer = ocp.StandardCheckpointer()
-  target = os.path.join(directory, "variables")
-  if os.path.exists(target):  # leftovers of an interrupted save
-    import shutil  # pylint: disable=import-outside-toplevel
-    shutil.rmtree(target)
   checkpointer.save(target, jax.device_get(variables))
   checkpointer.wait_until_finished()
-  meta = dict(metadata, arch=arch, num_classes=num_classes, fingerprint=fingerprint(variables))
-  tmp = os.path.join(directory, TEACHER_META + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=2)
-  os.replace(tmp, os.path.join(directory, TEACHER_META))
+  if jax.process_index() == 0:
+    meta = dict(metadata, arch=arch, num_classes=num_classes, fingerprint=fingerprint(variables))
+    storage.write_json(storage.join(directory, TEACHER_META), meta)
+  _sync("teacher written")
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f"mmkd_jax {name}")
 
 
 def load_teacher(name: str, arch: str, num_classes: int, checkpoint: str,
                  image_shape: tuple[int, int, int], trust_pickle: bool = False) -> Teacher:
   """Loads a teacher from an orbax teacher directory or a PyTorch ``.pth``/``.npz`` file
   (``image_shape``: (H, W, C) of the images it will see)."""
-  if os.path.isdir(checkpoint):
+  if storage.is_dir(checkpoint):
     if not is_complete(checkpoint):
       raise FileNotFoundError(f"teacher {name!r}: {checkpoint} has no {TEACHER_META}; it is not a "
                               "finished teacher (train it with mode=train_teacher)")
-    with open(os.path.join(checkpoint, TEACHER_META)) as f:
-      meta = json.load(f)
+    meta = storage.read_json(storage.join(checkpoint, TEACHER_META))
     if meta["arch"] != arch or int(meta["num_classes"]) != num_classes:
       raise ValueError(f"teacher {name!r}: {checkpoint} holds a {meta['arch']} with "
                        f"{meta['num_classes']} classes, the config asks for {arch} with {num_classes}")
     model = get_model(arch, num_classes)
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
     try:
-      variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(checkpoint), "variables"),
+      variables = ocp.StandardCheckpointer().restore(storage.join(storage.absolute(checkpoint), "variables"),
                                                      abstract)
     except Exception as e:  # orbax raises several types for damaged files
       raise ValueError(f"teacher {name!r}: cannot restore {checkpoint}/variables ({e}); "
