@@ -18,6 +18,7 @@ Object stores have no directories, no append and no atomic rename, so the rules 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -163,15 +164,32 @@ def upload_tree(local_dir: PathLike, target: PathLike, last: Sequence[str] = ())
 
 
 @contextlib.contextmanager
+def staging_dir(target: PathLike) -> Iterator[str]:
+  """An empty local directory (under TMPDIR) to build what goes to ``target`` in, removed
+  afterwards. The same target gets the same directory, so what a killed build left there (a
+  teacher-cache shard can be gigabytes) is removed by the next build instead of piling up."""
+  root = os.path.join(tempfile.gettempdir(), "mmkd_jax_staging")
+  local = os.path.join(root, hashlib.sha256(absolute(target).encode()).hexdigest()[:16])
+  shutil.rmtree(local, ignore_errors=True)
+  os.makedirs(local)
+  try:
+    yield local
+  finally:
+    shutil.rmtree(local, ignore_errors=True)
+    with contextlib.suppress(OSError):  # others may be staging beside it
+      os.rmdir(root)
+
+
+@contextlib.contextmanager
 def staged(target: PathLike, last: Sequence[str] = ()) -> Iterator[str]:
-  """A local directory to build ``target`` in: ``target`` itself when local; for a URL a
-  temporary directory (under TMPDIR) uploaded to ``target`` when the block succeeds, markers
-  (``last``) at the end. For writers that cannot write to object stores (array_record)."""
+  """A local directory to build ``target`` in: ``target`` itself when local; for a URL a staging
+  directory uploaded to ``target`` when the block succeeds, markers (``last``) at the end. For
+  writers that cannot write to object stores (array_record)."""
   if not is_url(target):
     makedirs(target)
     yield absolute(target)
     return
-  with tempfile.TemporaryDirectory(prefix="mmkd_jax_stage_") as local:
+  with staging_dir(target) as local:
     yield local
     upload_tree(local, target, last)
 

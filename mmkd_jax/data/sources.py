@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import inspect
 import os
-import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -169,7 +168,7 @@ def _prepare(name: str, data_dir: str, allow_download: bool, source_dir: str) ->
       return
     # array_record writes local files only: prepare on local disk, then upload the dataset's
     # version directory with TFDS's marker (dataset_info.json) last
-    with tempfile.TemporaryDirectory(prefix="mmkd_jax_prepare_") as local:
+    with storage.staging_dir(storage.join(data_dir, name)) as local:
       staged = builder(name, local, source_dir)
       staged.download_and_prepare(file_format="array_record")
       relative = os.path.relpath(os.fspath(staged.data_path), local)
