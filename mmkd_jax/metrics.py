@@ -27,14 +27,13 @@ class MetricWriter:
       return
     self.path = storage.join(workdir, "metrics.jsonl")
     self.remote = storage.is_url(workdir)
-    kept = _records_until(self.path, resume_step)
+    logged = storage.read_text(self.path).splitlines(keepends=True) if storage.is_file(self.path) else []
+    kept = _records_until(logged, resume_step)
+    if kept != logged:
+      storage.write_text(self.path, "".join(kept))
     if self.remote:  # object stores cannot append: the log is kept here and rewritten whole
       self.lines, self.uploaded = kept, len(kept)
-      if kept != _read_lines(self.path):
-        self._upload()
     else:
-      if kept != _read_lines(self.path):
-        storage.write_text(self.path, "".join(kept))
       self.jsonl = storage.as_path(self.path).open("a")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -73,13 +72,10 @@ class MetricWriter:
     """Makes every record written so far durable: on an object store the loop calls it with each
     checkpoint, so the log always reaches at least the step a resumed run starts from."""
     if self.enabled and self.remote and self.uploaded != len(self.lines):
-      self._upload()
+      storage.write_text(self.path, "".join(self.lines))
+      self.uploaded = len(self.lines)
     if self.enabled and self.tb is not None:
       self.tb.flush()
-
-  def _upload(self) -> None:
-    storage.write_text(self.path, "".join(self.lines))
-    self.uploaded = len(self.lines)
 
   def close(self) -> None:
     if self.enabled:
@@ -125,15 +121,11 @@ def _route_tensorboard_through_storage(url: str) -> None:
   record_writer.register_writer_factory(url.split("://")[0], _ObjectEventFiles())
 
 
-def _read_lines(path: str) -> list[str]:
-  return storage.read_text(path).splitlines(keepends=True) if storage.is_file(path) else []
-
-
-def _records_until(path: str, step: int) -> list[str]:
-  """The lines of ``path`` logged at steps up to ``step`` (dropping a torn last line of a killed
-  writer): what a run resumed from ``step`` keeps."""
+def _records_until(lines: list[str], step: int) -> list[str]:
+  """The lines of a log for steps up to ``step`` (dropping a torn last line of a killed writer):
+  what a run resumed from ``step`` keeps."""
   kept = []
-  for line in _read_lines(path):
+  for line in lines:
     try:
       record = json.loads(line)
     except json.JSONDecodeError:

@@ -23,6 +23,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 PyTree = Any
 
 
+def sync_hosts(name: str) -> None:
+  """Every process waits here until all have arrived (a no-op on one process): after one host
+  wrote what the others are about to read."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(f"mmkd_jax {name}")
+
+
 def data_mesh(replica_shards: int = 1) -> jax.sharding.Mesh:
   """Every device, as ``replica_shards`` groups (the 'replica' axis) of data-parallel devices."""
   devices = np.asarray(jax.devices())

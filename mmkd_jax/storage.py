@@ -138,29 +138,23 @@ def move_tree(source: PathLike, target: PathLike) -> None:
     os.makedirs(os.path.dirname(absolute(target)), exist_ok=True)
     shutil.move(absolute(source), absolute(target))
     return
-  source, target = absolute(source), absolute(target)
-  for directory, _, files in walk(source):
-    for name in files:
-      relative = posixpath.relpath(join(directory, name), source) if is_url(source) else os.path.relpath(
-          os.path.join(directory, name), source)
-      destination = as_path(join(target, *relative.split(os.sep)))
-      if not is_url(target):
-        destination.parent.mkdir(parents=True, exist_ok=True)
-      as_path(join(directory, name)).copy(destination, overwrite=True)
+  copy_tree(source, target)
   as_path(source).rmtree()
 
 
-def upload_tree(local_dir: PathLike, target: PathLike, last: Sequence[str] = ()) -> None:
-  """Copies every file below ``local_dir`` to ``target``; files named in ``last`` (markers)
-  go after all the others, so a reader that trusts the marker finds everything it vouches for."""
-  root = os.path.abspath(os.fspath(local_dir))
-  files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+def copy_tree(source: PathLike, target: PathLike, last: Sequence[str] = ()) -> None:
+  """Copies every file below ``source`` to ``target`` (either local or a URL); files named in
+  ``last`` (markers) go after all the others, so a reader that trusts the marker finds everything
+  it vouches for."""
+  source, target = absolute(source), absolute(target)
+  relpath = posixpath.relpath if is_url(source) else os.path.relpath
+  files = sorted(relpath(join(directory, name), source) for directory, _, names in walk(source) for name in names)
   files.sort(key=lambda f: os.path.basename(f) in last)  # stable: markers at the end
-  for rel in files:
-    destination = as_path(join(target, *rel.split(os.sep)))
+  for relative in files:
+    destination = as_path(join(target, *relative.split(os.sep)))
     if not is_url(target):
       destination.parent.mkdir(parents=True, exist_ok=True)
-    epath.Path(os.path.join(root, rel)).copy(destination, overwrite=True)
+    as_path(join(source, *relative.split(os.sep))).copy(destination, overwrite=True)
 
 
 @contextlib.contextmanager
@@ -191,7 +185,7 @@ def staged(target: PathLike, last: Sequence[str] = ()) -> Iterator[str]:
     return
   with staging_dir(target) as local:
     yield local
-    upload_tree(local, target, last)
+    copy_tree(local, target, last)
 
 
 def for_library(path: PathLike) -> str:

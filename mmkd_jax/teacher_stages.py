@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import runs, storage, train
+from mmkd_jax import parallel, runs, storage, train
 from mmkd_jax.data import sources
 from mmkd_jax.errors import ConfigError
 from mmkd_jax.teachers import cache as cache_lib
@@ -246,9 +246,7 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
       runs.raise_if_stopped("before precomputing the teacher cache")
       cache_lib.write_cache(directory, spec, producer, batch_size=256, shard=shard, num_shards=pc * per_host,
                             started=started)
-  if pc > 1:  # every host writes its shard; all wait until the cache is whole
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices("mmkd_jax teacher cache written")
+  parallel.sync_hosts("teacher cache written")  # every host writes its shard; all wait until the cache is whole
   print(f"teacher cache written: {storage.absolute(directory)}")
   return directory
 

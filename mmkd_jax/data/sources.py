@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmkd_jax import storage
+from mmkd_jax import parallel, storage
 from mmkd_jax.errors import UnknownNameError
 from mmkd_jax.registry import Registry, origin_of
 
@@ -153,8 +153,7 @@ def prepare(name: str, data_dir: str | None = None, allow_download: bool = False
   if jax.process_count() > 1:  # one process prepares, the others wait for it
     if jax.process_index() == 0:
       _prepare(name, data_dir, allow_download, source_dir)
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(f"mmkd_jax dataset {name} prepared")
+    parallel.sync_hosts(f"dataset {name} prepared")
   _prepare(name, data_dir, allow_download, source_dir)
 
 
@@ -172,7 +171,7 @@ def _prepare(name: str, data_dir: str, allow_download: bool, source_dir: str) ->
       staged = builder(name, local, source_dir)
       staged.download_and_prepare(file_format="array_record")
       relative = os.path.relpath(os.fspath(staged.data_path), local)
-      storage.upload_tree(os.fspath(staged.data_path), storage.join(data_dir, *relative.split(os.sep)),
+      storage.copy_tree(os.fspath(staged.data_path), storage.join(data_dir, *relative.split(os.sep)),
                           last=("dataset_info.json",))
     return
   raise FileNotFoundError(

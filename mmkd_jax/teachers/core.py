@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mmkd_jax import storage
+from mmkd_jax import parallel, storage
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.teachers import convert
 from mmkd_jax.models import get_model, with_compute_dtype
@@ -67,20 +67,14 @@ def save_teacher(directory: str, arch: str, num_classes: int, variables: PyTree,
   target = storage.join(directory, "variables")
   if jax.process_index() == 0 and storage.exists(target):  # leftovers of an interrupted save
     storage.remove_tree(target)
-  _sync("teacher variables cleared")
+  parallel.sync_hosts("teacher variables cleared")
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(target, jax.device_get(variables))
   checkpointer.wait_until_finished()
   if jax.process_index() == 0:
     meta = dict(metadata, arch=arch, num_classes=num_classes, fingerprint=fingerprint(variables))
     storage.write_json(storage.join(directory, TEACHER_META), meta)
-  _sync("teacher written")
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(f"mmkd_jax {name}")
+  parallel.sync_hosts("teacher written")
 
 
 def load_teacher(name: str, arch: str, num_classes: int, checkpoint: str,
