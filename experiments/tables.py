@@ -105,6 +105,16 @@ def _pool_methods(pool: str) -> tuple:
   return tuple(methods)
 
 
+def _mmkd_diagnostics(pool: str) -> tuple[Variant, ...]:
+  """MMKD as chosen for the pool, then one switch at a time (experiments/meta_diagnostics.py reads
+  what the weight networks did in each)."""
+  feat = f"weights.feat={_POOL_CHOICES[pool]['feat']}"
+  return (Variant("mmkd", (feat,), f"MMKD ({feat})"),
+          Variant("mmkd", (feat, "mmkd.feature_input=cosine"), "MMKD, cosine feature-weight input"),
+          Variant("mmkd", ("weights.feat=0.0",), "MMKD, logit weights only (weights.feat=0)"),
+          Variant("mmkd", (feat, "meta.lr=0.01"), "MMKD, meta.lr=1e-2 (10x)"))
+
+
 def _pool_row(pool: str, validation: bool = False) -> Row:
   return Row(_POOL_LABELS[pool] + (" (validation)" if validation else ""), "configs/fashion_mnist.py",
              f"pool={pool}" + (",val" if validation else ""), competence=_POOL_CHOICES[pool]["competence"] or "")
@@ -149,6 +159,14 @@ TABLES: dict[str, Table] = {
         baseline="aver" + (",oracle" if _POOL_CHOICES[pool]["competence"] is not None else ""),
         group=f"fashion_mnist_{pool}")
        for pool in _POOL_LABELS},
+    **{f"fashion_mnist_{pool}_mmkd": Table(
+        title=f"Fashion-MNIST, {pool} teachers: why MMKD's weights do (not) route (same setting, 3 seeds)",
+        rows=(_pool_row(pool),), methods=_mmkd_diagnostics(pool),
+        baseline=_mmkd_diagnostics(pool)[0].slug, group=f"fashion_mnist_{pool}",
+        note=("Switches, not defaults: the feature-weight network's input normalised (its raw Gram "
+              "input saturates the softmax: one-hot weights, zero hypergradient), the logit weights "
+              "alone, and a 10x meta learning rate (meta.lr, Adam)."))
+       for pool in _POOL_LABELS if _POOL_CHOICES[pool]["feat"] is not None},
     "fashion_mnist_replays": Table(
         title="Fashion-MNIST, homogeneous teachers, 40 epochs: precomputed teachers (8 replays) against online",
         rows=(Row("resnet20, wrn_16_2, vgg8 -> resnet8, 40 epochs", "configs/fashion_mnist.py", None,

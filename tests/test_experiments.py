@@ -326,3 +326,41 @@ def test_curves_use_the_evaluated_epochs_of_every_seed(tmp_path):
   epochs, values = reproduce.curve_points(str(tmp_path), row, variant, 2)
   assert epochs == [2, 4] and values.tolist() == [[20.0, 40.0], [21.0, 41.0]]
   assert reproduce.plot_curves(str(tmp_path), row, [variant], 2, str(tmp_path / "curves.png"))
+
+
+def test_meta_diagnostics_reads_the_epoch_records_of_both_weight_networks(tmp_path, capsys):
+  """Only epoch-end records count; each network's one-hot fraction, hypergradient norm and mean
+  weights per teacher come from its own keys; a directory without metrics.jsonl exits 2."""
+  import meta_diagnostics  # pylint: disable=import-outside-toplevel
+  def record(epoch, onehot, norm, w):
+    r = {"step": 10 * (epoch or 0), "test/top1": 50.0 + (epoch or 0), "train/diag/logits_weights_onehot": 0.0,
+         "train/diag/feature_weights_onehot": onehot, "train/hypergrad_norm/logits_weight": 3.0,
+         "train/hypergrad_norm/feature_weight": norm, "teacher_weights/per_class": [[0.5, 0.5]],
+         "teacher_weights/logits/a": 0.25, "teacher_weights/logits/b": 0.75,
+         "teacher_weights/feature/a": w, "teacher_weights/feature/b": 1 - w}
+    return r if epoch is None else {**r, "epoch": epoch}
+  lines = [record(None, 0.5, 9.0, 0.5), record(1, 0.999, 1e-3, 0.99), record(2, 1.0, 0.0, 1.0)]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n"
+                                                  for r in lines))
+  rows = meta_diagnostics.diagnose(str(tmp_path))
+  assert [r["epoch"] for r in rows] == [1, 2]
+  assert rows[1]["feature"] == {"onehot": 1.0, "hypergrad_norm": 0.0, "weights": {"a": 1.0, "b": 0.0}}
+  assert rows[0]["logits"]["weights"] == {"a": 0.25, "b": 0.75} and rows[0]["top1"] == 51.0
+  assert meta_diagnostics.main([str(tmp_path)]) == 0
+  assert "| 2 | 52.00 | 0.000 | 3.00e+00 | 0.25 / 0.75 | 1.000 | 0.00e+00 | 1.00 / 0.00 |" in capsys.readouterr().out
+  assert meta_diagnostics.main([str(tmp_path / "absent")]) == 2
+
+
+def test_committed_specialist_mmkd_runs_have_a_saturated_feature_weight_network():
+  """RESULTS section 10's reading of MMKD on the specialists: in every committed seed the feature
+  weights are one-hot on (nearly) every sample at every epoch end, with no hypergradient after
+  epoch 2, while the logit weights are never one-hot."""
+  import meta_diagnostics  # pylint: disable=import-outside-toplevel
+  seeds = sorted((pathlib.Path(ROOT) / "experiments/results/fashion_mnist_specialists").glob("3_x*resnet8/mmkd__weights-feat-1-0/seed*"))
+  assert len(seeds) == 3
+  for seed in seeds:
+    rows = meta_diagnostics.diagnose(str(seed))
+    assert len(rows) == 10
+    assert min(r["feature"]["onehot"] for r in rows) >= 0.998
+    assert all(r["feature"]["hypergrad_norm"] == 0.0 for r in rows[2:])
+    assert max(r["logits"]["onehot"] for r in rows) == 0.0
