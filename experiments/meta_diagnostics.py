@@ -16,13 +16,10 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reproduce import epoch_records, eval_top1  # pylint: disable=wrong-import-position  (one record per epoch, resumes too)
+
 _NETS = ("logits", "feature")
-
-
-def epoch_records(run_dir: str) -> list[dict]:
-  """The epoch-end records (those carrying ``epoch``) of a run's metrics.jsonl, in order."""
-  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-    return [r for r in map(json.loads, filter(str.strip, f)) if "epoch" in r]
 
 
 def teacher_names(record: dict, net: str) -> list[str]:
@@ -35,7 +32,7 @@ def diagnose(run_dir: str) -> list[dict]:
   mean teacher weights (absent networks are left out)."""
   rows = []
   for r in epoch_records(run_dir):
-    row = {"epoch": r["epoch"], "top1": r.get("test/top1")}
+    row = {"epoch": r["epoch"], "top1": eval_top1(r)}
     for net in _NETS:
       names = teacher_names(r, net)
       if not names:

@@ -333,12 +333,12 @@ def test_meta_diagnostics_reads_the_epoch_records_of_both_weight_networks(tmp_pa
   weights per teacher come from its own keys; a directory without metrics.jsonl exits 2."""
   import meta_diagnostics  # pylint: disable=import-outside-toplevel
   def record(epoch, onehot, norm, w):
-    r = {"step": 10 * (epoch or 0), "test/top1": 50.0 + (epoch or 0), "train/diag/logits_weights_onehot": 0.0,
+    r = {"step": 10 * (epoch or 0), "train/diag/logits_weights_onehot": 0.0,
          "train/diag/feature_weights_onehot": onehot, "train/hypergrad_norm/logits_weight": 3.0,
          "train/hypergrad_norm/feature_weight": norm, "teacher_weights/per_class": [[0.5, 0.5]],
          "teacher_weights/logits/a": 0.25, "teacher_weights/logits/b": 0.75,
          "teacher_weights/feature/a": w, "teacher_weights/feature/b": 1 - w}
-    return r if epoch is None else {**r, "epoch": epoch}
+    return r if epoch is None else {**r, "epoch": epoch, "test/top1": 50.0 + epoch}
   lines = [record(None, 0.5, 9.0, 0.5), record(1, 0.999, 1e-3, 0.99), record(2, 1.0, 0.0, 1.0)]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n"
                                                   for r in lines))
