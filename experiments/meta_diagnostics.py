@@ -24,7 +24,7 @@ _NETS = ("logits", "feature")
 
 def teacher_names(record: dict, net: str) -> list[str]:
   prefix = f"teacher_weights/{net}/"
-  return sorted(k[len(prefix):] for k in record if k.startswith(prefix) and k != "teacher_weights/per_class")
+  return sorted(k[len(prefix):] for k in record if k.startswith(prefix))
 
 
 def diagnose(run_dir: str) -> list[dict]:

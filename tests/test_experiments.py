@@ -340,8 +340,7 @@ def test_meta_diagnostics_reads_the_epoch_records_of_both_weight_networks(tmp_pa
          "teacher_weights/feature/a": w, "teacher_weights/feature/b": 1 - w}
     return r if epoch is None else {**r, "epoch": epoch, "test/top1": 50.0 + epoch}
   lines = [record(None, 0.5, 9.0, 0.5), record(1, 0.999, 1e-3, 0.99), record(2, 1.0, 0.0, 1.0)]
-  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n"
-                                                  for r in lines))
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
   rows = meta_diagnostics.diagnose(str(tmp_path))
   assert [r["epoch"] for r in rows] == [1, 2]
   assert rows[1]["feature"] == {"onehot": 1.0, "hypergrad_norm": 0.0, "weights": {"a": 1.0, "b": 0.0}}
