@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Issue #23 queue (RESULTS §10), resumable (finished runs, those with summary.json, are skipped; committed records copied in first).
+# Issue #23 queue (RESULTS §10), resumable: finished runs (those with summary.json) are skipped, the
+# committed records are copied in first, and each run's records are kept in experiments/results as
+# it finishes (--keep; commit them). The mixed pool's choices (MMKD's weights.feat, the best teacher,
+# the competence) are read from its committed validation records (tables.pool_choices).
 set -x
 cd "$(dirname "$0")/.."
 for group in specialists mixed replays; do
   mkdir -p runs/reproduce/fashion_mnist_$group
   [ -d experiments/results/fashion_mnist_$group ] && cp -rn experiments/results/fashion_mnist_$group/* runs/reproduce/fashion_mnist_$group/
 done
-.venv/bin/python experiments/reproduce.py --table fashion_mnist_specialists --seeds 3
-.venv/bin/python experiments/reproduce.py --table fashion_mnist_specialists_mmkd --seeds 3
-mkdir -p experiments/results/fashion_mnist_mixed
+table() { .venv/bin/python experiments/reproduce.py --table "$1" --keep "experiments/results/$2" "${@:3}"; }
+table fashion_mnist_specialists fashion_mnist_specialists --seeds 3
+table fashion_mnist_specialists_mmkd fashion_mnist_specialists --seeds 3
 [ -f experiments/results/fashion_mnist_mixed/teachers.json ] || .venv/bin/python experiments/teacher_competence.py \
   --config configs/fashion_mnist.py:pool=mixed --out experiments/results/fashion_mnist_mixed/teachers.json
-.venv/bin/python experiments/reproduce.py --table fashion_mnist_mixed_val --seeds 1
-# 40-epoch replay ablation: precomputed rows one seed at a time; online rows with seeds as replicas (vmapped online teachers: 0.58x, RESULTS §6)
-.venv/bin/python experiments/reproduce.py --table fashion_mnist_replays --seeds 3 --replicas \
+table fashion_mnist_mixed_val fashion_mnist_mixed --seeds 1
+table fashion_mnist_mixed fashion_mnist_mixed --seeds 3   # a new process: reads the choices just kept
+# 40-epoch replay ablation: online rows with seeds as replicas (vmapped online teachers: 0.58x, RESULTS §6),
+# then the precomputed rows one seed at a time
+table fashion_mnist_replays fashion_mnist_replays --seeds 3 --replicas \
   --methods aver__teacher-source-online,mmkd__teacher-source-online
-.venv/bin/python experiments/reproduce.py --table fashion_mnist_replays --seeds 3   # the precomputed rows (online ones are done)
+table fashion_mnist_replays fashion_mnist_replays --seeds 3

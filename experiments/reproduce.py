@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -124,6 +125,19 @@ def collect(workdir: str) -> dict | None:
     with open(os.path.join(workdir, routing.ROUTING_FILE)) as f:
       summary["routing"] = json.load(f)
   return summary
+
+
+RECORD_FILES = ("summary.json", "metrics.jsonl", "config.json", routing.ROUTING_FILE)
+
+
+def keep_records(workdir: str, keep: str) -> None:
+  """Copy a finished run's records (not its checkpoints) to ``keep``, the directory to commit."""
+  if os.path.abspath(workdir) == os.path.abspath(keep):
+    return
+  os.makedirs(keep, exist_ok=True)
+  for name in RECORD_FILES:
+    if os.path.exists(os.path.join(workdir, name)):
+      shutil.copyfile(os.path.join(workdir, name), os.path.join(keep, name))
 
 
 def epoch_records(workdir: str) -> list[dict]:
@@ -336,9 +350,10 @@ def plot_weight_heatmap(workdir: str, title: str, path: str) -> bool:
 
 
 def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool,
-              as_replicas: bool = False) -> dict:
+              as_replicas: bool = False, keep: str = "") -> dict:
   """{row label: {variant slug: [summaries]}}; finished runs are reused, missing ones run
-  (``as_replicas``: a variant's missing seeds together, as replicas of one program)."""
+  (``as_replicas``: a variant's missing seeds together, as replicas of one program); ``keep``: where
+  each finished run's records are copied, in the same layout."""
   results: dict[str, dict[str, list]] = {}
   for row in table.rows:
     base = config_lib.load(row.config, row.arg, row.overrides)
@@ -363,6 +378,8 @@ def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool,
             summary = collect(workdir)
         if summary is not None:
           runs.append(summary)
+          if keep:
+            keep_records(workdir, os.path.join(keep, row.slug, variant.slug, f"seed{seed}"))
       results[row.label][variant.slug] = runs
   return results
 
@@ -378,6 +395,8 @@ def main(argv=None) -> int:
   parser.add_argument("--set", action="append", default=[], help="config override field=value")
   parser.add_argument("--replicas", action="store_true",
                       help="train a variant's seeds together as replicas of one program (config.replicas)")
+  parser.add_argument("--keep", default="", help="copy each finished run's records (summary, metrics, "
+                      "config, routing; no checkpoints) to this directory, same layout (to commit them)")
   parser.add_argument("--collect_only", action="store_true",
                       help="render from the runs that exist; start none")
   args = parser.parse_args(argv)
@@ -403,7 +422,7 @@ def main(argv=None) -> int:
   out = args.out or os.path.join("runs", "reproduce", table.group or name)
   started = time.time()
   try:
-    results = run_table(table, out, args.seeds, args.set, args.collect_only, args.replicas)
+    results = run_table(table, out, args.seeds, args.set, args.collect_only, args.replicas, args.keep)
   except Preempted as e:  # SIGTERM while preparing teachers: their checkpoints are saved
     print(f"{e}", file=sys.stderr)
     return 1

@@ -10,6 +10,10 @@ showing a number; nothing here is copied from memory.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,17 +83,52 @@ _FM_NOTE = ("Fashion-MNIST from the Debian package's IDX files; student and teac
 _POOL_LABELS = {"specialists": "3 x resnet20 specialists (classes 0-3 | 4-6 | 7-9) -> resnet8",
                 "mixed": "resnet20 strong, weak (500 images), noisy (60 % labels) -> resnet8"}
 
-# Chosen on the pools' validation tables (fashion_mnist_<pool>_val, seed 0, train[90%:]): MMKD's
-# feature weight, the best single teacher (highest validation top-1) and, where every teacher saw
-# every class, the competence (experiments/teacher_competence.py: within 2 points of the best
-# teacher's validation top-1 on the class).
-_POOL_CHOICES = {"specialists": {"feat": 1.0, "best_teacher": (0, "sp_0123"), "competence": ""},
-                 "mixed": {"feat": None, "best_teacher": None, "competence": None}}
+
+def _pool_row(pool: str, validation: bool = False, competence: str = "") -> Row:
+  return Row(_POOL_LABELS[pool] + (" (validation)" if validation else ""), "configs/fashion_mnist.py",
+             f"pool={pool}" + (",val" if validation else ""), competence=competence)
+
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_SELECTION_FEATS = (1.0, 10.0, 100.0)  # MMKD's weights.feat candidates of the validation tables
+
+
+def pool_choices(pool: str, results_dir: str = RESULTS_DIR) -> dict:
+  """What a pool's committed validation records choose; None where they do not exist yet.
+
+  feat: MMKD's ``weights.feat`` with the highest validation top-1 (last epoch, seed 0; ties go to
+  the smaller). best_teacher: (index, name) of the teacher with the highest validation top-1
+  (``teachers.json`` of ``teacher_competence.py``). competence: "" (the teachers' classes) where a
+  teacher was trained on a subset of classes, else the record's: within its margin of the best
+  teacher's validation top-1 on each class. Never read from the test split.
+  """
+  group = os.path.join(results_dir, f"fashion_mnist_{pool}")
+  scores = {}
+  for feat in _SELECTION_FEATS:
+    variant = Variant("mmkd", (f"weights.feat={feat}",))
+    path = os.path.join(group, _pool_row(pool, validation=True).slug, variant.slug, "seed0", "summary.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        scores[feat] = json.load(f)["final_top1"]
+  chosen = {"feat": None, "best_teacher": None, "competence": None}
+  if len(scores) == len(_SELECTION_FEATS):
+    chosen["feat"] = max(_SELECTION_FEATS, key=lambda feat: (scores[feat], -feat))
+  path = os.path.join(group, "teachers.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+    overall = record["validation"]["overall"]
+    best = int(np.argmax(overall))
+    chosen["best_teacher"] = (best, record["teachers"][best])
+    chosen["competence"] = "" if any(record["trained_on"]) else record["competence"]
+  return chosen
+
+
+_POOL_CHOICES = {pool: pool_choices(pool) for pool in _POOL_LABELS}
 ORACLE_IMPORT = 'imports=("experiments/oracle.py",)'
 
 
-def _pool_methods(pool: str) -> tuple:
-  chosen = _POOL_CHOICES[pool]
+def _pool_methods(chosen: dict) -> tuple:
   methods = ["none", "kd", "aver", "ebkd", "camkd", "aekd", "fitnet", "amtml", "bomd"]
   if chosen["competence"] is not None:
     methods.append(Variant("oracle", (ORACLE_IMPORT, f"oracle.competence={chosen['competence']}"),
@@ -105,19 +144,14 @@ def _pool_methods(pool: str) -> tuple:
   return tuple(methods)
 
 
-def _mmkd_diagnostics(pool: str) -> tuple[Variant, ...]:
+def _mmkd_diagnostics(chosen: dict) -> tuple[Variant, ...]:
   """MMKD as chosen for the pool, then one switch at a time (experiments/meta_diagnostics.py reads
   what the weight networks did in each)."""
-  feat = f"weights.feat={_POOL_CHOICES[pool]['feat']}"
+  feat = f"weights.feat={chosen['feat']}"
   return (Variant("mmkd", (feat,), f"MMKD ({feat})"),
           Variant("mmkd", (feat, "mmkd.feature_input=cosine"), "MMKD, cosine feature-weight input"),
           Variant("mmkd", ("weights.feat=0.0",), "MMKD, logit weights only (weights.feat=0)"),
           Variant("mmkd", (feat, "meta.lr=0.01"), "MMKD, meta.lr=1e-2 (10x)"))
-
-
-def _pool_row(pool: str, validation: bool = False) -> Row:
-  return Row(_POOL_LABELS[pool] + (" (validation)" if validation else ""), "configs/fashion_mnist.py",
-             f"pool={pool}" + (",val" if validation else ""), competence=_POOL_CHOICES[pool]["competence"] or "")
 
 
 TABLES: dict[str, Table] = {
@@ -148,21 +182,21 @@ TABLES: dict[str, Table] = {
         group="fashion_mnist"),
     **{f"fashion_mnist_{pool}_val": Table(
         title=f"Fashion-MNIST, {pool} teachers: model selection on train[90%:] (validation, not test)",
-        rows=(_pool_row(pool, validation=True),),
-        methods=("aver", Variant("mmkd", ("weights.feat=1.0",)), Variant("mmkd", ("weights.feat=10.0",)),
-                 Variant("mmkd", ("weights.feat=100.0",))),
+        rows=(_pool_row(pool, True, _POOL_CHOICES[pool]["competence"] or ""),),
+        methods=("aver",) + tuple(Variant("mmkd", (f"weights.feat={feat}",)) for feat in _SELECTION_FEATS),
         note="Selection runs: evaluated on 6,000 training images the students and teachers never train on.",
         group=f"fashion_mnist_{pool}") for pool in _POOL_LABELS},
     **{f"fashion_mnist_{pool}": Table(
         title=f"Fashion-MNIST, {pool} teachers (5,000 training images, 10 epochs), precomputed teachers (8 replays)",
-        rows=(_pool_row(pool),), methods=_pool_methods(pool), note=_FM_NOTE,
+        rows=(_pool_row(pool, False, _POOL_CHOICES[pool]["competence"] or ""),),
+        methods=_pool_methods(_POOL_CHOICES[pool]), note=_FM_NOTE,
         baseline="aver" + (",oracle" if _POOL_CHOICES[pool]["competence"] is not None else ""),
         group=f"fashion_mnist_{pool}")
        for pool in _POOL_LABELS},
     **{f"fashion_mnist_{pool}_mmkd": Table(
         title=f"Fashion-MNIST, {pool} teachers: why MMKD's weights do (not) route (same setting, 3 seeds)",
-        rows=(_pool_row(pool),), methods=_mmkd_diagnostics(pool),
-        baseline=_mmkd_diagnostics(pool)[0].slug, group=f"fashion_mnist_{pool}",
+        rows=(_pool_row(pool, False, _POOL_CHOICES[pool]["competence"] or ""),),
+        methods=_mmkd_diagnostics(_POOL_CHOICES[pool]), baseline=_mmkd_diagnostics(_POOL_CHOICES[pool])[0].slug, group=f"fashion_mnist_{pool}",
         note=("Switches, not defaults: the feature-weight network's input normalised (its raw Gram "
               "input saturates the softmax: one-hot weights, zero hypergradient), the logit weights "
               "alone, and a 10x meta learning rate (meta.lr, Adam)."))

@@ -69,7 +69,8 @@ def competence_from_validation(config, accuracy: np.ndarray, margin: float) -> s
 def report(config, margin: float) -> dict:
   teachers = teacher_stages.load_teachers(config)
   splits = {"validation": "train[90%:]", "test": sources.dataset_spec(config).test_split}
-  record = {"teachers": [t.name for t in config.teachers], "margin_points": margin, "splits": splits}
+  record = {"teachers": [t.name for t in config.teachers], "margin_points": margin, "splits": splits,
+            "trained_on": [list(t.classes) or None for t in config.teachers]}  # None: every class
   for name, split in splits.items():
     correct, counts = per_class_accuracy(config, teachers, split)
     per_class = 100.0 * correct / np.maximum(counts, 1)

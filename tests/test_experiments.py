@@ -363,3 +363,49 @@ def test_committed_specialist_mmkd_runs_have_a_saturated_feature_weight_network(
     assert min(r["feature"]["onehot"] for r in rows) >= 0.998
     assert all(r["feature"]["hypergrad_norm"] == 0.0 for r in rows[2:])
     assert max(r["logits"]["onehot"] for r in rows) == 0.0
+
+
+def test_pool_choices_come_from_the_validation_records_only(tmp_path):
+  """MMKD's weights.feat with the best validation top-1 (a tie goes to the smaller), the teacher
+  with the best validation top-1, and the competence: "" for specialists, else the record's; None
+  until every record exists (the pool's table then has no MMKD / oracle row)."""
+  import tables  # pylint: disable=import-outside-toplevel
+  group = tmp_path / "fashion_mnist_mixed"
+  assert tables.pool_choices("mixed", str(tmp_path)) == {"feat": None, "best_teacher": None, "competence": None}
+  row = tables._pool_row("mixed", validation=True)  # pylint: disable=protected-access
+  for feat, top1 in ((1.0, 70.0), (10.0, 75.5), (100.0, 75.5)):
+    path = group / row.slug / Variant("mmkd", (f"weights.feat={feat}",)).slug / "seed0"
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({"final_top1": top1, "best_top1": 99.0 - feat}))
+  # The test split's accuracies are never read: the best teacher on test is another.
+  teachers = {"teachers": ["strong", "weak", "noisy"], "trained_on": [None, None, None], "competence": "*|0,1|2",
+              "validation": {"overall": [80.0, 85.0, 30.0]}, "test": {"overall": [99.0, 10.0, 10.0]}}
+  (group / "teachers.json").write_text(json.dumps(teachers))
+  assert tables.pool_choices("mixed", str(tmp_path)) == {"feat": 10.0, "best_teacher": (1, "weak"),
+                                                         "competence": "*|0,1|2"}
+  teachers["trained_on"] = [[0, 1], None, [2]]
+  (group / "teachers.json").write_text(json.dumps(teachers))
+  assert tables.pool_choices("mixed", str(tmp_path))["competence"] == ""
+  # The committed specialists records give the choices RESULTS §10 states.
+  assert tables.pool_choices("specialists") == {"feat": 1.0, "best_teacher": (0, "sp_0123"), "competence": ""}
+
+
+def test_keep_copies_each_finished_runs_records_and_no_checkpoint(tmp_path):
+  row, variant = Row("a -> b", "configs/digits.py"), Variant("aver")
+  table = Table("toy", (row,), (variant,))
+  for seed in (0, 1):
+    run = tmp_path / "out" / row.slug / variant.slug / f"seed{seed}"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "config.json").write_text("{}")
+    if seed == 0:  # seed 1 has not finished
+      (run / "summary.json").write_text(json.dumps(_summary(90.0, 91.0)))
+      (run / "routing.json").write_text(json.dumps({"competent_share": 0.5}))
+  keep = tmp_path / "keep"
+  results = reproduce.run_table(table, str(tmp_path / "out"), 2, [], collect_only=True, keep=str(keep))
+  assert len(results[row.label][variant.slug]) == 1
+  kept = keep / row.slug / variant.slug
+  assert sorted(p.name for p in kept.iterdir()) == ["seed0"]
+  assert sorted(p.name for p in (kept / "seed0").iterdir()) == ["config.json", "metrics.jsonl", "routing.json",
+                                                                 "summary.json"]
+  assert json.loads((kept / "seed0" / "summary.json").read_text())["final_top1"] == 90.0
