@@ -170,6 +170,20 @@ def _settings_line(runs) -> str:
   return "; ".join(", ".join(f"{k} {v}" for k, v in json.loads(s).items()) for s in seen) or "not recorded"
 
 
+def _teacher_warning(runs) -> list[str]:
+  """A line if the runs of one setting distilled from different teachers (weights fingerprints),
+  e.g. a teacher retrained on another machine between the runs of a table."""
+  sets: dict[str, int] = {}
+  for r in runs:
+    if r.get("teachers"):  # no-KD runs have none
+      key = ", ".join(f"{t['name']} {t.get('fingerprint')}" for t in r["teachers"])
+      sets[key] = sets.get(key, 0) + 1
+  if len(sets) < 2:
+    return []
+  return [f"- WARNING: these runs distilled from {len(sets)} different teacher sets: "
+          + "; ".join(f"{n} runs from {key}" for key, n in sorted(sets.items()))]
+
+
 def render_table(table: Table, results: dict) -> str:
   """Methods down, settings across (the papers' layout); ours next to the published number."""
   routed = any("routing" in r for row in table.rows for runs in results[row.label].values() for r in runs)
@@ -222,6 +236,7 @@ def render_table(table: Table, results: dict) -> str:
     versions = sorted({r.get("code_version", "unrecorded") for r in all_runs})
     if len(versions) > 1:  # a reused run from other code: the table mixes versions
       lines.append(f"- WARNING: these runs come from {len(versions)} code versions: {', '.join(versions)}")
+    lines += _teacher_warning(all_runs)
   for baseline in table.baselines:
     lines += ["", render_differences(table, results, baseline)]
   return "\n".join(lines) + "\n"

@@ -196,7 +196,8 @@ TABLES: dict[str, Table] = {
     **{f"fashion_mnist_{pool}_mmkd": Table(
         title=f"Fashion-MNIST, {pool} teachers: why MMKD's weights do (not) route (same setting, 3 seeds)",
         rows=(_pool_row(pool, False, _POOL_CHOICES[pool]["competence"] or ""),),
-        methods=_mmkd_diagnostics(_POOL_CHOICES[pool]), baseline=_mmkd_diagnostics(_POOL_CHOICES[pool])[0].slug, group=f"fashion_mnist_{pool}",
+        methods=_mmkd_diagnostics(_POOL_CHOICES[pool]), baseline=_mmkd_diagnostics(_POOL_CHOICES[pool])[0].slug,
+        group=f"fashion_mnist_{pool}",
         note=("Switches, not defaults: the feature-weight network's input normalised (its raw Gram "
               "input saturates the softmax: one-hot weights, zero hypergradient), the logit weights "
               "alone, and a 10x meta learning rate (meta.lr, Adam)."))

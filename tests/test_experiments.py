@@ -409,3 +409,18 @@ def test_keep_copies_each_finished_runs_records_and_no_checkpoint(tmp_path):
   assert sorted(p.name for p in (kept / "seed0").iterdir()) == ["config.json", "metrics.jsonl", "routing.json",
                                                                  "summary.json"]
   assert json.loads((kept / "seed0" / "summary.json").read_text())["final_top1"] == 90.0
+
+
+def test_a_table_warns_when_its_runs_distilled_from_different_teachers():
+  """A teacher retrained between runs (another machine, a changed recipe) gives other weights: the
+  table says so instead of averaging over two teacher sets. Runs without teachers (no KD) count not."""
+  row = Row("s", "configs/digits.py")
+  table = Table("toy", (row,), ("none", "aver"))
+  def run(fingerprint):
+    teachers = [{"name": "a", "fingerprint": "f0"}, {"name": "b", "fingerprint": fingerprint}]
+    return dict(_summary(90.0, 90.0), teachers=teachers)
+  same = {row.label: {"none": [dict(_summary(80.0, 80.0), teachers=[])], "aver": [run("f1"), run("f1")]}}
+  assert "WARNING" not in reproduce.render_table(table, same)
+  mixed = {row.label: {"none": [], "aver": [run("f1"), run("f1"), run("f2")]}}
+  assert ("- WARNING: these runs distilled from 2 different teacher sets: 2 runs from a f0, b f1; "
+          "1 runs from a f0, b f2") in reproduce.render_table(table, mixed)
