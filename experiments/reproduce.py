@@ -307,11 +307,13 @@ def plot_curves(out: str, row: Row, variants, seeds: int, path: str) -> bool:
   from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   fig, ax = plt.subplots(figsize=(7.5, 4.2))
   drawn, lows = False, []
-  for variant in variants:
+  for index, variant in enumerate(variants):
     epochs, values = curve_points(out, row, variant, seeds)
     if epochs:
-      # markers: a run of one epoch (or one evaluation) is a point, not an invisible line
-      line, = ax.plot(epochs, values.mean(axis=0), marker="o", markersize=3, label=display(variant))
+      # markers: a run of one epoch (or one evaluation) is a point, not an invisible line; past the
+      # 10 colours of the cycle, dashed lines keep the rows apart
+      line, = ax.plot(epochs, values.mean(axis=0), marker="o", markersize=3, label=display(variant),
+                      linestyle="-" if index < 10 else "--")
       if len(values) > 1:
         ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.15)
       lows.append(values.mean(axis=0).max())
