@@ -4,6 +4,7 @@
     python experiments/teacher_competence.py --config configs/fashion_mnist.py:pool=mixed \\
         --out experiments/results/fashion_mnist_mixed/teachers.json
 
+Teachers that are missing are trained first (the config's recipe, as ``reproduce.py`` does).
 Competence (for the oracle and routing.py): a teacher trained on a subset of classes is competent
 for exactly those; where teachers saw every class, class k's competent teachers are those whose
 validation top-1 on k lies within ``--margin`` points of the best teacher's on k (chosen on
@@ -67,6 +68,7 @@ def competence_from_validation(config, accuracy: np.ndarray, margin: float) -> s
 
 
 def report(config, margin: float) -> dict:
+  teacher_stages.train_missing_teachers(config)  # as reproduce.py: a pool's first step may be this one
   teachers = teacher_stages.load_teachers(config)
   splits = {"validation": "train[90%:]", "test": sources.dataset_spec(config).test_split}
   record = {"teachers": [t.name for t in config.teachers], "margin_points": margin, "splits": splits,
