@@ -390,7 +390,7 @@ def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool,
           if loaded is None:
             loaded = prepare_setting(base, table.variants, overrides)
           summary = run_one(base, variant, seed, workdir, loaded, overrides)
-        if summary is not None and not collect_only and "routing" not in summary:
+        if summary is not None and not collect_only:  # measured once; again if the competence changed
           if routing.measure_and_store(workdir, row.competence) is not None:
             summary = collect(workdir)
         if summary is not None:

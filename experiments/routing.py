@@ -112,12 +112,21 @@ def measure(workdir: str, competence_text: str = "") -> dict:
 
 
 def measure_and_store(workdir: str, competence_text: str = "") -> dict | None:
-  """``routing.json`` of a finished run (measured once); None for a run without teachers or weights."""
+  """``routing.json`` of a finished run (measured once, again if it was measured against another
+  competence than ``competence_text`` gives now); None for a run without teachers or weights."""
   path = os.path.join(workdir, ROUTING_FILE)
+  has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
   if os.path.exists(path):
     with open(path) as f:
-      return json.load(f)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.exists(os.path.join(workdir, "summary.json")):
+      record = json.load(f)
+    expected = run_competence(stored_config(workdir), len(record["competence"]), competence_text)
+    if np.array_equal(np.asarray(record["competence"], np.float32), expected):
+      return record
+    if not has_checkpoint:
+      print(f"WARNING: {path} was measured against another competence and {workdir} has no checkpoint "
+            "to measure it again", file=sys.stderr)
+      return record
+  if not has_checkpoint or not os.path.exists(os.path.join(workdir, "summary.json")):
     return None
   config = stored_config(workdir)
   if not config.teachers or config.method == "none":

@@ -285,6 +285,12 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
   by_class = [sum(w for w, ok in zip(record["class_teacher_weights"][k], matrix[k]) if ok) for k in range(10)]
   np.testing.assert_allclose(record["competent_share_per_class"], by_class, rtol=1e-6)
   assert 0.0 < record["competent_share"] < 1.0 or expected is not None
+  if method == "aver":  # a competence chosen after the run was measured: measured again, never stale
+    assert routing.measure_and_store(workdir, competence) == record
+    again = routing.measure_and_store(workdir, "*|5,6,7,8,9")
+    np.testing.assert_allclose(again["competent_share_per_class"], [0.5] * 5 + [1.0] * 5, atol=1e-6)
+    with open(os.path.join(workdir, "routing.json")) as f:
+      assert json.load(f) == again
 
 
 def test_competence_from_validation_accuracy():
