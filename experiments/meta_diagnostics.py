@@ -50,7 +50,8 @@ def _fmt(x, spec: str) -> str:
 
 def markdown(run_dir: str, rows: list[dict]) -> str:
   nets = [n for n in _NETS if rows and n in rows[0]]
-  head = ["epoch", "top-1"] + [f"{n} {c}" for n in nets for c in ("one-hot", "hypergrad", "mean weights")]
+  head = ["epoch", "top-1"] + [f"{n} {c}" for n in nets for c in
+                               ("one-hot", "hypergrad", "mean weights (" + " / ".join(rows[0][n]["weights"]) + ")")]
   lines = [f"{run_dir}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
     cells = [str(row["epoch"]), _fmt(row["top1"], ".2f")]

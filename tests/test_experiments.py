@@ -352,7 +352,9 @@ def test_meta_diagnostics_reads_the_epoch_records_of_both_weight_networks(tmp_pa
   assert rows[1]["feature"] == {"onehot": 1.0, "hypergrad_norm": 0.0, "weights": {"a": 1.0, "b": 0.0}}
   assert rows[0]["logits"]["weights"] == {"a": 0.25, "b": 0.75} and rows[0]["top1"] == 51.0
   assert meta_diagnostics.main([str(tmp_path)]) == 0
-  assert "| 2 | 52.00 | 0.000 | 3.00e+00 | 0.25 / 0.75 | 1.000 | 0.00e+00 | 1.00 / 0.00 |" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "| 2 | 52.00 | 0.000 | 3.00e+00 | 0.25 / 0.75 | 1.000 | 0.00e+00 | 1.00 / 0.00 |" in out
+  assert "| logits mean weights (a / b) |" in out  # which teacher each weight belongs to
   assert meta_diagnostics.main([str(tmp_path / "absent")]) == 2
 
 
