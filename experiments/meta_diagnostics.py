@@ -17,7 +17,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reproduce import epoch_records, eval_top1  # pylint: disable=wrong-import-position  (one record per epoch, resumes too)
+from render import epoch_records  # pylint: disable=wrong-import-position  (one record per epoch, resumes too)
+from mmkd_jax.runs_table import eval_top1  # pylint: disable=wrong-import-position
 
 _NETS = ("logits", "feature")
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import render  # pylint: disable=wrong-import-position
 import reproduce  # pylint: disable=wrong-import-position
 from tables import TABLES, Published, Row, Table, Variant  # pylint: disable=wrong-import-position
 
@@ -31,7 +32,7 @@ def test_render_table_layout_and_footnotes():
                 published={(row.label, "mmkd"): Published(None, "source X"),
                            (row.label, "aver"): Published(71.25, "source Y")})
   results = {row.label: {"aver": [_summary(96.0, 96.5), _summary(97.0, 97.5)], "mmkd": []}}
-  text = reproduce.render_table(table, results)
+  text = render.render_table(table, results)
   assert "| AVER | 96.50 ± 0.71 (97.00 ± 0.71), n=2 | 1.5 | 71.25 [1] |" in text
   assert "| MMKD | not run | — | n/a [2] |" in text
   assert "[1] source Y" in text and "[2] source X" in text
@@ -45,11 +46,11 @@ def test_ablation_differences_respect_two_standard_errors():
   results = {row.label: {"mmkd": [_summary(90.0, 90), _summary(90.2, 90), _summary(89.8, 90)],
                          "mmkd__meta-freq-1": [_summary(93.0, 93), _summary(93.2, 93), _summary(92.8, 93)],
                          "mmkd__meta-freq-20": [_summary(90.1, 90), _summary(90.5, 90), _summary(89.9, 90)]}}
-  text = reproduce.render_differences(table, results, "mmkd")
+  text = render.render_differences(table, results, "mmkd")
   assert "| MMKD (meta.freq=1) | +3.00 | 0.33 | yes |" in text
   assert "| MMKD (meta.freq=20) | +0.17 | 0.42 | no |" in text  # 2 sqrt(0.306^2/3 + 0.2^2/3)
   two = dataclasses.replace(table, baseline="mmkd,mmkd__meta-freq-20")
-  text = reproduce.render_table(two, results)
+  text = render.render_table(two, results)
   assert "Differences to MMKD (meta.freq=20)" in text and "| MMKD (meta.freq=1) | +2.83 | 0.42 | yes |" in text
   assert "| MMKD | -0.17 | 0.42 | no |" in text
 
@@ -63,10 +64,10 @@ def test_routing_column_and_heatmap_from_routing_records(tmp_path):
     return dict(_summary(90.0, 90.0), routing={"competent_share": share, "competent_share_per_class": per_class})
   results = {row.label: {"aver": [run(0.5, [0.5, 0.5]), run(0.5, [0.5, 0.5])],
                          "mmkd": [run(0.6, [0.7, 0.5]), run(0.8, [0.9, None])]}}
-  text = reproduce.render_table(table, results)
+  text = render.render_table(table, results)
   assert "| AVER | 90.00 ± 0.00 (90.00 ± 0.00), n=2 | 1.5 | — | 0.500 ± 0.000 |" in text
   assert "| 0.700 ± 0.141 |" in text
-  assert reproduce.plot_routing(table, row, results, str(tmp_path / "routing.png"))
+  assert render.plot_routing(table, row, results, str(tmp_path / "routing.png"))
   assert (tmp_path / "routing.png").stat().st_size > 1000
 
 
@@ -89,12 +90,12 @@ def test_weight_heatmap_from_logged_per_class_weights(tmp_path):
   with open(tmp_path / "summary.json", "w") as f:
     json.dump(_summary(93.0, 93.0), f)
   path = tmp_path / "w.png"
-  assert reproduce.plot_weight_heatmap(str(tmp_path), "toy", str(path))
+  assert render.plot_weight_heatmap(str(tmp_path), "toy", str(path))
   assert path.stat().st_size > 1000
   # Fixed weights (AVER) draw nothing.
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write(json.dumps({"test_top1": 90.0, "train_class_logits_weights": [[0.5, 0.5]] * 10}) + "\n")
-  assert not reproduce.plot_weight_heatmap(str(tmp_path), "toy", str(tmp_path / "none.png"))
+  assert not render.plot_weight_heatmap(str(tmp_path), "toy", str(tmp_path / "none.png"))
 
 
 def test_overrides_win_over_method_presets():
@@ -329,9 +330,9 @@ def test_curves_use_the_evaluated_epochs_of_every_seed(tmp_path):
       for epoch in epochs:
         f.write(json.dumps({"step": epoch, "epoch": epoch, **({"test/top1": 10.0 * epoch + seed} if epoch % 2 == 0
                                                               else {"train/loss": 1.0})}) + "\n")
-  epochs, values = reproduce.curve_points(str(tmp_path), row, variant, 2)
+  epochs, values = render.curve_points(str(tmp_path), row, variant, 2)
   assert epochs == [2, 4] and values.tolist() == [[20.0, 40.0], [21.0, 41.0]]
-  assert reproduce.plot_curves(str(tmp_path), row, [variant], 2, str(tmp_path / "curves.png"))
+  assert render.plot_curves(str(tmp_path), row, [variant], 2, str(tmp_path / "curves.png"))
 
 
 def test_meta_diagnostics_reads_the_epoch_records_of_both_weight_networks(tmp_path, capsys):
@@ -428,7 +429,7 @@ def test_a_table_warns_when_its_runs_distilled_from_different_teachers():
     teachers = [{"name": "a", "fingerprint": "f0"}, {"name": "b", "fingerprint": fingerprint}]
     return dict(_summary(90.0, 90.0), teachers=teachers)
   same = {row.label: {"none": [dict(_summary(80.0, 80.0), teachers=[])], "aver": [run("f1"), run("f1")]}}
-  assert "WARNING" not in reproduce.render_table(table, same)
+  assert "WARNING" not in render.render_table(table, same)
   mixed = {row.label: {"none": [], "aver": [run("f1"), run("f1"), run("f2")]}}
   assert ("- WARNING: these runs distilled from 2 different teacher sets: 2 runs from a f0, b f1; "
-          "1 runs from a f0, b f2") in reproduce.render_table(table, mixed)
+          "1 runs from a f0, b f2") in render.render_table(table, mixed)
