@@ -153,8 +153,9 @@ def run_table(table: Table, out: str, seeds: int, overrides, collect_only: bool,
             loaded = prepare_setting(base, table.variants, overrides)
           summary = run_one(base, variant, seed, workdir, loaded, overrides)
         if summary is not None and not collect_only:  # measured once; again if the competence changed
-          if routing.measure_and_store(workdir, row.competence) is not None:
-            summary = collect(workdir)
+          record = routing.measure_and_store(workdir, row.competence)
+          if record is not None:
+            summary["routing"] = record
         if summary is not None:
           runs.append(summary)
           if keep:

@@ -125,6 +125,12 @@ def pool_choices(pool: str, results_dir: str = RESULTS_DIR) -> dict:
 
 
 _POOL_CHOICES = {pool: pool_choices(pool) for pool in _POOL_LABELS}
+
+
+def _chosen_row(pool: str, validation: bool = False) -> Row:
+  """The pool's row, its routing measured against the chosen competence."""
+  return _pool_row(pool, validation, _POOL_CHOICES[pool]["competence"] or "")
+
 ORACLE_IMPORT = 'imports=("experiments/oracle.py",)'
 
 
@@ -176,26 +182,25 @@ TABLES: dict[str, Table] = {
     "fashion_mnist_val": Table(
         title="Fashion-MNIST model selection on train[90%:] (validation, not test)",
         rows=(Row("resnet20, wrn_16_2, vgg8 -> resnet8 (validation)", "configs/fashion_mnist.py", "val"),),
-        methods=("aver", Variant("mmkd", ("weights.feat=1.0",)), Variant("mmkd", ("weights.feat=10.0",)),
-                 Variant("mmkd", ("weights.feat=100.0",))),
+        methods=("aver",) + tuple(Variant("mmkd", (f"weights.feat={feat}",)) for feat in _SELECTION_FEATS),
         note="Selection runs: evaluated on 6,000 training images the students and teachers never train on.",
         group="fashion_mnist"),
     **{f"fashion_mnist_{pool}_val": Table(
         title=f"Fashion-MNIST, {pool} teachers: model selection on train[90%:] (validation, not test)",
-        rows=(_pool_row(pool, True, _POOL_CHOICES[pool]["competence"] or ""),),
+        rows=(_chosen_row(pool, validation=True),),
         methods=("aver",) + tuple(Variant("mmkd", (f"weights.feat={feat}",)) for feat in _SELECTION_FEATS),
         note="Selection runs: evaluated on 6,000 training images the students and teachers never train on.",
         group=f"fashion_mnist_{pool}") for pool in _POOL_LABELS},
     **{f"fashion_mnist_{pool}": Table(
         title=f"Fashion-MNIST, {pool} teachers (5,000 training images, 10 epochs), precomputed teachers (8 replays)",
-        rows=(_pool_row(pool, False, _POOL_CHOICES[pool]["competence"] or ""),),
+        rows=(_chosen_row(pool),),
         methods=_pool_methods(_POOL_CHOICES[pool]), note=_FM_NOTE,
         baseline="aver" + (",oracle" if _POOL_CHOICES[pool]["competence"] is not None else ""),
         group=f"fashion_mnist_{pool}")
        for pool in _POOL_LABELS},
     **{f"fashion_mnist_{pool}_mmkd": Table(
         title=f"Fashion-MNIST, {pool} teachers: why MMKD's weights do (not) route (same setting, 3 seeds)",
-        rows=(_pool_row(pool, False, _POOL_CHOICES[pool]["competence"] or ""),),
+        rows=(_chosen_row(pool),),
         methods=_mmkd_diagnostics(_POOL_CHOICES[pool]), baseline=_mmkd_diagnostics(_POOL_CHOICES[pool])[0].slug,
         group=f"fashion_mnist_{pool}",
         note=("Switches, not defaults: the feature-weight network's input normalised (its raw Gram "
