@@ -433,3 +433,19 @@ def test_a_table_warns_when_its_runs_distilled_from_different_teachers():
   mixed = {row.label: {"none": [], "aver": [run("f1"), run("f1"), run("f2")]}}
   assert ("- WARNING: these runs distilled from 2 different teacher sets: 2 runs from a f0, b f1; "
           "1 runs from a f0, b f2") in render.render_table(table, mixed)
+
+
+def test_aekd_gradients_weights_the_teacher_whose_batch_mean_matches_the_student():
+  import aekd_gradients  # pylint: disable=import-outside-toplevel
+  classes, batch = 4, 8
+  uniform = np.full((batch, classes), 1.0 / classes)
+  one_hot = np.eye(classes)[np.arange(batch) % classes]  # right on every image, batch mean uniform too
+  skewed = np.eye(classes)[np.zeros(batch, int)]  # always class 0
+  stats = aekd_gradients.batch_statistics(uniform, np.stack([skewed, one_hot, uniform]), cap=0.6)
+  np.testing.assert_allclose(stats["entropy"], [0.0, 0.0, np.log(classes)], atol=1e-12)
+  np.testing.assert_allclose(stats["gap_norm"], [np.sqrt(0.75 ** 2 + 3 * 0.25 ** 2), 0.0, 0.0], atol=1e-12)
+  # Per image the one-hot teacher and the uniform one differ completely; their batch means do not,
+  # so AEKD cannot tell them apart: the skewed teacher gets nothing, the other two share the rest.
+  assert stats["weights"][0] == pytest.approx(0.0, abs=1e-9)
+  assert stats["weights"].sum() == pytest.approx(1.0)
+  assert max(stats["weights"][1:]) <= 0.6 + 1e-9

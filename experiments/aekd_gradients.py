@@ -1,0 +1,99 @@
+"""Why AEKD's weights go where they go: per teacher, on the test split, the quantities its
+min-norm solver reads, for a finished AEKD run (its final student) and for a student that knows
+nothing yet (uniform soft predictions, as at the start of training).
+
+    python experiments/aekd_gradients.py experiments/results/fashion_mnist_mixed/<row>/aekd/seed0
+
+AEKD's gradient of teacher k's batch-mean KD loss w.r.t. the student logits is
+``T (mean_b p_s - mean_b p_k) / B``, so its min-norm weights pick the mixture of the teachers'
+*batch-averaged* soft predictions closest to the student's: which teacher is right on which image
+is averaged away. Prints, per teacher, the mean entropy of its soft predictions (temperature T),
+the mean over batches of ``|mean_b p_s - mean_b p_k|`` and the weights AEKD's solver gives.
+The run needs its checkpoint (runs/reproduce/..., not the committed records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import routing  # noqa: E402  (experiments/ is not a package)
+from mmkd_jax import teacher_stages, train  # noqa: E402
+from mmkd_jax.data import pipeline  # noqa: E402
+from mmkd_jax.data.augment import normalize  # noqa: E402
+from mmkd_jax.methods.aekd import aekd_cap, min_norm_weights  # noqa: E402
+from mmkd_jax.student import restore_raw_checkpoint  # noqa: E402
+from mmkd_jax.teachers.core import teacher_forward  # noqa: E402
+
+
+def batch_statistics(student_probs: np.ndarray, teacher_probs: np.ndarray, cap: float) -> dict:
+  """AEKD's inputs and answer for one batch: student (B, C) and teacher (T, B, C) soft predictions."""
+  gaps = student_probs.mean(0)[None] - teacher_probs.mean(1)  # (T, C), AEKD's gradients up to T / B
+  entropy = -(teacher_probs * np.log(np.clip(teacher_probs, 1e-30, None))).sum(-1).mean(1)
+  return {"entropy": entropy, "gap_norm": np.linalg.norm(gaps, axis=-1),
+          "weights": min_norm_weights(gaps @ gaps.T, cap)}
+
+
+def measure(workdir: str) -> dict:
+  config = routing.stored_config(workdir)
+  config.teacher_source = "online"
+  teachers = teacher_stages.load_teachers(config)
+  setup = train.build(config, teachers)
+  found = restore_raw_checkpoint(os.path.join(workdir, "checkpoints"))
+  if found is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint (the committed records have none; use runs/reproduce/...)")
+  state = found[0]
+  variables = tuple(t.variables for t in teachers)
+  temperature = config.temperature
+  cap = aekd_cap(len(teachers), config.aekd.c)
+
+  @jax.jit
+  def soft_predictions(images, labels):
+    x = normalize(images, setup.spec.mean, setup.spec.std)
+    logits, feats = teacher_forward(teachers, variables, x, config.feature_layer, config.dtype)
+    batch = {"image": x, "label": labels, "teacher_logits": logits.astype(jnp.float32),
+             "teacher_feat": tuple(f.astype(jnp.float32) for f in feats),
+             "epoch": jnp.asarray(config.epochs - 1, jnp.int32)}
+    _, (_, aux) = setup.method.train_objective(state["params"], state["model_state"], state["meta_params"], batch)
+    return (jax.nn.softmax(aux["logits"].astype(jnp.float32) / temperature, -1),
+            jax.nn.softmax(logits.astype(jnp.float32) / temperature, -1))
+
+  trained, untrained = [], []
+  for raw in pipeline.eval_batches(setup.dataset.test, setup.spec, config.batch_size):
+    keep = np.asarray(raw["mask"], bool)
+    if not keep.all():
+      continue  # AEKD's batch means are over full training batches
+    student, teacher = map(np.asarray, soft_predictions(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
+    teacher = np.moveaxis(teacher, 1, 0)  # (B, T, C) -> (T, B, C)
+    trained.append(batch_statistics(student, teacher, cap))
+    untrained.append(batch_statistics(np.full_like(student, 1.0 / student.shape[-1]), teacher, cap))
+  mean = lambda rows, key: np.mean([r[key] for r in rows], axis=0)
+  return {"teachers": [t.name for t in config.teachers], "temperature": temperature, "batches": len(trained),
+          "entropy": mean(trained, "entropy"),
+          **{f"{name}_{key}": mean(rows, key) for name, rows in (("trained", trained), ("uniform", untrained))
+             for key in ("gap_norm", "weights")}}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("workdirs", nargs="+")
+  args = parser.parse_args(argv)
+  for workdir in args.workdirs:
+    r = measure(workdir)
+    print(f"{workdir} ({r['batches']} test batches, T = {r['temperature']})")
+    print("teacher | entropy of p_k | uniform student: |mean p_s - mean p_k|, weight | "
+          "trained student: |mean p_s - mean p_k|, weight")
+    for i, name in enumerate(r["teachers"]):
+      print(f"{name} | {r['entropy'][i]:.3f} | {r['uniform_gap_norm'][i]:.4f}, {r['uniform_weights'][i]:.3f} | "
+            f"{r['trained_gap_norm'][i]:.4f}, {r['trained_weights'][i]:.3f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
