@@ -8,7 +8,9 @@ AEKD's gradient of teacher k's batch-mean KD loss w.r.t. the student logits is
 ``T (mean_b p_s - mean_b p_k) / B``, so its min-norm weights pick the mixture of the teachers'
 *batch-averaged* soft predictions closest to the student's: which teacher is right on which image
 is averaged away. Prints, per teacher, the mean entropy of its soft predictions (temperature T),
-the mean over batches of ``|mean_b p_s - mean_b p_k|`` and the weights AEKD's solver gives.
+the mean over batches of ``|mean_b p_s - mean_b p_k|`` and the weights AEKD's solver gives, and
+the mean KL(p_k || p_s) of the trained student (any method's run: a loss that learns its weights by
+descending the KD term prefers the teacher this is smallest for).
 The run needs its checkpoint (runs/reproduce/..., not the committed records).
 """
 
@@ -27,6 +29,7 @@ import routing  # noqa: E402  (experiments/ is not a package)
 from mmkd_jax import teacher_stages, train  # noqa: E402
 from mmkd_jax.data import pipeline  # noqa: E402
 from mmkd_jax.data.augment import normalize  # noqa: E402
+from mmkd_jax.methods import METHODS  # noqa: E402
 from mmkd_jax.methods.aekd import aekd_cap, min_norm_weights  # noqa: E402
 from mmkd_jax.student import restore_raw_checkpoint  # noqa: E402
 from mmkd_jax.teachers.core import teacher_forward  # noqa: E402
@@ -35,8 +38,10 @@ from mmkd_jax.teachers.core import teacher_forward  # noqa: E402
 def batch_statistics(student_probs: np.ndarray, teacher_probs: np.ndarray, cap: float) -> dict:
   """AEKD's inputs and answer for one batch: student (B, C) and teacher (T, B, C) soft predictions."""
   gaps = student_probs.mean(0)[None] - teacher_probs.mean(1)  # (T, C), AEKD's gradients up to T / B
-  entropy = -(teacher_probs * np.log(np.clip(teacher_probs, 1e-30, None))).sum(-1).mean(1)
-  return {"entropy": entropy, "gap_norm": np.linalg.norm(gaps, axis=-1),
+  log_teacher = np.log(np.clip(teacher_probs, 1e-30, None))
+  entropy = -(teacher_probs * log_teacher).sum(-1).mean(1)
+  kl = (teacher_probs * (log_teacher - np.log(np.clip(student_probs, 1e-30, None))[None])).sum(-1).mean(1)
+  return {"entropy": entropy, "kl": kl, "gap_norm": np.linalg.norm(gaps, axis=-1),
           "weights": min_norm_weights(gaps @ gaps.T, cap)}
 
 
@@ -51,7 +56,8 @@ def measure(workdir: str) -> dict:
   state = found[0]
   variables = tuple(t.variables for t in teachers)
   temperature = config.temperature
-  cap = aekd_cap(len(teachers), config.aekd.c)
+  c = config.aekd.c if config.method == "aekd" else METHODS.get("aekd").section["c"]  # AEKD's default elsewhere
+  cap = aekd_cap(len(teachers), c)
 
   @jax.jit
   def soft_predictions(images, labels):
@@ -75,7 +81,7 @@ def measure(workdir: str) -> dict:
     untrained.append(batch_statistics(np.full_like(student, 1.0 / student.shape[-1]), teacher, cap))
   mean = lambda rows, key: np.mean([r[key] for r in rows], axis=0)
   return {"teachers": [t.name for t in config.teachers], "temperature": temperature, "batches": len(trained),
-          "entropy": mean(trained, "entropy"),
+          "entropy": mean(trained, "entropy"), "kl": mean(trained, "kl"),
           **{f"{name}_{key}": mean(rows, key) for name, rows in (("trained", trained), ("uniform", untrained))
              for key in ("gap_norm", "weights")}}
 
@@ -87,10 +93,10 @@ def main(argv=None) -> int:
   for workdir in args.workdirs:
     r = measure(workdir)
     print(f"{workdir} ({r['batches']} test batches, T = {r['temperature']})")
-    print("teacher | entropy of p_k | uniform student: |mean p_s - mean p_k|, weight | "
+    print("teacher | entropy of p_k | KL(p_k || p_s), trained student | uniform student: |mean p_s - mean p_k|, weight | "
           "trained student: |mean p_s - mean p_k|, weight")
     for i, name in enumerate(r["teachers"]):
-      print(f"{name} | {r['entropy'][i]:.3f} | {r['uniform_gap_norm'][i]:.4f}, {r['uniform_weights'][i]:.3f} | "
+      print(f"{name} | {r['entropy'][i]:.3f} | {r['kl'][i]:.3f} | {r['uniform_gap_norm'][i]:.4f}, {r['uniform_weights'][i]:.3f} | "
             f"{r['trained_gap_norm'][i]:.4f}, {r['trained_weights'][i]:.3f}")
   return 0
 

@@ -443,6 +443,7 @@ def test_aekd_gradients_weights_the_teacher_whose_batch_mean_matches_the_student
   skewed = np.eye(classes)[np.zeros(batch, int)]  # always class 0
   stats = aekd_gradients.batch_statistics(uniform, np.stack([skewed, one_hot, uniform]), cap=0.6)
   np.testing.assert_allclose(stats["entropy"], [0.0, 0.0, np.log(classes)], atol=1e-12)
+  np.testing.assert_allclose(stats["kl"], [np.log(classes), np.log(classes), 0.0], atol=1e-12)
   np.testing.assert_allclose(stats["gap_norm"], [np.sqrt(0.75 ** 2 + 3 * 0.25 ** 2), 0.0, 0.0], atol=1e-12)
   # Per image the one-hot teacher and the uniform one differ completely; their batch means do not,
   # so AEKD cannot tell them apart: the skewed teacher gets nothing, the other two share the rest.
