@@ -26,13 +26,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import routing  # noqa: E402  (experiments/ is not a package)
-from mmkd_jax import teacher_stages, train  # noqa: E402
 from mmkd_jax.data import pipeline  # noqa: E402
-from mmkd_jax.data.augment import normalize  # noqa: E402
 from mmkd_jax.methods import METHODS  # noqa: E402
 from mmkd_jax.methods.aekd import aekd_cap, min_norm_weights  # noqa: E402
-from mmkd_jax.student import restore_raw_checkpoint  # noqa: E402
-from mmkd_jax.teachers.core import teacher_forward  # noqa: E402
 
 
 def batch_statistics(student_probs: np.ndarray, teacher_probs: np.ndarray, cap: float) -> dict:
@@ -46,36 +42,20 @@ def batch_statistics(student_probs: np.ndarray, teacher_probs: np.ndarray, cap: 
 
 
 def measure(workdir: str) -> dict:
-  config = routing.stored_config(workdir)
-  config.teacher_source = "online"
-  teachers = teacher_stages.load_teachers(config)
-  setup = train.build(config, teachers)
-  found = restore_raw_checkpoint(os.path.join(workdir, "checkpoints"))
-  if found is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint (the committed records have none; use runs/reproduce/...)")
-  state = found[0]
-  variables = tuple(t.variables for t in teachers)
-  temperature = config.temperature
+  """Per-teacher AEKD statistics of the run in ``workdir`` on its full test batches."""
+  temperature = routing.stored_config(workdir).temperature
+  soft = lambda logits: jax.nn.softmax(logits.astype(jnp.float32) / temperature, -1)
+  run = routing.load_trained_run(workdir, lambda aux, teacher_logits: (soft(aux["logits"]), soft(teacher_logits)))
+  config, setup = run.config, run.setup
   c = config.aekd.c if config.method == "aekd" else METHODS.get("aekd").section["c"]  # AEKD's default elsewhere
-  cap = aekd_cap(len(teachers), c)
-
-  @jax.jit
-  def soft_predictions(images, labels):
-    x = normalize(images, setup.spec.mean, setup.spec.std)
-    logits, feats = teacher_forward(teachers, variables, x, config.feature_layer, config.dtype)
-    batch = {"image": x, "label": labels, "teacher_logits": logits.astype(jnp.float32),
-             "teacher_feat": tuple(f.astype(jnp.float32) for f in feats),
-             "epoch": jnp.asarray(config.epochs - 1, jnp.int32)}
-    _, (_, aux) = setup.method.train_objective(state["params"], state["model_state"], state["meta_params"], batch)
-    return (jax.nn.softmax(aux["logits"].astype(jnp.float32) / temperature, -1),
-            jax.nn.softmax(logits.astype(jnp.float32) / temperature, -1))
+  cap = aekd_cap(len(config.teachers), c)
 
   trained, untrained = [], []
   for raw in pipeline.eval_batches(setup.dataset.test, setup.spec, config.batch_size):
     keep = np.asarray(raw["mask"], bool)
     if not keep.all():
       continue  # AEKD's batch means are over full training batches
-    student, teacher = map(np.asarray, soft_predictions(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
+    student, teacher = map(np.asarray, run.outputs(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
     teacher = np.moveaxis(teacher, 1, 0)  # (B, T, C) -> (T, B, C)
     trained.append(batch_statistics(student, teacher, cap))
     untrained.append(batch_statistics(np.full_like(student, 1.0 / student.shape[-1]), teacher, cap))

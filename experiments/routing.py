@@ -23,9 +23,11 @@ import argparse
 import json
 import os
 import sys
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from mmkd_jax import config as config_lib
@@ -73,40 +75,58 @@ def run_competence(config, num_classes: int, text: str = "") -> np.ndarray:
   return oracle.competence_matrix(probe, num_classes)
 
 
-def measure(workdir: str, competence_text: str = "") -> dict:
-  """Routing of the run in ``workdir`` (its latest checkpoint) on its evaluation split."""
+class TrainedRun(NamedTuple):
+  config: ml_collections.ConfigDict
+  setup: Any  # train.build's setup
+  step: int
+  outputs: Callable  # jitted (images, labels) -> readout(aux, teacher_logits)
+
+
+def load_trained_run(workdir: str, readout: Callable) -> TrainedRun:
+  """A finished run's latest checkpoint, its stored config with the teachers run online (on the
+  test images; nothing else changes), and a jitted function of one raw test batch returning
+  ``readout(aux, teacher_logits)`` of the method's training objective at the last epoch."""
   config = stored_config(workdir)
-  config.teacher_source = "online"  # the teachers run here on the test images; nothing else changes
+  config.teacher_source = "online"
   teachers = teacher_stages.load_teachers(config)
   setup = train.build(config, teachers)
   found = restore_raw_checkpoint(os.path.join(workdir, "checkpoints"))
   if found is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint to measure")
+    raise FileNotFoundError(f"{workdir}: no checkpoint to measure (the committed records have none; "
+                            "use the run under runs/reproduce/...)")
   state, _, step = found
-  competence = run_competence(config, setup.spec.num_classes, competence_text)
   epoch = jnp.asarray(config.epochs - 1, jnp.int32)
   variables = tuple(t.variables for t in teachers)
-  method = setup.method
 
   @jax.jit
-  def weights_of(images, labels):
+  def outputs(images, labels):
     x = normalize(images, setup.spec.mean, setup.spec.std)
     logits, feats = teacher_forward(teachers, variables, x, config.feature_layer, config.dtype)
-    batch = {"image": x, "label": labels, "teacher_logits": logits.astype(jnp.float32),
+    logits = logits.astype(jnp.float32)
+    batch = {"image": x, "label": labels, "teacher_logits": logits,
              "teacher_feat": tuple(f.astype(jnp.float32) for f in feats), "epoch": epoch}
-    _, (_, aux) = method.train_objective(state["params"], state["model_state"], state["meta_params"], batch)
-    return aux["teacher_weights"].logits.astype(jnp.float32)
+    _, (_, aux) = setup.method.train_objective(state["params"], state["model_state"], state["meta_params"], batch)
+    return readout(aux, logits)
+
+  return TrainedRun(config, setup, int(step), outputs)
+
+
+def measure(workdir: str, competence_text: str = "") -> dict:
+  """Routing of the run in ``workdir`` (its latest checkpoint) on its evaluation split."""
+  run = load_trained_run(workdir, lambda aux, _: aux["teacher_weights"].logits.astype(jnp.float32))
+  config, setup = run.config, run.setup
+  competence = run_competence(config, setup.spec.num_classes, competence_text)
 
   all_weights, all_labels = [], []
   # Training-size batches: a method's weights may read the whole batch (MMKD's Gram rows are B
   # wide); the padded rows of the last batch are dropped from the record.
   for raw in pipeline.eval_batches(setup.dataset.test, setup.spec, config.batch_size):
     keep = np.asarray(raw["mask"], bool)
-    w = np.asarray(weights_of(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
+    w = np.asarray(run.outputs(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
     all_weights.append(w[keep])
     all_labels.append(np.asarray(raw["label"])[keep])
   record = summarise(np.concatenate(all_weights), np.concatenate(all_labels), competence)
-  record.update(step=int(step), method=config.method, split=setup.spec.test_split,
+  record.update(step=run.step, method=config.method, split=setup.spec.test_split,
                 teachers=[t.name for t in config.teachers])
   return record
 

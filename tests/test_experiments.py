@@ -292,6 +292,12 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
     np.testing.assert_allclose(again["competent_share_per_class"], [0.5] * 5 + [1.0] * 5, atol=1e-6)
     with open(os.path.join(workdir, "routing.json")) as f:
       assert json.load(f) == again
+    import aekd_gradients  # pylint: disable=import-outside-toplevel
+    stats = aekd_gradients.measure(workdir)  # the same run's setup, read through routing.load_trained_run
+    assert stats["teachers"] == [t.name for t in c.teachers] and stats["batches"] == 359 // c.batch_size
+    assert np.all((stats["entropy"] > 0) & (stats["entropy"] < np.log(10))) and np.all(stats["kl"] > 0)
+    for key in ("trained_weights", "uniform_weights"):
+      np.testing.assert_allclose(stats[key].sum(), 1.0, rtol=1e-6)
 
 
 def test_competence_from_validation_accuracy():
