@@ -9,6 +9,9 @@ Argument: ``[method][,smoke]`` (default ``mmkd``; ``--config.method=X`` works th
 into runs/teachers, 15 epochs each), precomputes their outputs for 4 augmentation replays, and
 distils a resnet8 student for 15 epochs. With MMKD: meta-weighted KD + feature matching
 (weights.feat 10 on digits, chosen on a validation split), hard buffer, exact hypergradient.
+Teachers precomputed (each of the 4 views used 3.75 times over 15 epochs) so that the default
+runs in minutes on a CPU; ``--config.teacher_source=online`` draws a new crop and flip every epoch,
+as the originals do (replay ablation: experiments/RESULTS.md sections 8 and 10).
 Expected (test split, seed 0, 2-core CPU): teachers resnet14 95.8-96.4 %, resnet20 97.2-97.5 %,
 wrn_16_1 95.5-96.7 %; MMKD student 95.0-96.4 % last epoch (the range over three x86 machines of this
 project with the same recipe: XLA:CPU compiles for the host's instruction set, so runs repeat bit for
