@@ -13,13 +13,10 @@ with internet: ``python -m mmkd_jax.data.prepare stanford_dogs``); MIT67 reads i
 directory (``--config.dataset_source_dir``). Preprocessing as the reference: RandomResizedCrop(224)
 + flip, Resize(256) + CenterCrop(224), ImageNet mean/std. Schedule: 240 epochs, batch 64, SGD lr
 0.05 (0.01 for MobileNetV2 / ShuffleNet students), x0.1 at 150/180/210, Nesterov, wd 5e-4.
-Teachers: precomputed (``teacher_source="precomputed"``, ``num_replays = 8``), for speed: the
-amortised MMKD step is 1.68x (vgg8) and 1.95x (resnet8x4) faster than with the teachers online
-(experiments/RESULTS.md section 3, 2-core CPU). The price is augmentation: each training image
-keeps 8 crop-and-flip views for the whole run, each used 30 times over 240 epochs, where the
-original draws a new view every epoch. Measured at 40 epochs on Fashion-MNIST (5 uses per view,
-RESULTS section 10), online minus precomputed: AVER +0.04 (2 SE 0.27), MMKD -0.02 (2 SE 0.18); 30 uses per
-view were not measured. ``--config.teacher_source=online`` is the original's augmentation exactly.
+Teachers: precomputed, 8 replays (each crop-and-flip view used 30 times over 240 epochs, where the
+original draws a new view every epoch), for speed: the amortised MMKD step is 1.68x / 1.95x faster
+(experiments/RESULTS.md section 3). What that costs in accuracy, measured and not: docs/methods.md,
+"Deviations common to several methods". ``--config.teacher_source=online``: the original's views.
 Expected top-1: not run here (a GPU-scale budget). Runtime estimate from the step benchmark
 (experiments/RESULTS.md, 224x224 section): several CPU-seconds per plain step at batch 64 on the
 2-core CPU, i.e. a GPU run. ``smoke``: 32x32 crops, one epoch, ResNet18 teachers (tests).

@@ -9,13 +9,10 @@ Preprocessing as the reference: RandomResizedCrop(32) + flip, its mean/std; eval
 official validation images with Resize(32) + CenterCrop(32) (the reference evaluates with the
 training transform, a bug: docs/methods.md). Schedule: 240 epochs, batch 64, SGD lr 0.05,
 x0.1 at 150/180/210, Nesterov, wd 5e-4; 200 classes.
-Teachers: precomputed (``teacher_source="precomputed"``, ``num_replays = 8``), for speed: the
-amortised MMKD step is 1.68x (vgg8) and 1.95x (resnet8x4) faster than with the teachers online
-(experiments/RESULTS.md section 3, 2-core CPU). The price is augmentation: each training image
-keeps 8 crop-and-flip views for the whole run, each used 30 times over 240 epochs, where the
-original draws a new view every epoch. Measured at 40 epochs on Fashion-MNIST (5 uses per view,
-RESULTS section 10), online minus precomputed: AVER +0.04 (2 SE 0.27), MMKD -0.02 (2 SE 0.18); 30 uses per
-view were not measured. ``--config.teacher_source=online`` is the original's augmentation exactly.
+Teachers: precomputed, 8 replays (each crop-and-flip view used 30 times over 240 epochs, where the
+original draws a new view every epoch), for speed: the amortised MMKD step is 1.68x / 1.95x faster
+(experiments/RESULTS.md section 3). What that costs in accuracy, measured and not: docs/methods.md,
+"Deviations common to several methods". ``--config.teacher_source=online``: the original's views.
 Expected top-1: not run here (100,000 training images x 240 epochs is a GPU run; at the CIFAR
 step times of experiments/RESULTS.md about 2 amortised CPU-seconds per step for resnet8x4).
 ``smoke``: one epoch, resnet8 teachers (tests).

@@ -43,10 +43,8 @@ def batch_statistics(student_probs: np.ndarray, teacher_probs: np.ndarray, cap: 
 
 def measure(workdir: str) -> dict:
   """Per-teacher AEKD statistics of the run in ``workdir`` on its full test batches."""
-  temperature = routing.stored_config(workdir).temperature
-  soft = lambda logits: jax.nn.softmax(logits.astype(jnp.float32) / temperature, -1)
-  run = routing.load_trained_run(workdir, lambda aux, teacher_logits: (soft(aux["logits"]), soft(teacher_logits)))
-  config, setup = run.config, run.setup
+  run = routing.load_trained_run(workdir, lambda aux, teacher_logits: (aux["logits"].astype(jnp.float32), teacher_logits))
+  config, setup, temperature = run.config, run.setup, run.config.temperature
   c = config.aekd.c if config.method == "aekd" else METHODS.get("aekd").section["c"]  # AEKD's default elsewhere
   cap = aekd_cap(len(config.teachers), c)
 
@@ -55,7 +53,8 @@ def measure(workdir: str) -> dict:
     keep = np.asarray(raw["mask"], bool)
     if not keep.all():
       continue  # AEKD's batch means are over full training batches
-    student, teacher = map(np.asarray, run.outputs(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
+    logits = run.outputs(jnp.asarray(raw["image"]), jnp.asarray(raw["label"]))
+    student, teacher = (np.asarray(jax.nn.softmax(x / temperature, -1)) for x in logits)
     teacher = np.moveaxis(teacher, 1, 0)  # (B, T, C) -> (T, B, C)
     trained.append(batch_statistics(student, teacher, cap))
     untrained.append(batch_statistics(np.full_like(student, 1.0 / student.shape[-1]), teacher, cap))
