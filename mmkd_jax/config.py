@@ -177,6 +177,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2         # latest checkpoints kept
   c.async_checkpoints = True     # write checkpoints in the background
   c.stop_at_step = -1            # save and stop at this global step (tests, preemption drills)
+  c.divergence_factor = 10.0     # stop when a loss term's window mean exceeds this x its first logged value; 0 = off
   return c
 
 
@@ -375,6 +376,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          f"unknown evaluator {name!r}; known: {', '.join(evaluators.EVALUATORS.names())}")
   need("accuracy" in c.evaluators, "evaluators", "must include 'accuracy' (the best checkpoint is chosen on its top-1)")
   need(c.eval_every >= 1, "eval_every", "must be at least 1")
+  need(c.divergence_factor == 0 or c.divergence_factor > 1, "divergence_factor",
+       f"{c.divergence_factor} must be above 1 (a growth factor), or 0 to turn the check off")
   need(not c.student_checkpoint or c.mode not in ("distill", "pipeline") or storage.exists(c.student_checkpoint),
        "student_checkpoint",
        f"{c.student_checkpoint} does not exist")

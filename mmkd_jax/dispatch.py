@@ -52,6 +52,10 @@ class StepRow:
   def is_ready(self) -> bool:
     return self.stacked.is_ready()
 
+  def block_until_ready(self) -> "StepRow":
+    self.stacked.block_until_ready()
+    return self
+
   def copy_to_host_async(self) -> None:
     self.stacked.copy_to_host_async()
 

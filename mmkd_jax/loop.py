@@ -10,6 +10,7 @@ written once for both.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Any, Callable, Iterator
@@ -26,6 +27,18 @@ PyTree = Any
 
 class NonFiniteLossError(FloatingPointError):
   """A loss term became NaN or infinite."""
+
+
+class DivergedError(FloatingPointError):
+  """A loss term grew far beyond its first logged value (``config.divergence_factor``)."""
+
+
+# Dispatches the host may run ahead of the device. Steps are dispatched asynchronously and a stop
+# request is read on the host, so without a bound a stop lands wherever the input pipeline let the
+# host run ahead (a whole epoch on a fast pipeline); with it, a stop request is honoured within
+# this many dispatches plus the one being prepared. Two keep the device fed: the next step is
+# queued while one runs (docs/reliability.md: stop latency and throughput measured).
+MAX_IN_FLIGHT = 2
 
 
 def announced(fn: Callable, what: str, quiet: bool) -> Callable:
@@ -56,8 +69,10 @@ class Member:
   writer: MetricWriter
   eval_fn: Callable
   label: str = ""                 # printed before each epoch line (a replica's name)
-  stopped: str | None = None      # its non-finite message once it stopped
+  stopped: str | None = None      # its non-finite or divergence message once it stopped
+  stop_status: str = ""           # "nonfinite" or "diverged" once stopped
   eval_batches: Callable | None = None  # (batch size) -> device batches of the split (data.resident)
+  restored_step: int = 0          # the checkpoint step this command resumed from (0: a fresh start)
 
   @property
   def teacher_names(self) -> list[str]:
@@ -65,6 +80,58 @@ class Member:
 
   def write_window(self, step: int, means: dict[str, np.ndarray], lr: float) -> None:
     self.writer.write(step, {**tagged_train_metrics(means, self.teacher_names), "train/lr": lr})
+
+  def check_divergence(self, step: int, means: dict[str, np.ndarray]) -> str | None:
+    """The divergence message when a loss term's window mean exceeds ``divergence_factor`` times
+    its first logged (non-zero) value and, weighted, the whole first logged loss; else None.
+
+    A term's reference is its first non-zero window (a feature term that starts at
+    ``feat_from_epoch`` is measured from then on), kept in the checkpoint so a resumed run
+    compares with the same values. Both conditions: a tiny term that grows tenfold but stays
+    negligible is no divergence. In the committed runs of experiments/results the largest growth of
+    a term over its first window is 3.6x (MMKD's feature term), so the default 10 leaves margin;
+    a diverging run grows by orders of magnitude (tests/test_loop.py)."""
+    config = self.setup.config
+    factor = config.divergence_factor
+    if not factor:
+      return None
+    reference = self.host.setdefault("loss_reference", {})
+    if "loss" not in reference and "loss" in means:
+      reference["loss"] = [float(means["loss"]), step]
+    for term in self.setup.method_spec.terms:
+      value = means.get(f"loss_{term}")
+      if value is None or not np.isfinite(value):
+        continue
+      value = float(value)
+      if term not in reference:
+        if value != 0.0:
+          reference[term] = [value, step]
+        continue
+      first, first_step = reference[term]
+      if first > 0 and value > factor * first and float(config.weights[term]) * value > reference["loss"][0]:
+        spe = self.setup.steps_per_epoch
+        return (f"loss term {term!r} grew from {first:.4g} (first logged, step {first_step}) to {value:.4g} at step "
+                f"{step} (epoch {(step - 1) // spe + 1}), over {factor:g}x: the run diverges; training stopped, the "
+                f"checkpoints saved so far are kept. {self._scale_knobs(reference)}; lower one, or "
+                "--config.divergence_factor=0 turns this check off.")
+    return None
+
+  def _scale_knobs(self, reference: dict[str, list]) -> str:
+    """Where the loss's scale is set: the term weighing most in the first logged loss, and lr."""
+    config = self.setup.config
+    shares = {t: float(config.weights[t]) * reference[t][0] / reference["loss"][0]
+              for t in self.setup.method_spec.terms if t in reference and reference["loss"][0] > 0}
+    lr = f"config.lr (now {config.lr:g})"
+    if not shares:
+      return f"Its scale is set by {lr}"
+    top = max(shares, key=shares.get)
+    return (f"The loss's scale is set by config.weights.{top} (now {float(config.weights[top]):g}: "
+            f"{100 * shares[top]:.0f}% of the first logged loss) and {lr}")
+
+  def save_now(self) -> None:
+    """Checkpoints the current state after a finished epoch (no metric sums to carry)."""
+    self.writer.flush()
+    self.ckpt.save(int(jax.device_get(self.state.step)), self.state, self.host, force=True)
 
   def save_stop(self, carry: dict, tic: float) -> None:
     """Checkpoints the current step with the epoch's metric sums (so a resumed run logs what
@@ -168,12 +235,18 @@ def check_finite(program: Program, members: list[Member]) -> None:
     message = member.setup.steps.nonfinite_message(program.member_of(nonfinite, k), member.setup.steps_per_epoch)
     if not message:
       continue
-    member.stopped = message
-    if not program.stacked:
-      member.close()
-      raise NonFiniteLossError(message)
-    if not member.quiet:
-      print(f"{member.label}{message} The other replicas go on.")
+    stop_member(program, member, message, "nonfinite")
+
+
+def stop_member(program: Program, member: Member, message: str, status: str) -> None:
+  """Stops a member for good: a single run raises (NonFiniteLossError / DivergedError, the last
+  checkpoint kept); a replica stops logging, evaluating and checkpointing and the others go on."""
+  member.stopped, member.stop_status = message, status
+  if not program.stacked:
+    member.close()
+    raise (NonFiniteLossError if status == "nonfinite" else DivergedError)(message)
+  if not member.quiet:
+    print(f"{member.label}{message} The other replicas go on.")
 
 
 def log_windows(program: Program, members: list[Member], epoch: int, ready: list) -> None:
@@ -188,7 +261,11 @@ def log_windows(program: Program, members: list[Member], epoch: int, ready: list
       check_finite(program, members)
     lr = program.lr(step, len(members))
     for k in _active(members):
-      members[k].write_window(step, program.member_of(means, k), float(lr[k]))
+      member_means = program.member_of(means, k)
+      members[k].write_window(step, member_means, float(lr[k]))
+      diverged = members[k].check_divergence(step, member_means)
+      if diverged:
+        stop_member(program, members[k], diverged, "diverged")
 
 
 def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: int,
@@ -204,9 +281,14 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
              disable=True if quiet else None, unit="step")
   log = StepLog(config.log_every, first_batch, program_carry(program, members))
   tic, seen, done, interrupted = time.perf_counter(), 0, 0, False
+  in_flight: collections.deque = collections.deque()  # each dispatch's last output, oldest first
   dispatches = (program.scanned.epoch(program, epoch, first_batch) if program.scanned is not None
                 else dispatch.streamed(program, setup, epoch, first_batch))
   for stepped in dispatches:
+    last = stepped[-1][1]
+    in_flight.append(last.get("meta_outer_loss", last["loss"]))
+    while len(in_flight) > MAX_IN_FLIGHT:
+      in_flight.popleft().block_until_ready()
     for idx, metrics in stepped:
       seen += config.batch_size
       ready = log.add(idx, metrics)
@@ -259,7 +341,11 @@ def run(program: Program, members: list[Member], stop: runs.StopRequest,
   """Trains every active member to ``config.epochs`` (from the step its checkpoint holds);
   returns whether it was interrupted (a stop request, ``stop_at_step`` or a preemption point),
   after checkpointing every active member where it stopped. ``member_state(k)``: member k's
-  state from the program's, for its evaluation and checkpoints."""
+  state from the program's, for its evaluation and checkpoints.
+
+  A stop that comes after an epoch's last batch was trained (or during its evaluation) ends that
+  epoch as usual first (evaluation, logs, best checkpoint): the resumed command starts at the next
+  epoch, so the records equal an uninterrupted run's. A stop during the last epoch finishes the run."""
   setup = members[0].setup
   spe, epochs = setup.steps_per_epoch, setup.config.epochs
   active = _active(members)
@@ -271,18 +357,20 @@ def run(program: Program, members: list[Member], stop: runs.StopRequest,
     log, seen, tic, interrupted = run_epoch(program, members, epoch, first_batch, stop)
     check_finite(program, members)
     log_windows(program, members, epoch, log.flush())
-    if interrupted:
-      step_now = int(np.max(jax.device_get(program.state.step)))
-      carry = log.carry(step_now - epoch * spe - 1)
+    step_now = int(np.max(jax.device_get(program.state.step)))
+    epoch_done = step_now == (epoch + 1) * spe
+    carry = None if epoch_done else log.carry(step_now - epoch * spe - 1)
     for k in _active(members):
       member = members[k]
       member.state = member_state(k)
-      if interrupted:
-        member.save_stop(member_carry(program, carry, k), tic)
+      if epoch_done:
+        member.end_epoch(epoch, program.member_of(log.epoch_means(), k), seen, tic)
       else:
-        means = log.epoch_means()
-        member.end_epoch(epoch, program.member_of(means, k), seen, tic)
-    if interrupted:
+        member.save_stop(member_carry(program, carry, k), tic)
+    # A stop request that arrived during the evaluation counts too (single host: the flag).
+    if (interrupted or stop.requested) and not (epoch_done and epoch + 1 == epochs):
+      for k in _active(members) if epoch_done else ():
+        members[k].save_now()
       for member in members:
         member.ckpt.wait()
       return True

@@ -27,7 +27,7 @@ from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec, show_config
 from mmkd_jax.data import resident, sources
 from mmkd_jax.methods import METHODS
-from mmkd_jax.loop import NonFiniteLossError
+from mmkd_jax.loop import DivergedError, NonFiniteLossError
 from mmkd_jax.errors import ConfigError, UnknownNameError
 from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers import convert
@@ -105,18 +105,16 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, da
             f"{summary['final_top1']}, best {summary['best_top1']} @ {summary['best_epoch']}")
     if any(s["status"] == "preempted" for s in result["replicas"]):
       step = int(jax.numpy.max(result["state"].step))
-      raise runs.Preempted(f"stopped by SIGTERM while training the student replicas at step {step} of "
-                           f"{result['replicas'][0]['steps_total']} (checkpoints saved in "
-                           f"{storage.absolute(workdir)}/seed*); run the same command to resume")
+      raise runs.stop(f"while training the student replicas at step {step} of "
+                      f"{result['replicas'][0]['steps_total']} (checkpoints saved in {storage.absolute(workdir)}/seed*)")
     print(f"written to {storage.absolute(workdir)}/seed<s>/: summary.json, config.json, metrics.jsonl, "
           "checkpoints/, best/ (each an ordinary run directory)")
     return {k: v for k, v in result.items() if k != "state"}
   summary = train.train_and_evaluate(config, workdir, loaded, cache)
   state = summary.pop("state", None)
   if summary["status"] == "preempted":
-    raise runs.Preempted(f"stopped by SIGTERM while training the student at step {int(state.step)} of "
-                         f"{summary['steps_total']} (checkpoint saved in {storage.absolute(workdir)}); "
-                         "run the same command to resume")
+    raise runs.stop(f"while training the student at step {int(state.step)} of {summary['steps_total']} "
+                    f"(checkpoint saved in {storage.absolute(workdir)})")
   print(json.dumps({k: v for k, v in summary.items() if k not in ("teachers", "setting")}, indent=2))
   where = {"summary": "summary.json", "resolved config": "config.json", "metrics": "metrics.jsonl",
            "TensorBoard": "tensorboard/", "checkpoints": "checkpoints/ (latest) and best/"}
@@ -142,7 +140,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 
 
 # Mistakes of the user (config, files, data, a busy or unwritable workdir): one line, exit code 2.
-USER_ERRORS = (NonFiniteLossError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
+USER_ERRORS = (NonFiniteLossError, DivergedError, ConfigError, UnknownNameError, cache_lib.CacheMismatchError,
                checkpoint.CheckpointError, workdir_lock.WorkdirLockedError, convert.ConversionError, OSError,
                ImportError, ValueError)
 
@@ -255,6 +253,13 @@ def main(args: Args) -> None:
     run(config, _WORKDIR.value)
   except runs.Preempted as e:  # a clean stop: everything finished so far is saved
     print(str(e), flush=True)
+    if e.exit_code:
+      sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C outside the stages' stop request, or a second Ctrl-C
+    print("\naborted by Ctrl-C: the checkpoints saved so far are kept; run the same command to resume",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)  # pylint: disable=protected-access  (at once: no waiting for background writes)
   except USER_ERRORS as e:
     fail(f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e))
 

@@ -131,6 +131,7 @@ def _open(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[An
     train.write_config(setup.config, directory)
     train.record_teacher_accuracy(member, members[0].host["teacher_accuracy"] if members else None)
     member.stopped = steps.nonfinite_message(np.asarray(member.state.nonfinite), base.steps_per_epoch)
+    member.stop_status = "nonfinite" if member.stopped else ""
     members.append(member)
   axis = "replica" if shards > 1 else None
   values = parallel.shard_replicas(replica_values(config), mesh)
@@ -171,8 +172,9 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
     summaries = []
     for k, member in enumerate(members):
       member.close()
-      status = "nonfinite" if member.stopped else "preempted" if preempted else "finished"
+      status = member.stop_status or ("preempted" if preempted else "finished")
       summary = train.run_summary(member.setup, member.host, status, started)
+      summary.update(train.this_command(member, program))
       summary["replica"] = {"index": k, "of": len(members), "workdir": workdir}
       if member.stopped:
         summary["stopped"] = member.stopped
@@ -181,7 +183,7 @@ def train_replicas(config: ml_collections.ConfigDict, workdir: str, teachers: Se
       summaries.append(summary)
   if not preempted and all(m.stopped for m in members):
     messages = "; ".join(f"replica {k}: {m.stopped}" for k, m in enumerate(members))
-    raise NonFiniteLossError(f"every replica stopped on a non-finite loss ({messages})")
+    raise NonFiniteLossError(f"every replica stopped on a non-finite or diverging loss ({messages})")
   return {"seeds": list(replica_spec.replica_seeds(config)), "replicas": summaries, "state": program.state}
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -22,7 +23,7 @@ from mmkd_jax.errors import ConfigError
 # Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and
 # where files are, not what is computed. Anything else differing from the stored run is refused.
 RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
-             "stop_at_step", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
+             "stop_at_step", "divergence_factor", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
              "eval_batch_size", "evaluators", "eval_every", "distributed.", "teacher_training.", "trust_pickle",
              "data_placement", "scan_steps")
 # Free to differ too, but no user's choice: written by resolve(), or retired (early runs stored it).
@@ -160,28 +161,47 @@ _CODE_VERSION = _read_code_version()
 
 
 class Preempted(Exception):
-  """SIGTERM stopped the command at a safe point (everything finished so far is on disk and
-  nothing unfinished is marked finished); the same command resumes from there."""
+  """A stop signal (SIGTERM, Ctrl-C) stopped the command at a safe point (everything finished so
+  far is on disk and nothing unfinished is marked finished); the same command resumes from there.
+  ``exit_code``: 0 after SIGTERM (a scheduler's preemption notice: the job did its part), 130
+  after Ctrl-C (the shell's code for an interrupted command, so ``cmd && next`` stops)."""
+
+  def __init__(self, message: str, exit_code: int = 0):
+    super().__init__(message)
+    self.exit_code = exit_code
 
 
-# One flag for the whole command: a SIGTERM during teacher training, precompute or distillation
-# (or between them) is seen by the next check of whichever stage runs.
-_STOP = {"requested": False, "depth": 0, "previous": None}
+# One flag for the whole command: a SIGTERM or Ctrl-C during teacher training, precompute or
+# distillation (or between them) is seen by the next check of whichever stage runs.
+_STOP = {"requested": False, "signal": None, "depth": 0, "previous": {}}
+_SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
 
 def stop_requested() -> bool:
   return _STOP["requested"]
 
 
+def stopped_by() -> str:
+  """The signal that asked to stop, as the stop line names it ('SIGTERM' or 'Ctrl-C')."""
+  return _SIGNAL_NAMES.get(_STOP["signal"], "SIGTERM")
+
+
+def stop(where: str) -> Preempted:
+  """The clean stop of this command, naming the signal and ``where`` it stopped."""
+  code = 130 if _STOP["signal"] == signal.SIGINT else 0
+  return Preempted(f"stopped by {stopped_by()} {where}; run the same command to resume", code)
+
+
 def raise_if_stopped(where: str) -> None:
-  """Raises Preempted (naming ``where``) once SIGTERM arrived."""
+  """Raises Preempted (naming ``where``) once a stop signal arrived."""
   if _STOP["requested"]:
-    raise Preempted(f"stopped by SIGTERM {where}; run the same command to resume")
+    raise stop(where)
 
 
 class StopRequest:
-  """Turns SIGTERM into a flag the loops check after each step (nested uses share one flag and
-  one handler, installed by the outermost)."""
+  """Turns SIGTERM and the first Ctrl-C into a flag the loops check after each dispatch (nested
+  uses share one flag and one handler, installed by the outermost); a second Ctrl-C raises
+  KeyboardInterrupt at once (``main`` ends the command with one line, exit 130)."""
 
   @property
   def requested(self) -> bool:
@@ -192,28 +212,35 @@ class StopRequest:
       return self
     _STOP["depth"] += 1
     if _STOP["depth"] == 1:
-      _STOP["requested"] = False
-      try:
-        _STOP["previous"] = signal.signal(signal.SIGTERM, _handle)
-      except ValueError:  # not the main thread
-        _STOP["previous"] = None
+      _STOP["requested"], _STOP["signal"] = False, None
+      for signum in _SIGNAL_NAMES:
+        try:
+          _STOP["previous"][signum] = signal.signal(signum, _handle)
+        except ValueError:  # not the main thread
+          pass
     return self
 
   def __exit__(self, *exc):
     if jax.process_count() > 1:
       return
     _STOP["depth"] -= 1
-    if _STOP["depth"] == 0 and _STOP["previous"] is not None:
-      signal.signal(signal.SIGTERM, _STOP["previous"])
-      _STOP["previous"] = None
+    if _STOP["depth"] == 0:
+      for signum, previous in _STOP["previous"].items():
+        signal.signal(signum, previous)
+      _STOP["previous"] = {}
 
 
 def _handle(signum, frame):
-  del signum, frame
-  _STOP["requested"] = True
+  del frame
+  if signum == signal.SIGINT and _STOP["requested"]:
+    raise KeyboardInterrupt  # the second Ctrl-C: abort now
+  if not _STOP["requested"]:
+    _STOP["requested"], _STOP["signal"] = True, signum
+    if signum == signal.SIGINT:
+      print("\nCtrl-C: stopping after the current step, with a checkpoint (press Ctrl-C again to abort at once)",
+            file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # python -m mmkd_jax.runs DIR ...: the runs table
-  import sys  # pylint: disable=import-outside-toplevel
   from mmkd_jax import runs_table  # pylint: disable=import-outside-toplevel
   sys.exit(runs_table.main())

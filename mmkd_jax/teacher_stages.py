@@ -152,7 +152,7 @@ def check_trained_teachers(config: ml_collections.ConfigDict) -> None:
 def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
   """Trains, into ``teacher_dir``, every teacher without an explicit checkpoint that is missing;
   returns the seconds spent. A teacher with an explicit checkpoint is never trained (a mistyped
-  path is an error later). SIGTERM stops it with its latest checkpoint saved (runs.Preempted);
+  path is an error later). A stop signal stops it with its latest checkpoint saved (runs.Preempted);
   the same command resumes it from there, and only a finished teacher gets its teacher.json."""
   check_trained_teachers(config)
   spent = 0.0
@@ -166,9 +166,8 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
     summary = train.train_and_evaluate(tc, path + ".run")
     state = summary["state"]
     if summary["status"] != "finished":
-      raise runs.Preempted(
-          f"stopped by SIGTERM while training teacher {entry.name!r} at step {int(jax.device_get(state.step))} "
-          f"(of {summary['steps_total']}; checkpoint saved in {storage.absolute(path)}.run); run the same command to resume")
+      raise runs.stop(f"while training teacher {entry.name!r} at step {int(jax.device_get(state.step))} "
+                      f"(of {summary['steps_total']}; checkpoint saved in {storage.absolute(path)}.run)")
     spent += summary["wall_seconds"]
     variables = {"params": state.params["student"], "batch_stats": state.model_state["student"]}
     spec = sources.dataset_spec(config)

@@ -204,7 +204,16 @@ def open_member(setup: Setup, workdir: str, quiet: bool, eval_fn: Any, label: st
   """A run's bookkeeping: its latest checkpoint restored (or its initial state), its writer;
   the teachers' accuracy recorded once."""
   state, host, ckpt = restore_or_init(setup, workdir, quiet)
-  return Member(setup, workdir, quiet, state, host, ckpt, MetricWriter(workdir, resume_step(state)), eval_fn, label)
+  return Member(setup, workdir, quiet, state, host, ckpt, MetricWriter(workdir, resume_step(state)), eval_fn, label,
+                restored_step=max(resume_step(state), 0))
+
+
+def this_command(member: Member, program: Program) -> dict[str, Any]:
+  """What this command did to a run (summary.json): the checkpoint step it resumed from (0: a
+  fresh start), the steps it trained, and where the training data lived (host or device)."""
+  steps_now = int(np.max(jax.device_get(member.state.step)))
+  return {"resumed_from_step": member.restored_step, "steps_trained": steps_now - member.restored_step,
+          "data_placement": "device" if program.scanned is not None else "host"}
 
 
 def _start(setup: Setup, workdir: str, quiet: bool) -> tuple[Program, Member]:
@@ -254,6 +263,7 @@ def _train(setup: Setup, workdir: str, quiet: bool) -> dict[str, Any]:
   program.close()
   member.close()
   summary = run_summary(setup, member.host, "preempted" if preempted else "finished", started)
+  summary.update(this_command(member, program))
   if not preempted:
     write_summary(summary, workdir)
   summary["state"] = program.state

@@ -56,14 +56,20 @@ def test_cached_teachers_on_the_device_equal_streaming_bit_for_bit(tmp_path, tea
   c = lambda **o: _config(teacher_dir, data_dir, method="aver", teacher_source="precomputed", epochs=2,
                           cache_dir=str(tmp_path / "cache"), **o)
   reference = _reference(c(), str(tmp_path / "host"))
+  assert reference["data_placement"] == "host"
   for steps in (1, 3):
     workdir = str(tmp_path / f"device{steps}")
-    _assert_same_run(reference, _train(c(data_placement="device", scan_steps=steps), workdir), workdir)
+    device = _train(c(data_placement="device", scan_steps=steps), workdir)
+    assert device["data_placement"] == "device"  # no silent fallback to streaming
+    _assert_same_run(reference, device, workdir)
   stopped = _train(c(data_placement="device", scan_steps=3, stop_at_step=6), str(tmp_path / "resumed"))
   assert stopped["status"] == "preempted" and int(np.asarray(stopped["state"].step)) == 6
+  assert stopped["data_placement"] == "device" and stopped["steps_trained"] == 6
   monkeypatch.setattr(resident, "device_budget", lambda: (1024, "a test's budget"))
   resumed = _train(c(data_placement="auto", scan_steps=3), str(tmp_path / "resumed"), quiet=False)
   assert "data_placement=auto: streaming from the host: the data need" in capsys.readouterr().out
+  assert resumed["data_placement"] == "host"
+  assert resumed["resumed_from_step"] == 6 and resumed["steps_trained"] == 2  # 2 epochs of 4 steps
   _assert_same_run(reference, resumed, str(tmp_path / "resumed"))
 
 
@@ -75,7 +81,9 @@ def test_meta_steps_inside_a_dispatch_equal_streaming_bit_for_bit(tmp_path, teac
   reference = _reference(c(), str(tmp_path / "host"))
   assert any("train/meta_outer_loss" in r for r in reference["records"])
   workdir = str(tmp_path / "device")
-  _assert_same_run(reference, _train(c(data_placement="device", scan_steps=2), workdir), workdir)
+  device = _train(c(data_placement="device", scan_steps=2), workdir)
+  assert device["data_placement"] == "device"
+  _assert_same_run(reference, device, workdir)
 
 
 @pytest.mark.slow
@@ -94,6 +102,8 @@ def test_replicas_on_the_device_equal_streaming_bit_for_bit(tmp_path, teacher_di
     loaded = teacher_stages.load_teachers(config)
     return replicas.train_replicas(config, str(tmp_path / name), loaded, None, quiet=True)
   reference, device = run("host"), run("device", data_placement="device", scan_steps=3)
+  assert {r["data_placement"] for r in reference["replicas"]} == {"host"}
+  assert {r["data_placement"] for r in device["replicas"]} == {"device"}
   for a, b in zip(state_leaves(reference["state"]), state_leaves(device["state"])):
     np.testing.assert_array_equal(a, b)
   for seed in ("seed0", "seed1"):

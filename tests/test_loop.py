@@ -33,8 +33,19 @@ def test_resume_after_a_stop_gives_identical_state_and_metrics(tmp_path, teacher
                 str(tmp_path / "resumed"))
   assert killed["status"] == "preempted"
   assert int(jax.device_get(killed["state"].step)) == 8
+  assert killed["resumed_from_step"] == 0 and killed["steps_trained"] == 8
+  # Then a stop on the first epoch's last batch (step 22): the epoch ends first (evaluation, its
+  # record, the best checkpoint), so the command that resumes at epoch 2 loses nothing.
+  at_end = run_trainer(trainer_config(teacher_dir, data_dir, method=method, epochs=2, log_every=3, stop_at_step=22),
+                       str(tmp_path / "resumed"))
+  assert at_end["status"] == "preempted" and at_end["resumed_from_step"] == 8 and at_end["steps_trained"] == 14
+  assert [r["epoch"] for r in metric_records(str(tmp_path / "resumed")) if "test/top1" in r] == [1]
+  assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["22", "8"]
   resumed = run_trainer(config, str(tmp_path / "resumed"))
   assert resumed["status"] == "finished"
+  # the path taken: restored at step 22, trained the other 22 (a restore that silently returned
+  # nothing would retrain all 44 from step 0 and end in the same state)
+  assert resumed["resumed_from_step"] == 22 and resumed["steps_trained"] == 22
   for a, b in zip(state_leaves(straight["state"]), state_leaves(resumed["state"])):
     np.testing.assert_array_equal(a, b)
   assert resumed["final_top1"] == straight["final_top1"]
@@ -80,6 +91,51 @@ def test_evaluations_every_n_epochs_log_each_configured_evaluator(tmp_path, teac
             "test/kl/s_resnet8b", "test/teacher/ensemble"} <= set(record)
     assert 0.0 <= record["test/ece"] <= 1.0
   assert summary["final_top1"] == epochs[3]["test/top1"] and summary["best_epoch"] in (2, 3)
+
+
+def test_a_sigterm_during_an_evaluation_keeps_that_epoch_and_stops_before_the_next(tmp_path, teacher_dir, data_dir,
+                                                                                   monkeypatch):
+  """A real SIGTERM while epoch 1 of 2 is evaluated: the epoch's record and best checkpoint are
+  written, the command stops at step 22 without starting epoch 2, and resumes there."""
+  from mmkd_jax import evaluation  # pylint: disable=import-outside-toplevel
+  original = evaluation.evaluate_student
+
+  def evaluate_and_signal(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(evaluation, "evaluate_student", evaluate_and_signal)
+  stopped = run_trainer(trainer_config(teacher_dir, data_dir, method="aver", epochs=2), str(tmp_path / "w"))
+  assert stopped["status"] == "preempted" and stopped["steps_trained"] == 22
+  assert [r["epoch"] for r in metric_records(str(tmp_path / "w")) if "test/top1" in r] == [1]
+  assert os.listdir(tmp_path / "w" / "best") == ["22"] and os.listdir(tmp_path / "w" / "checkpoints") == ["22"]
+  monkeypatch.setattr(evaluation, "evaluate_student", original)
+  resumed = run_trainer(trainer_config(teacher_dir, data_dir, method="aver", epochs=2), str(tmp_path / "w"))
+  assert resumed["status"] == "finished" and resumed["resumed_from_step"] == 22 and resumed["epochs_completed"] == 2
+
+
+def test_the_host_runs_at_most_max_in_flight_dispatches_ahead_of_the_device(tmp_path, teacher_dir, data_dir,
+                                                                           monkeypatch):
+  """Each step's loss passes through a slow device computation (the device is the bottleneck, as
+  with a CIFAR-size step): when each step is dispatched, at most MAX_IN_FLIGHT earlier ones may be
+  unfinished, so a stop request lands within that many steps. Unbounded, the host queued most of
+  the epoch before the device finished its first steps."""
+  from mmkd_jax import loop  # pylint: disable=import-outside-toplevel
+  slow = jax.jit(lambda loss: loss + 0.0 * jnp.sum(jax.lax.fori_loop(
+      0, 40, lambda i, m: jnp.tanh(m @ m), jnp.full((384, 384), loss / 384))))
+  unfinished, losses = [], []
+  original = loop.Program.step
+
+  def step(self, fn, raw, epoch):
+    unfinished.append(sum(not x.is_ready() for x in losses))
+    metrics = original(self, fn, raw, epoch)
+    metrics["loss"] = slow(metrics["loss"])
+    losses.append(metrics["loss"])
+    return metrics
+
+  monkeypatch.setattr(loop.Program, "step", step)
+  run_trainer(trainer_config(teacher_dir, data_dir, method="aver", log_every=100), str(tmp_path / "w"))
+  assert len(unfinished) == 22 and max(unfinished) <= 2 == loop.MAX_IN_FLIGHT, unfinished
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, teacher_dir, data_dir, monkeypatch):
@@ -151,3 +207,39 @@ def test_a_compilation_is_announced_once_before_the_first_call(capsys):
   assert capsys.readouterr().out == "compiling the training step (once per run) ...\n"
   loop.announced(lambda x: x, "the meta step", quiet=True)(1)
   assert capsys.readouterr().out == ""
+
+
+def test_a_diverging_loss_stops_the_run_naming_the_term_and_the_knob(tmp_path):
+  """MMKD with its preset feature weight (100) on a user's small CNN without BatchNorm before its
+  features (tests/plugin): the loss grows by orders of magnitude within the first epoch. The real
+  CLI stops with one line naming the term, the knob that sets the loss's scale and the switch,
+  exit 2; with the switch off the run goes on; as a replica, only that replica stops."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from helpers import ROOT  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  env.pop("XLA_FLAGS", None)
+
+  def cli(name, *flags):
+    return subprocess.run([sys.executable, "-m", "mmkd_jax.main", "--config", os.path.join(ROOT, "tests", "plugin", "my_config.py"),
+                           "--workdir", str(tmp_path / name), f"--config.teacher_dir={tmp_path / 'teachers'}",
+                           "--config.method=mmkd", "--config.mmkd.buffer_size=32", "--config.epochs=2", *flags],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  done = cli("diverged")
+  assert done.returncode == 2, done.stderr[-3000:]
+  (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert line.startswith("error: loss term 'ce' grew from") and "config.weights.feat (now 100" in line, line
+  assert "--config.divergence_factor=0 turns this check off" in line and "Traceback" not in done.stderr
+  assert not os.path.exists(tmp_path / "diverged" / "summary.json")
+  done = cli("unchecked", "--config.divergence_factor=0")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(tmp_path / "unchecked" / "summary.json") as f:
+    assert json.load(f)["status"] == "finished"
+  done = cli("replicas", "--config.replicas=0:weights.feat=100,0:weights.feat=1")
+  assert done.returncode == 0, done.stderr[-3000:]
+  statuses = {}
+  for name in ("seed0_weights.feat=100", "seed0_weights.feat=1"):
+    with open(tmp_path / "replicas" / name / "summary.json") as f:
+      statuses[name] = json.load(f)["status"]
+  assert statuses == {"seed0_weights.feat=100": "diverged", "seed0_weights.feat=1": "finished"}
+  assert "replica 0 (seed0_weights.feat=100): loss term 'ce' grew from" in done.stdout
