@@ -221,6 +221,8 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
     cache_lib.TeacherCache(directory, spec)  # validates
     print(f"teacher cache already present: {storage.absolute(directory)}")
     return directory
+  print(f"precomputing the teacher outputs: {len(loaded)} teachers x {len(dataset.train)} images x "
+        f"{config.num_replays} replays -> {storage.absolute(directory)}", flush=True)
   ds = dataset.spec
   variables = tuple(t.variables for t in loaded)
   forward = jax.jit(lambda v, images, index, replay: augmented_teacher_outputs(
