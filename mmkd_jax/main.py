@@ -79,25 +79,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if "student" in stages and config.student_checkpoint:
     convert.check_pretrained(config.student, dataset.spec.num_classes, config.student_checkpoint,
                              dataset.spec.image_shape, config.trust_pickle, config.checkpoint_head)
+  # Without the teacher stage the teachers must be there already (and, without the cache stage,
+  # their cache): read them now, so that a missing one is refused before anything is written.
+  loaded = cache = None
+  if "teachers" not in stages and stages & {"cache", "student"}:
+    loaded = teacher_stages.load_teachers(config, dataset.spec) if METHODS.get(config.method).needs_teachers else []
+    if "cache" not in stages:
+      cache = teacher_stages.open_cache(config, loaded, dataset)
   storage.makedirs(workdir)
   with runs.StopRequest(), workdir_lock.WorkdirLock(workdir):
-    return _run_stages(config, workdir, stages, dataset)
+    return _run_stages(config, workdir, stages, dataset, loaded, cache)
 
 
-def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, dataset: sources.Dataset) -> dict:
+def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, dataset: sources.Dataset,
+                loaded: list | None, cache) -> dict:
   if "teachers" in stages:
     teacher_stages.train_missing_teachers(config)
   if stages <= {"teachers"}:
     return {}
   runs.raise_if_stopped("after training the teachers")
   needs_teachers = METHODS.get(config.method).needs_teachers
-  loaded = teacher_stages.load_teachers(config, dataset.spec) if needs_teachers else []
+  if loaded is None:
+    loaded = teacher_stages.load_teachers(config, dataset.spec) if needs_teachers else []
   if loaded and "cache" in stages and ("student" not in stages or config.teacher_source != "online"):
     teacher_stages.precompute(config, loaded, dataset)
   if stages <= {"cache"}:
     return {}
   runs.raise_if_stopped("after precomputing the teacher cache")
-  cache = teacher_stages.open_cache(config, loaded, dataset)
+  if cache is None:
+    cache = teacher_stages.open_cache(config, loaded, dataset)
   if replica_spec.replica_seeds(config):
     result = replicas.train_replicas(config, workdir, loaded, cache)
     for summary in result["replicas"]:

@@ -32,10 +32,22 @@ def test_config_loads_validates_and_has_its_header(path):
 
 
 def test_every_method_resolves_on_every_config():
+  """Each method's owned fields take its preset for the config's dataset, else its default; its
+  terms are the only weighted ones; a bi-level method's look-ahead weights are set too."""
   for path in CONFIGS:
     for method in METHODS:
-      c = config_lib.load(path, "smoke", {"method": method})
-      config_lib.validate(c)
+      c = config_lib.validate(config_lib.load(path, "smoke", {"method": method}))
+      spec = METHODS.get(method)
+      preset = {**spec.presets.get("*", {}), **spec.presets.get(c.dataset, {})}
+      where = f"{os.path.basename(path)} {method}"
+      assert c.method == method and c.resolved_for == f"{method}@{c.dataset}", where
+      assert {t for t, w in c.weights.items() if w is not None} == set(spec.terms), where
+      for term, default in spec.terms.items():
+        assert c.weights[term] == preset.get(f"weights.{term}", default), (where, term)
+      assert c.temperature == preset.get("temperature", spec.temperature), where
+      assert c.feature_layer == preset.get("feature_layer", spec.feature_layer), where
+      looked_ahead = {t for t, w in c.meta.lookahead_weights.items() if w is not None}
+      assert looked_ahead == (set(spec.terms) if spec.bilevel else set()), where
 
 
 def test_unknown_config_argument_lists_the_valid_ones():

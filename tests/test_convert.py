@@ -70,10 +70,18 @@ def test_errors_name_missing_unexpected_and_mismatched_keys():
 
 
 def test_num_batches_tracked_is_ignored():
+  """PyTorch's BatchNorm counter has no Flax counterpart: dropped, everything else converted
+  exactly; any other extra key is still refused."""
   _, variables = _variables("resnet8")
   sd = convert.flax_to_torch(variables)
   sd["bn1.num_batches_tracked"] = np.array(5)
-  convert.torch_to_flax(sd, variables)
+  back = convert.torch_to_flax(sd, variables)
+  assert jax.tree.structure(back) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  sd["bn1.extra"] = np.array(5)
+  with pytest.raises(convert.ConversionError, match="bn1.extra"):
+    convert.torch_to_flax(sd, variables)
 
 
 def test_load_pretrained_from_npz(tmp_path):

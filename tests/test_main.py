@@ -107,6 +107,7 @@ def test_refused_commands_change_nothing_on_disk(tmp_path):
   done = _cli(*base, tmp_path=tmp_path)
   assert done.returncode == 0, done.stderr[-2000:]
   before = _tree_digest(tmp_path)
+  new_run = f"--workdir={tmp_path / 'new'}"
   refused = [
       (["--config.lr=0.3"], ["holds checkpoint step 22 of another run", "lr: 0.05 -> 0.3"]),
       (["--config.method=aver"], ["holds checkpoint step 22 of another run", "method: 'none' -> 'aver'"]),
@@ -117,6 +118,12 @@ def test_refused_commands_change_nothing_on_disk(tmp_path):
                                                                      "python -m mmkd_jax.data.prepare cifar10"]),
       (["--config.mode=evaluate", f"--workdir={tmp_path / 'typo'}"], ["does not exist"]),
       (["--config.mode=export", f"--workdir={tmp_path / 'typo'}"], ["does not exist"]),
+      # a method that loads teachers: one trained with other settings, a mistyped checkpoint, no cache
+      (["--config.method=aver", "--config.teacher_training.lr=0.1", new_run],
+       ["teacher 's_resnet8a'", "was trained with other settings", "lr 0.05 -> 0.1"]),
+      (["--config.method=aver", f"--config.teachers[1].checkpoint={tmp_path / 'nope.pth'}", new_run],
+       ["config.teachers[1].checkpoint", "nope.pth does not exist"]),
+      (["--config.method=aver", "--config.mode=distill", new_run], ["no teacher cache in", "mode=precompute"]),
   ]
   for extra, fragments in refused:
     args = list(base)
