@@ -135,18 +135,19 @@ def load_teachers(config: ml_collections.ConfigDict, spec: sources.DatasetSpec |
 
 
 def check_trained_teachers(config: ml_collections.ConfigDict) -> None:
-  """Refuses, before anything is trained, an explicit teacher checkpoint that does not exist and
-  any finished teacher that the config would reuse but that was trained with other settings."""
+  """Refuses, before anything is trained, an explicit teacher checkpoint that does not exist or
+  does not load (another architecture, pickled objects without ``trust_pickle``), and any finished
+  teacher that the config would reuse but that was trained with other settings."""
   for i, entry in enumerate(config.teachers):
     path = checkpoint_path(config, entry)
     if entry.checkpoint and not storage.exists(entry.checkpoint):
       raise _missing_checkpoint(entry, i, entry.checkpoint)
     if not is_explicit(entry) and is_complete(path):
       check_identity(config, i, path)
-    elif entry.checkpoint and not is_explicit(entry):  # to be fine-tuned: its start must load
+    elif entry.checkpoint and not storage.is_dir(entry.checkpoint):  # a .pth / .npz: it must load
       spec = sources.dataset_spec(config)
       convert.check_pretrained(entry.arch, spec.num_classes, entry.checkpoint, spec.image_shape, config.trust_pickle,
-                               "reinit")
+                               entry.get("checkpoint_head", "keep"))
 
 
 def train_missing_teachers(config: ml_collections.ConfigDict) -> float:

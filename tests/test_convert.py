@@ -127,6 +127,22 @@ def test_real_pth_written_by_torch(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_pth_with_pickled_objects_is_refused_unless_trusted(tmp_path):
+  """torch.load(weights_only=True) refuses anything but tensors and plain containers (a training
+  script's argparse options here): the error names the switch; with it the weights load."""
+  torch = pytest.importorskip("torch")
+  import argparse  # pylint: disable=import-outside-toplevel
+  _, variables = _variables("resnet8", 10)
+  path = tmp_path / "ckpt.pth"
+  torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in convert.flax_to_torch(variables).items()},
+              "opt": argparse.Namespace(lr=0.05)}, path)
+  with pytest.raises(convert.ConversionError, match=r"\(a pickled argparse\.Namespace\) and refuses to load safely.*--config\.trust_pickle=True"):
+    convert.load_pretrained("resnet8", 10, str(path), (32, 32, 3))
+  _, loaded = convert.load_pretrained("resnet8", 10, str(path), (32, 32, 3), trust_pickle=True)
+  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):
   import builtins
   real_import = builtins.__import__

@@ -62,16 +62,39 @@ def test_missing_explicit_teacher_checkpoint_is_named_not_trained(tmp_path, mode
 
 
 def test_pth_teacher_without_torch_names_the_extra(tmp_path):
-  pytest.importorskip("numpy")
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  if importlib.util.find_spec("torch") is not None:
-    pytest.skip("torch is installed here")
+  """Where torch is installed (CI), the command runs with a ``torch`` that fails to import, as on
+  a machine without it."""
+  hidden = tmp_path / "no_torch" / "torch"
+  hidden.mkdir(parents=True)
+  (hidden / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
   pth = tmp_path / "teacher.pth"
   pth.write_bytes(b"not really a checkpoint")
   done = _cli("--config", f"{DIGITS}:smoke", "--workdir", str(tmp_path / "w"), f"--config.teacher_dir={tmp_path / 't'}",
               f"--config.teachers[0].checkpoint={pth}", f"--config.teachers[1].checkpoint={pth}",
-              "--config.mode=distill", tmp_path=tmp_path)
+              "--config.mode=distill", tmp_path=tmp_path, env_extra={"PYTHONPATH": str(tmp_path / "no_torch")})
   _one_line_error(done, "needs torch", "pip install -e '.[torch]'")
+  assert not (tmp_path / "w").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_pth_teacher_with_pickled_objects_is_refused_naming_trust_pickle(tmp_path):
+  """Refused before anything is trained or written, in the pipeline that would train the other
+  teacher first; with --config.trust_pickle=True the same file is accepted."""
+  torch = pytest.importorskip("torch")
+  import argparse  # pylint: disable=import-outside-toplevel
+  from helpers import random_teachers  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
+  (teacher,) = random_teachers(("resnet8",))
+  pth = tmp_path / "teacher.pth"
+  torch.save({"model": {k: torch.from_numpy(v.copy()) for k, v in convert.flax_to_torch(teacher.variables).items()},
+              "opt": argparse.Namespace(lr=0.05)}, pth)
+  args = ["--config", f"{DIGITS}:aver,smoke", "--workdir", str(tmp_path / "w"), f"--config.teacher_dir={tmp_path / 't'}",
+          f"--config.teachers[0].checkpoint={pth}", "--config.mode=show_config"]
+  before = _tree_digest(tmp_path)
+  done = _cli(*args[:-1], tmp_path=tmp_path)
+  _one_line_error(done, str(pth), "--config.trust_pickle=True")
+  assert _tree_digest(tmp_path) == before
+  trusted = _cli(*args[:-1], "--config.trust_pickle=True", "--config.mode=precompute", tmp_path=tmp_path)
+  assert trusted.returncode == 2 and "s_resnet8b" in trusted.stderr  # now only the untrained teacher is missing
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):

@@ -10,6 +10,7 @@ scale/bias (params) and mean/var (batch_stats).
 from __future__ import annotations
 
 import pickle
+import re
 from typing import Any, Mapping
 
 import flax
@@ -140,8 +141,10 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
     with storage.as_path(path).open("rb") as f:
       obj = torch.load(f, map_location="cpu", weights_only=not trust_pickle)
   except pickle.UnpicklingError as e:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    what = f"a pickled {found.group(1)}" if found else str(e).splitlines()[0][:200]
     raise ConversionError(
-        f"{path} holds objects besides tensors and refuses to load safely ({e}). If you trust the "
+        f"{path} holds objects besides tensors ({what}) and refuses to load safely. If you trust the "
         "file, pass trust_pickle=True (--config.trust_pickle=True).") from e
   if isinstance(obj, Mapping):
     for entry in ("model", "state_dict"):
