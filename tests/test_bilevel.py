@@ -21,6 +21,7 @@ VECTORS = ["hypergrad_resnet8_seed0.npz", "hypergrad_resnet8_seed0_momentum.npz"
 SUITE_VECTORS = [v if "resnet8" in v else pytest.param(v, marks=pytest.mark.slow) for v in VECTORS]
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("name", SUITE_VECTORS)
 def test_reference_meta_step_float64(testvectors, name):
   """The exact hypergradient of every reference meta step to 1e-10 relative (achieved ~1e-13;
@@ -35,6 +36,7 @@ def test_reference_meta_step_float64(testvectors, name):
   assert not failed, failed
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("name", SUITE_VECTORS)
 def test_original_approximation_matches_the_official_hypergradient(testvectors, name):
   """meta.hypergradient='original' reproduces the original code's meta_backward (heavy-ball
@@ -48,6 +50,7 @@ def test_original_approximation_matches_the_official_hypergradient(testvectors, 
   assert all(c.atol == 1e-9 for c in report.checks)  # the tolerance the docstring states
 
 
+@pytest.mark.claim("parity")
 def test_original_mode_differs_from_exact_under_nesterov(testvectors):
   """On the vgg8 vector with momentum the approximation is far from exact (cosine 0.61): with the
   reference arrays swapped, each mode fails the other's check."""
@@ -67,6 +70,7 @@ def _save(npz):
   return path
 
 
+@pytest.mark.claim("parity")
 def test_verify_cli_exit_codes(testvectors, tmp_path, capsys):
   path = testvectors / "mmkd" / "hypergrad_resnet8_seed0.npz"
   assert verify.main(["hypergrad", str(path)]) == 0

@@ -86,6 +86,7 @@ def _fake_producer(t, c):
   return producer
 
 
+@pytest.mark.claim(16)
 def test_mismatched_cache_is_refused_naming_the_field(tmp_path):
   loaded = _random_teachers(tmp_path)
   spec = _spec(loaded, 10)
@@ -100,6 +101,7 @@ def test_mismatched_cache_is_refused_naming_the_field(tmp_path):
     teacher_cache.write_cache(str(tmp_path / "c"), spec, _fake_producer(2, 10))
 
 
+@pytest.mark.claim(17)
 def test_truncated_cache_is_refused(tmp_path):
   loaded = _random_teachers(tmp_path)
   spec = _spec(loaded, 10)
@@ -116,6 +118,7 @@ def test_truncated_cache_is_refused(tmp_path):
     teacher_cache.TeacherCache(directory, spec)
 
 
+@pytest.mark.claim(17)
 def test_interrupted_precompute_leaves_nothing_acceptable(tmp_path):
   loaded = _random_teachers(tmp_path)
   spec = _spec(loaded, 10)

@@ -30,6 +30,7 @@ def test_round_trip_and_best(tmp_path):
   ckpt.close()
 
 
+@pytest.mark.claim(18)
 def test_corrupt_latest_falls_back_with_a_message(tmp_path, capsys):
   ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
   ckpt.save(1, _state(1), {})
@@ -57,6 +58,7 @@ def test_corrupt_latest_falls_back_with_a_message(tmp_path, capsys):
   np.testing.assert_array_equal(state["w"], [22.0, 22.0, 22.0])
 
 
+@pytest.mark.claim(19)
 def test_all_corrupt_is_a_clear_error(tmp_path):
   ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2, async_save=False)
   ckpt.save(1, _state(1), {})

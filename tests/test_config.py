@@ -50,6 +50,7 @@ def test_every_method_resolves_on_every_config():
       assert looked_ahead == (set(spec.terms) if spec.bilevel else set()), where
 
 
+@pytest.mark.claim(3)
 def test_unknown_config_argument_lists_the_valid_ones():
   with pytest.raises(ConfigError, match="'smok' is unknown; valid: .*mmkd"):
     config_lib.load(DIGITS, "smok")
@@ -79,6 +80,7 @@ def test_method_switch_applies_that_methods_settings():
   assert explicit.weights.feat == 3.0 and explicit.meta.lookahead_weights.ce is None
 
 
+@pytest.mark.claim(9)
 def test_resolution_is_idempotent_and_refuses_a_stale_method():
   resolved = config_lib.resolve(config_lib.load(DIGITS))
   assert config_lib.resolve(resolved) is resolved
@@ -88,6 +90,7 @@ def test_resolution_is_idempotent_and_refuses_a_stale_method():
     config_lib.resolve(stale)
 
 
+@pytest.mark.claim(7, 8)
 @pytest.mark.parametrize("override, field", [
     ({"student": "resnet9"}, "config.student"),
     ({"method": "magic"}, "config.method"),
@@ -106,6 +109,7 @@ def test_config_errors_name_the_field(override, field):
     config_lib.validate(config_lib.load(DIGITS, "smoke", override))
 
 
+@pytest.mark.claim(41)
 @pytest.mark.parametrize("arg", ["mmkd", "aver,smoke", "bomd"])
 def test_a_runs_config_json_loads_back_to_the_same_resolved_config(arg, tmp_path):
   """What a run records in config.json is a valid --config for the same run (configs/run.py)."""

@@ -44,6 +44,7 @@ def test_pytorch_layouts():
   assert "bn1.running_var" in sd and "bn1.weight" in sd
 
 
+@pytest.mark.claim("parity")
 def test_reference_weights_convert_without_leftovers(testvectors):
   with np.load(testvectors / "models" / "wrn_16_2.npz") as f:
     sd = verify.recipe_state_dict({k: f[k] for k in f.files})
@@ -55,6 +56,7 @@ def test_reference_weights_convert_without_leftovers(testvectors):
                                 sd["conv1.weight"].transpose(2, 3, 1, 0))
 
 
+@pytest.mark.claim(13)
 def test_errors_name_missing_unexpected_and_mismatched_keys():
   _, variables = _variables("resnet8")
   sd = convert.flax_to_torch(variables)
@@ -84,6 +86,7 @@ def test_num_batches_tracked_is_ignored():
     convert.torch_to_flax(sd, variables)
 
 
+@pytest.mark.claim(13)
 def test_load_pretrained_from_npz(tmp_path):
   model, variables = _variables("vgg8", 100)
   path = tmp_path / "vgg8.npz"
@@ -110,6 +113,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
     convert.load_state_dict(str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.claim("parity", 12)
 def test_real_pth_written_by_torch(tmp_path):
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -127,6 +131,7 @@ def test_real_pth_written_by_torch(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.claim(12)
 def test_a_pth_with_pickled_objects_is_refused_unless_trusted(tmp_path):
   """torch.load(weights_only=True) refuses anything but tensors and plain containers (a training
   script's argparse options here): the error names the switch; with it the weights load."""
@@ -207,6 +212,7 @@ def _parity(torch, module, arch, num_classes, feature_module, image_size=64):
   assert np.max(np.abs(np.asarray(feats[-2]) - expected)) <= 1e-5 * np.max(np.abs(expected)), arch
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("name, arch, feature_module", [
     ("resnet18", "resnet18", "layer4"), ("resnet34", "resnet34", "layer4"), ("resnet50", "resnet50", "layer4"),
     ("resnet101", "resnet101", "layer4"), ("wide_resnet50_2", "wide_resnet50_2", "layer4"),
@@ -217,6 +223,7 @@ def test_torchvision_state_dicts_load_with_its_outputs(name, arch, feature_modul
   _parity(torch, getattr(torchvision.models, name)(num_classes=37), arch, 37, feature_module)
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
 def test_timm_state_dicts_load_with_its_outputs(name):
   torch = pytest.importorskip("torch")

@@ -49,6 +49,7 @@ def test_digits_normalisation_constants_match_training_split():
   np.testing.assert_allclose(spec.std[0], train.std(), atol=1e-4)
 
 
+@pytest.mark.claim(7, 27)
 def test_unknown_dataset_and_missing_cifar_are_clear_errors(tmp_path):
   with pytest.raises(UnknownNameError, match="unknown dataset 'no_such_data'.*cifar100"):
     _spec("no_such_data")
@@ -161,6 +162,7 @@ def test_fashion_mnist_from_local_idx_files(tmp_path):
   assert augmented.shape == (5, 28, 28, 1)
 
 
+@pytest.mark.claim(26)
 @pytest.mark.parametrize("damage, message", [
     ("missing", "does not exist; install the files with `apt-get install dataset-fashion-mnist` or set "
                 "config.dataset_source_dir"),

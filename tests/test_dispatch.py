@@ -48,6 +48,7 @@ def _reference(config, workdir):
   return summary
 
 
+@pytest.mark.claim(44, 45, 46, 57)
 def test_cached_teachers_on_the_device_equal_streaming_bit_for_bit(tmp_path, teacher_dir, data_dir, monkeypatch,
                                                                     capsys):
   """AVER from a two-replay cache over 2 epochs: device-resident with 1 and 3 steps per dispatch
@@ -73,6 +74,7 @@ def test_cached_teachers_on_the_device_equal_streaming_bit_for_bit(tmp_path, tea
   _assert_same_run(reference, resumed, str(tmp_path / "resumed"))
 
 
+@pytest.mark.claim(57)
 def test_meta_steps_inside_a_dispatch_equal_streaming_bit_for_bit(tmp_path, teacher_dir, data_dir):
   """MMKD with online teachers, a meta step after batches 0, 2 and 3: 2 steps per dispatch hold
   the patterns (meta, -) and (meta, meta)."""
@@ -95,6 +97,7 @@ def test_bfloat16_steps_on_the_device_equal_streaming_bit_for_bit(tmp_path, teac
   _assert_same_run(reference, _train(c(data_placement="device", scan_steps=3), workdir), workdir)
 
 
+@pytest.mark.claim(57)
 def test_replicas_on_the_device_equal_streaming_bit_for_bit(tmp_path, teacher_dir, data_dir):
   """Two seeds stacked, each gathering its own data order from one copy of the data."""
   def run(name, **o):
@@ -138,6 +141,7 @@ def test_the_memory_plan_counts_images_and_one_replay_twice_while_swapping():
   assert "step temporaries and outputs 0.000 GiB" in plan.describe() and "of 0.0 GiB test" in plan.describe()
 
 
+@pytest.mark.claim(44)
 def test_device_placement_of_variable_size_images_is_refused_naming_the_fix():
   spec = sources.DatasetSpec("dogs", 120, (64, 64, 3), (0.5,) * 3, (0.2,) * 3, host_transform=True)
   config = config_lib.base_config()

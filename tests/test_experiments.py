@@ -164,6 +164,7 @@ def test_device_check_fails_on_a_changed_step(monkeypatch):
   assert device_checks._relative(ref * (1 + 1e-6), ref) < device_checks.STEP_RTOL  # pylint: disable=protected-access
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.slow
 def test_accelerator_bench_all_end_to_end_on_cpu(tmp_path, testvectors):
   """The one accelerator command as shipped, on this CPU with one repeat: both checks pass (the
@@ -254,6 +255,7 @@ def digits_teachers(tmp_path_factory):
   return save_random_digits_teachers(str(tmp_path_factory.mktemp("teachers"))), str(tmp_path_factory.mktemp("tfds"))
 
 
+@pytest.mark.claim(51)
 @pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None),
                                              pytest.param("mmkd", None, marks=pytest.mark.slow)])
 def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, method, expected):
@@ -380,6 +382,7 @@ def test_committed_specialist_mmkd_runs_have_a_saturated_feature_weight_network(
     assert max(r["logits"]["onehot"] for r in rows) == 0.0
 
 
+@pytest.mark.claim(52)
 def test_pool_choices_come_from_the_validation_records_only(tmp_path):
   """MMKD's weights.feat with the best validation top-1 (a tie goes to the smaller), the teacher
   with the best validation top-1, and the competence: "" for specialists, else the record's; None
@@ -426,6 +429,7 @@ def test_keep_copies_each_finished_runs_records_and_no_checkpoint(tmp_path):
   assert json.loads((kept / "seed0" / "summary.json").read_text())["final_top1"] == 90.0
 
 
+@pytest.mark.claim(50)
 def test_a_table_warns_when_its_runs_distilled_from_different_teachers():
   """A teacher retrained between runs (another machine, a changed recipe) gives other weights: the
   table says so instead of averaging over two teacher sets. Runs without teachers (no KD) count not."""
@@ -456,3 +460,14 @@ def test_aekd_gradients_weights_the_teacher_whose_batch_mean_matches_the_student
   assert stats["weights"][0] == pytest.approx(0.0, abs=1e-9)
   assert stats["weights"].sum() == pytest.approx(1.0)
   assert max(stats["weights"][1:]) <= 0.6 + 1e-9
+
+
+@pytest.mark.claim(30)
+def test_a_table_warns_when_its_runs_come_from_several_code_versions():
+  row = Row("s", "configs/digits.py")
+  table = Table("toy", (row,), ("aver",))
+  runs = [dict(_summary(90.0, 90.0), code_version=v) for v in ("0.2.0+aaa", "0.2.0+aaa")]
+  assert "code versions" not in render.render_table(table, {row.label: {"aver": runs}})
+  runs.append(dict(_summary(91.0, 91.0), code_version="0.2.0+bbb-dirty"))
+  assert ("- WARNING: these runs come from 2 code versions: 0.2.0+aaa, 0.2.0+bbb-dirty"
+          in render.render_table(table, {row.label: {"aver": runs}}))

@@ -77,6 +77,7 @@ def _assert_same_student_run(reference, other, final_step):
   return summaries[1]
 
 
+@pytest.mark.claim(25, "sigkill")
 @pytest.mark.slow
 def test_sigkill_at_six_points_then_resume_is_bit_identical(tmp_path):
   env = _env(tmp_path)
@@ -116,6 +117,7 @@ def _cache_records(teacher_dir):
   return storage.basename(directory), out
 
 
+@pytest.mark.claim(24, 48, 25, 42, 49, "sigterm", "sigkill", "resume")
 def test_sigterm_and_sigkill_at_every_stage_on_a_bucket_resume_to_the_local_run(tmp_path, gcs, uninterrupted):
   """The pipeline with every path on gs:// (a local GCS server), run from an empty directory with
   its own TMPDIR (a pod host shares no disk), interrupted at every stage by the CHAIN, ends where
@@ -174,6 +176,7 @@ def test_sigterm_and_sigkill_at_every_stage_on_a_bucket_resume_to_the_local_run(
 
 
 
+@pytest.mark.claim(46)
 @pytest.mark.slow  # ~5 min; the default suite stops inside a dispatch with stop_at_step (test_dispatch.py)
 def test_sigterm_and_sigkill_inside_device_dispatches_resume_to_the_streamed_run(tmp_path):
   """Device-resident data, 3 steps per dispatch: SIGTERM after the 4th dispatch, SIGKILL after the
@@ -324,6 +327,7 @@ def _interrupt_at_random_moments(uninterrupted, tmp_path, draws, seed):
   return seen
 
 
+@pytest.mark.claim(24, 53, 55, "sigterm", "random-signals", "ctrl-c")
 def test_sigterm_and_ctrl_c_at_random_moments_of_every_stage_lose_nothing(uninterrupted, tmp_path):
   """One draw per stage in the default suite (SIGTERM, Ctrl-C, SIGTERM), then the same command:
   teachers, their training records, the student's states, records, best/ and summary equal the
@@ -337,6 +341,7 @@ def test_sigterm_and_ctrl_c_at_random_moments_of_every_stage_lose_nothing(uninte
   print("\n".join(f"{note}: {what}" for note, what in seen))
 
 
+@pytest.mark.claim(24, 53, 55, "random-signals", "ctrl-c")
 @pytest.mark.slow
 def test_many_random_signals_and_a_double_ctrl_c_lose_nothing(uninterrupted, tmp_path):
   seed = int.from_bytes(os.urandom(4), "little")

@@ -22,6 +22,7 @@ from mmkd_jax.models import get_model
 from helpers import digits_teacher_record, metric_records, run_trainer, state_leaves, trainer_config
 
 
+@pytest.mark.claim(53, 57, "resume")
 @pytest.mark.parametrize("method", ["aver", pytest.param("mmkd", marks=pytest.mark.slow)])
 def test_resume_after_a_stop_gives_identical_state_and_metrics(tmp_path, teacher_dir, data_dir, method):
   """Stopped at step 8 (mid-epoch, mid-window) and resumed: the state, the summary and every
@@ -54,6 +55,7 @@ def test_resume_after_a_stop_gives_identical_state_and_metrics(tmp_path, teacher
   steps = [r["step"] for r in records if "train/loss" in r and "epoch" not in r]
   assert steps == [3, 6, 9, 12, 15, 18, 21, 25, 28, 31, 34, 37, 40, 43]  # windows of 3, per epoch of 22 steps
 
+@pytest.mark.claim("meta-schedule")
 def test_the_mmkd_loop_takes_meta_steps_on_the_reference_schedule(tmp_path, teacher_dir, data_dir):
   """Every meta.freq batches and on the loader's last batch when the split divides into whole
   batches: 10 batches of 16 with freq 4 -> meta steps after batches 1, 5, 9 and 10."""
@@ -93,6 +95,7 @@ def test_evaluations_every_n_epochs_log_each_configured_evaluator(tmp_path, teac
   assert summary["final_top1"] == epochs[3]["test/top1"] and summary["best_epoch"] in (2, 3)
 
 
+@pytest.mark.claim(53)
 def test_a_sigterm_during_an_evaluation_keeps_that_epoch_and_stops_before_the_next(tmp_path, teacher_dir, data_dir,
                                                                                    monkeypatch):
   """A real SIGTERM while epoch 1 of 2 is evaluated: the epoch's record and best checkpoint are
@@ -114,6 +117,7 @@ def test_a_sigterm_during_an_evaluation_keeps_that_epoch_and_stops_before_the_ne
   assert resumed["status"] == "finished" and resumed["resumed_from_step"] == 22 and resumed["epochs_completed"] == 2
 
 
+@pytest.mark.claim(54, "stop-latency")
 def test_the_host_runs_at_most_max_in_flight_dispatches_ahead_of_the_device(tmp_path, teacher_dir, data_dir,
                                                                            monkeypatch):
   """Each step's loss passes through a slow device computation (the device is the bottleneck, as
@@ -138,6 +142,7 @@ def test_the_host_runs_at_most_max_in_flight_dispatches_ahead_of_the_device(tmp_
   assert len(unfinished) == 22 and max(unfinished) <= 2 == loop.MAX_IN_FLIGHT, unfinished
 
 
+@pytest.mark.claim(24)
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, teacher_dir, data_dir, monkeypatch):
   calls = {"n": 0}
   original = train.parallel.shard_batch
@@ -156,6 +161,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, teacher_dir, data_dir, m
   assert os.listdir(tmp_path / "w" / "checkpoints") == [str(step)]
   assert not os.path.exists(tmp_path / "w" / "summary.json")
 
+@pytest.mark.claim(23)
 def test_nan_loss_stops_and_names_the_term(tmp_path, teacher_dir, data_dir):
   broken = str(tmp_path / "teachers")
   os.makedirs(broken)
@@ -168,6 +174,7 @@ def test_nan_loss_stops_and_names_the_term(tmp_path, teacher_dir, data_dir):
     run_trainer(trainer_config(broken, data_dir, method="aver"), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w" / "checkpoints") or not os.listdir(tmp_path / "w" / "checkpoints")
 
+@pytest.mark.claim("meta-schedule")
 @pytest.mark.slow
 def test_warmup_epochs_use_uniform_weights_and_no_meta_steps(tmp_path, teacher_dir, data_dir):
   run_trainer(trainer_config(teacher_dir, data_dir, method="mmkd", epochs=2, **{"meta.warmup_epochs": 1}), str(tmp_path / "w"))
@@ -209,6 +216,7 @@ def test_a_compilation_is_announced_once_before_the_first_call(capsys):
   assert capsys.readouterr().out == ""
 
 
+@pytest.mark.claim(56, "divergence")
 def test_a_diverging_loss_stops_the_run_naming_the_term_and_the_knob(tmp_path):
   """MMKD with its preset feature weight (100) on a user's small CNN without BatchNorm before its
   features (tests/plugin): the loss grows by orders of magnitude within the first epoch. The real

@@ -31,6 +31,7 @@ def _one_line_error(done, *fragments):
     assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.claim(1, 2, 3, 4, 5, 7)
 @pytest.mark.parametrize("args, fragments", [
     (["--config", DIGITS, "--config.epochz=3"], ['Did you mean "epochs"']),
     (["--config", DIGITS, "--config.epochs=abc"], ["--config.epochs=abc", "invalid literal"]),
@@ -44,12 +45,14 @@ def test_config_mistakes(tmp_path, args, fragments):
   _one_line_error(_cli(*args, "--workdir", str(tmp_path / "w")), *fragments)
 
 
+@pytest.mark.claim(6)
 def test_workdir_mistakes(tmp_path):
   (tmp_path / "file").write_text("x")
   _one_line_error(_cli("--config", DIGITS, "--workdir", str(tmp_path / "file")), "is a file, not a directory")
   _one_line_error(_cli("--config", DIGITS), "--workdir is required")
 
 
+@pytest.mark.claim(10)
 @pytest.mark.parametrize("mode", ["pipeline", "train_teacher", "distill"])
 def test_missing_explicit_teacher_checkpoint_is_named_not_trained(tmp_path, mode):
   """A mistyped teacher path is an error naming it, before anything is trained or written: the
@@ -61,6 +64,7 @@ def test_missing_explicit_teacher_checkpoint_is_named_not_trained(tmp_path, mode
   assert not (tmp_path / "typo").exists() and not (tmp_path / "t").exists() and not (tmp_path / "w").exists()
 
 
+@pytest.mark.claim(11)
 def test_pth_teacher_without_torch_names_the_extra(tmp_path):
   """Where torch is installed (CI), the command runs with a ``torch`` that fails to import, as on
   a machine without it."""
@@ -76,6 +80,7 @@ def test_pth_teacher_without_torch_names_the_extra(tmp_path):
   assert not (tmp_path / "w").exists() and not (tmp_path / "t").exists()
 
 
+@pytest.mark.claim(12, 32)
 def test_a_pth_teacher_with_pickled_objects_is_refused_naming_trust_pickle(tmp_path):
   """Refused before anything is trained or written, in the pipeline that would train the other
   teacher first; with --config.trust_pickle=True the same file is accepted."""
@@ -97,6 +102,7 @@ def test_a_pth_teacher_with_pickled_objects_is_refused_naming_trust_pickle(tmp_p
   assert trusted.returncode == 2 and "s_resnet8b" in trusted.stderr  # now only the untrained teacher is missing
 
 
+@pytest.mark.claim(21)
 def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path):
   workdir = tmp_path / "w"
   workdir.mkdir()
@@ -121,6 +127,7 @@ def _tree_digest(*roots) -> dict:
   return out
 
 
+@pytest.mark.claim(32, 34, 35, 36)
 def test_refused_commands_change_nothing_on_disk(tmp_path):
   """Each refused command of a finished run's work directory: one line, exit 2, and the whole
   tree (work directory, teacher directory, data directory) byte for byte as it was."""
@@ -161,11 +168,13 @@ def test_refused_commands_change_nothing_on_disk(tmp_path):
       {k: v for k, v in before.items() if not k.endswith(".lock")}
 
 
+@pytest.mark.claim(39)
 def test_help_exits_zero_and_names_show_config():
   done = _cli("--help")
   assert done.returncode == 0 and "--config.mode=show_config" in done.stdout and "Traceback" not in done.stderr
 
 
+@pytest.mark.claim(22)
 def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "w"

@@ -35,6 +35,7 @@ def _run(steps, window, first=0, carry=None, stop_after=None):
   return windows, log.epoch_means()
 
 
+@pytest.mark.claim(42)
 def test_a_stop_mid_window_resumes_to_identical_windows_and_epoch_means():
   steps = _steps(23)
   whole, means = _run(steps, 4)
@@ -62,6 +63,7 @@ def test_a_stop_mid_window_resumes_to_identical_windows_and_epoch_means():
     np.testing.assert_array_equal(resumed_means[k], means[k], err_msg=k)
 
 
+@pytest.mark.claim(42)
 def test_epoch_means_count_each_term_over_the_steps_that_have_it():
   steps = _steps(10)
   means = mean_metrics(steps)
@@ -69,6 +71,7 @@ def test_epoch_means_count_each_term_over_the_steps_that_have_it():
   np.testing.assert_allclose(means["loss"], np.mean([np.float64(s["loss"]) for s in steps]), rtol=1e-15)
 
 
+@pytest.mark.claim(42)
 def test_a_resumed_writer_drops_the_records_after_its_checkpoint(tmp_path):
   writer = MetricWriter(str(tmp_path))
   for step in (0, 10, 20, 30):
@@ -103,6 +106,7 @@ def test_tensorboard_reads_the_scalars_and_vectors_the_writer_logs(tmp_path):
   assert first["test/per_class_top1/0"] == 50.0 and "test/per_class_top1/1" not in first
 
 
+@pytest.mark.claim(42)
 def test_on_a_bucket_the_log_is_whole_at_each_flush_and_a_resume_drops_what_followed(gcs, tmp_path):
   """Object stores cannot append: the writer keeps the log and rewrites the object at each flush
   (the loop flushes before every checkpoint), so a kill loses only records after the last one."""

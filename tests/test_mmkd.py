@@ -84,6 +84,7 @@ GRAD_SCALE_RTOL_F32 = 1e-6  # measured below 1e-7 (both students)
 PRECISIONS = [("f32", np.float32, "", 1e-4, 1e-5), ("f64", np.float64, "f64/", 1e-9, 1e-12)]
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("student", STUDENTS)
 @pytest.mark.parametrize("precision", PRECISIONS, ids=[p[0] for p in PRECISIONS])
 def test_losses_weights_and_alignment(testvectors, student, precision):
@@ -128,6 +129,7 @@ def test_losses_weights_and_alignment(testvectors, student, precision):
               _check(value, ref(f"{tag}/train_bn_stats/{key}"), rtol, atol, f"{tag} stats {key}")
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("student", STUDENTS)
 @pytest.mark.parametrize("precision", PRECISIONS, ids=[p[0] for p in PRECISIONS])
 def test_plain_step_objective_and_gradients(testvectors, student, precision):

@@ -20,6 +20,7 @@ from mmkd_jax.models.layers import BatchNorm, channel_shuffle
 from mmkd_jax.models.shufflenet import _avg_pool_3x3_s2_pad1
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("arch", MODEL_NAMES)
 def test_matches_reference_eval_train_and_preact(testvectors, arch):
   report = verify.check_model_file(str(testvectors / "models" / f"{arch}.npz"))
@@ -35,6 +36,7 @@ IMAGENET = ["ResNet18", "ResNet34", "ResNet34x4", "ResNet50", "MobileNetV2_Image
             "vgg8_imagenet", "vgg13_imagenet"]
 
 
+@pytest.mark.claim("parity")
 @pytest.mark.parametrize("arch", IMAGENET)
 def test_imagenet_style_models_match_the_reference(testvectors, arch):
   """The reference's ImageNet-style models (120 classes, 112x112 inputs): eval logits, every
@@ -49,6 +51,7 @@ def test_all_21_architectures_registered():
   assert len(MODEL_NAMES) == 21 and "ShuffleV2" in MODEL_NAMES
 
 
+@pytest.mark.claim(7)
 def test_unknown_model_lists_known_names():
   with pytest.raises(UnknownNameError, match="unknown model 'resnet9'.*resnet8x4.*ShuffleV2"):
     get_model("resnet9", 10)

@@ -72,6 +72,7 @@ F32_STATS_TOLERANCE = 5e-3
 FAST = {"MMKD_METHOD": "aver", "MMKD_STEPS": "3"}  # the default-suite variants: AVER, 3 steps
 
 
+@pytest.mark.claim("multi-host", "data-parallel")
 def test_four_devices_and_two_processes_reproduce_one_device_fast(tmp_path, data_dir):
   """The default-suite variant of the 8-device and 2-process tests below (AVER, 3 float64 steps,
   synchronised BatchNorm): 1 process x 4 devices and 2 processes x 2 devices (jax.distributed
@@ -93,6 +94,7 @@ def test_four_devices_and_two_processes_reproduce_one_device_fast(tmp_path, data
     assert max(diffs.values()) < 1e-13, diffs  # measured 4e-16
 
 
+@pytest.mark.claim("data-parallel")
 @pytest.mark.parametrize("x64", [True, False], ids=["float64", "float32"])
 @pytest.mark.slow
 def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_dir, x64):
@@ -109,6 +111,7 @@ def test_eight_devices_reproduce_one_device_with_sync_batchnorm(tmp_path, data_d
     assert diffs.pop("stats") < F32_STATS_TOLERANCE and max(diffs.values()) < F32_TOLERANCE, diffs
 
 
+@pytest.mark.claim("data-parallel")
 @pytest.mark.slow  # ~4 min: three float64 worker processes (8 fake devices)
 @pytest.mark.parametrize("gram_per_bn_group", [False, True], ids=["global_gram", "gram_per_bn_group"])
 def test_default_per_device_batchnorm_equals_its_groups_on_one_device(tmp_path, data_dir, gram_per_bn_group):
@@ -127,6 +130,7 @@ def test_default_per_device_batchnorm_equals_its_groups_on_one_device(tmp_path, 
   assert relative_difference(np.load(synced), np.load(one), "params") > 1e-6
 
 
+@pytest.mark.claim("multi-host")
 @pytest.mark.slow
 def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_dir):
   # Exactness of the multi-process program: float64 steps, 2 processes x 2 devices vs 1 x 4.
@@ -163,6 +167,7 @@ def test_two_processes_reproduce_one_process_and_restore_in_one(tmp_path, data_d
   assert relative_difference(r, b, "params") == 0.0 and relative_difference(r, b, "meta") == 0.0
 
 
+@pytest.mark.claim(47)
 @pytest.mark.slow  # ~4 min: four trainer processes
 def test_device_resident_data_on_two_processes_equal_streaming(tmp_path, data_dir):
   """2 processes x 2 devices (jax.distributed on 127.0.0.1): the trainer with the data on the

@@ -63,6 +63,7 @@ def test_outputs_statistics_and_gradients_stay_close_to_float32(pair):
   assert _cos(_flat(g16), _flat(g32)) > 0.99
 
 
+@pytest.mark.claim("bfloat16")
 def test_a_bfloat16_training_step_keeps_the_state_float32_and_the_loss():
   """The default-suite variant of the MMKD test below: an AVER train step in bfloat16 keeps every
   state leaf float32, moves the parameters in the float32 step's direction, and keeps the loss."""
@@ -78,6 +79,7 @@ def test_a_bfloat16_training_step_keeps_the_state_float32_and_the_loss():
   assert _cos(moved16, moved32) > 0.99, _cos(moved16, moved32)
 
 
+@pytest.mark.claim("bfloat16")
 @pytest.mark.slow
 def test_bfloat16_steps_keep_the_state_float32_and_the_hypergradient_direction():
   fast = {"mmkd.hard_buffer": False, "meta.lookahead_matching_steps": 1, "meta.hypergradient": "reverse"}

@@ -34,6 +34,7 @@ def _rel(a, b) -> float:
   return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-3))
 
 
+@pytest.mark.claim("replicas")
 @pytest.mark.slow  # ~140 s: float64 compiles of the meta step, vmapped and single
 def test_vmapped_steps_equal_single_steps_in_float64(kind="vmap"):
   """Three replicas (own seed, own batches) through 2 train steps and a meta step: the stacked
@@ -65,6 +66,7 @@ def test_vmapped_steps_equal_single_steps_in_float64(kind="vmap"):
                 replicas.take(stacked, 1).params["student"]["conv1"]["kernel"]) > 1e-2
 
 
+@pytest.mark.claim("replicas")
 @pytest.mark.parametrize("kind", ["vmap", pytest.param("map", marks=pytest.mark.slow)])
 def test_both_replica_loops_equal_single_steps_in_float64(kind):
   """The default-suite variant of the MMKD test above, for both replica loops: three AVER
@@ -173,6 +175,7 @@ def _params(state):
   return jax.tree.leaves(jax.device_get(state.params))
 
 
+@pytest.mark.claim("replicas", 57)
 @pytest.mark.slow
 def test_replicas_start_as_their_single_runs_resume_exactly_and_write_run_directories(tmp_path, setting):
   """Seeds 0 and 1 in one program. After one step each replica is the single run of its seed

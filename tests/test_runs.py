@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mmkd_jax import config as config_lib
 from mmkd_jax import runs
 
@@ -21,6 +23,7 @@ def test_changed_fields_names_each_difference_and_ignores_the_resumable_ones():
   assert runs.changed_fields(stored, again) == ["lr: 0.05 -> 0.07"]
 
 
+@pytest.mark.claim(43)
 def test_a_field_added_by_later_code_at_its_default_is_no_change():
   """A run stored before ``adapter_init`` existed resumes under code that has it at its default
   (the behaviour the run was made with); any other value is a change."""

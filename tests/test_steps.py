@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from helpers import steps_and_state
 
@@ -13,6 +14,7 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
+@pytest.mark.claim(23)
 def test_nan_guard_tracks_the_terms_the_method_declares():
   steps, state, raw = steps_and_state("camkd")
   assert steps.tracked[:4] == ("loss_ce", "loss_kd", "loss_feat", "loss")

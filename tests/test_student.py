@@ -101,6 +101,7 @@ def test_evaluate_reports_teachers_agreement_and_kl(trained, tmp_path):
   assert result["split"] == "test" and len(labels) == 359
 
 
+@pytest.mark.claim(40)
 def test_every_export_form_loads_and_predicts_the_same(trained, tmp_path):
   """load_student reads the export directory, its student.npz and its orbax variables/ alike."""
   config, workdir, _ = trained
@@ -115,6 +116,7 @@ def test_every_export_form_loads_and_predicts_the_same(trained, tmp_path):
     mmkd_jax.load_student(str(tmp_path / "lonely.npz"))
 
 
+@pytest.mark.claim(38)
 def test_float_images_outside_zero_one_are_refused(trained):
   config, workdir, _ = trained
   images, _ = _test_images(config)
@@ -123,6 +125,7 @@ def test_float_images_outside_zero_one_are_refused(trained):
     student.predict(images[:4].astype(np.float32))
 
 
+@pytest.mark.claim(37)
 def test_a_corrupt_best_checkpoint_falls_back_to_the_latest(trained, tmp_path, capsys):
   import shutil  # pylint: disable=import-outside-toplevel
   _, workdir, _ = trained
@@ -192,3 +195,14 @@ def _at(tree, key):
   for part in key:
     tree = tree[part.key]
   return tree
+
+
+@pytest.mark.claim(31)
+def test_a_student_evaluated_on_a_dataset_of_another_shape_is_refused_naming_both(trained):
+  config, workdir, _ = trained
+  parts = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugin", "my_parts.py")
+  other = config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver", teachers=[], mode="evaluate",
+                                           imports=(parts,), dataset="bright_quadrant"))
+  with pytest.raises(ValueError, match=r"takes \(32, 32, 3\) images of 10 classes; config.dataset 'bright_quadrant' "
+                                       r"has \(12, 12, 3\)"):
+    student_lib.evaluate_workdir(other, workdir)

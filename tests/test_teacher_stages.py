@@ -71,6 +71,7 @@ CHANGES = {
 }
 
 
+@pytest.mark.claim(33)
 @pytest.mark.parametrize("field", ("arch", "seed", *teacher_stages.IDENTITY_FIELDS))
 def test_a_changed_identity_field_is_refused_naming_it(tmp_path, field):
   assert field in CHANGES, f"teacher_stages.IDENTITY_FIELDS gained {field!r}: add a change of it to CHANGES"
@@ -112,6 +113,7 @@ def test_student_settings_do_not_make_a_teacher_stale(tmp_path):
   assert (tc.student_checkpoint, tc.checkpoint_head) == ("", "keep")
 
 
+@pytest.mark.claim(33)
 def test_a_teacher_without_a_record_is_refused_unless_named_explicitly(tmp_path):
   config = _config(tmp_path)
   for entry, t in zip(config.teachers, random_teachers(("resnet8", "resnet8"))):

@@ -18,6 +18,7 @@ from mmkd_jax import teacher_stages
 from helpers import run_trainer, trainer_config
 
 
+@pytest.mark.claim(14, 15)
 def test_missing_teacher_and_missing_cache_are_clear(tmp_path, teacher_dir, data_dir):
   config = config_lib.validate(trainer_config(str(tmp_path / "nothing"), data_dir))
   with pytest.raises(FileNotFoundError, match="mode=train_teacher"):
@@ -27,6 +28,7 @@ def test_missing_teacher_and_missing_cache_are_clear(tmp_path, teacher_dir, data
   with pytest.raises(FileNotFoundError, match="mode=precompute"):
     teacher_stages.open_cache(config, teacher_stages.load_teachers(config))
 
+@pytest.mark.claim(28)
 def test_batch_size_must_divide_over_devices():
   import types  # pylint: disable=import-outside-toplevel
   from mmkd_jax import parallel  # pylint: disable=import-outside-toplevel
@@ -71,6 +73,7 @@ def teachers_lib_random():
   from helpers import random_teachers  # pylint: disable=import-outside-toplevel
   return random_teachers(("resnet8", "resnet8"), names=("s_resnet8a", "s_resnet8b"))
 
+@pytest.mark.claim(20)
 def test_resuming_with_another_config_names_the_fields(tmp_path, teacher_dir, data_dir):
   """Evaluating or resuming a workdir with another method is a config mismatch, not corruption:
   the message names the fields and says the state's shape differs; no checkpoint is touched."""

@@ -5,16 +5,19 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 
 from mmkd_jax import verify
 
 
+@pytest.mark.claim("parity")
 def test_passes_on_reference_file(testvectors, capsys):
   assert verify.main(["models", str(testvectors / "models" / "resnet8.npz")]) == 0
   out = capsys.readouterr().out
   assert "OK   resnet8" in out and "1 passed, 0 failed" in out
 
 
+@pytest.mark.claim("parity")
 def test_recipe_is_deterministic(testvectors):
   with np.load(testvectors / "models" / "resnet8.npz") as f:
     npz = {k: f[k] for k in f.files}
@@ -31,6 +34,7 @@ def test_recipe_is_deterministic(testvectors):
   assert "bn1.num_batches_tracked" not in a
 
 
+@pytest.mark.claim("parity")
 def test_fails_on_perturbed_output_and_names_it(testvectors, tmp_path, capsys):
   with np.load(testvectors / "models" / "resnet8.npz") as f:
     npz = {k: f[k] for k in f.files}
@@ -42,6 +46,7 @@ def test_fails_on_perturbed_output_and_names_it(testvectors, tmp_path, capsys):
   assert "FAIL resnet8" in out and "feat_2: max abs error 1.000e-02" in out
 
 
+@pytest.mark.claim("parity")
 def test_architecture_inferred_from_keys_when_renamed(testvectors, tmp_path):
   path = tmp_path / "my_student.npz"
   shutil.copy(testvectors / "models" / "wrn_16_1.npz", path)

@@ -1,0 +1,109 @@
+"""The claim -> test tables of docs/reliability.md, generated from the tests' ``claim`` markers.
+
+    python tests/claims.py          # rewrites the test columns of docs/reliability.md
+
+A test names the claims it proves with ``@pytest.mark.claim(24, "sigterm")``: an integer is a
+row of the failure table, a string a row of the headline-claims table. The tables' test columns
+are written from those markers (read from the source with ``ast``, nothing is imported), so they
+cannot name a test that does not exist or sits in another file; ``tests/test_docs.py`` fails
+when the document differs from what this script writes, or when a row has no test.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import os
+import re
+import sys
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+DOC = os.path.join(os.path.dirname(TESTS), "docs", "reliability.md")
+NONE = "**no test**"
+
+
+def _marks(node: ast.FunctionDef) -> tuple[list, bool]:
+  """(the claim keys, whether the test is slow) of a test function's decorators."""
+  claims, slow = [], False
+  for decorator in node.decorator_list:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    name = ast.unparse(target)
+    if name == "pytest.mark.slow":
+      slow = True
+    elif name == "pytest.mark.claim" and isinstance(decorator, ast.Call):
+      claims += [ast.literal_eval(arg) for arg in decorator.args]
+  return claims, slow
+
+
+def collect(tests_dir: str = TESTS) -> dict[object, list[tuple[str, str, bool]]]:
+  """claim key -> [(file, test name, slow)] over every ``tests/test_*.py``."""
+  found = collections.defaultdict(list)
+  for name in sorted(os.listdir(tests_dir)):
+    if not (name.startswith("test_") and name.endswith(".py")):
+      continue
+    with open(os.path.join(tests_dir, name)) as f:
+      tree = ast.parse(f.read())
+    for node in tree.body:
+      if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+        claims, slow = _marks(node)
+        for claim in claims:
+          found[claim].append((name, node.name, slow))
+  return found
+
+
+def _cell(tests: list[tuple[str, str, bool]]) -> str:
+  return ", ".join(f"`{f}::{t}`" for f, t, _ in tests) or ""
+
+
+def _cells(line: str) -> list[str]:
+  return [c.strip() for c in line.strip().strip("|").split(" | ")]
+
+
+def render(doc: str, found: dict) -> str:
+  """``doc`` with the test columns of both tables written from ``found``."""
+  out = []
+  for line in doc.splitlines():
+    cells = _cells(line) if line.startswith("| ") else []
+    key = cells[0] if cells else ""
+    if re.fullmatch(r"\d+", key) and len(cells) == 4:  # the failure table: | # | failure | behaviour | tests |
+      tests = found.get(int(key), [])
+      both = _cell([t for t in tests if not t[2]]) + ("; slow: " + _cell([t for t in tests if t[2]])
+                                                      if any(t[2] for t in tests) else "")
+      cells[3] = both.lstrip("; ") or NONE
+      line = "| " + " | ".join(cells) + " |"
+    elif re.fullmatch(r"`[a-z][a-z0-9-]*`", key) and len(cells) == 4:  # headline claims: | key | claim | CI | slow |
+      tests = found.get(key.strip("`"), [])
+      cells[2] = _cell([t for t in tests if not t[2]]) or NONE
+      cells[3] = _cell([t for t in tests if t[2]])
+      line = "| " + " | ".join(cells) + " |"
+    out.append(line)
+  return "\n".join(out) + ("\n" if doc.endswith("\n") else "")
+
+
+def rows(doc: str) -> set:
+  """Every claim key the document's two tables have."""
+  keys = set()
+  for line in doc.splitlines():
+    if line.startswith("| "):
+      key = _cells(line)[0]
+      if re.fullmatch(r"\d+", key):
+        keys.add(int(key))
+      elif re.fullmatch(r"`[a-z][a-z0-9-]*`", key):
+        keys.add(key.strip("`"))
+  return keys
+
+
+def main() -> int:
+  with open(DOC) as f:
+    doc = f.read()
+  rendered = render(doc, collect())
+  with open(DOC, "w") as f:
+    f.write(rendered)
+  missing = sorted(map(str, rows(rendered) - set(collect())))
+  if missing:
+    print(f"claims without a test: {', '.join(missing)}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
