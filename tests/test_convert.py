@@ -165,23 +165,9 @@ def test_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):
 
 
 def _torchvision():
-  """torchvision, or a skip. Some CPU torch / torchvision wheel pairs fail to register
-  torchvision's C++ operators (nms, ...) at import; its models use none, so that import is
-  retried without the fake-kernel registrations."""
+  """torch and torchvision, or a skip."""
   torch = pytest.importorskip("torch")
-  try:
-    import torchvision  # pylint: disable=import-outside-toplevel
-  except RuntimeError:
-    import sys  # pylint: disable=import-outside-toplevel
-    for name in [m for m in sys.modules if m.startswith("torchvision")]:
-      del sys.modules[name]
-    register_fake = torch.library.register_fake
-    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
-    try:
-      import torchvision  # pylint: disable=import-outside-toplevel
-    finally:
-      torch.library.register_fake = register_fake
-  return torch, torchvision
+  return torch, convert.import_torchvision()
 
 
 def _parity(torch, module, arch, num_classes, feature_module, image_size=64):

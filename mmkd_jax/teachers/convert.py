@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import sys
 from typing import Any, Mapping
 
 import flax
@@ -158,6 +159,26 @@ def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarr
     if hasattr(value, "detach"):
       state_dict[key.removeprefix("module.")] = value.detach().cpu().numpy()
   return state_dict
+
+
+def import_torchvision():
+  """torchvision, imported. Some CPU torch / PyPI torchvision wheel pairs (torch 2.13.0+cpu with
+  torchvision 0.28.0, the pair ``make torch`` installs) fail to register torchvision's C++
+  operators (nms, ...) at import; its models and transforms use none, so the import is retried
+  without those fake-kernel registrations."""
+  import torch  # pylint: disable=import-outside-toplevel  (optional extra)
+  try:
+    import torchvision  # pylint: disable=import-outside-toplevel
+  except RuntimeError:
+    for name in [m for m in sys.modules if m.startswith("torchvision")]:
+      del sys.modules[name]
+    register_fake = torch.library.register_fake
+    torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+    try:
+      import torchvision  # pylint: disable=import-outside-toplevel
+    finally:
+      torch.library.register_fake = register_fake
+  return torchvision
 
 
 HEADS = ("keep", "reinit")   # checkpoint_head: the checkpoint's classifier, or a new one
