@@ -50,6 +50,7 @@ def get_config(arg: str | None = None):
   c.teacher_training.epochs = 240
   c.teacher_training.lr = 0.01 if args.teacher in _LOW_LR else 0.05
   if args.smoke:
+    c.smoke = True
     c.epochs = 1
     c.teacher_training.epochs = 1
     c.num_replays = 1

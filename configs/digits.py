@@ -42,6 +42,7 @@ def get_config(arg: str | None = None):
   c.teacher_training.lr_milestones = (10, 13)
   c.log_every = 11
   if args.smoke:
+    c.smoke = True
     c.epochs = 2
     c.lr_milestones = (1,)
     c.teacher_training.epochs = 1

@@ -67,6 +67,7 @@ def get_config(arg: str | None = None):
     c.teacher_training.epochs, c.teacher_training.lr_milestones = 15, (9, 12)
   c.eval_split = "train[90%:]" if args.val else ""
   if args.smoke:
+    c.smoke = True
     c.epochs = c.teacher_training.epochs = 1
     c.num_replays = 1
   return c

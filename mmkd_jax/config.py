@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""                # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset_source_dir = ""      # raw files of builders that read local files ("" = their default)
   c.normalization = ml_collections.ConfigDict({"mean": (), "std": ()})  # () = the dataset's own
-  c.image_size = 0               # datasets of variable-size images: the crop size (0 = the dataset's, 224)
+  c.image_size = 0               # variable-size images: the crop size (0 = the dataset's, 224); folder:<dir>: the size images are resized to (0 = 32)
   # "" = the dataset's own splits. Model selection without the test set: train on
   # 'train[:85%]', evaluate on 'train[85%:]' (teachers trained so are stored apart).
   c.train_split = ""
@@ -177,6 +177,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2         # latest checkpoints kept
   c.async_checkpoints = True     # write checkpoints in the background
   c.stop_at_step = -1            # save and stop at this global step (tests, preemption drills)
+  c.smoke = False                # a config's smoke variant: a wiring check whose accuracies mean nothing
   c.divergence_factor = 10.0     # stop when a loss term's window mean exceeds this x its first logged value; 0 = off
   return c
 
@@ -190,6 +191,7 @@ def smoke(c: ml_collections.ConfigDict, teachers: Sequence[ml_collections.Config
   c.lr_milestones = c.teacher_training.lr_milestones = (1,)
   c.num_replays = 1
   c.log_every = 1
+  c.smoke = True
   for name in methods.METHODS:  # hard buffers sized to the small batch
     if name in c and "buffer_size" in c[name]:
       c[name].buffer_size = batch_size
@@ -353,7 +355,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          "reinit fine-tunes from teachers[i].checkpoint; set it (or use keep)")
   need(0.0 <= c.label_noise < 1.0, "label_noise", "must be a rate in [0, 1)")
   try:
-    sources.check_image_dataset(c.dataset, c.data_dir or None, c.dataset_source_dir)
+    sources.check_image_dataset(c.dataset, c.data_dir or None, c.dataset_source_dir, c.image_size)
   except (UnknownNameError, ValueError) as e:
     raise ConfigError(f"config.dataset: {e}") from e
   need(c.num_replays >= 1, "num_replays", "must be at least 1")

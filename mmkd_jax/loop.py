@@ -17,9 +17,8 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from mmkd_jax import checkpoint, dispatch, evaluation, runs
+from mmkd_jax import checkpoint, dispatch, evaluation, progress, runs
 from mmkd_jax.metrics import MetricWriter, StepLog, eval_name, tagged_train_metrics
 
 PyTree = Any
@@ -142,8 +141,10 @@ class Member:
     self.ckpt.save(int(jax.device_get(self.state.step)), self.state, self.host, force=True)
     self.host.pop("carry")
 
-  def end_epoch(self, epoch: int, train_means: dict[str, np.ndarray], seen: int, tic: float) -> None:
-    """Evaluates, logs and checkpoints after a finished epoch."""
+  def end_epoch(self, epoch: int, train_means: dict[str, np.ndarray], seen: int, tic: float,
+                clock: progress.EpochClock | None = None) -> None:
+    """Evaluates, logs and checkpoints after a finished epoch; its line ends with ``clock``'s
+    elapsed time and estimate."""
     config, spec = self.setup.config, self.setup.spec
     class_weights = None
     if "class_weight_sums" in train_means:
@@ -178,9 +179,10 @@ class Member:
       extra = f", teacher weights {np.round(weights, 3).tolist()}" if weights else ""
       evaluation_text = (f"{name} top-1 {result['top1']:.2f}% (best {self.host['best_top1']:.2f}% @ "
                          f"{self.host['best_epoch']}), " if evaluated else "")
+      timing = f", {clock.text()}" if clock is not None else ""
       print(f"{self.label}epoch {epoch + 1:3d}/{config.epochs}: loss {record.get('train/loss', float('nan')):.4f}, "
             f"train acc {record.get('train/accuracy', 0):.2f}%, {evaluation_text}"
-            f"{record['train/images_per_s']:.0f} img/s{extra}", flush=True)
+            f"{record['train/images_per_s']:.0f} img/s{extra}{timing}", flush=True)
     self.writer.flush()
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or is_best:
       self.ckpt.save(step_now, self.state, self.host, is_best=is_best)
@@ -276,30 +278,27 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
   setup, config = members[0].setup, members[0].setup.config
   spe = setup.steps_per_epoch
   quiet = all(m.quiet for m in members)
-  # The bar counts finished steps (not dispatched ones) and is off when stderr is no terminal.
-  bar = tqdm(total=spe, initial=first_batch, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-             disable=True if quiet else None, unit="step")
+  bar = progress.StepBar(spe, first_batch, f"epoch {epoch + 1}/{config.epochs}", quiet)
   log = StepLog(config.log_every, first_batch, program_carry(program, members))
-  tic, seen, done, interrupted = time.perf_counter(), 0, 0, False
-  in_flight: collections.deque = collections.deque()  # each dispatch's last output, oldest first
+  tic, seen, interrupted = time.perf_counter(), 0, False
+  in_flight: collections.deque = collections.deque()  # (each dispatch's last output, its steps), oldest first
   dispatches = (program.scanned.epoch(program, epoch, first_batch) if program.scanned is not None
                 else dispatch.streamed(program, setup, epoch, first_batch))
   for stepped in dispatches:
     last = stepped[-1][1]
-    in_flight.append(last.get("meta_outer_loss", last["loss"]))
+    in_flight.append((last.get("meta_outer_loss", last["loss"]), len(stepped)))
     while len(in_flight) > MAX_IN_FLIGHT:
-      in_flight.popleft().block_until_ready()
+      finished, steps = in_flight.popleft()
+      finished.block_until_ready()
+      bar.advance(steps)  # the bar counts finished steps, not dispatched ones
     for idx, metrics in stepped:
       seen += config.batch_size
       ready = log.add(idx, metrics)
-      while done < len(log.steps) and log.steps[done]["loss"].is_ready():
-        done += 1
-        bar.update(1)
       log_windows(program, members, epoch, ready)
-      if ready and not program.stacked:
-        means = ready[-1][1]
-        bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
-                        img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+      if ready:
+        means = {k: float(np.mean(ready[-1][1][k])) for k in ("loss", "accuracy")}
+        bar.note(loss=f"{means['loss']:.3f}", acc=f"{100 * means['accuracy']:.1f}",
+                 img_s=f"{seen / (time.perf_counter() - tic):.0f}")
     # The preemption sync point counts dispatches (JAX's sync manager wants consecutive calls).
     program.dispatches += 1
     global_step = epoch * spe + idx + 1
@@ -307,7 +306,7 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
         or members[0].ckpt.reached_preemption(program.dispatches)):
       interrupted = True
       break
-  bar.update(len(log.steps) - done)
+  bar.advance(sum(steps for _, steps in in_flight))
   bar.close()
   return log, seen, tic, interrupted
 
@@ -350,6 +349,7 @@ def run(program: Program, members: list[Member], stop: runs.StopRequest,
   spe, epochs = setup.steps_per_epoch, setup.config.epochs
   active = _active(members)
   start_step = max(int(np.max(jax.device_get(members[k].state.step))) for k in active) if active else epochs * spe
+  clock = progress.EpochClock(epochs - start_step // spe)
   for epoch in range(start_step // spe, epochs):
     if not _active(members):
       break
@@ -360,11 +360,13 @@ def run(program: Program, members: list[Member], stop: runs.StopRequest,
     step_now = int(np.max(jax.device_get(program.state.step)))
     epoch_done = step_now == (epoch + 1) * spe
     carry = None if epoch_done else log.carry(step_now - epoch * spe - 1)
+    if epoch_done:
+      clock.tick()
     for k in _active(members):
       member = members[k]
       member.state = member_state(k)
       if epoch_done:
-        member.end_epoch(epoch, program.member_of(log.epoch_means(), k), seen, tic)
+        member.end_epoch(epoch, program.member_of(log.epoch_means(), k), seen, tic, clock)
       else:
         member.save_stop(member_carry(program, carry, k), tic)
     # A stop request that arrived during the evaluation counts too (single host: the flag).

@@ -21,7 +21,7 @@ from absl import app, flags, logging
 import jax
 import ml_collections
 
-from mmkd_jax import checkpoint, replicas, runs, storage, train, workdir_lock
+from mmkd_jax import checkpoint, plots, progress, replicas, runs, runs_table, storage, train, workdir_lock
 from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec, show_config
@@ -108,7 +108,14 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, da
   runs.raise_if_stopped("after precomputing the teacher cache")
   if cache is None:
     cache = teacher_stages.open_cache(config, loaded, dataset)
-  if replica_spec.replica_seeds(config):
+  seeds = replica_spec.replica_seeds(config)
+  progress.stage("student", f"{config.method}: {config.student}"
+                 + (f" <- {', '.join(t.name for t in loaded)}" if loaded else "")
+                 + f" on {config.dataset}, {config.epochs} epochs"
+                 + (f", {len(seeds)} replicas" if seeds else "") + f" -> {storage.absolute(workdir)}")
+  if config.smoke:
+    print(SMOKE_NOTE, flush=True)
+  if seeds:
     result = replicas.train_replicas(config, workdir, loaded, cache)
     for summary in result["replicas"]:
       print(f"replica {summary['replica']['index']} (seed {summary['seed']}): {summary['status']}, final top-1 "
@@ -125,7 +132,10 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, da
   if summary["status"] == "preempted":
     raise runs.stop(f"while training the student at step {int(state.step)} of {summary['steps_total']} "
                     f"(checkpoint saved in {storage.absolute(workdir)})")
-  print(json.dumps({k: v for k, v in summary.items() if k not in ("teachers", "setting")}, indent=2))
+  name = summary["eval_split"].split("[")[0]
+  print(f"student: {name} top-1 {summary['final_top1']:.2f}% after epoch {summary['epochs_completed']} (best "
+        f"{summary['best_top1']:.2f}% @ {summary['best_epoch']}, chosen on {summary['best_chosen_on']}); "
+        f"{progress.clock(summary['stage_seconds']['student'])} of training" + (" (smoke: a wiring check)" if config.smoke else ""))
   where = {"summary": "summary.json", "resolved config": "config.json", "metrics": "metrics.jsonl",
            "TensorBoard": "tensorboard/", "checkpoints": "checkpoints/ (latest) and best/"}
   print(f"written to {storage.absolute(workdir)}: " + ", ".join(f"{k} {v}" for k, v in where.items())
@@ -147,6 +157,10 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   elif d.auto and (os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1
                    or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0):
     jax.distributed.initialize()
+
+
+SMOKE_NOTE = ("smoke: a wiring check (tiny teachers, a few steps of training): every stage runs, but its "
+              "accuracies mean nothing")
 
 
 # Mistakes of the user (config, files, data, a busy or unwritable workdir): one line, exit code 2.
@@ -192,8 +206,25 @@ DIR      the run's work directory: config.json, metrics.jsonl, checkpoints/, bes
 --config.FIELD=VALUE
                 sets any field (e.g. --config.method=aver --config.epochs=10 --config.seed=1)
 
-Stopping: SIGTERM stops at the next safe point with everything finished so far saved, exit 0; the
-same command resumes. User mistakes: one line on stderr, exit 2, nothing written. See README.md."""
+Stopping: SIGTERM or Ctrl-C stops within the steps in flight with everything finished so far saved
+(exit 0 after SIGTERM, 130 after Ctrl-C; a second Ctrl-C aborts at once); the same command resumes.
+User mistakes: one line on stderr, exit 2, nothing written. See README.md.
+
+Also: mmkd-jax runs DIR... (a table of runs), mmkd-jax plot RUN... (their curves as PNG files)."""
+
+
+def usage() -> str:
+  """USAGE with the shipped configs (each header's first paragraph) and the registered methods."""
+  directory = os.path.dirname(os.path.abspath(importlib.import_module("mmkd_jax.configs").__file__))
+  configs = []
+  for name in sorted(f for f in os.listdir(directory) if f.endswith(".py") and f != "__init__.py"):
+    with open(os.path.join(directory, name)) as f:
+      text = f.read()
+    first = " ".join(text.split('"""')[1].strip().split("\n\n")[0].split()) if '"""' in text else ""
+    configs.append(f"  {name[:-3]:14s} {first}")
+  methods = [f"  {name:14s} {METHODS.get(name).description}" for name in METHODS.names()]
+  return USAGE + "\n\nConfigs (--config NAME[:ARG]; each file's header has its commands and expected results):\n" + \
+      "\n".join(configs) + "\n\nMethods (--config.method=NAME):\n" + "\n".join(methods)
 
 
 def split_config_args(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -227,7 +258,7 @@ def parse_flags(argv: list[str]) -> Args:
   config (typo in a field, unknown argument, missing file) reported in one line, and shipped
   configs found by name."""
   if any(item in ("--help", "-h", "--helpshort", "-help") for item in argv[1:]):
-    print(USAGE)
+    print(usage())
     sys.exit(0)
   rest, config_arg, overrides = split_config_args(list(argv))
   try:
@@ -250,7 +281,10 @@ def parse_flags(argv: list[str]) -> Args:
 
 
 def main(args: Args) -> None:
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  # orbax logs every save at INFO and a read-only look at a run's checkpoints at WARNING, TFDS a
+  # freshly made dataset directory at WARNING: none of it is for the user (our own lines say
+  # what happens; errors still show)
+  logging.set_verbosity(logging.ERROR)
   config = args.config
   if config is None:
     fail("--config is required, e.g. --config configs/digits.py (see README.md)")
@@ -275,10 +309,12 @@ def main(args: Args) -> None:
 
 
 def cli() -> None:
-  """The ``mmkd-jax`` console script (``mmkd-jax runs DIR ...``: the runs table)."""
+  """The ``mmkd-jax`` console script (``mmkd-jax runs DIR ...``: the runs table; ``mmkd-jax plot
+  RUN ...``: their curves as PNG files)."""
   if sys.argv[1:2] == ["runs"]:
-    from mmkd_jax import runs_table  # pylint: disable=import-outside-toplevel
     sys.exit(runs_table.main(sys.argv[2:]))
+  if sys.argv[1:2] == ["plot"]:
+    sys.exit(plots.main(sys.argv[2:]))
   app.run(main, flags_parser=parse_flags)
 
 

@@ -17,13 +17,15 @@ import numpy as np
 from mmkd_jax import checkpoint, storage
 from mmkd_jax import config as config_lib
 from mmkd_jax import replica_spec
+from mmkd_jax.data import sources
 from mmkd_jax.errors import ConfigError
+from mmkd_jax.methods import METHODS
 
 
 # Fields that may change when a run resumes (or is evaluated): they steer the loop, the logs and
 # where files are, not what is computed. Anything else differing from the stored run is refused.
 RESUMABLE = ("mode", "export_dir", "epochs", "log_every", "checkpoint_every_epochs", "keep_checkpoints", "async_checkpoints",
-             "stop_at_step", "divergence_factor", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
+             "stop_at_step", "divergence_factor", "smoke", "replica_loop", "replica_shards", "data_dir", "dataset_source_dir", "teacher_dir", "cache_dir", "imports",
              "eval_batch_size", "evaluators", "eval_every", "distributed.", "teacher_training.", "trust_pickle",
              "data_placement", "scan_steps")
 # Free to differ too, but no user's choice: written by resolve(), or retired (early runs stored it).
@@ -77,7 +79,8 @@ def run_identity(setup: Any, state: Any) -> dict[str, Any]:
   """What a checkpoint must match to be resumed: the config, the teachers, the state's shapes."""
   shapes = {jax.tree_util.keystr(p): list(np.shape(x)) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
   return {"config": json.loads(setup.config.to_json_best_effort()),
-          "teacher_fingerprints": {t.name: t.fingerprint for t in setup.teachers}, "state_shapes": shapes}
+          "teacher_fingerprints": {t.name: t.fingerprint for t in setup.teachers}, "state_shapes": shapes,
+          "dataset_version": sources.dataset_version(setup.config)}
 
 
 def check_resumable(ckpt: checkpoint.Checkpoints, identity: dict[str, Any], which: str = "latest") -> None:
@@ -91,18 +94,45 @@ def check_resumable(ckpt: checkpoint.Checkpoints, identity: dict[str, Any], whic
   teachers = [f"teacher {name}: fingerprint {meta.get('teacher_fingerprints', {}).get(name)} -> {fp}"
               for name, fp in identity["teacher_fingerprints"].items()
               if meta.get("teacher_fingerprints", {}).get(name, fp) != fp]
+  if meta.get("dataset_version", "") != identity["dataset_version"]:
+    teachers.append(f"the dataset's contents: {meta.get('dataset_version', '')!r} -> {identity['dataset_version']!r} "
+                    "(the image folder changed)")
   if changes or teachers:
     shape = ("the train state's shape differs too, so it cannot be restored"
              if meta.get("state_shapes") != identity["state_shapes"] else "the train state's shape is the same")
     raise _mismatch(ckpt.workdir, step, changes + teachers, f" ({shape})")
 
 
+# Fields a method owns (config.resolve fills them from its presets): when the method differs, their
+# differences follow from it and are not listed.
+_METHOD_OWNED = ("weights.", "meta.lookahead_weights.", "temperature", "feature_layer", "feat_from_epoch")
+
+
+def _worth_naming(differences: list[str]) -> list[str]:
+  """The differences a user can act on: with another method, not the fields it owns (a section
+  ``<method>.``, its weights, temperature and layer); a cosine schedule's span with the flag that
+  keeps the run's."""
+  keys = [d.split(":", 1)[0] for d in differences]
+  if "method" in keys:
+    sections = tuple(f"{name}." for name in METHODS)
+    differences = [d for d, k in zip(differences, keys) if not k.startswith(_METHOD_OWNED + sections)]
+  out = []
+  for difference in differences:
+    stored = difference.split(": ", 1)[1].split(" -> ")[0]
+    if difference.startswith("schedule_epochs: ") and stored != "0":
+      difference += (f" (the span of the run's schedule, fixed when it started from its epochs: keep it with "
+                     f"--config.schedule_epochs={stored})")
+    out.append(difference)
+  return out
+
+
 def _mismatch(run_dir: str, step: int, differences: list[str], detail: str = "") -> ConfigMismatchError:
-  """The refusal of a work directory whose checkpoints another run made, naming what differs."""
+  """The refusal of a work directory whose checkpoints another run made: what differs, and the two
+  ways on."""
   return ConfigMismatchError(
-      f"{run_dir} holds checkpoint step {step} of another run: " + "; ".join(differences) + detail +
-      f". Use another --workdir, or the stored config ({storage.join(run_dir, 'config.json')} is a valid "
-      f"--config). Fields that may change on resume: {', '.join(RESUMABLE)}.")
+      f"{run_dir} holds checkpoint step {step} of another run: " + "; ".join(_worth_naming(differences)) + detail +
+      f". Resume it without those changes (its config: --config {storage.join(run_dir, 'config.json')}), or "
+      "start this run in another --workdir.")
 
 
 def stored_config(run_dir: str) -> tuple[dict[str, Any], int] | None:

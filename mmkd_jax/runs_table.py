@@ -19,6 +19,7 @@ import numpy as np
 
 from mmkd_jax import config as config_lib
 from mmkd_jax import runs, storage
+from mmkd_jax.methods import METHODS
 
 _NOT_RUNS = {"checkpoints", "best", "tensorboard", "export", "corrupt"}   # parts of a run, not runs
 _EVAL_KEYS = ("test/top1", "val/top1", "test_top1")   # older runs logged test_top1
@@ -110,26 +111,52 @@ def _status(records: Sequence[RunRecord]) -> str:
   return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
+def is_teacher_run(path: str) -> bool:
+  """A teacher's training run (``<teacher_dir>/<dataset>_<name>.run``, method ``none``)."""
+  return os.path.normpath(path).endswith(".run")
+
+
+# The standard columns of a row; the `setting` column names every other field that differs.
+_HEADLINE = ("method", "student", "dataset", "epochs", "teachers.")
+# Fields a method owns: where methods differ these differ by construction, so they are named only
+# where runs of one method differ in them.
+_METHOD_OWNED = ("weights.", "meta.lookahead_weights.", "temperature", "feature_layer", "feat_from_epoch")
+
+
+def _varying(identities: Sequence[dict[str, Any]]) -> list[str]:
+  """The fields outside the standard columns whose values differ among the groups (a method's own
+  fields only among groups of the same method)."""
+  def differs(key: str, among: Sequence[dict[str, Any]]) -> bool:
+    return len({json.dumps(i.get(key), default=str) for i in among}) > 1
+  sections = tuple(f"{i.get('method')}." for i in identities)
+  by_method: dict[str, list[dict]] = {}
+  for identity in identities:
+    by_method.setdefault(str(identity.get("method")), []).append(identity)
+  out = []
+  for key in sorted(set().union(*identities)):
+    if key.startswith(_HEADLINE):
+      continue
+    own = key.startswith(_METHOD_OWNED + sections)
+    if (any(differs(key, same) for same in by_method.values()) if own else differs(key, identities)):
+      out.append(key)
+  return out
+
+
 def table_rows(records: Sequence[RunRecord], per_run: bool = False) -> list[dict[str, str]]:
-  """The rows: one per group of seeds (or per run), with the fields that set groups apart."""
+  """The rows: one per group of seeds (or per run), with every field that sets the groups apart
+  (the `setting` column) and teacher runs labelled as such."""
   groups: dict[str, list[RunRecord]] = {}
   for r in records:
-    key = r.path if per_run else json.dumps(_identity(r.config), sort_keys=True, default=str)
+    key = r.path if per_run else json.dumps(_identity(r.config), sort_keys=True, default=str) + str(is_teacher_run(r.path))
     groups.setdefault(key, []).append(r)
   identities = [_identity(g[0].config) for g in groups.values()]
-  # groups with the same headline (method, student, teachers, dataset, epochs) are told apart by
-  # the fields that differ among them
-  headline = ("method", "student", "dataset", "epochs", "teachers.")
-  clusters: dict[str, list[dict]] = {}
-  for identity in identities:
-    clusters.setdefault(_headline_key(identity, headline), []).append(identity)
+  varying = _varying(identities)
   rows = []
   for group, identity in zip(groups.values(), identities):
-    cluster = clusters[_headline_key(identity, headline)]
-    varying = sorted(k for k in set().union(*cluster) if not k.startswith(headline)
-                     and len({json.dumps(i.get(k), default=str) for i in cluster}) > 1)
     first = group[0]
-    row = {"method": first.config.get("method", "?"), "student": first.config.get("student", "?"),
+    method = first.config.get("method", "?")
+    row = {"method": f"teacher ({first.config.get('student', '?')})" if is_teacher_run(first.path) else method,
+           "student": first.config.get("student", "?"),
            "teachers": first.teachers, "dataset": str(first.config.get("dataset", "?")),
            "epochs": str(first.config.get("epochs", "?"))}
     if per_run:
@@ -141,7 +168,8 @@ def table_rows(records: Sequence[RunRecord], per_run: bool = False) -> list[dict
                best_top1=mean_std([r.best_top1 for r in group]),
                wall_min=f"{np.mean(walls):.1f}" if walls else "—",
                code=", ".join(sorted({r.code_version for r in group})))
-    row["setting"] = ", ".join(f"{k}={identity.get(k)}" for k in varying)
+    row["setting"] = ", ".join(f"{k}={identity[k]}" for k in varying if identity.get(k) is not None
+                               and (not _is_section(k) or k.startswith(f"{identity.get('method')}.")))
     rows.append(row)
   if not any(row["setting"] for row in rows):
     for row in rows:
@@ -149,8 +177,9 @@ def table_rows(records: Sequence[RunRecord], per_run: bool = False) -> list[dict
   return rows
 
 
-def _headline_key(identity: dict[str, Any], headline: Sequence[str]) -> str:
-  return json.dumps({k: v for k, v in identity.items() if k.startswith(tuple(headline))}, sort_keys=True, default=str)
+def _is_section(key: str) -> bool:
+  """A field of some method's own section (``<method>.<field>``)."""
+  return "." in key and key.split(".", 1)[0] in METHODS
 
 
 def render(rows: Sequence[dict[str, str]], fmt: str = "markdown") -> str:
@@ -174,14 +203,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("dirs", nargs="+", help="work directories, or directories holding them")
   parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
   parser.add_argument("--per_run", action="store_true", help="one row per run instead of per group of seeds")
+  parser.add_argument("--teachers", action="store_true", help="list the teachers' training runs too")
   args = parser.parse_args(argv)
   try:
     paths = find_runs(args.dirs)
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  teachers = [p for p in paths if is_teacher_run(p)]
+  if not args.teachers:
+    paths = [p for p in paths if not is_teacher_run(p)]
   if not paths:
-    print(f"error: no run (a directory with config.json) below {', '.join(args.dirs)}", file=sys.stderr)
+    print(f"error: no run (a directory with config.json) below {', '.join(args.dirs)}"
+          + (f" but {len(teachers)} teacher runs (--teachers lists them)" if teachers else ""), file=sys.stderr)
     return 2
   sys.stdout.write(render(table_rows([read_run(p) for p in paths], args.per_run), args.format))
+  if teachers and not args.teachers:
+    print(f"({len(teachers)} teacher training runs not shown: --teachers lists them)", file=sys.stderr)
   return 0

@@ -28,18 +28,24 @@ TEACHER_FIELDS = {
 
 
 def _field_comments() -> dict[str, str]:
-  """The comments beside the fields in ``base_config``'s source: their one-line descriptions."""
+  """The comments beside the fields in ``base_config``'s source: a field's own trailing comment,
+  else the whole block of comment lines right above it, joined."""
   import inspect  # pylint: disable=import-outside-toplevel
   import re  # pylint: disable=import-outside-toplevel
-  out, previous = {}, ""
+  out: dict[str, str] = {}
+  block: list[str] = []
   for line in inspect.getsource(config_lib.base_config).splitlines():
     stripped = line.strip()
-    match = re.match(r"c\.([\w.]+)(?::[^=]*)?\s*=.*?#\s*(.+)$", stripped)
-    if match:
-      out[match.group(1)] = match.group(2)
-    elif re.match(r"c\.([\w.]+)(?::[^=]*)?\s*=", stripped) and previous.startswith("#"):
-      out[re.match(r"c\.([\w.]+)", stripped).group(1)] = previous.lstrip("# ")
-    previous = stripped
+    if stripped.startswith("#"):
+      block.append(stripped.lstrip("# "))
+      continue
+    field = re.match(r"c\.([\w.]+)(?::[^=]*)?\s*=(.*)$", stripped)
+    if field:
+      trailing = re.search(r"#\s*(.+)$", field.group(2))
+      note = trailing.group(1) if trailing else " ".join(block)
+      if note:
+        out[field.group(1)] = note
+    block = []
   return out
 
 

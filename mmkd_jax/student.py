@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Any, Sequence
 
 import jax
@@ -30,7 +31,8 @@ from mmkd_jax.models import get_model
 from mmkd_jax.teachers import convert
 
 STUDENT_META = "student.json"
-EVALUATION_FILE = "evaluation.json"   # mode=evaluate's result in the work directory
+EVALUATION_FILE = "evaluation.json"   # mode=evaluate's latest result in the work directory
+EVALUATION_HISTORY = "evaluations.jsonl"  # each mode=evaluate's result, one per line
 
 
 @dataclasses.dataclass
@@ -43,6 +45,7 @@ class Student:
   std: tuple[float, ...]
   variables: Any
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  input_note: str = ""   # how a raw image became one of its training images (the dataset's)
 
   def __post_init__(self):
     model = get_model(self.arch, self.num_classes)
@@ -57,16 +60,23 @@ class Student:
       return model.apply(variables, x, train=False)[1]
     self._logits = logits
 
-  def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Eval-mode logits of (N, H, W, C) images, uint8 in [0, 255] or floats in [0, 1]."""
+  def logits(self, images: np.ndarray, batch_size: int = 256, resize: bool = False) -> np.ndarray:
+    """Eval-mode logits of (N, H, W, C) images, uint8 in [0, 255] or floats in [0, 1]. Images of
+    another size are refused, saying how the training images were made; ``resize=True`` resizes
+    them bilinearly (and repeats grey over RGB) instead."""
     images = np.asarray(images)
     if images.dtype != np.uint8 and images.size and (np.nanmax(images) > 1.0 or np.nanmin(images) < 0.0):
       raise ValueError(f"float images must be in [0, 1] (got values in [{np.nanmin(images):g}, {np.nanmax(images):g}]); "
                        "pass uint8 images in [0, 255], or divide by 255")
-    if images.ndim == 3:
-      images = images[..., None] if self.image_shape[-1] == 1 and images.shape[-1] != 1 else images[None]
+    if images.ndim == 3:  # one (H, W, C) image, or (N, H, W) grey images
+      images = images[None] if images.shape[-1] in (1, 3, 4) else images[..., None]
     if tuple(images.shape[1:]) != tuple(self.image_shape):
-      raise ValueError(f"the student takes images of shape {self.image_shape}, got {images.shape[1:]}")
+      if not resize:
+        made = f" Its training images were {self.input_note}." if self.input_note else ""
+        raise ValueError(f"the student takes images of shape {self.image_shape}, got {images.shape[1:]}.{made} "
+                         "Prepare them the same way, or pass resize=True to resize them bilinearly (grey repeated "
+                         "over RGB)")
+      images = resized(images, self.image_shape)
     out = []
     for lo in range(0, len(images), batch_size):
       chunk = images[lo:lo + batch_size]
@@ -75,9 +85,25 @@ class Student:
       out.append(np.asarray(self._logits(self.variables, jnp.asarray(padded)))[:len(chunk)])
     return np.concatenate(out)
 
-  def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, classes)."""
-    return np.asarray(jax.nn.softmax(self.logits(images, batch_size), axis=-1))
+  def predict(self, images: np.ndarray, batch_size: int = 256, resize: bool = False) -> np.ndarray:
+    """Class probabilities (N, classes); ``resize``: as in ``logits``."""
+    return np.asarray(jax.nn.softmax(self.logits(images, batch_size, resize), axis=-1))
+
+
+def resized(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+  """(N, h, w, c) images at (H, W, C): bilinear, grey repeated over RGB, an alpha channel dropped;
+  uint8 stays uint8 (rounded), floats stay floats."""
+  height, width, channels = shape
+  if images.shape[-1] == 4 and channels == 3:
+    images = images[..., :3]
+  if images.shape[-1] == 1 and channels == 3:
+    images = np.repeat(images, 3, axis=-1)
+  if images.shape[-1] == 3 and channels == 1:
+    images = np.mean(images.astype(np.float32), axis=-1, keepdims=True)
+  out = jax.image.resize(jnp.asarray(images, jnp.float32), (len(images), height, width, channels), "bilinear")
+  if np.asarray(images).dtype == np.uint8:
+    return np.asarray(jnp.clip(jnp.round(out), 0, 255)).astype(np.uint8)
+  return np.clip(np.asarray(out), 0.0, 1.0)
 
 
 def restore_raw_checkpoint(directory: str) -> tuple[dict[str, Any], dict[str, Any], int] | None:
@@ -140,7 +166,7 @@ def student_from_workdir(workdir: str, which: str = "best") -> Student:
           "teachers": [t["name"] for t in config.get("teachers", [])]}
   info["config"] = config
   return Student(config["student"], spec.num_classes, tuple(spec.image_shape), tuple(spec.mean), tuple(spec.std),
-                 jax.tree.map(jnp.asarray, variables), info)
+                 jax.tree.map(jnp.asarray, variables), info, sources.input_note(config["dataset"]))
 
 
 def load_student(path: str, which: str = "best") -> Student:
@@ -167,7 +193,7 @@ def load_student(path: str, which: str = "best") -> Student:
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
     variables = ocp.StandardCheckpointer().restore(storage.join(export_dir, "variables"), abstract)
   return Student(meta["arch"], meta["num_classes"], image_shape, tuple(meta["mean"]),
-                 tuple(meta["std"]), variables, meta.get("run", {}))
+                 tuple(meta["std"]), variables, meta.get("run", {}), meta.get("input", {}).get("made", ""))
 
 
 def export_student(workdir: str, out_dir: str, which: str = "best",
@@ -202,6 +228,8 @@ def export_student(workdir: str, out_dir: str, which: str = "best",
     except Exception as e:  # pylint: disable=broad-except  (torch missing, or a CUDA-only wheel)
       notes.append(f"student.pth not written: torch unavailable ({type(e).__name__}); pip install -e '.[torch]'")
   meta = {"arch": student.arch, "num_classes": student.num_classes, "image_shape": list(student.image_shape),
+          "input": {"shape": list(student.image_shape), "dtype": "uint8 in [0, 255] or float in [0, 1]",
+                    "dataset": student.info.get("dataset", ""), "made": student.input_note},
           "imports": [os.path.abspath(m) if m.endswith(".py") else m  # found from anywhere
                       for m in student.info.get("config", {}).get("imports", ())],
           "mean": list(student.mean), "std": list(student.std), "layout": "flax NHWC (variables/), PyTorch NCHW (npz, pth)",
@@ -243,9 +271,13 @@ def evaluate_workdir(config, workdir: str, which: str = "best") -> dict[str, Any
         + "".join(f"; {t.name}: top-1 {result['teacher/' + t.name]:.2f}%, agreement "
                   f"{result['agreement/' + t.name]:.2f}%, KL {result['kl/' + t.name]:.4f}" for t in teachers))
   if jax.process_index() == 0:
+    record = {k: _without_nan(v) for k, v in result.items()}
     path = storage.join(workdir, EVALUATION_FILE)
-    storage.write_text(path, json.dumps({k: _without_nan(v) for k, v in result.items()}, indent=2, allow_nan=False))
-    print(f"written to {path}")
+    storage.write_text(path, json.dumps(record, indent=2, allow_nan=False))
+    history = storage.join(workdir, EVALUATION_HISTORY)  # every evaluation kept, whatever it measured
+    earlier = storage.read_text(history) if storage.is_file(history) else ""
+    storage.write_text(history, earlier + json.dumps(dict(record, time=round(time.time(), 3)), allow_nan=False) + "\n")
+    print(f"written to {path} (and appended to {EVALUATION_HISTORY}, which keeps every evaluation)")
   return result
 
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import parallel, runs, storage, train
+from mmkd_jax import parallel, progress, runs, storage, train
 from mmkd_jax.data import sources
 from mmkd_jax.errors import ConfigError
 from mmkd_jax.teachers import cache as cache_lib
@@ -52,7 +52,7 @@ IDENTITY_FIELDS = ("dataset", "train_split", "train_classes", "label_noise", "la
                    "momentum", "nesterov", "weight_decay", "dtype", "sync_batch_norm", "batch_norm_groups",
                    "student_checkpoint", "checkpoint_head")
 # Identity fields added later, as every teacher recorded before them was made.
-_UNRECORDED = {"student_checkpoint": "", "checkpoint_head": "keep"}
+_UNRECORDED = {"student_checkpoint": "", "checkpoint_head": "keep", "dataset_version": ""}
 
 
 class StaleTeacherError(ConfigError):
@@ -87,7 +87,8 @@ def identity(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict
   ``training_config`` when the caller has it."""
   tc = tc if tc is not None else training_config(config, entry)
   fields = json.loads(tc.to_json_best_effort())
-  return {"arch": entry.arch, "seed": entry.seed, **{k: fields[k] for k in IDENTITY_FIELDS}}
+  return {"arch": entry.arch, "seed": entry.seed, **{k: fields[k] for k in IDENTITY_FIELDS},
+          "dataset_version": sources.dataset_version(tc)}  # an image folder's contents
 
 
 def identity_differences(recorded: dict[str, Any] | None, expected: dict[str, Any]) -> list[str]:
@@ -157,12 +158,12 @@ def train_missing_teachers(config: ml_collections.ConfigDict) -> float:
   the same command resumes it from there, and only a finished teacher gets its teacher.json."""
   check_trained_teachers(config)
   spent = 0.0
-  for entry in config.teachers:
+  missing = [e for e in config.teachers if not (is_explicit(e) or is_complete(checkpoint_path(config, e)))]
+  for k, entry in enumerate(missing, start=1):
     path = checkpoint_path(config, entry)
-    if is_explicit(entry) or is_complete(path):
-      continue
     runs.raise_if_stopped(f"before training teacher {entry.name!r}")
-    print(f"training teacher {entry.name!r} ({entry.arch}) on {config.dataset} -> {storage.absolute(path)}", flush=True)
+    progress.stage(f"teacher {k}/{len(missing)}",
+                   f"training {entry.name!r} ({entry.arch}) on {config.dataset} -> {storage.absolute(path)}")
     tc = training_config(config, entry)
     summary = train.train_and_evaluate(tc, path + ".run")
     state = summary["state"]
@@ -196,7 +197,8 @@ def cache_spec(config: ml_collections.ConfigDict, loaded: list[Teacher], dataset
   return cache_lib.CacheSpec(
       teacher_names=tuple(t.name for t in loaded),
       teacher_fingerprints=tuple(t.fingerprint for t in loaded),
-      dataset=config.dataset, split=spec.train_split, num_examples=len(dataset.train),
+      dataset="@".join(filter(None, (config.dataset, sources.dataset_version(config)))), split=spec.train_split,
+      num_examples=len(dataset.train),
       augmentation_seed=config.augmentation_seed, num_replays=config.num_replays,
       feature_layer=f"feat[{config.feature_layer}]", num_classes=spec.num_classes,
       feature_shapes=tuple(tuple(s) for s in feature_shapes(loaded, spec.image_shape, config.feature_layer)),
@@ -222,8 +224,8 @@ def precompute(config: ml_collections.ConfigDict, loaded: list[Teacher],
     cache_lib.TeacherCache(directory, spec)  # validates
     print(f"teacher cache already present: {storage.absolute(directory)}")
     return directory
-  print(f"precomputing the teacher outputs: {len(loaded)} teachers x {len(dataset.train)} images x "
-        f"{config.num_replays} replays -> {storage.absolute(directory)}", flush=True)
+  progress.stage("precompute", f"teacher outputs: {len(loaded)} teachers x {len(dataset.train)} images x "
+                 f"{config.num_replays} replays -> {storage.absolute(directory)}")
   ds = dataset.spec
   variables = tuple(t.variables for t in loaded)
   forward = jax.jit(lambda v, images, index, replay: augmented_teacher_outputs(

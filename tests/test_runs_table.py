@@ -18,10 +18,10 @@ from mmkd_jax import runs_table
 from helpers import DIGITS, ROOT
 
 
-def _run_dir(path, seed, top1=None, best=None, lr=0.05, epochs_logged=()):
+def _run_dir(path, seed, top1=None, best=None, lr=0.05, epochs_logged=(), **overrides):
   """A work directory as a run leaves it: config.json, and summary.json when finished."""
   os.makedirs(path)
-  config = config_lib.validate(config_lib.load(DIGITS, "aver,smoke", {"seed": seed, "lr": lr}))
+  config = config_lib.validate(config_lib.load(DIGITS, "aver,smoke", {"seed": seed, "lr": lr, **overrides}))
   with open(os.path.join(path, "config.json"), "w") as f:
     f.write(config.to_json_best_effort())
   if top1 is not None:
@@ -67,3 +67,25 @@ def test_both_command_lines_print_markdown_or_csv_and_refuse_a_missing_directory
   missing = subprocess.run([sys.executable, "-m", "mmkd_jax.runs", str(tmp_path / "nope")], capture_output=True,
                            text=True, env=env)
   assert missing.returncode == 2 and "is not a directory" in missing.stderr and missing.stdout == ""
+
+
+def test_every_differing_field_is_shown_and_teacher_runs_are_labelled_or_left_out(tmp_path):
+  """An AdamW + cosine run of other epochs beside two SGD runs: the setting column names the
+  optimiser and schedule of each (it used to show nothing: the epochs told them apart); a teacher's
+  training run is left out unless asked for, then labelled as a teacher."""
+  _run_dir(tmp_path / "sgd" / "seed0", 0, 80.0, 81.0)
+  _run_dir(tmp_path / "sgd" / "seed1", 1, 82.0, 83.0)
+  _run_dir(tmp_path / "adamw", 0, 84.0, 84.0, optimizer="adamw", schedule="cosine", epochs=3)
+  _run_dir(tmp_path / "teachers" / "digits_s_resnet8a.run", 0, 90.0, 90.0, method="none", student="resnet14")
+  rows = runs_table.table_rows([runs_table.read_run(p) for p in runs_table.find_runs([str(tmp_path)])
+                                if not runs_table.is_teacher_run(p)])
+  settings = {r["epochs"]: r["setting"] for r in rows}
+  assert "optimizer=adamw" in settings["3"] and "schedule=cosine" in settings["3"]
+  assert "optimizer=sgd" in settings["2"] and "schedule=multistep" in settings["2"]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  shown = subprocess.run([sys.executable, "-m", "mmkd_jax.runs", str(tmp_path)], capture_output=True, text=True,
+                         env=env, check=True)
+  assert "| teacher (" not in shown.stdout and "1 teacher training runs not shown: --teachers" in shown.stderr
+  listed = subprocess.run([sys.executable, "-m", "mmkd_jax.runs", str(tmp_path), "--teachers"], capture_output=True,
+                          text=True, env=env, check=True).stdout
+  assert "| teacher (resnet14) | resnet14 |" in listed

@@ -53,6 +53,15 @@ def test_export_reload_predict_and_evaluate_agree(trained, tmp_path):
   evaluated = student_lib.evaluate_workdir(config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver",
                                                                             teachers=[], mode="evaluate")), workdir)
   assert accuracies["export"] == accuracies["workdir"] == pytest.approx(evaluated["top1"]) == pytest.approx(summary["best_top1"])
+  # another evaluation with other evaluators replaces evaluation.json; the history keeps both
+  student_lib.evaluate_workdir(config_lib.validate(digits_smoke(data_dir=config.data_dir, method="aver", teachers=[],
+                                                                mode="evaluate", evaluators=("accuracy", "calibration"))),
+                               workdir)
+  with open(os.path.join(workdir, "evaluations.jsonl")) as f:
+    history = [json.loads(line) for line in f]
+  assert [h["evaluators"] for h in history][-2:] == [["accuracy"], ["accuracy", "calibration"]]
+  with open(os.path.join(workdir, "evaluation.json")) as f:
+    assert json.load(f)["evaluators"] == ["accuracy", "calibration"]
   # float images in [0, 1] give the same predictions as uint8
   student = mmkd_jax.load_student(str(tmp_path / "export"))
   np.testing.assert_allclose(student.predict(images[:8] / 255.0), student.predict(images[:8]), atol=1e-5)
@@ -206,3 +215,25 @@ def test_a_student_evaluated_on_a_dataset_of_another_shape_is_refused_naming_bot
   with pytest.raises(ValueError, match=r"takes \(32, 32, 3\) images of 10 classes; config.dataset 'bright_quadrant' "
                                        r"has \(12, 12, 3\)"):
     student_lib.evaluate_workdir(other, workdir)
+
+
+def test_raw_images_of_another_size_are_refused_saying_how_or_resized(trained, tmp_path):
+  """scikit-learn's raw 8x8 digits (floats 0..16 scaled to [0, 1]): the export records how its
+  training images were made; predict refuses other sizes saying so, and resize=True resizes
+  (grey over RGB). Resizing the 32x32 images to themselves changes nothing."""
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  config, workdir, _ = trained
+  written = student_lib.export_student(workdir, str(tmp_path / "export"))
+  with open(written["meta"]) as f:
+    meta = json.load(f)
+  assert meta["input"]["shape"] == [32, 32, 3] and "upsampled 4x" in meta["input"]["made"]
+  student = mmkd_jax.load_student(str(tmp_path / "export"))
+  raw = load_digits().images[:6] / 16.0  # (6, 8, 8) grey floats in [0, 1]
+  with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 3\), got \(8, 8, 1\).*upsampled 4x .*"
+                                       r"digits_as_images.*resize=True"):
+    student.predict(raw)
+  probabilities = student.predict(raw, resize=True)
+  assert probabilities.shape == (6, 10)
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+  images, _ = _test_images(config)
+  np.testing.assert_array_equal(student_lib.resized(images[:4], (32, 32, 3)), images[:4])

@@ -35,7 +35,9 @@ def split_indices(split: str, total: int = 1797) -> np.ndarray:
 
 
 # Normalisation: the statistics of the training split (checked by tests/test_data.py).
-@register_dataset("digits", mean=(0.3059,) * 3, std=(0.3763,) * 3, offline=True)
+@register_dataset("digits", mean=(0.3059,) * 3, std=(0.3763,) * 3, offline=True,
+                  input_note="scikit-learn's 8x8 digits (values 0..16) scaled to 0..255, upsampled 4x (nearest "
+                             "neighbour) to 32x32 and repeated over RGB: mmkd_jax.data.digits.digits_as_images")
 class MmkdDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn digits, 32x32x3, fixed train/test split, prepared offline."""
 

@@ -4,7 +4,8 @@
   * a name registered with ``@register_dataset`` (the built-ins: ``cifar100``, ``cifar10``,
     ``digits``, ``fashion_mnist``; a user registers their own builder the same way),
   * any TFDS dataset name (``tfds.builder(name)``), prepared as array_record under ``data_dir``,
-  * a directory holding a prepared TFDS dataset (``tfds.builder_from_directory``).
+  * a directory holding a prepared TFDS dataset (``tfds.builder_from_directory``),
+  * ``folder:<dir>``: images in torchvision's ImageFolder layout (``mmkd_jax.data.image_folder``).
 Image shape and number of classes come from the dataset's features; the normalisation from the
 registration, ``config.normalization``, or else the training split's own statistics.
 
@@ -14,10 +15,13 @@ for joining the teacher cache.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import os
+import shutil
+import sys
 from typing import Any, Callable, Sequence
 
 import jax
@@ -26,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmkd_jax import parallel, storage
+from mmkd_jax.data import image_folder
 from mmkd_jax.errors import UnknownNameError
 from mmkd_jax.registry import Registry, origin_of
 
@@ -73,6 +78,9 @@ class DatasetEntry:
   host_transform: bool = False
   image_size: int = 0
   eval_resize: int = 0
+  # How a raw image becomes one of the dataset's (an exported student's student.json says it, so
+  # that `predict` on raw images can tell its user what to do): '' = stored as they come.
+  input_note: str = ""
 
 
 DATASETS: Registry[DatasetEntry] = Registry(
@@ -114,13 +122,18 @@ def default_data_dir() -> str:
 def _entry(name: str) -> DatasetEntry:
   if name in DATASETS:
     return DATASETS.get(name)
+  if name.startswith(image_folder.PREFIX):
+    return DatasetEntry(builder=functools.partial(image_folder.ImageFolder, folder=name[len(image_folder.PREFIX):]),
+                        offline=True, input_note=image_folder.INPUT_NOTE)
   if storage.is_url(name) and storage.is_dir(name) or os.path.isdir(os.path.expanduser(name)):
     return DatasetEntry(builder=lambda **_: tfds.builder_from_directory(storage.for_library(name)))
   return DatasetEntry(tfds_name=name)
 
 
-def builder(name: str, data_dir: str | None = None, source_dir: str = "") -> tfds.core.DatasetBuilder:
-  """The TFDS builder of ``name`` (array_record) under ``data_dir``."""
+def builder(name: str, data_dir: str | None = None, source_dir: str = "", image_size: int = 0
+            ) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``name`` (array_record) under ``data_dir``; ``image_size``: the size an
+  image folder is resized to (``config.image_size``)."""
   entry = _entry(name)
   data_dir = data_dir or default_data_dir()
   if entry.builder is None:
@@ -130,20 +143,89 @@ def builder(name: str, data_dir: str | None = None, source_dir: str = "") -> tfd
       raise UnknownNameError(f"unknown dataset {name!r}: not registered ({', '.join(DATASETS.names())}), "
                              f"not a TFDS name and not a directory. {DATASETS.how_to_add}") from e
   kwargs: dict[str, Any] = {"data_dir": data_dir}
-  if source_dir and "source_dir" in inspect.signature(entry.builder).parameters:
+  parameters = inspect.signature(entry.builder).parameters
+  if source_dir and "source_dir" in parameters:
     kwargs["source_dir"] = source_dir
-  if isinstance(entry.builder, type):
+  if image_size and "image_size" in parameters:
+    kwargs["image_size"] = image_size
+  if isinstance(entry.builder, type) or any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
     kwargs["file_format"] = "array_record"
   return entry.builder(**kwargs)
 
 
-def check_image_dataset(name: str, data_dir: str | None = None, source_dir: str = "") -> None:
+def check_image_dataset(name: str, data_dir: str | None = None, source_dir: str = "", image_size: int = 0) -> None:
   """Raises UnknownNameError for an unknown dataset and ValueError for one that is not labelled
   images (from its declared features: nothing is read or prepared)."""
-  _features(builder(name, data_dir, source_dir), _entry(name), name)
+  _features(builder(name, data_dir, source_dir, image_size), _entry(name), name)
 
 
-def prepare(name: str, data_dir: str | None = None, allow_download: bool = False, source_dir: str = "") -> None:
+def input_note(name: str) -> str:
+  """How a raw image becomes one of dataset ``name``'s ('' when they are stored as they come)."""
+  return _entry(name).input_note
+
+
+def dataset_version(config: ml_collections.ConfigDict) -> str:
+  """What identifies the contents of the configured dataset beyond its name: an image folder's
+  fingerprint (its files and the image size); '' for every other dataset."""
+  if not config.dataset.startswith(image_folder.PREFIX):
+    return ""
+  return builder(config.dataset, config.data_dir or None, "", config.image_size).fingerprint
+
+
+class _WithoutTfdsBanners:
+  """stdout without TFDS's preparation banners ("Downloading and preparing dataset Unknown size
+  ...", "... downloaded and prepared to ...": bold escape codes, and nothing is downloaded for an
+  offline dataset); everything else passes through."""
+
+  BANNERS = ("Downloading and preparing dataset", "downloaded and prepared to")
+
+  def __init__(self, stream):
+    self.stream = stream
+
+  def write(self, text: str) -> int:
+    if any(banner in text for banner in self.BANNERS):
+      return len(text)
+    return self.stream.write(text)
+
+  def __getattr__(self, name):
+    return getattr(self.stream, name)
+
+
+def prepare_quietly(builder_: tfds.core.DatasetBuilder) -> None:
+  """``builder_.download_and_prepare`` as array_record, without TFDS's banners and progress bars
+  (our own stage lines say what happens)."""
+  tfds.display_progress_bar(False)
+  with contextlib.redirect_stdout(_WithoutTfdsBanners(sys.stdout)):
+    builder_.download_and_prepare(file_format="array_record")
+
+
+@contextlib.contextmanager
+def undone_on_failure(data_dir: str):
+  """Removes what a failed preparation made under a local ``data_dir`` (TFDS creates the dataset's
+  and its download directories before a builder reads a single source file): a refused command
+  leaves the data directory as it was."""
+  highest_new = os.path.abspath(data_dir)  # the highest directory of data_dir's path it may create
+  while not os.path.exists(os.path.dirname(highest_new)):
+    highest_new = os.path.dirname(highest_new)
+
+  def present() -> set[str]:
+    found = {highest_new} if os.path.isdir(highest_new) else set()
+    for root in (data_dir, os.path.join(data_dir, "downloads")):
+      if os.path.isdir(root):
+        found |= {os.path.join(root, entry) for entry in os.listdir(root)}
+    return found
+  before = set() if storage.is_url(data_dir) else present()
+  try:
+    yield
+  except BaseException:
+    if not storage.is_url(data_dir):
+      for path in sorted(present() - before, key=len, reverse=True):
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+    raise
+
+
+def prepare(name: str, data_dir: str | None = None, allow_download: bool = False, source_dir: str = "",
+            image_size: int = 0) -> None:
   """Makes sure ``name`` is prepared as array_record under ``data_dir``.
 
   Offline datasets are prepared on first use. Others need a download, which happens only with
@@ -152,24 +234,26 @@ def prepare(name: str, data_dir: str | None = None, allow_download: bool = False
   data_dir = data_dir or default_data_dir()
   if jax.process_count() > 1:  # one process prepares, the others wait for it
     if jax.process_index() == 0:
-      _prepare(name, data_dir, allow_download, source_dir)
+      _prepare(name, data_dir, allow_download, source_dir, image_size)
     parallel.sync_hosts(f"dataset {name} prepared")
-  _prepare(name, data_dir, allow_download, source_dir)
+  _prepare(name, data_dir, allow_download, source_dir, image_size)
 
 
-def _prepare(name: str, data_dir: str, allow_download: bool, source_dir: str) -> None:
-  b = builder(name, data_dir, source_dir)
+def _prepare(name: str, data_dir: str, allow_download: bool, source_dir: str, image_size: int) -> None:
+  b = builder(name, data_dir, source_dir, image_size)
   if b.is_prepared():
     return
   if _entry(name).offline or allow_download:
+    print(f"preparing dataset {name!r} under {storage.absolute(data_dir)} (once) ...", flush=True)
     if not storage.is_url(data_dir):
-      b.download_and_prepare(file_format="array_record")
+      with undone_on_failure(data_dir):
+        prepare_quietly(b)
       return
     # array_record writes local files only: prepare on local disk, then upload the dataset's
     # version directory with TFDS's marker (dataset_info.json) last
     with storage.staging_dir(storage.join(data_dir, name)) as local:
-      staged = builder(name, local, source_dir)
-      staged.download_and_prepare(file_format="array_record")
+      staged = builder(name, local, source_dir, image_size)
+      prepare_quietly(staged)
       relative = os.path.relpath(os.fspath(staged.data_path), local)
       storage.copy_tree(os.fspath(staged.data_path), storage.join(data_dir, *relative.split(os.sep)),
                           last=("dataset_info.json",))
@@ -180,16 +264,16 @@ def _prepare(name: str, data_dir: str, allow_download: bool, source_dir: str) ->
       "format; TensorFlow is not needed), or point --config.data_dir at a prepared copy.")
 
 
-def data_source(name: str, split: str, data_dir: str | None = None, source_dir: str = "") -> Any:
+def data_source(name: str, split: str, data_dir: str | None = None, source_dir: str = "", image_size: int = 0) -> Any:
   """A random-access source of ``{'image': uint8 HWC, 'label': int, ...}`` records."""
   data_dir = data_dir or default_data_dir()
   entry = _entry(name)
   if entry.offline:
-    prepare(name, data_dir, source_dir=source_dir)
-    return builder(name, data_dir, source_dir).as_data_source(split=split)
+    prepare(name, data_dir, source_dir=source_dir, image_size=image_size)
+    return builder(name, data_dir, source_dir, image_size).as_data_source(split=split)
   try:
     if entry.builder is not None:
-      return builder(name, data_dir, source_dir).as_data_source(split=split)
+      return builder(name, data_dir, source_dir, image_size).as_data_source(split=split)
     return tfds.data_source(entry.tfds_name, split=split, data_dir=data_dir, download=False,
                             builder_kwargs={"file_format": "array_record"})
   except (NotImplementedError, AssertionError, FileNotFoundError, ValueError, KeyError) as e:
@@ -243,8 +327,8 @@ def image_statistics(source: Any, spec: DatasetSpec, max_examples: int = 10_000)
 
 
 @functools.lru_cache(maxsize=32)
-def _computed_statistics(name: str, data_dir: str, source_dir: str, split: str, spec: DatasetSpec):
-  return image_statistics(data_source(name, split, data_dir, source_dir), spec)
+def _computed_statistics(name: str, data_dir: str, source_dir: str, image_size: int, split: str, spec: DatasetSpec):
+  return image_statistics(data_source(name, split, data_dir, source_dir, image_size), spec)
 
 
 def _features(b: tfds.core.DatasetBuilder, entry: DatasetEntry, name: str) -> tuple[tuple[int, int, int], int]:
@@ -279,7 +363,7 @@ def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
   the training split keeps record positions, so augmentation and cached teacher outputs line up)."""
   name, data_dir = config.dataset, config.data_dir or default_data_dir()
   entry = _entry(name)
-  shape, num_classes = _features(builder(name, data_dir, config.dataset_source_dir), entry, name)
+  shape, num_classes = _features(builder(name, data_dir, config.dataset_source_dir, config.image_size), entry, name)
   if entry.host_transform:
     size = config.image_size or entry.image_size
     shape = (size, size, shape[-1])
@@ -295,7 +379,8 @@ def dataset_spec(config: ml_collections.ConfigDict) -> DatasetSpec:
     if entry.mean is not None:
       mean, std = entry.mean, entry.std
     else:  # statistics of the whole default training split, whatever split this run trains on
-      mean, std = _computed_statistics(name, data_dir, config.dataset_source_dir, entry.train_split, spec)
+      mean, std = _computed_statistics(name, data_dir, config.dataset_source_dir, config.image_size,
+                                       entry.train_split, spec)
   if len(mean) != shape[-1] or len(std) != shape[-1]:
     raise ValueError(f"config.normalization: dataset {name!r} has {shape[-1]} channels, the "
                      f"normalisation gives mean {mean} and std {std}")
@@ -346,7 +431,7 @@ def symmetric_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int
 def open_dataset(config: ml_collections.ConfigDict) -> Dataset:
   spec = dataset_spec(config)
   open_split = functools.partial(data_source, config.dataset, data_dir=config.data_dir or None,
-                                 source_dir=config.dataset_source_dir)
+                                 source_dir=config.dataset_source_dir, image_size=config.image_size)
   dataset = Dataset(spec, open_split(split=spec.train_split), open_split(split=spec.test_split))
   classes, rate = tuple(config.get("train_classes", ())), float(config.get("label_noise", 0.0))
   if classes or rate:

@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterator
 import ml_dtypes
 import numpy as np
 import tensorflow_datasets as tfds
-from tqdm import tqdm
 
-from mmkd_jax import storage
+from mmkd_jax import progress, storage
+from mmkd_jax.data.sources import prepare_quietly
 
 CACHE_META_FILE = "mmkd_teacher_cache.json"
 STORAGE_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}
@@ -149,7 +149,7 @@ class TeacherOutputs(tfds.core.GeneratorBasedBuilder):
     first, end = self._range
     n = end - first
     total = n * spec.num_replays
-    bar = tqdm(total=total, desc="precompute teacher outputs", unit="ex", smoothing=0.1)
+    bar = progress.StepBar(total, 0, "precompute teacher outputs", quiet=False)
     start = time.perf_counter()
     for replay in range(spec.num_replays):
       for lo in range(first, end, self._batch_size):
@@ -161,7 +161,7 @@ class TeacherOutputs(tfds.core.GeneratorBasedBuilder):
           example = {"index": int(i), "replay": replay, "logits": logits[j]}
           example.update({f"feat_{t}": feats[t][j] for t in range(len(feats))})
           yield replay * n + int(i) - first, example
-        bar.update(len(indices))
+        bar.advance(len(indices))
     elapsed = time.perf_counter() - start
     bar.close()
     print(f"precompute: {total} examples x {len(spec.teacher_names)} teachers in {elapsed:.1f} s "
@@ -216,7 +216,7 @@ def write_cache(cache_dir: str, spec: CacheSpec, producer: Producer, batch_size:
   with storage.staged(directory, last=(CACHE_META_FILE,)) as local:
     builder = TeacherOutputs(spec=spec, producer=producer, batch_size=batch_size, index_range=index_range,
                              data_dir=local, file_format="array_record")
-    builder.download_and_prepare(file_format="array_record")
+    prepare_quietly(builder)
     # The marker is written after TFDS's atomic rename (and uploaded last): a shard without it
     # is not accepted.
     storage.write_json(storage.join(_version_dir(local), CACHE_META_FILE),
