@@ -101,9 +101,14 @@ def work_dir(out: str) -> str:
   return os.path.join(ROOT, "runs", "pytorch_end_to_end", os.path.basename(os.path.normpath(out)))
 
 
-def _env(out: str) -> dict:
+def _env(out: str, timing: bool = False) -> dict:
+  """The runs' environment. Outside timing runs the machine may be busy with other work: torch's
+  OpenMP threads then wait passively (spinning threads beside another process took 5x the CPU
+  time for the same run); timing runs keep every default, on a quiet machine."""
   env = dict(os.environ, PYTHONUNBUFFERED="1", TFDS_DATA_DIR=os.path.join(work_dir(out), "tfds"))
   env.pop("XLA_FLAGS", None)
+  if not timing:
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
   return env
 
 
@@ -396,15 +401,18 @@ finally:
 """
 
 
-def run_ours(setting: dict, code: str, seed: int, out_file: str, out: str) -> dict:
+def run_ours(setting: dict, code: str, seed: int, out_file: str, out: str, timing: bool = False) -> dict:
   work = os.path.join(work_dir(out), f"{code}_seed{seed}")
   profile = os.path.join(work_dir(out), f"{code}_seed{seed}.profile.json")
   extra = ["--config.faithful=True"] if code == "faithful" else []
   args = our_args(setting, work, os.path.join(work_dir(out), "teachers"), seed, "--config.mode=distill",
                   *extra)
   started = time.perf_counter()
+  if timing:  # a fresh work directory: the run is timed from its start
+    work = os.path.join(work_dir(out), f"timing_{code}_seed{seed}")
+    args[args.index("--workdir") + 1] = work
   done = subprocess.run([sys.executable, "-c", f"PROFILE = {profile!r}\n" + _PROFILED, "--", *args], cwd=ROOT,
-                        env=_env(out), capture_output=True, text=True)
+                        env=_env(out, timing), capture_output=True, text=True)
   wall = time.perf_counter() - started
   if done.returncode != 0:
     raise RuntimeError(done.stderr[-3000:])
@@ -451,20 +459,39 @@ def tost(a: list[float], b: list[float], margin: float) -> float:
   return max(stats.t.sf((diff + margin) / se, df), stats.t.cdf((diff - margin) / se, df))
 
 
-def render(records: dict, setting_name: str, margin: float) -> str:
+def read_records(directory: str) -> dict[str, list[dict]]:
+  """code -> its runs' records under ``directory`` (seed order)."""
+  records = {}
+  for code in CODES:
+    path = os.path.join(directory, code)
+    if os.path.isdir(path):
+      records[code] = []
+      for name in sorted(os.listdir(path)):
+        if name.endswith(".json"):
+          with open(os.path.join(path, name)) as f:
+            records[code].append(json.load(f))
+  return records
+
+
+def render(records: dict, setting_name: str, margin: float, timing: dict | None = None) -> str:
+  """The table: accuracy over seeds with Welch intervals and TOST against the original, the learned
+  weights per epoch, and the time profile; wall times from the timing runs where there are any
+  (a quiet machine), else from the accuracy runs."""
+  timing = timing if timing and timing.get("original") else records
   lines = [f"### {setting_name}: the original code against ours ({margin}-point equivalence margin)", "",
            "| code | seeds | last top-1 | best top-1 | last − original (95% CI, Welch) | TOST p (|Δ| < "
            f"{margin}) | wall min per run | ratio to original |", "|---|---|---|---|---|---|---|---|"]
   original = records.get("original", [])
   base_last = [r["epochs"][-1]["test_top1"] for r in original]
-  base_wall = statistics.median(r["wall_seconds"] for r in original) if original else None
+  base_wall = statistics.median(r["wall_seconds"] for r in timing["original"]) if timing.get("original") else None
   for code in CODES:
     runs = records.get(code, [])
     if not runs:
       continue
     last = [r["epochs"][-1]["test_top1"] for r in runs]
     best = [max(e["test_top1"] for e in r["epochs"]) for r in runs]
-    wall = statistics.median(r["wall_seconds"] for r in runs)
+    timed = timing.get(code) or runs
+    wall = statistics.median(r["wall_seconds"] for r in timed)
     sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
     row = f"| {code} | {len(runs)} | {statistics.mean(last):.2f} ± {sd(last):.2f} | {statistics.mean(best):.2f} ± {sd(best):.2f} |"
     if code != "original" and len(last) > 1 and len(base_last) > 1:
@@ -484,9 +511,9 @@ def render(records: dict, setting_name: str, margin: float) -> str:
                    for e in range(len(runs[0]["epochs"])) if runs[0]["epochs"][e][f"weights_{kind}"] is not None]
       cells = " ".join("/".join(f"{w:.2f}" for w in epoch) for epoch in per_epoch)
       lines.append(f"- {code}, {kind}: {cells}")
-  lines += ["", "Where the time goes (median seconds per run):", ""]
+  lines += ["", "Where the time goes (median seconds per run" + (", timing runs" if timing is not records else "") + "):", ""]
   for code in CODES:
-    runs = records.get(code, [])
+    runs = timing.get(code, [])
     if runs:
       parts = sorted({k for r in runs for k in r["profile_seconds"]})
       lines.append(f"- {code}: " + ", ".join(f"{k} {statistics.median(r['profile_seconds'].get(k, 0) for r in runs):.1f}"
@@ -503,6 +530,8 @@ def main() -> None:
   parser.add_argument("--out", default="")
   parser.add_argument("--margin", type=float, default=0.5)
   parser.add_argument("--collect_only", action="store_true")
+  parser.add_argument("--timing", action="store_true",
+                      help="timing runs (records under <out>/timing/): run them alone on a quiet machine")
   parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: one original run in this process
   args = parser.parse_args()
   setting = SETTINGS[args.setting]
@@ -518,29 +547,23 @@ def main() -> None:
     prepare_teachers(setting, out)
     for seed in seeds:  # one seed of each code after the other: the same machine at the same time
       for code in args.codes.split(","):
-        target = os.path.join(out, code, f"seed{seed}.json")
+        target = os.path.join(out, *(("timing",) if args.timing else ()), code, f"seed{seed}.json")
         if os.path.exists(target):
           continue
         print(f"{args.setting}: {code} seed {seed} ...", flush=True)
         if code == "original":  # its own process: torch's threads and imports apart from ours
           done = subprocess.run([sys.executable, os.path.abspath(__file__), "--reference", args.reference,
                                  "--setting", args.setting, "--seeds", str(seed), "--out", out, "--one", target],
-                                cwd=ROOT, env=_env(out), capture_output=True, text=True)
+                                cwd=ROOT, env=_env(out, args.timing), capture_output=True, text=True)
           if done.returncode != 0:
             raise RuntimeError(done.stderr[-3000:])
         else:
-          run_ours(setting, code, seed, target, out)
+          run_ours(setting, code, seed, target, out, args.timing)
         with open(target) as f:
           record = json.load(f)
         print(f"  last top-1 {record['epochs'][-1]['test_top1']:.2f}, wall {record['wall_seconds'] / 60:.1f} min",
               flush=True)
-  records = {}
-  for code in CODES:
-    directory = os.path.join(out, code)
-    if os.path.isdir(directory):
-      records[code] = [json.load(open(os.path.join(directory, f))) for f in sorted(os.listdir(directory))
-                       if f.endswith(".json")]
-  table = render(records, args.setting, args.margin)
+  table = render(read_records(out), args.setting, args.margin, read_records(os.path.join(out, "timing")))
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(table)
   print(table)
