@@ -5,7 +5,7 @@ file for any ``.json`` path), e.g. to resume or evaluate a run from the config i
 """
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import storage
+from mmkd_jax.runs import storage
 
 
 def get_config(arg: str | None = None):

@@ -50,8 +50,9 @@ import device_checks  # pylint: disable=wrong-import-position
 from benchmark_step import (flops_of, peak_flops, peak_memory_bytes, synthetic_raw,  # pylint: disable=wrong-import-position
                             synthetic_steps, teacher_outputs, timed_interleaved, write_report, xla_memory_mib)
 
-from mmkd_jax import dispatch, steps as steps_lib  # pylint: disable=wrong-import-position
-from mmkd_jax import replicas as replicas_lib  # pylint: disable=wrong-import-position
+from mmkd_jax.training import dispatch  # pylint: disable=wrong-import-position
+from mmkd_jax.training import steps as steps_lib
+from mmkd_jax.training import replicas as replicas_lib  # pylint: disable=wrong-import-position
 from mmkd_jax.data import resident  # pylint: disable=wrong-import-position
 
 SETTINGS = {"vgg8": ("vgg8", ("vgg13",) * 3), "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3)}

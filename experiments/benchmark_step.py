@@ -32,7 +32,9 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import parallel, steps as steps_lib, train
+from mmkd_jax.training import parallel
+from mmkd_jax.training import steps as steps_lib
+from mmkd_jax.training import setup as train
 from mmkd_jax.data.sources import DatasetSpec
 from mmkd_jax.methods import build_method
 from mmkd_jax.models import get_model

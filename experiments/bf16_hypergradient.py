@@ -27,8 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_step import write_report  # pylint: disable=wrong-import-position
 
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
-from mmkd_jax import parallel, train  # pylint: disable=wrong-import-position
-from mmkd_jax import teacher_stages  # pylint: disable=wrong-import-position
+from mmkd_jax.training import parallel  # pylint: disable=wrong-import-position
+from mmkd_jax.training import setup as train
+from mmkd_jax.teachers import stages as teacher_stages  # pylint: disable=wrong-import-position
 
 
 def _flat(tree) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import sources
 from mmkd_jax.distill import losses
-from mmkd_jax import teacher_stages
+from mmkd_jax.teachers import stages as teacher_stages
 from mmkd_jax.teachers import augmented_teacher_outputs, cache, feature_shapes
 
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
                                                               dataset.spec, config.feature_layer))
   logits, feats = jax.device_get(forward(tuple(t.variables for t in teachers), images, indices.astype(np.int32)))
   if args.student_workdir:
-    from mmkd_jax.student import load_student  # pylint: disable=import-outside-toplevel
+    from mmkd_jax.evaluation.student import load_student  # pylint: disable=import-outside-toplevel
     from mmkd_jax.data.augment import augment_for  # pylint: disable=import-outside-toplevel
     student = load_student(args.student_workdir)
     views = np.asarray(augment_for(dataset.spec, jnp.asarray(images), jnp.asarray(indices), 0, config.augmentation_seed))

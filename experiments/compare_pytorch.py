@@ -50,7 +50,9 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_step  # pylint: disable=wrong-import-position
 
-from mmkd_jax import optim, steps as steps_lib, train  # pylint: disable=wrong-import-position
+from mmkd_jax.training import optim  # pylint: disable=wrong-import-position
+from mmkd_jax.training import steps as steps_lib
+from mmkd_jax.training import setup as train
 from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
 from mmkd_jax.distill import hard_buffer  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position

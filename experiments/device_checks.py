@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from benchmark_step import synthetic_raw, synthetic_steps, teacher_outputs
-from mmkd_jax import steps as steps_lib
+from mmkd_jax.training import steps as steps_lib
 from mmkd_jax.verify import HYPERGRAD_RTOL, check_hypergrad_file
 
 # A float32 update computed in another order (another device's kernels) differs by ~1e-6

@@ -3,7 +3,7 @@ device-resident data with several steps per dispatch (config.data_placement, con
 
 A setting where the step is small enough for the overhead to show (digits, resnet8, batch 64),
 AVER and MMKD, one run and R replicas. Each mode trains through the real loop (loop.run_epoch over
-train._start's program; evaluation excluded); the first epoch (compilation) is discarded and the
+training.run.open_program's program; evaluation excluded); the first epoch (compilation) is discarded and the
 median over the following epochs is reported: steps/s and the main thread's CPU seconds per step
 (Python, dispatch and, when streaming, joining the batches; grain's reader threads and XLA's
 compute threads excluded), with the process's CPU seconds per step beside it.
@@ -26,7 +26,12 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmkd_jax import config as config_lib  # noqa: E402
-from mmkd_jax import loop, replicas, runs, teacher_stages, train  # noqa: E402
+from mmkd_jax.runs import stop as stops  # noqa: E402
+from mmkd_jax.training import loop
+from mmkd_jax.training import parallel
+from mmkd_jax.training import run as run_lib
+from mmkd_jax.teachers import stages as teacher_stages
+from mmkd_jax.training import setup as train
 from mmkd_jax.data import sources  # noqa: E402
 
 MODES = {"streamed": {}, "resident": {"data_placement": "device"},
@@ -40,12 +45,9 @@ def _program(config, workdir):
   if config.teacher_source == "precomputed":
     teacher_stages.precompute(config, loaded, sources.open_dataset(config))
   cache = teacher_stages.open_cache(config, loaded)
-  if config.replicas:
-    program, members = replicas._open(config, workdir, loaded, cache, quiet=True)  # pylint: disable=protected-access
-    return program, members
-  setup = train.build(config, loaded, cache)
-  program, member = train._start(setup, workdir, quiet=True)  # pylint: disable=protected-access
-  return program, [member]
+  plans = config_lib.member_configs(config)
+  setup = train.build(plans[0][1], loaded, cache, mesh=parallel.data_mesh(int(config.replica_shards)))
+  return run_lib.open_program(setup, plans, workdir, quiet=True)
 
 
 def measure(method: str, replica_count: int, mode: str, epochs: int, teacher_dir: str, root: str) -> dict:
@@ -58,7 +60,7 @@ def measure(method: str, replica_count: int, mode: str, epochs: int, teacher_dir
   program, members = _program(config, workdir)
   spe = members[0].setup.steps_per_epoch
   rows = []
-  with runs.StopRequest() as stop:
+  with stops.StopRequest() as stop:
     for epoch in range(epochs + 1):
       wall, thread, process = time.perf_counter(), time.thread_time(), time.process_time()
       loop.run_epoch(program, members, epoch, 0, stop)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmkd_jax import parallel
+from mmkd_jax.training import parallel
 from mmkd_jax.data import pipeline
 from mmkd_jax.data.sources import DatasetSpec
 from mmkd_jax.teachers import cache as teacher_cache

@@ -23,7 +23,9 @@ import numpy as np
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
 import benchmark_step  # pylint: disable=wrong-import-position
 
-from mmkd_jax import parallel, steps as steps_lib, train  # pylint: disable=wrong-import-position
+from mmkd_jax.training import parallel  # pylint: disable=wrong-import-position
+from mmkd_jax.training import steps as steps_lib
+from mmkd_jax.training import setup as train
 from mmkd_jax.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import build_method  # pylint: disable=wrong-import-position
 from mmkd_jax.models import get_model  # pylint: disable=wrong-import-position

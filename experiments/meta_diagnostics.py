@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from render import epoch_records  # pylint: disable=wrong-import-position  (one record per epoch, resumes too)
-from mmkd_jax.runs_table import eval_top1  # pylint: disable=wrong-import-position
+from mmkd_jax.runs.table import eval_top1  # pylint: disable=wrong-import-position
 
 _NETS = ("logits", "feature")
 

@@ -122,7 +122,7 @@ def prepare_teachers(setting: dict, out: str) -> list[str]:
                         cwd=ROOT, env=_env(out), capture_output=True, text=True)
   if done.returncode != 0:
     raise RuntimeError(done.stderr[-3000:])
-  from mmkd_jax import student as student_lib  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.evaluation import student as student_lib  # pylint: disable=import-outside-toplevel
   split = "".join(ch if ch.isalnum() else "_" for ch in setting["train_split"]).strip("_")
   prefix = f"{setting['dataset']}-{split}" if split else setting["dataset"]
   paths = []
@@ -351,7 +351,11 @@ def _write(path: str, record: dict) -> None:
 # checkpoints, data, compilation): run in a subprocess instead of `python -m mmkd_jax.main`.
 _PROFILED = """
 import json, sys, time
-from mmkd_jax import checkpoint, evaluation, loop, main, train
+from mmkd_jax import main
+from mmkd_jax.runs import checkpoint
+from mmkd_jax.evaluation import evaluate as evaluation
+from mmkd_jax.runs import progress
+from mmkd_jax.training import setup as train
 seconds = {}
 def timed(fn, name):
   def call(*a, **k):
@@ -376,7 +380,7 @@ def timed_batches(*a, **k):
       return
     yield batch
 train.train_batches = timed_batches
-announced = loop.announced
+announced = progress.announced
 def announced_and_timed(fn, what, quiet):
   first = [True]
   inner = announced(fn, what, quiet)
@@ -391,7 +395,7 @@ def announced_and_timed(fn, what, quiet):
     seconds["compilation and first step"] = seconds.get("compilation and first step", 0.0) + time.perf_counter() - t
     return out
   return call
-loop.announced = announced_and_timed
+progress.announced = announced_and_timed
 sys.argv = ["mmkd_jax.main", *sys.argv[2:]]
 try:
   main.cli()

@@ -13,7 +13,7 @@ import numpy as np
 
 from tables import Published, Row, Table, Variant
 
-from mmkd_jax.runs_table import eval_top1, mean_std
+from mmkd_jax.runs.table import eval_top1, mean_std
 
 # How each method appears in tables (the papers' names).
 DISPLAY = {"none": "Student (no KD)", "kd": "KD (1 teacher)", "aver": "AVER", "ebkd": "EBKD",

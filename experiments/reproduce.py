@@ -41,12 +41,14 @@ from tables import TABLES, Row, Table, Variant  # pylint: disable=wrong-import-p
 from render import display, plot_curves, plot_routing, plot_weight_heatmap, render_table  # pylint: disable=wrong-import-position
 import routing  # pylint: disable=wrong-import-position
 
+from mmkd_jax.training import run as run_lib
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
-from mmkd_jax import replicas, train  # pylint: disable=wrong-import-position
+from mmkd_jax.training import replicas  # pylint: disable=wrong-import-position
+from mmkd_jax.training import setup as train
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
 from mmkd_jax.main import resolve_config_path  # pylint: disable=wrong-import-position
-from mmkd_jax.runs import Preempted  # pylint: disable=wrong-import-position
-from mmkd_jax import teacher_stages  # pylint: disable=wrong-import-position
+from mmkd_jax.runs.stop import Preempted  # pylint: disable=wrong-import-position
+from mmkd_jax.teachers import stages as teacher_stages  # pylint: disable=wrong-import-position
 
 def method_config(config, method: str, overrides=(), **fields) -> Any:
   """The setting's (unresolved) config with ``method``, the user's overrides (which win over the
@@ -78,7 +80,7 @@ def run_one(config, variant: Variant, seed: int, workdir: str, loaded, overrides
                                         seed=seed, mode="distill"))
   teachers = loaded if METHODS.get(variant.method).needs_teachers else []
   print(f"== {display(variant)} seed {seed} -> {workdir}", flush=True)
-  summary = train.train_and_evaluate(c, workdir, teachers, teacher_stages.open_cache(c, teachers))
+  summary = run_lib.train_and_evaluate(c, workdir, teachers, teacher_stages.open_cache(c, teachers))
   summary.pop("state", None)
   if summary["status"] != "finished":  # SIGTERM: the run saved a checkpoint; stop the table too
     raise SystemExit(f"{display(variant)} seed {seed} stopped ({summary['status']}) in {workdir}; "
@@ -87,14 +89,14 @@ def run_one(config, variant: Variant, seed: int, workdir: str, loaded, overrides
 
 
 def run_replicas(config, variant: Variant, seeds: list[int], workdir: str, loaded, overrides=()) -> None:
-  """The seeds of one variant as replicas of one program (mmkd_jax/replicas.py); each writes
+  """The seeds of one variant as replicas of one program (mmkd_jax/training/replicas.py); each writes
   ``<workdir>/seed<s>/``, the layout of single runs."""
   c = config_lib.validate(method_config(config, variant.method, (*variant.overrides, *overrides),
                                         replicas=",".join(map(str, seeds)), mode="distill"))
   teachers = loaded if METHODS.get(variant.method).needs_teachers else []
   print(f"== {display(variant)} seeds {seeds} as replicas -> {workdir}", flush=True)
-  result = replicas.train_replicas(c, workdir, teachers, teacher_stages.open_cache(c, teachers))
-  unfinished = [s["seed"] for s in result["replicas"] if s["status"] == "preempted"]
+  result = run_lib.train_members(c, workdir, teachers, teacher_stages.open_cache(c, teachers))
+  unfinished = [s["seed"] for s in result["summaries"] if s["status"] == "preempted"]
   if unfinished:
     raise SystemExit(f"{display(variant)} seeds {unfinished} stopped in {workdir}; run the same command again")
 

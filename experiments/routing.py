@@ -31,11 +31,12 @@ import ml_collections
 import numpy as np
 
 from mmkd_jax import config as config_lib
-from mmkd_jax import registry, train
+from mmkd_jax import registry
+from mmkd_jax.training import setup as train
 from mmkd_jax.data import pipeline
 from mmkd_jax.data.augment import normalize
-from mmkd_jax.student import restore_raw_checkpoint
-from mmkd_jax import teacher_stages
+from mmkd_jax.runs.checkpoint import restore_raw_checkpoint
+from mmkd_jax.teachers import stages as teacher_stages
 from mmkd_jax.teachers.core import teacher_forward
 
 ROUTING_FILE = "routing.json"

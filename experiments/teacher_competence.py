@@ -26,7 +26,7 @@ import numpy as np
 from mmkd_jax import config as config_lib
 from mmkd_jax.data import pipeline, sources
 from mmkd_jax.data.augment import normalize
-from mmkd_jax import teacher_stages
+from mmkd_jax.teachers import stages as teacher_stages
 from mmkd_jax.teachers.core import teacher_forward
 
 

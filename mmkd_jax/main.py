@@ -12,7 +12,6 @@ student, skipping what already exists).
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from typing import NamedTuple
@@ -20,18 +19,25 @@ from typing import NamedTuple
 from absl import app, flags, logging
 import jax
 import ml_collections
+import numpy as np
 
-from mmkd_jax import checkpoint, plots, progress, replicas, runs, runs_table, storage, train, workdir_lock
-from mmkd_jax import student as student_lib
 from mmkd_jax import config as config_lib
-from mmkd_jax import replica_spec, show_config
+from mmkd_jax.config import show as show_config
+from mmkd_jax.config import replicas as replica_spec
 from mmkd_jax.data import resident, sources
-from mmkd_jax.methods import METHODS
-from mmkd_jax.loop import DivergedError, NonFiniteLossError
 from mmkd_jax.errors import ConfigError, UnknownNameError
+from mmkd_jax.evaluation import student as student_lib
+from mmkd_jax.methods import METHODS
+from mmkd_jax.runs import checkpoint, plots, progress, storage
+from mmkd_jax.runs import identity as run_identity
+from mmkd_jax.runs import lock as workdir_lock
+from mmkd_jax.runs import stop as stops
+from mmkd_jax.runs import table as runs_table
 from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers import convert
-from mmkd_jax import teacher_stages
+from mmkd_jax.teachers import stages as teacher_stages
+from mmkd_jax.training import run as run_lib
+from mmkd_jax.training.loop import DivergedError, NonFiniteLossError
 
 flags.DEFINE_string("config", None, "A config file (configs/digits.py[:arg]), a shipped config by name, or a "
                     "run's config.json; --config.FIELD=VALUE sets a field.")
@@ -70,10 +76,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     written = student_lib.export_student(workdir, config.export_dir or storage.join(workdir, "export"))
     print("exported the student: " + ", ".join(f"{k} {v}" for k, v in written.items()))
     return written
+  plans = config_lib.member_configs(config)  # each run the command trains, its config resolved once
   if "student" in stages:
-    runs.check_workdir(config, workdir)
+    run_identity.check_workdir(plans, workdir)
   teacher_stages.check_trained_teachers(config)
-  dataset = sources.open_dataset(config)
+  dataset = sources.open_dataset(config)  # once per command
   if "student" in stages:
     resident.check_placement(config, dataset.spec)
   if "student" in stages and config.student_checkpoint:
@@ -87,17 +94,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if "cache" not in stages:
       cache = teacher_stages.open_cache(config, loaded, dataset)
   storage.makedirs(workdir)
-  with runs.StopRequest(), workdir_lock.WorkdirLock(workdir):
-    return _run_stages(config, workdir, stages, dataset, loaded, cache)
+  with stops.StopRequest() as stop, workdir_lock.WorkdirLock(workdir):
+    return _run_stages(config, plans, workdir, stages, dataset, loaded, cache, stop)
 
 
-def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, dataset: sources.Dataset,
-                loaded: list | None, cache) -> dict:
+def _run_stages(config: ml_collections.ConfigDict, plans: list, workdir: str, stages: set, dataset: sources.Dataset,
+                loaded: list | None, cache, stop: stops.StopRequest) -> dict:
   if "teachers" in stages:
-    teacher_stages.train_missing_teachers(config)
+    teacher_stages.train_missing_teachers(config, stop)
   if stages <= {"teachers"}:
     return {}
-  runs.raise_if_stopped("after training the teachers")
+  stops.raise_if_stopped("after training the teachers")
   needs_teachers = METHODS.get(config.method).needs_teachers
   if loaded is None:
     loaded = teacher_stages.load_teachers(config, dataset.spec) if needs_teachers else []
@@ -105,42 +112,35 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set, da
     teacher_stages.precompute(config, loaded, dataset)
   if stages <= {"cache"}:
     return {}
-  runs.raise_if_stopped("after precomputing the teacher cache")
+  stops.raise_if_stopped("after precomputing the teacher cache")
   if cache is None:
     cache = teacher_stages.open_cache(config, loaded, dataset)
-  seeds = replica_spec.replica_seeds(config)
   progress.stage("student", f"{config.method}: {config.student}"
                  + (f" <- {', '.join(t.name for t in loaded)}" if loaded else "")
                  + f" on {config.dataset}, {config.epochs} epochs"
-                 + (f", {len(seeds)} replicas" if seeds else "") + f" -> {storage.absolute(workdir)}")
+                 + (f", {len(plans)} replicas" if len(plans) > 1 else "") + f" -> {storage.absolute(workdir)}")
   if config.smoke:
     print(SMOKE_NOTE, flush=True)
-  if seeds:
-    result = replicas.train_replicas(config, workdir, loaded, cache)
-    for summary in result["replicas"]:
-      print(f"replica {summary['replica']['index']} (seed {summary['seed']}): {summary['status']}, final top-1 "
-            f"{summary['final_top1']}, best {summary['best_top1']} @ {summary['best_epoch']}")
-    if any(s["status"] == "preempted" for s in result["replicas"]):
-      step = int(jax.numpy.max(result["state"].step))
-      raise runs.stop(f"while training the student replicas at step {step} of "
-                      f"{result['replicas'][0]['steps_total']} (checkpoints saved in {storage.absolute(workdir)}/seed*)")
-    print(f"written to {storage.absolute(workdir)}/seed<s>/: summary.json, config.json, metrics.jsonl, "
-          "checkpoints/, best/ (each an ordinary run directory)")
-    return {k: v for k, v in result.items() if k != "state"}
-  summary = train.train_and_evaluate(config, workdir, loaded, cache)
-  state = summary.pop("state", None)
-  if summary["status"] == "preempted":
-    raise runs.stop(f"while training the student at step {int(state.step)} of {summary['steps_total']} "
-                    f"(checkpoint saved in {storage.absolute(workdir)})")
-  name = summary["eval_split"].split("[")[0]
-  print(f"student: {name} top-1 {summary['final_top1']:.2f}% after epoch {summary['epochs_completed']} (best "
-        f"{summary['best_top1']:.2f}% @ {summary['best_epoch']}, chosen on {summary['best_chosen_on']}); "
-        f"{progress.clock(summary['stage_seconds']['student'])} of training" + (" (smoke: a wiring check)" if config.smoke else ""))
+  result = run_lib.train_members(config, workdir, loaded, cache, dataset=dataset, stop=stop)
+  summaries = result["summaries"]
+  if result["preempted"]:
+    step = int(np.max(jax.device_get(result["state"].step)))
+    raise stops.stop(f"while training the student at step {step} of {summaries[0]['steps_total']} "
+                     f"(checkpoints saved in {storage.absolute(workdir)})")
+  for summary, (name, _) in zip(summaries, plans):
+    split = summary["eval_split"].split("[")[0]
+    result_text = (f"{split} top-1 {summary['final_top1']:.2f}% after epoch {summary['epochs_completed']} (best "
+                   f"{summary['best_top1']:.2f}% @ {summary['best_epoch']}, chosen on {summary['best_chosen_on']})"
+                   if summary["status"] == "finished" else summary["status"])
+    print(f"student{f' {name}' if name else ''}: {result_text}; {progress.clock(summary['stage_seconds']['student'])} "
+          "of training" + (" (smoke: a wiring check)" if config.smoke else ""))
   where = {"summary": "summary.json", "resolved config": "config.json", "metrics": "metrics.jsonl",
            "TensorBoard": "tensorboard/", "checkpoints": "checkpoints/ (latest) and best/"}
-  print(f"written to {storage.absolute(workdir)}: " + ", ".join(f"{k} {v}" for k, v in where.items())
+  runs_where = f"{storage.absolute(workdir)}/<member>/ (each an ordinary run directory)" if len(plans) > 1 else \
+      storage.absolute(workdir)
+  print(f"written to {runs_where}: " + ", ".join(f"{k} {v}" for k, v in where.items())
         + (f"; teachers and their cache under {storage.absolute(config.teacher_dir)}" if loaded else ""))
-  return summary
+  return {"summaries": summaries}
 
 
 def initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -295,7 +295,7 @@ def main(args: Args) -> None:
     if jax.process_index() != 0:
       logging.set_verbosity(logging.ERROR)
     run(config, _WORKDIR.value)
-  except runs.Preempted as e:  # a clean stop: everything finished so far is saved
+  except stops.Preempted as e:  # a clean stop: everything finished so far is saved
     print(str(e), flush=True)
     if e.exit_code:
       sys.exit(e.exit_code)

@@ -2,7 +2,8 @@
 
     python tests/claims.py          # rewrites the test columns of docs/reliability.md
 
-A test names the claims it proves with ``@pytest.mark.claim(24, "sigterm")``: an integer is a
+A test (any ``test_*.py`` below ``tests/``) names the claims it proves with
+``@pytest.mark.claim(24, "sigterm")``: an integer is a
 row of the failure table, a string a row of the headline-claims table. The tables' test columns
 are written from those markers (read from the source with ``ast``, nothing is imported), so they
 cannot name a test that does not exist or sits in another file; ``tests/test_docs.py`` fails
@@ -36,18 +37,23 @@ def _marks(node: ast.FunctionDef) -> tuple[list, bool]:
 
 
 def collect(tests_dir: str = TESTS) -> dict[object, list[tuple[str, str, bool]]]:
-  """claim key -> [(file, test name, slow)] over every ``tests/test_*.py``."""
+  """claim key -> [(test file relative to tests/, test name, slow)] over every ``test_*.py`` below
+  ``tests/``."""
   found = collections.defaultdict(list)
-  for name in sorted(os.listdir(tests_dir)):
-    if not (name.startswith("test_") and name.endswith(".py")):
-      continue
-    with open(os.path.join(tests_dir, name)) as f:
-      tree = ast.parse(f.read())
-    for node in tree.body:
-      if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-        claims, slow = _marks(node)
-        for claim in claims:
-          found[claim].append((name, node.name, slow))
+  for root, dirs, files in os.walk(tests_dir):
+    dirs.sort()
+    for name in sorted(files):
+      if not (name.startswith("test_") and name.endswith(".py")):
+        continue
+      path = os.path.join(root, name)
+      with open(path) as f:
+        tree = ast.parse(f.read())
+      relative = os.path.relpath(path, tests_dir)
+      for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+          claims, slow = _marks(node)
+          for claim in claims:
+            found[claim].append((relative, node.name, slow))
   return found
 
 

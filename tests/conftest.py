@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import pytest
+
+# The tests mirror the package's folders (--import-mode=importlib, so two test modules may share a
+# name); the shared helpers beside this file are importable from every folder.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _DEFAULT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "testvectors"
 

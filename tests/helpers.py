@@ -11,8 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmkd_jax.training import run as run_lib
 from mmkd_jax import config as config_lib
-from mmkd_jax import teacher_stages, train
+from mmkd_jax.teachers import stages as teacher_stages
+from mmkd_jax.training import setup as train
+from mmkd_jax.data import sources
 from mmkd_jax.data.sources import DatasetSpec
 from mmkd_jax.methods import build_method
 from mmkd_jax.models import get_model
@@ -86,7 +89,8 @@ def steps_and_state(name: str, batch_size: int = 16, num_classes: int = 10, step
                     **overrides):
   """The real Steps of a method (synthetic 32x32 data, 3 random teachers, precomputed outputs),
   its initial state and a raw host batch."""
-  from mmkd_jax import parallel, steps as steps_lib  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.training import parallel  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.training import steps as steps_lib
   teachers = random_teachers(num_classes=num_classes)
   c = config_lib.base_config()
   config_lib.set_fields(c, {"method": name, "batch_size": batch_size, "teacher_source": "precomputed"})
@@ -111,7 +115,7 @@ def digits_teacher_record(name: str) -> dict:
   """teacher.json metadata of a teacher of the digits smoke config named ``name``, as
   ``mode=train_teacher`` records it (its identity), so tests can save random teachers that the
   pipeline accepts as trained with the config's settings."""
-  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import stages as teacher_stages  # pylint: disable=import-outside-toplevel
   config = config_lib.validate(digits_smoke())
   (entry,) = [t for t in config.teachers if t.name == name]
   return {"dataset": "digits", "identity": teacher_stages.identity(config, entry)}
@@ -138,7 +142,7 @@ def run_trainer(config, workdir):
   """train_and_evaluate on ``config`` (validated), its teachers loaded as the CLI does."""
   config = config_lib.validate(config)
   loaded = teacher_stages.load_teachers(config)
-  return train.train_and_evaluate(config, workdir, loaded, teacher_stages.open_cache(config, loaded), quiet=True)
+  return run_lib.train_and_evaluate(config, workdir, loaded, teacher_stages.open_cache(config, loaded), quiet=True)
 
 
 def state_leaves(state):
@@ -162,3 +166,11 @@ def files_below(directory) -> list[str]:
     found += [os.path.join(root, f) for f in files]
     found += [os.path.join(root, d) for d in dirs if not (d.startswith("tmp") and d.endswith("tfds"))]
   return found
+
+
+def dataset_spec_of(name="digits", data_dir="", **fields):
+  """The DatasetSpec of dataset ``name`` under ``data_dir`` with config ``fields`` set."""
+  c = config_lib.base_config()
+  c.dataset, c.data_dir = name, data_dir
+  config_lib.set_fields(c, fields)
+  return sources.dataset_spec(c)

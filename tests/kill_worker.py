@@ -33,7 +33,10 @@ def _tick() -> None:
 
 def main() -> None:
   from absl import app  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import checkpoint, evaluation, main as cli, train  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import main as cli  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.runs import checkpoint
+  from mmkd_jax.evaluation import evaluate as evaluation
+  from mmkd_jax.training import setup as train
   from mmkd_jax.teachers import cache  # pylint: disable=import-outside-toplevel
 
   if point in ("teacher_step", "step"):
@@ -47,7 +50,7 @@ def main() -> None:
         yield batch
     train.train_batches = batches
   elif point == "dispatch":  # device-resident data: the N-th dispatch of training steps
-    from mmkd_jax import dispatch  # pylint: disable=import-outside-toplevel
+    from mmkd_jax.training import dispatch  # pylint: disable=import-outside-toplevel
     original_epoch = dispatch.Scanned.epoch
 
     def epoch(self, program, epoch_index, first_batch):

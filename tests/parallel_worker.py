@@ -31,7 +31,10 @@ if mode in ("train", "steps") and len(sys.argv) > 7:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import as_float64, digits_smoke, random_teachers  # noqa: E402
 
-from mmkd_jax import checkpoint, parallel, train  # noqa: E402
+from mmkd_jax.training import run as run_lib
+from mmkd_jax.runs import checkpoint  # noqa: E402
+from mmkd_jax.training import parallel
+from mmkd_jax.training import setup as train
 from mmkd_jax import config as config_lib  # noqa: E402
 
 
@@ -97,14 +100,15 @@ if mode == "steps":
 elif mode == "replica_steps":
   # The replicas of seeds 0 and 1 on a (shards, devices/shards) ('replica', 'data') mesh: the
   # stacked state sharded over 'replica', each replica's batch over its group's 'data' devices.
-  from mmkd_jax import replicas  # noqa: E402  pylint: disable=import-outside-toplevel
+  from mmkd_jax.training import replicas  # noqa: E402  pylint: disable=import-outside-toplevel
+  from mmkd_jax.config import replicas as replica_spec  # noqa: E402  pylint: disable=import-outside-toplevel
   shards, seeds = int(sys.argv[5]), (0, 1)
   c = config(sync_bn=True)
   c.replicas, c.replica_shards, c.replica_loop = "0,1", shards, "vmap"
   config_lib.validate(c)
   loaded = teachers()
   mesh = parallel.data_mesh(shards)
-  setups = [train.build(replicas.replica_config(c, s), loaded, None, mesh=mesh) for s in seeds]
+  setups = [train.build(replica_spec.replica_config(c, s), loaded, None, mesh=mesh) for s in seeds]
   streams = [list(train.train_batches(setup, 0)) for setup in setups]
   state = parallel.shard_replicas(replicas.stack([initial(setup) for setup in setups]), mesh)
   tv = parallel.copy_to_devices(tuple(t.variables for t in loaded), mesh)
@@ -128,7 +132,7 @@ elif mode == "train":
   c = config()
   c.stop_at_step = 10
   initial = train.initial_state(train.build(c, teachers(), None))
-  summary = train.train_and_evaluate(c, sys.argv[5], teachers(), quiet=True)
+  summary = run_lib.train_and_evaluate(c, sys.argv[5], teachers(), quiet=True)
   if jax.process_index() == 0:
     np.savez(out, step=int(jax.device_get(summary["state"].step)), processes=jax.process_count(),
              **{"init_params" + k: v for k, v in flat(initial.params).items()},

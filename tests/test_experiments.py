@@ -16,6 +16,7 @@ import render  # pylint: disable=wrong-import-position
 import reproduce  # pylint: disable=wrong-import-position
 from tables import TABLES, Published, Row, Table, Variant  # pylint: disable=wrong-import-position
 
+from mmkd_jax.training import run as run_lib
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from helpers import ROOT  # pylint: disable=wrong-import-position
 
@@ -263,8 +264,9 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
   the oracle puts all its weight on the competent teacher, AVER half; EBKD's per-class shares are
   its per-class mean weights on the competent teacher (the two views of one measurement agree);
   MMKD's weights, which read the whole batch (Gram rows), are measured in training-size batches."""
-  from mmkd_jax import config as config_lib, train  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.training import setup as train
+  from mmkd_jax.teachers import stages as teacher_stages  # pylint: disable=import-outside-toplevel
   from helpers import digits_smoke  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(ORACLE))
   import routing  # pylint: disable=import-outside-toplevel
@@ -276,7 +278,7 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
   c = config_lib.validate(c)
   loaded = teacher_stages.load_teachers(c)
   workdir = str(tmp_path / method)
-  train.train_and_evaluate(c, workdir, loaded, teacher_stages.open_cache(c, loaded), quiet=True)
+  run_lib.train_and_evaluate(c, workdir, loaded, teacher_stages.open_cache(c, loaded), quiet=True)
   with open(os.path.join(workdir, "summary.json"), "w") as f:  # a stopped run stands in for a finished one
     f.write("{}")
   record = routing.measure_and_store(workdir, competence)

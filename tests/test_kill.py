@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from mmkd_jax import storage
+from mmkd_jax.runs import storage
 
 from helpers import DIGITS, ROOT, files_below
 

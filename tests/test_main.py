@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from mmkd_jax import checkpoint, workdir_lock
+from mmkd_jax.runs import checkpoint
+from mmkd_jax.runs import lock as workdir_lock
 
 from helpers import DIGITS, ROOT
 

@@ -65,9 +65,10 @@ def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(t
   weights moved off uniform."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import config as config_lib, registry, train  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import config as config_lib, registry  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
   from mmkd_jax.distill import hard_buffer  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import teacher_stages  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import stages as teacher_stages  # pylint: disable=import-outside-toplevel
   from helpers import digits_smoke, save_random_digits_teachers  # pylint: disable=import-outside-toplevel
   plugin = os.path.join(PLUGIN, "my_bilevel.py")
   registry.import_plugins([plugin])
@@ -78,7 +79,7 @@ def test_a_bilevel_method_from_outside_the_package_trains_with_the_hard_buffer(t
                                        stop_at_step=11, async_checkpoints=False,
                                        **{"global_weights_kd.buffer_size": 2 * smoke.batch_size}))
   loaded = teacher_stages.load_teachers(c)
-  summary = train.train_and_evaluate(c, str(tmp_path / "run"), loaded, teacher_stages.open_cache(c, loaded), quiet=True)
+  summary = run_lib.train_and_evaluate(c, str(tmp_path / "run"), loaded, teacher_stages.open_cache(c, loaded), quiet=True)
   state = summary["state"]
   assert isinstance(state.buffer, hard_buffer.HardBuffer) and int(state.buffer.count) == 2 * c.batch_size
   v = np.asarray(state.meta_params["v"])

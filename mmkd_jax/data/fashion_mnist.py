@@ -18,7 +18,7 @@ import gzip
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmkd_jax import storage
+from mmkd_jax.runs import storage
 from mmkd_jax.data.sources import register_dataset
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"

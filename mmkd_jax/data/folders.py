@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmkd_jax import storage
+from mmkd_jax.runs import storage
 from mmkd_jax.data.sources import register_dataset
 
 

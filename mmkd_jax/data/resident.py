@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from mmkd_jax.data import pipeline
 from mmkd_jax.data.sources import read_records
 from mmkd_jax.errors import ConfigError
+from mmkd_jax.training import parallel
 
 PLACEMENTS = ("host", "device", "auto")
 # auto keeps the resident data and the step's temporaries within this share of a device's memory.
@@ -208,8 +209,7 @@ class ResidentData:
   def eval_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
     """The evaluation split's batches as ``pipeline.eval_batches`` makes them, gathered on the
     devices (the batch rounded up to the devices; padding masked)."""
-    from mmkd_jax.evaluation import rounded_batch  # pylint: disable=import-outside-toplevel
-    rows, mask = pipeline.eval_rows(len(self.setup.dataset.test), rounded_batch(batch_size, self.mesh))
+    rows, mask = pipeline.eval_rows(len(self.setup.dataset.test), parallel.rounded_batch(batch_size, self.mesh))
     rows, mask = (jax.make_array_from_callback(x.shape, NamedSharding(self.mesh, P(None, "data")), lambda i, x=x: x[i])
                   for x in (rows.astype(np.int32), mask))
     for b in range(rows.shape[0]):

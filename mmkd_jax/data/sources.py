@@ -29,8 +29,9 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmkd_jax import parallel, storage
-from mmkd_jax.data import image_folder
+from mmkd_jax.training import parallel
+from mmkd_jax.runs import storage
+from mmkd_jax.data import image_folder, transforms
 from mmkd_jax.errors import UnknownNameError
 from mmkd_jax.registry import Registry, origin_of
 
@@ -298,7 +299,6 @@ def read_records(source: Any, indices: np.ndarray, spec: DatasetSpec,
     records = [source[k] for k in keys]
   raw = [np.asarray(r[spec.image_key], np.uint8) for r in records]
   if spec.host_transform:
-    from mmkd_jax.data import transforms  # pylint: disable=import-outside-toplevel
     size = spec.image_shape[0]
     if train_view is not None:
       raw = [transforms.train_view(x, size, train_view[0], k, train_view[1]) for x, k in zip(raw, keys)]

@@ -12,7 +12,7 @@ terms and registers with ``section=BUFFER_SECTION``:
 * when meta steps happen (``is_meta_step``: every ``meta.freq`` batches, the loader's last batch,
   none during ``meta.warmup_epochs``);
 * the meta update (``meta_update``): the hypergradient in the configured mode
-  (``mmkd_jax.bilevel``), the meta optimiser's step, and the rollback of the student.
+  (``mmkd_jax.distill.hypergradient``), the meta optimiser's step, and the rollback of the student.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mmkd_jax import bilevel, optim
+from mmkd_jax.distill import hypergradient as bilevel
+from mmkd_jax.training import optim
 from mmkd_jax.distill import hard_buffer, losses
 from mmkd_jax.methods.base import LossWeights, Objective, WeightedTermsMethod, apply_student, lookahead_loss_weights
 
@@ -116,7 +117,7 @@ def hypergradient(steps: Any, state: Any, raw: dict[str, Any], teacher_vars: Seq
                   epoch: jax.Array) -> tuple[jax.Array, PyTree, Any, jax.Array]:
   """The meta step's outer loss, hypergradient (per meta network), look-ahead result and the
   advanced RNG key, on a batch from the hard buffer (or ``raw`` without one). ``steps``:
-  the run's ``mmkd_jax.steps.Steps``."""
+  the run's ``mmkd_jax.training.steps.Steps``."""
   meta = steps.config.meta
   rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
   if isinstance(state.buffer, hard_buffer.HardBuffer):

@@ -6,7 +6,7 @@ The paper's equations were not retrievable; this follows its abstract (see docs/
     transform of a skew-symmetric matrix, so it stays orthogonal under any update;
   * a feature alignment loss ``MSE(F_s, F_t P_t^T)`` (larger map pooled down to the smaller);
   * global teacher weights ``w = softmax(v)`` are the upper-level variables, learned by the exact
-    hypergradient of the student's cross-entropy after a look-ahead (``mmkd_jax.bilevel``); the
+    hypergradient of the student's cross-entropy after a look-ahead (``mmkd_jax.distill.hypergradient``); the
     student and the projections are the lower level.
 Raw terms: ``ce``, ``kd = sum_t w_t mean_b KL_t``, ``feat = sum_t w_t mean_b align_t``; training
 ce + kd + weights.feat * feat (10, our choice); look-ahead the same without CE; outer CE.

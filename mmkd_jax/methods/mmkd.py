@@ -4,7 +4,7 @@ Parameters are split as the reference's optimisers split them:
   * inner ``params = {'student', 'match'}``: the student and the per-teacher feature aligners,
     trained by SGD on the training objective and unrolled in the look-ahead;
   * ``meta_params = {'logits_weight', 'feature_weight'}``: the two meta-weight networks,
-    trained only by the hypergradient of the outer cross-entropy (``mmkd_jax.bilevel``).
+    trained only by the hypergradient of the outer cross-entropy (``mmkd_jax.distill.hypergradient``).
 ``model_state = {'student', 'match'}`` holds their BatchNorm running statistics.
 
 Batches are batch-first: ``teacher_logits`` (B, T, C), ``teacher_feat`` a tuple of T maps

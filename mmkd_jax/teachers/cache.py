@@ -26,7 +26,8 @@ import ml_dtypes
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmkd_jax import progress, storage
+from mmkd_jax.runs import progress
+from mmkd_jax.runs import storage
 from mmkd_jax.data.sources import prepare_quietly
 
 CACHE_META_FILE = "mmkd_teacher_cache.json"

@@ -18,9 +18,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
-from mmkd_jax import storage
 from mmkd_jax.models import classifier_name, get_model
+from mmkd_jax.runs import checkpoint, storage
 
 # (collection, flax leaf name) -> PyTorch parameter name.
 _LEAF_TO_TORCH = {
@@ -236,10 +237,23 @@ def _check_head(arch: str, num_classes: int, path: str, state_dict: Mapping[str,
         "--config.teachers[i].checkpoint_head=reinit fine-tunes that teacher from it)")
 
 
+STUDENT_META = "student.json"   # an export directory's record (mmkd_jax.evaluation.student)
+
+
 def _orbax_state_dict(arch: str, path: str) -> dict[str, np.ndarray]:
   """A run's (best checkpoint) or an export's student in state_dict form."""
-  from mmkd_jax import student as student_lib  # pylint: disable=import-outside-toplevel
-  student = student_lib.load_student(path)
-  if student.arch != arch:
-    raise ConversionError(f"{path} holds a {student.arch}, not a {arch}")
-  return flax_to_torch(student.variables)
+  if storage.is_file(storage.join(path, STUDENT_META)):  # an export: its variables/ and student.json
+    meta = storage.read_json(storage.join(path, STUDENT_META))
+    found = meta["arch"]
+    if found == arch:
+      abstract = jax.eval_shape(get_model(arch, meta["num_classes"]).init, jax.random.key(0),
+                                jnp.zeros((1, *meta["image_shape"]), jnp.float32))
+      variables = ocp.StandardCheckpointer().restore(storage.join(path, "variables"), abstract)
+  else:  # a run's work directory: the student of its best checkpoint
+    state, meta, _, _ = checkpoint.restore_run(path)
+    config = meta.get("config") or storage.read_json(storage.join(path, "config.json"))
+    found = config["student"]
+    variables = {"params": state["params"]["student"], "batch_stats": state["model_state"]["student"]}
+  if found != arch:
+    raise ConversionError(f"{path} holds a {found}, not a {arch}")
+  return flax_to_torch(jax.device_get(variables))

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mmkd_jax import parallel, storage
+from mmkd_jax.training import parallel
+from mmkd_jax.runs import storage
 from mmkd_jax.data.augment import augment_for, normalize
 from mmkd_jax.teachers import convert
 from mmkd_jax.models import get_model, with_compute_dtype

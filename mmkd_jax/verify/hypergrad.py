@@ -11,7 +11,16 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from mmkd_jax.distill import hypergradient as bilevel
+from mmkd_jax.methods import LossWeights, RunInfo, TeacherView
+from mmkd_jax.methods.mmkd import MMKD
+from mmkd_jax.models import get_model
+from mmkd_jax.teachers import convert
+from mmkd_jax.training import optim
 
 from mmkd_jax.verify.common import OutputCheck, nchw, relative_error, strip
 from mmkd_jax.verify.models import infer_arch, recipe_tensors
@@ -61,13 +70,6 @@ class HypergradReport:
 def load_meta_step(npz: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """Everything one file defines, in float64 Flax layout: the MMKD method, batch, parameters,
   BN statistics, meta parameters, optimiser and its state (call under ``jax.enable_x64``)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import optim  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.methods import LossWeights, RunInfo, TeacherView  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.methods.mmkd import MMKD  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.models import get_model  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
 
   num_teachers = len([k for k in npz if k.startswith("teacher_logits_")])
   num_classes = int(npz["teacher_logits_0"].shape[-1])
@@ -106,8 +108,6 @@ def load_meta_step(npz: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def run_meta_step(case: dict[str, Any], mode: str):
   """(final loss, hypergradient, step losses, step-0 aux, BN statistics after, final logits)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from mmkd_jax import bilevel  # pylint: disable=import-outside-toplevel
   method, hyper = case["method"], case["hyper"]
   heavy_ball = (hyper["lr"], hyper["momentum"], hyper["weight_decay"])
 
@@ -123,7 +123,6 @@ def run_meta_step(case: dict[str, Any], mode: str):
 
 
 def _hypergradient_checks(npz, grads, mode: str, rtol: float) -> tuple[list[OutputCheck], float]:
-  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
   ours = convert.flax_to_torch({"params": grads})
   exact, official = strip("exact_hypergrad/", npz), strip("official_hypergrad/", npz)
   reference = official if mode == "original" else exact
@@ -141,10 +140,8 @@ def _hypergradient_checks(npz, grads, mode: str, rtol: float) -> tuple[list[Outp
 
 
 def check_hypergrad_file(path: str, rtol: float | None = None, mode: str = "forward_over_reverse") -> HypergradReport:
-  """Runs MMKD's look-ahead and hypergradient (``mode``: ``mmkd_jax.bilevel.MODES``) on one
+  """Runs MMKD's look-ahead and hypergradient (``mode``: ``mmkd_jax.distill.hypergradient.MODES``) on one
   reference meta step and measures every output's relative error."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
   rtol = rtol if rtol is not None else (ORIGINAL_RTOL if mode == "original" else HYPERGRAD_RTOL)
   with np.load(path, allow_pickle=False) as f:
     npz = {k: f[k] for k in f.files}

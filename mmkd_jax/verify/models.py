@@ -7,7 +7,12 @@ import json
 import os
 from typing import Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from mmkd_jax.models import get_model, model_names
+from mmkd_jax.teachers import convert
 
 from mmkd_jax.verify.common import OutputCheck, nchw
 
@@ -68,10 +73,6 @@ class ModelReport:
 
 def infer_arch(npz: Mapping[str, np.ndarray], path: str) -> str:
   """The zoo architecture a vector file belongs to: its file name, else its keys and shapes."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.models import get_model, model_names  # pylint: disable=import-outside-toplevel
 
   stem = os.path.splitext(os.path.basename(path))[0]
   if stem in model_names():
@@ -113,9 +114,6 @@ def _atol(table: Mapping[str, float], name: str, override: float | None) -> floa
 
 def check_model_file(path: str, arch: str | None = None, atol: float | None = None) -> ModelReport:
   """Runs the Flax model on one reference file and measures every output's error."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.models import get_model  # pylint: disable=import-outside-toplevel
 
   with np.load(path, allow_pickle=False) as f:
     npz = {k: f[k] for k in f.files}
