@@ -43,6 +43,8 @@ from mmkd_jax.teachers import Teacher, fingerprint, teacher_forward
 PRESETS = {
     "vgg8": ("vgg8", ("vgg13",) * 3),
     "resnet8x4": ("resnet8x4", ("resnet32x4",) * 3),
+    # the default digits job's models (experiments/pytorch_end_to_end.py --setting digits)
+    "digits": ("resnet8", ("resnet14", "resnet20", "wrn_16_1")),
 }
 
 

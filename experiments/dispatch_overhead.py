@@ -28,10 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmkd_jax import config as config_lib  # noqa: E402
 from mmkd_jax.runs import stop as stops  # noqa: E402
 from mmkd_jax.training import loop
-from mmkd_jax.training import parallel
 from mmkd_jax.training import run as run_lib
 from mmkd_jax.teachers import stages as teacher_stages
-from mmkd_jax.training import setup as train
 from mmkd_jax.data import sources  # noqa: E402
 
 MODES = {"streamed": {}, "resident": {"data_placement": "device"},
@@ -44,10 +42,7 @@ def _program(config, workdir):
   loaded = teacher_stages.load_teachers(config)
   if config.teacher_source == "precomputed":
     teacher_stages.precompute(config, loaded, sources.open_dataset(config))
-  cache = teacher_stages.open_cache(config, loaded)
-  plans = config_lib.member_configs(config)
-  setup = train.build(plans[0][1], loaded, cache, mesh=parallel.data_mesh(int(config.replica_shards)))
-  return run_lib.open_program(setup, plans, workdir, quiet=True)
+  return run_lib.open_members(config, workdir, loaded, teacher_stages.open_cache(config, loaded), quiet=True)
 
 
 def measure(method: str, replica_count: int, mode: str, epochs: int, teacher_dir: str, root: str) -> dict:

@@ -43,8 +43,6 @@ import routing  # pylint: disable=wrong-import-position
 
 from mmkd_jax.training import run as run_lib
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
-from mmkd_jax.training import replicas  # pylint: disable=wrong-import-position
-from mmkd_jax.training import setup as train
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
 from mmkd_jax.main import resolve_config_path  # pylint: disable=wrong-import-position
 from mmkd_jax.runs.stop import Preempted  # pylint: disable=wrong-import-position

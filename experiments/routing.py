@@ -89,6 +89,7 @@ def load_trained_run(workdir: str, readout: Callable) -> TrainedRun:
   ``readout(aux, teacher_logits)`` of the method's training objective at the last epoch."""
   config = stored_config(workdir)
   config.teacher_source = "online"
+  config = config_lib.validate(config)
   teachers = teacher_stages.load_teachers(config)
   setup = train.build(config, teachers)
   found = restore_raw_checkpoint(os.path.join(workdir, "checkpoints"))

@@ -36,6 +36,7 @@ from mmkd_jax.runs import table as runs_table
 from mmkd_jax.teachers import cache as cache_lib
 from mmkd_jax.teachers import convert
 from mmkd_jax.teachers import stages as teacher_stages
+from mmkd_jax.training import compilation
 from mmkd_jax.training import run as run_lib
 from mmkd_jax.training.loop import DivergedError, NonFiniteLossError
 
@@ -290,6 +291,8 @@ def main(args: Args) -> None:
     fail("--config is required, e.g. --config configs/digits.py (see README.md)")
   if _WORKDIR.value is None and config.mode != "show_config":
     fail("--workdir is required: the directory for checkpoints, metrics and the summary")
+  if config.mode != "show_config":
+    compilation.enable()  # before the first compilation
   try:
     initialize_distributed(config)
     if jax.process_index() != 0:

@@ -23,9 +23,10 @@ DOC = os.path.join(os.path.dirname(TESTS), "docs", "reliability.md")
 NONE = "**no test**"
 
 
-def _marks(node: ast.FunctionDef) -> tuple[list, bool]:
-  """(the claim keys, whether the test is slow) of a test function's decorators."""
-  claims, slow = [], False
+def _marks(node: ast.FunctionDef) -> tuple[list, bool, list[str]]:
+  """(the claim keys, whether the test is slow, the ids of its parameters marked slow) of a test
+  function's decorators."""
+  claims, slow, slow_ids = [], False, []
   for decorator in node.decorator_list:
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
     name = ast.unparse(target)
@@ -33,7 +34,13 @@ def _marks(node: ast.FunctionDef) -> tuple[list, bool]:
       slow = True
     elif name == "pytest.mark.claim" and isinstance(decorator, ast.Call):
       claims += [ast.literal_eval(arg) for arg in decorator.args]
-  return claims, slow
+    elif name == "pytest.mark.parametrize" and isinstance(decorator, ast.Call) and len(decorator.args) > 1:
+      for value in getattr(decorator.args[1], "elts", []):
+        if (isinstance(value, ast.Call) and ast.unparse(value.func) == "pytest.param"
+            and any("pytest.mark.slow" in ast.unparse(k.value) for k in value.keywords if k.arg == "marks")):
+          slow_ids.append(str(ast.literal_eval(value.args[0])) if len(value.args) == 1 else "-".join(
+              str(ast.literal_eval(a)) for a in value.args))
+  return claims, slow, slow_ids
 
 
 def collect(tests_dir: str = TESTS) -> dict[object, list[tuple[str, str, bool]]]:
@@ -51,14 +58,16 @@ def collect(tests_dir: str = TESTS) -> dict[object, list[tuple[str, str, bool]]]
       relative = os.path.relpath(path, tests_dir)
       for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-          claims, slow = _marks(node)
-          for claim in claims:
-            found[claim].append((relative, node.name, slow))
+          claims, slow, slow_ids = _marks(node)
+          for claim in claims:  # a parameter marked slow runs only in the full suite
+            found[claim].append((relative, node.name + (" (not " + ", ".join(f"[{i}]" for i in slow_ids) + ")"
+                                                        if slow_ids and not slow else ""), slow))
+            found[claim] += [(relative, f"{node.name}[{i}]", True) for i in slow_ids if not slow]
   return found
 
 
 def _cell(tests: list[tuple[str, str, bool]]) -> str:
-  return ", ".join(f"`{f}::{t}`" for f, t, _ in tests) or ""
+  return ", ".join(f"`{f}::{t.split(' ')[0]}`" + (" " + t.split(" ", 1)[1] if " " in t else "") for f, t, _ in tests)
 
 
 def _cells(line: str) -> list[str]:

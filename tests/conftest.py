@@ -33,9 +33,12 @@ def testvectors() -> pathlib.Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """Persistent XLA cache: the trainer tests compile the same steps several times."""
+  """Persistent XLA cache: the trainer tests compile the same steps several times, in this process
+  and in the commands they start (which inherit the environment: none writes to ~/.cache)."""
   import jax  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  from mmkd_jax.training import compilation  # pylint: disable=import-outside-toplevel
+  os.environ[compilation.ENV] = str(tmp_path_factory.mktemp("xla_cache"))
+  compilation.enable()
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   yield
 

@@ -17,6 +17,7 @@ from mmkd_jax.teachers import stages as teacher_stages
 from mmkd_jax.training import setup as train
 from mmkd_jax.data import sources
 from mmkd_jax.data.sources import DatasetSpec
+from mmkd_jax.methods import bilevel as bilevel_methods
 from mmkd_jax.methods import build_method
 from mmkd_jax.models import get_model
 from mmkd_jax.teachers import Teacher, fingerprint, teacher_forward
@@ -63,7 +64,8 @@ def digits_smoke(**overrides):
 
 def method_and_batch(name: str, batch_size: int = 16, num_classes: int = 10, feature_layer: int | None = None,
                      **overrides):
-  """A method built by resolving ``name`` on a config, with a random batch and 3 teachers."""
+  """A method built by resolving ``name`` on a config, with a random batch and 3 teachers
+  (``lookahead_of(method)`` gives a bi-level one's configured look-ahead objectives)."""
   teachers = random_teachers(num_classes=num_classes)
   c = config_lib.base_config()
   c.method = name
@@ -82,7 +84,17 @@ def method_and_batch(name: str, batch_size: int = 16, num_classes: int = 10, fea
            "teacher_logits": logits * 3.0, "teacher_feat": feats, "epoch": jnp.asarray(1)}
   spec = DatasetSpec("synthetic", num_classes, (32, 32, 3), (0.5,) * 3, (0.25,) * 3)
   run = train.run_info(c, spec, teachers, get_model("resnet8", num_classes), 1)
-  return build_method(c, run), batch
+  method = build_method(c, run)
+  _CONFIGS[id(method)] = c
+  return method, batch
+
+
+_CONFIGS: dict[int, object] = {}   # the config each method_and_batch method was built from
+
+
+def lookahead_of(method):
+  """The configured look-ahead objectives of a method made by ``method_and_batch``."""
+  return bilevel_methods.lookahead_objectives(_CONFIGS[id(method)], method)
 
 
 def steps_and_state(name: str, batch_size: int = 16, num_classes: int = 10, steps_per_epoch: int = 10,

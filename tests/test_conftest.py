@@ -19,7 +19,7 @@ def test_missing_reference_vectors_fail_in_ci_and_skip_elsewhere(tmp_path):
     env.pop("CI", None)
     env.update({"CI": "true"} if ci else {})
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                           "tests/test_verify.py::test_passes_on_reference_file"], cwd=ROOT, env=env,
+                           "tests/verify/test_verify.py::test_passes_on_reference_file"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
   ci, local = run(True), run(False)
   assert ci.returncode != 0 and "reference test vectors not found" in ci.stdout, ci.stdout[-2000:]

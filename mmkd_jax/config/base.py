@@ -15,18 +15,17 @@ import ml_collections
 from ml_collections import config_dict
 
 from mmkd_jax import methods
+from mmkd_jax.methods import bilevel
 from mmkd_jax.config.fields import placeholders
 
 MODES = ("train_teacher", "precompute", "distill", "evaluate", "pipeline", "export", "show_config")
 
 # config.faithful=True: what the original PyTorch code computed, bugs included (docs/methods.md).
 FAITHFUL = {
-    "meta.hypergradient": "original",  # MMKD/L2T-ww's heavy-ball reverse pass, even under Nesterov
-    "meta.rollback_bn": "replay",      # rollback keeps one BN update from replaying look-ahead step 1
+    **bilevel.FAITHFUL,                # the bi-level strategy's (its hypergradient, rollback, warm-up)
     "fitnet.hint_gradient": False,     # FitNet-MKD's hint loss rebuilt from floats: no gradient
     "adapter_init": "torch",           # aligners / embeddings / regressors: PyTorch's default init
     "cache_dtype": "float32",          # the originals run teachers online in float32
-    "meta.warmup_epochs": 0,           # MMKD's --meta_warmup changes nothing
 }
 ADAPTER_INITS = ("kaiming", "torch")
 
@@ -137,20 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.adam_betas = (0.9, 0.999)    # adamw's (b1, b2)
   c.label_smoothing = 0.0        # of the ce term, as torch's CrossEntropyLoss(label_smoothing=...)
 
-  c.meta = ml_collections.ConfigDict()
-  c.meta.lr = 1e-3               # Adam learning rate of learned teacher weights (meta_params)
-  c.meta.weight_decay = 1e-4     # Adam's L2-coupled weight decay (PyTorch Adam)
-  c.meta.freq = 5                # meta step every `freq` batches and on the last batch of an epoch
-  c.meta.warmup_epochs = 0       # epochs with uniform teacher weights and no meta step
-  c.meta.lookahead_matching_steps = 2  # look-ahead steps on the look-ahead weights
-  c.meta.lookahead_outer_steps = 1     # then steps on the outer objective (CE)
-  c.meta.lookahead_weights = placeholders({t: 1.0 for t in _term_names()})
-  c.meta.first_order = False     # drop the look-ahead's Hessian terms (cheaper, approximate)
-  # How the exact hypergradient is computed (mmkd_jax.distill.hypergradient.MODES).
-  c.meta.hypergradient = "forward_over_reverse"  # forward_over_reverse | reverse (exact) | original (the original code's)
-  c.meta.remat = False           # recompute the look-ahead's activations (jax.checkpoint): less memory
-  c.meta.rollback = True         # restore the student after the look-ahead (the reference always does)
-  c.meta.rollback_bn = "exact"   # exact: restore BN statistics too; replay: the original's extra update
+  bilevel.add_meta_section(c, _term_names())  # meta.*: the bi-level strategy's fields
   for name in methods.METHODS:
     section = methods.METHODS.get(name).section
     if section:

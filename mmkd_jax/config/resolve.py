@@ -17,12 +17,12 @@ import ml_collections
 from ml_collections import config_dict
 
 from mmkd_jax import methods, registry
+from mmkd_jax.methods import bilevel
 from mmkd_jax.config.base import ADAPTER_INITS, FAITHFUL, MODES
 from mmkd_jax.config.fields import get_field, placeholders, set_fields
 from mmkd_jax.config.replicas import REPLICA_LOOPS, check_replica_overrides, replica_config, replica_entries
 from mmkd_jax.data import sources
 from mmkd_jax.data.resident import PLACEMENTS
-from mmkd_jax.distill import hypergradient as bilevel
 from mmkd_jax.errors import ConfigError, UnknownNameError
 from mmkd_jax.evaluation import evaluators
 from mmkd_jax.models import COMPUTE_DTYPES, model_names
@@ -98,8 +98,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"config.{field}: {message}")
   choices = {"mode": MODES, "teacher_source": ("precomputed", "online"), "cache_dtype": STORAGE_DTYPES,
              "cache_logits_dtype": STORAGE_DTYPES, "adapter_init": ADAPTER_INITS, "dtype": COMPUTE_DTYPES,
-             "replica_loop": REPLICA_LOOPS, "data_placement": PLACEMENTS, "meta.hypergradient": bilevel.MODES,
-             "checkpoint_head": HEADS, "meta.rollback_bn": ("exact", "replay")}
+             "replica_loop": REPLICA_LOOPS, "data_placement": PLACEMENTS, "checkpoint_head": HEADS}
   for field, allowed in choices.items():
     value = get_field(c, field)
     need(value in allowed, field, f"{value!r} must be one of {', '.join(allowed)}")
@@ -133,7 +132,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.scan_steps >= 1, "scan_steps", "must be at least 1 (steps per dispatch)")
   need(c.epochs >= 1, "epochs", f"{c.epochs} trains nothing; give at least 1")
   need(c.teacher_training.epochs >= 1, "teacher_training.epochs", f"{c.teacher_training.epochs} trains nothing; give at least 1")
-  need(c.meta.freq >= 1, "meta.freq", "must be at least 1")
   need(c.temperature > 0, "temperature", "must be positive")
   for name in c.evaluators:
     need(name in evaluators.EVALUATORS, "evaluators",
@@ -151,10 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   need(c.warmup_epochs >= 0 and c.schedule_epochs >= 0, "warmup_epochs", "epochs of warm-up (and schedule_epochs) must be >= 0")
   need(0.0 <= c.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
   need(c.feature_layer != -1, "feature_layer", "-1 is the pooled vector, not a feature map")
+  bilevel.check_config(c)  # meta.*, and a bi-level method's SGD rule and hard buffer
   spec = methods.METHODS.get(c.method)
-  need(not spec.bilevel or c.optimizer == "sgd", "optimizer",
-       f"method {c.method!r} is bi-level: its look-ahead unrolls the student's SGD step (momentum buffers and "
-       "all), so it trains with optimizer=sgd")
   if c.mode in ("distill", "pipeline", "precompute") and spec.needs_teachers:
     need(len(c.teachers) >= 1, "teachers", f"method {c.method!r} needs at least one teacher")
   if spec.validate is not None:

@@ -12,6 +12,7 @@ import ml_collections
 
 from mmkd_jax import config as config_lib
 from mmkd_jax import methods
+from mmkd_jax.methods import bilevel
 from mmkd_jax.config.fields import flatten
 
 
@@ -34,7 +35,8 @@ def _field_comments() -> dict[str, str]:
   else the whole block of comment lines right above it, joined."""
   out: dict[str, str] = {}
   block: list[str] = []
-  for line in inspect.getsource(config_lib.base_config).splitlines():
+  source = inspect.getsource(config_lib.base_config) + inspect.getsource(bilevel.add_meta_section)
+  for line in source.splitlines():
     stripped = line.strip()
     if stripped.startswith("#"):
       block.append(stripped.lstrip("# "))

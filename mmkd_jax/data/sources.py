@@ -182,10 +182,13 @@ class _WithoutTfdsBanners:
 
   def __init__(self, stream):
     self.stream = stream
+    self.dropped = False  # print() writes a line's text and its newline apart: drop both
 
   def write(self, text: str) -> int:
-    if any(banner in text for banner in self.BANNERS):
+    if any(banner in text for banner in self.BANNERS) or (self.dropped and text == "\n"):
+      self.dropped = text != "\n"
       return len(text)
+    self.dropped = False
     return self.stream.write(text)
 
   def __getattr__(self, name):

@@ -20,6 +20,17 @@ from mmkd_jax.errors import ConfigError
 PyTree = Any
 
 
+# A bi-level method's own config fields (``config.<method>.hard_buffer`` / ``.buffer_size``):
+# meta batches from a buffer of hard examples, or (off) the current batch.
+SECTION = {"hard_buffer": True, "buffer_size": 256}
+
+
+def check_section(config: Any, section: str) -> None:
+  """The hard buffer of ``config.<section>`` fills up exactly (a multiple of the batch size)."""
+  if config[section].hard_buffer:
+    check_capacity(config[section].buffer_size, config.batch_size, f"{section}.buffer_size")
+
+
 def check_capacity(capacity: int, batch_size: int, field: str) -> None:
   """The buffer fills up exactly only when its capacity is a multiple of the batch size (the
   reference's buffer otherwise never becomes full)."""

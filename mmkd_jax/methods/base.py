@@ -23,7 +23,7 @@ have look-ahead weights (``config.meta.lookahead_weights.<k>``, default: the tra
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypedDict, runtime_checkable
 
 import flax
 import flax.linen as nn
@@ -32,16 +32,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmkd_jax.distill import losses
+from mmkd_jax.distill import hard_buffer, losses
 from mmkd_jax.errors import ConfigError
 from mmkd_jax.registry import Registry, origin_of
 
 Array = jax.Array
 PyTree = Any
-# objective(params, model_state, meta_params, batch) -> (loss, (model_state, aux)), aux holding
-# "terms" (raw named loss terms), "logits" and, for a method that weights its teachers,
-# "teacher_weights" (a TeacherWeights).
-Objective = Callable[[PyTree, PyTree, PyTree, dict], tuple[Array, tuple[PyTree, dict]]]
 
 
 @flax.struct.dataclass
@@ -55,6 +51,22 @@ class TeacherWeights:
   def items(self) -> list[tuple[str, Array]]:
     """(kind, weights) of the kinds the method reports."""
     return [(kind, w) for kind, w in (("logits", self.logits), ("feature", self.feature)) if w is not None]
+
+
+class MethodOutputs(TypedDict, total=False):
+  """What an objective returns beside its loss and model state, declared: the trainer logs the raw
+  ``terms``, reads the student's ``logits`` (accuracy, the hard buffer) and, for a method that
+  weights its teachers, its ``teacher_weights`` (batch means and per-class means in the logs;
+  experiments/routing.py); ``diagnostics`` are logged as ``train/diag/<name>``. A method may add
+  its own entries (read by its tests and experiments)."""
+  terms: dict[str, Array]
+  logits: Array
+  teacher_weights: TeacherWeights
+  diagnostics: dict[str, Array]
+
+
+# objective(params, model_state, meta_params, batch) -> (loss, (model_state, outputs))
+Objective = Callable[[PyTree, PyTree, PyTree, dict], tuple[Array, tuple[PyTree, MethodOutputs]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,20 +107,21 @@ class Method(Protocol):
   """The hooks the trainer calls; nothing else about a method is known outside its module (its
   terms, ``bilevel`` and ``needs_teachers`` are its ``MethodSpec``'s)."""
 
-  hard_buffer_size: int       # bi-level: meta batches from a hard-example buffer this big; 0: the batch
-
   def init(self, rng: Array, batch: dict[str, Any]) -> tuple[PyTree, PyTree, PyTree]:
     """(params trained by the student optimiser, model_state, meta_params)."""
 
   def train_objective(self, params: PyTree, model_state: PyTree, meta_params: PyTree,
-                      batch: dict[str, Any]) -> tuple[Array, tuple[PyTree, dict]]:
-    """The loss of a training step (an ``Objective``)."""
+                      batch: dict[str, Any]) -> tuple[Array, tuple[PyTree, MethodOutputs]]:
+    """The loss of a training step (an ``Objective``), with its ``MethodOutputs``: the raw
+    ``terms``, the student's ``logits`` and, for a method that weights its teachers, its
+    ``teacher_weights``."""
 
-  def lookahead_objectives(self) -> Sequence[Objective]:
-    """Bi-level: the objectives of the unrolled look-ahead steps, in order."""
+  def objective(self, weights: "LossWeights") -> Objective:
+    """The objective of the method's terms under other ``weights`` (a bi-level method's look-ahead
+    steps: ``methods.bilevel.lookahead_objectives``)."""
 
   def outer_objective(self, params: PyTree, model_state: PyTree, meta_params: PyTree,
-                      batch: dict[str, Any]) -> tuple[Array, tuple[PyTree, dict]]:
+                      batch: dict[str, Any]) -> tuple[Array, tuple[PyTree, MethodOutputs]]:
     """Bi-level: the loss after the look-ahead whose gradient trains ``meta_params``."""
 
   def frozen(self, params: PyTree, epoch: Array) -> PyTree | None:
@@ -214,8 +227,6 @@ class WeightedTermsMethod:
   weights: LossWeights
   temperature: float = 4.0
 
-  hard_buffer_size = 0
-
   @property
   def student(self) -> nn.Module:
     return self.run.student
@@ -245,7 +256,7 @@ class WeightedTermsMethod:
     """(raw terms, new model_state, extras such as logits and per-sample teacher weights)."""
     raise NotImplementedError
 
-  def _objective(self, weights: LossWeights):
+  def objective(self, weights: LossWeights) -> Objective:
     def objective(params, state, meta_params, batch):
       terms, new_state, extras = self.compute_terms(params, state, meta_params, batch)
       terms = weights.smooth_labels(terms, extras.get("logits"))
@@ -253,10 +264,7 @@ class WeightedTermsMethod:
     return objective
 
   def train_objective(self, params, state, meta_params, batch):
-    return self._objective(self.weights)(params, state, meta_params, batch)
-
-  def lookahead_objectives(self) -> Sequence[Objective]:
-    return ()
+    return self.objective(self.weights)(params, state, meta_params, batch)
 
   def outer_objective(self, params, state, meta_params, batch):
     raise NotImplementedError(f"{type(self).__name__} is not a bi-level method")
@@ -319,8 +327,14 @@ def register(name: str, *, terms: Mapping[str, float], section: Mapping[str, Any
   ``section``: the method's own fields (``config.<name>.<field>``) with defaults; ``presets``:
   per-dataset values for any of those, ``feature_layer``, ``temperature``, ``weights.<term>`` or
   ``meta.lookahead_weights.<term>`` (``"*"`` for every dataset); ``validate(config)`` raises
-  ``ConfigError`` for invalid combinations.
+  ``ConfigError`` for invalid combinations. ``bilevel=True``: trained by the bi-level strategy
+  (``methods.bilevel``), which adds its hard buffer's fields to the section (``hard_buffer``,
+  ``buffer_size``, checked) and a look-ahead weight 0 for ``ce`` (MMKD's) unless given.
   """
+  if bilevel:
+    section = {**hard_buffer.SECTION, **(section or {})}
+    lookahead = {"ce": 0.0, **(lookahead or {})}
+
   def decorator(build):
     fn = getattr(build, "from_config", build)
     METHODS.add(name, MethodSpec(

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods.base import RunInfo, TeacherWeights, apply_student, init_student, kd_matrix, loss_weights, register
-from mmkd_jax.methods.bilevel import BUFFER_SECTION, BilevelMethod, bilevel_fields, check_buffer
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, apply_student, init_student, kd_matrix, register
+from mmkd_jax.methods.bilevel import BilevelMethod
 
 Array = jax.Array
 PyTree = Any
@@ -74,9 +74,7 @@ class BOMD(BilevelMethod):
                                                    logits=per_sample_weights, feature=per_sample_weights)}
 
 
-@register("bomd", terms={"ce": 1.0, "kd": 1.0, "feat": 10.0}, bilevel=True, lookahead={"ce": 0.0},
-          section=BUFFER_SECTION, validate=lambda config: check_buffer(config, "bomd"))
+@register("bomd", terms={"ce": 1.0, "kd": 1.0, "feat": 10.0}, bilevel=True)
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> BOMD:
   """BOMD-like: orthogonal teacher-to-student projections, bi-level global teacher weights."""
-  return BOMD(run, loss_weights(config), config.temperature,
-              **bilevel_fields(config, "bomd"))
+  return BOMD.from_config(config, run)

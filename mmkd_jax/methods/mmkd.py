@@ -31,8 +31,8 @@ import ml_collections
 from mmkd_jax.distill import losses
 from mmkd_jax.distill.align import FeatureAligner
 from mmkd_jax.distill.meta_nets import FEATURE_INPUTS, WeightMLP, feature_weight_input, logits_weight_input
-from mmkd_jax.methods.base import RunInfo, TeacherWeights, apply_student, loss_weights, register
-from mmkd_jax.methods.bilevel import BUFFER_SECTION, BilevelMethod, bilevel_fields, check_buffer
+from mmkd_jax.methods.base import RunInfo, TeacherWeights, apply_student, register
+from mmkd_jax.methods.bilevel import BilevelMethod
 from mmkd_jax.errors import ConfigError
 
 Array = jax.Array
@@ -131,11 +131,10 @@ class MMKD(BilevelMethod):
 def _validate(config: ml_collections.ConfigDict) -> None:
   if config.mmkd.feature_input not in FEATURE_INPUTS:
     raise ConfigError(f"config.mmkd.feature_input: {config.mmkd.feature_input!r} is not one of {FEATURE_INPUTS}")
-  check_buffer(config, "mmkd")
 
 
-@register("mmkd", terms={"ce": 1.0, "kd": 1.0, "feat": 100.0}, bilevel=True, lookahead={"ce": 0.0},
-          section={**BUFFER_SECTION, "deep_aligner": False, "gram_per_bn_group": False, "feature_input": "raw"},
+@register("mmkd", terms={"ce": 1.0, "kd": 1.0, "feat": 100.0}, bilevel=True,
+          section={"deep_aligner": False, "gram_per_bn_group": False, "feature_input": "raw"},
           # digits: weights.feat chosen on a validation split (train[:85%] / train[85%:], 3 seeds,
           # 15 epochs), never on test: 0 / 10 / 100 gave 92.59 / 94.44 / 92.28% (experiments/RESULTS.md).
           # fashion_mnist: on train[90%:] (2 seeds) weights.feat 1 / 10 / 100 gave 86.01 / 85.90 / 85.01%
@@ -144,8 +143,5 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 def build(config: ml_collections.ConfigDict, run: RunInfo) -> MMKD:
   """MMKD: meta-weighted KD and feature terms, weights by the exact hypergradient."""
   m = config.mmkd
-  return MMKD(run, loss_weights(config), config.temperature,
-              **bilevel_fields(config, "mmkd"),
-              deep_aligner=m.deep_aligner,
-              torch_init=config.adapter_init == "torch",
-              gram_groups=run.bn_groups if m.gram_per_bn_group else 1, feature_input=m.feature_input)
+  return MMKD.from_config(config, run, deep_aligner=m.deep_aligner, torch_init=config.adapter_init == "torch",
+                          gram_groups=run.bn_groups if m.gram_per_bn_group else 1, feature_input=m.feature_input)

@@ -171,6 +171,7 @@ def train_missing_teachers(config: ml_collections.ConfigDict, stop: stops.StopRe
     progress.stage(f"teacher {k}/{len(missing)}",
                    f"training {entry.name!r} ({entry.arch}) on {config.dataset} -> {storage.absolute(path)}")
     tc = training_config(config, entry)
+    storage.makedirs(path + ".run")
     with workdir_lock.WorkdirLock(path + ".run"):  # the teacher's own run directory
       summary = run_lib.train_and_evaluate(tc, path + ".run", stop=stop)
     state = summary["state"]

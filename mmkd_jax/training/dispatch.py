@@ -5,7 +5,7 @@ coming from the grain pipeline (``config.data_placement = host``).
 
 ``Scanned``: the data live on the devices (``mmkd_jax.data.resident``) and one dispatch runs up
 to ``config.scan_steps`` unrolled steps, each gathering its batch and taking the train step and,
-where ``methods.bilevel.is_meta_step`` says so, the meta step (one compiled program per pattern).
+where the training strategy says so (``methods.bilevel``), the meta step (one compiled program per pattern).
 Dispatches end at multiples of ``scan_steps`` in the epoch and at ``stop_at_step``, so a stop
 request, a preemption point or the end of an epoch waits for at most one dispatch; the per-step
 metrics come back stacked and are logged as the streamed ones are. Both give the same states and
@@ -23,7 +23,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmkd_jax.training import parallel
 from mmkd_jax.data import resident
-from mmkd_jax.methods.bilevel import is_meta_step
 
 PyTree = Any
 StepMetrics = list[tuple[int, dict[str, Any]]]   # (batch position, metrics) of each step of a dispatch
@@ -36,8 +35,7 @@ def streamed(program: Any, setup: Any, epoch: int, first_batch: int) -> Iterator
                                         batch_axis=program.layout.batch_axis)
   for idx, device_raw in enumerate(batches, start=first_batch):
     metrics = program.step(program.train_fn, device_raw, epoch_array)
-    if setup.method_spec.bilevel and is_meta_step(setup.config, epoch, idx, setup.steps_per_epoch,
-                                                 setup.dataset.num_train):
+    if setup.steps.strategy.is_meta_step(epoch, idx):
       metrics = {**metrics, **program.step(program.meta_fn, device_raw, epoch_array)}
     yield [(idx, metrics)]
 
@@ -137,9 +135,8 @@ class Scanned:
     return self._compiled[pattern]
 
   def meta_flags(self, epoch: int) -> list[bool]:
-    s = self.setup
-    return [bool(s.method_spec.bilevel) and is_meta_step(s.config, epoch, idx, s.steps_per_epoch, s.dataset.num_train)
-            for idx in range(s.steps_per_epoch)]
+    """Which batches of ``epoch`` the training strategy follows with a meta step."""
+    return [self.setup.steps.strategy.is_meta_step(epoch, idx) for idx in range(self.setup.steps_per_epoch)]
 
   def boundary(self, epoch: int, position: int) -> int:
     """Where the dispatch starting at batch ``position`` ends: the next multiple of the dispatch

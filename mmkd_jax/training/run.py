@@ -96,7 +96,7 @@ def open_program(setup: Setup, plans: Sequence[tuple[str, ml_collections.ConfigD
   ``workdir/<name>``) restored or initialised, its config written once its checkpoints are known
   to be its own, and the program that steps them all (``training.replicas``: one run's plain
   steps, or R replicas stacked). ``plans``: (name, resolved config) per member
-  (``config.member_configs``); ``setup``: built from the first member's config."""
+  (``config.member_configs``); ``setup``: built from the command's config (its ``replicas`` give each member's tunable values)."""
   steps = setup.steps
   layout = layout_for(setup.config, len(plans))
   eval_fn = setup_lib.eval_function(setup, quiet)
@@ -153,6 +153,16 @@ def train(program: Program, members: list[Member], stop: stops.StopRequest) -> t
   return summaries, preempted
 
 
+def open_members(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Teacher] = (), cache: Any = None,
+                 quiet: bool = False, dataset: sources.Dataset | None = None) -> tuple[Program, list[Member]]:
+  """Build and open the members of ``config`` (resolved): ``open_program`` over the setup of the
+  command's config. The program's structure (which terms the step computes) and the replicas'
+  tunable values come from that config, which names the replicas; each member trains under its
+  own config (``config.member_configs``)."""
+  setup = setup_lib.build(config, teachers, cache, dataset, mesh=parallel.data_mesh(int(config.replica_shards)))
+  return open_program(setup, config_lib.member_configs(config), workdir, quiet)
+
+
 def train_members(config: ml_collections.ConfigDict, workdir: str, teachers: Sequence[Teacher] = (), cache: Any = None,
                   quiet: bool = False, dataset: sources.Dataset | None = None,
                   stop: stops.StopRequest | None = None) -> dict[str, Any]:
@@ -160,9 +170,7 @@ def train_members(config: ml_collections.ConfigDict, workdir: str, teachers: Seq
   {"summaries": [...], "preempted": bool, "state": the program's state}. The caller owns the
   lock; ``stop``: the command's stop request (default: one for this call)."""
   quiet = quiet or jax.process_index() != 0  # logging and progress from process 0 only
-  plans = config_lib.member_configs(config)
-  setup = setup_lib.build(plans[0][1], teachers, cache, dataset, mesh=parallel.data_mesh(int(config.replica_shards)))
-  program, members = open_program(setup, plans, workdir, quiet)
+  program, members = open_members(config, workdir, teachers, cache, quiet, dataset)
   if stop is None:
     with stops.StopRequest() as stop:
       summaries, preempted = train(program, members, stop)

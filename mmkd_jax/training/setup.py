@@ -96,7 +96,7 @@ def build(config: ml_collections.ConfigDict, teachers: Sequence[Teacher] = (), c
     raise ConfigError(f"config.teachers: method {config.method!r} needs teachers; none are loaded")
   if needs_teachers:
     _check_feature_layer(student, dataset.spec.image_shape, config.feature_layer, f"the student {config.student}")
-  steps = make_steps(config, method, dataset.spec, teachers, mesh, spe)
+  steps = make_steps(config, method, dataset.spec, teachers, mesh, spe, dataset.num_train)
   return Setup(config, dataset, spe, method, list(teachers), cache, steps, mesh)
 
 

@@ -39,7 +39,7 @@ class TrainState:
   opt_state: PyTree
   meta_params: PyTree        # learned weighting parameters ({} when none)
   meta_opt_state: PyTree
-  buffer: Any                # HardBuffer, or {} without one
+  buffer: Any                # the training strategy's extra state: a bi-level method's HardBuffer, else {}
   rng: jax.Array             # uint32 key data
   nonfinite: jax.Array       # int32 (2,): first step with a non-finite term and that term's index
 
@@ -60,6 +60,9 @@ class Steps:
   steps_per_epoch: int = 0
   # A replica's own optimiser values (optim.TUNABLE, possibly traced) over the config's.
   optimizer_values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # How the method trains beyond its training step (methods.bilevel: Plain, or Bilevel's buffer,
+  # meta schedule and meta step); set by make_steps.
+  strategy: Any = bilevel_methods.Plain()
 
   @property
   def method_spec(self) -> MethodSpec:
@@ -98,7 +101,7 @@ class Steps:
     params = optax.apply_updates(state.params, updates)
     rng, buffer_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     logits = aux["logits"]
-    buffer = bilevel_methods.record_hard_examples(state.buffer, batch, logits, buffer_key)
+    buffer = self.strategy.after_step(state.buffer, batch, logits, buffer_key)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
                **{f"loss_{k}": v for k, v in aux["terms"].items()}}
     teacher_weights = aux.get("teacher_weights", TeacherWeights())
@@ -116,9 +119,15 @@ class Steps:
 
   def meta_step(self, state: TrainState, raw: dict[str, Any], teacher_vars: Sequence[PyTree],
                 epoch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """A bi-level method's meta update (``mmkd_jax.methods.bilevel.meta_update``)."""
-    new, metrics = bilevel_methods.meta_update(self, state, raw, teacher_vars, epoch)
+    """The strategy's meta step (a bi-level method's: ``methods.bilevel.Bilevel.meta_update``)."""
+    new, metrics = self.strategy.meta_update(self.meta_inputs(), state, raw, teacher_vars, epoch)
     return new.replace(nonfinite=self.track_nonfinite(new, metrics)), metrics
+
+  def meta_inputs(self) -> bilevel_methods.MetaInputs:
+    """What a meta step needs of these steps."""
+    return bilevel_methods.MetaInputs(self.device_batch, self.schedule,
+                                      self.optimizer_values.get("weight_decay", self.config.weight_decay),
+                                      self.data_sharding, self.meta_optimizer)
 
   @property
   def evaluators(self) -> Evaluators:
@@ -160,14 +169,16 @@ def _optimizers(config: ml_collections.ConfigDict, steps_per_epoch: int, values:
 
 
 def make_steps(config: ml_collections.ConfigDict, method: Method, spec: DatasetSpec,
-               teachers: Sequence[Teacher], mesh: Any, steps_per_epoch: int) -> Steps:
+               teachers: Sequence[Teacher], mesh: Any, steps_per_epoch: int, num_train: int = 0) -> Steps:
   """The steps of a run: the student's schedule and optimiser (``optim.student_optimizer``; the
-  reference's multistep SGD by default) and Adam for the meta networks."""
+  reference's multistep SGD by default), Adam for the meta networks, and the method's training
+  strategy (``methods.bilevel.strategy_for``; ``num_train``: the training split's size, for a
+  bi-level method's meta step on the loader's last batch)."""
   schedule, optimizer, meta_optimizer = _optimizers(config, steps_per_epoch, {})
   return Steps(config, method, optimizer, meta_optimizer, spec, tuple(teachers),
                config.teacher_source == "online",
                parallel.batch_sharding(mesh) if parallel.data_devices(mesh) > 1 else None, schedule,
-               steps_per_epoch)
+               steps_per_epoch, strategy=bilevel_methods.strategy_for(config, method, steps_per_epoch, num_train))
 
 
 def with_values(steps: Steps, values: dict[str, jax.Array]) -> Steps:
@@ -180,13 +191,14 @@ def with_values(steps: Steps, values: dict[str, jax.Array]) -> Steps:
     return steps
   method, config = steps.method, steps.config
   optimiser_fields = (*optim.TUNABLE, "meta.lr")
-  method_values = {k: v for k, v in values.items() if k not in optimiser_fields}
+  method_values = {k: v for k, v in values.items()
+                   if k not in optimiser_fields and not k.startswith("meta.lookahead_weights.")}
   if method_values:
     if not hasattr(method, "with_values"):
       raise TypeError(f"method {config.method!r} ({type(method).__name__}) has no with_values hook: it does not "
                       f"take per-replica {', '.join(method_values)}")
     method = method.with_values(method_values)
-  out = dataclasses.replace(steps, method=method)
+  out = dataclasses.replace(steps, method=method, strategy=steps.strategy.with_method(method).with_values(values))
   if any(k in values for k in optimiser_fields):
     schedule, optimizer, meta_optimizer = _optimizers(
         config, steps.steps_per_epoch, {k: v for k, v in values.items() if k in optimiser_fields})
@@ -211,7 +223,7 @@ def init_state(steps: Steps, example_raw: dict[str, Any], seed: int) -> TrainSta
   teacher_vars = tuple(t.variables for t in steps.teachers) if steps.online else ()
   batch = steps.device_batch(jax.tree.map(jnp.asarray, example_raw), teacher_vars)
   params, model_state, meta_params = steps.method.init(init_key, batch)
-  buffer = bilevel_methods.init_buffer(steps.method, batch)
+  buffer = steps.strategy.init_buffer(batch)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=steps.optimizer.init(params), meta_params=meta_params,
                     meta_opt_state=steps.meta_optimizer.init(meta_params), buffer=buffer,

@@ -17,6 +17,7 @@ import numpy as np
 
 from mmkd_jax.distill import hypergradient as bilevel
 from mmkd_jax.methods import LossWeights, RunInfo, TeacherView
+from mmkd_jax.methods import bilevel as bilevel_methods
 from mmkd_jax.methods.mmkd import MMKD
 from mmkd_jax.models import get_model
 from mmkd_jax.teachers import convert
@@ -87,8 +88,8 @@ def load_meta_step(npz: Mapping[str, np.ndarray]) -> dict[str, Any]:
   views = tuple(TeacherView(f"t{t}", "", tuple(batch["teacher_feat"][t].shape[1:])) for t in range(num_teachers))
   run = RunInfo(get_model(arch, num_classes), num_classes, len(npz["y"]), teachers=views)
   # The reference: training CE + KD + beta feat; look-ahead alpha KD + beta feat.
-  method = MMKD(run, LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", hyper["beta"]))), hyper["kd_T"],
-                lookahead_weights=LossWeights((("ce", 0.0), ("kd", hyper["alpha"]), ("feat", hyper["beta"]))))
+  method = MMKD(run, LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", hyper["beta"]))), hyper["kd_T"])
+  lookahead = LossWeights((("ce", 0.0), ("kd", hyper["alpha"]), ("feat", hyper["beta"])))
   p_shape, s_shape, m_shape = jax.eval_shape(method.init, jax.random.key(0), batch)
   params, state = {}, {}
   for module, sd in (("student", student_sd), ("match", match_sd)):
@@ -102,8 +103,8 @@ def load_meta_step(npz: Mapping[str, np.ndarray]) -> dict[str, Any]:
     buffers = {m: to64(convert.torch_to_flax(strip(m + ".", momentum_sd), {"params": p_shape[m]},
                                               np.float64)["params"]) for m in ("student", "match")}
     opt_state = optim.set_momentum(opt_state, buffers)
-  return {"arch": arch, "hyper": hyper, "method": method, "batch": batch, "params": params, "state": state,
-          "meta": meta, "optimizer": optimizer, "opt_state": opt_state}
+  return {"arch": arch, "hyper": hyper, "method": method, "lookahead": bilevel_methods.unrolled(method, lookahead),
+          "batch": batch, "params": params, "state": state, "meta": meta, "optimizer": optimizer, "opt_state": opt_state}
 
 
 def run_meta_step(case: dict[str, Any], mode: str):
@@ -114,7 +115,7 @@ def run_meta_step(case: dict[str, Any], mode: str):
   @jax.jit
   def meta_step(params, opt_state, state, meta):
     final, grads, result = bilevel.hypergradient(
-        case["optimizer"], method.lookahead_objectives(), method.outer_objective, params, opt_state, state,
+        case["optimizer"], case["lookahead"], method.outer_objective, params, opt_state, state,
         meta, case["batch"], mode=mode, heavy_ball=heavy_ball)
     _, (_, outer_metrics) = method.outer_objective(result.params, result.model_state, meta, case["batch"])
     return final, grads, result.losses, result.metrics[0], result.model_state, outer_metrics["logits"]

@@ -82,6 +82,7 @@ def test_a_student_trains_on_a_folder_and_a_changed_folder_is_prepared_again(tmp
   done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "preparing dataset 'folder:" in done.stdout and "Downloading and preparing" not in done.stdout
+  assert "" not in done.stdout.splitlines(), done.stdout  # nor the banner's newline
   with open(tmp_path / "run" / "summary.json") as f:
     assert json.load(f)["status"] == "finished"
   prepared = os.listdir(tmp_path / "tfds" / "image_folder")

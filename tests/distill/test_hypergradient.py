@@ -14,12 +14,14 @@ from mmkd_jax import verify
 from mmkd_jax.distill import hypergradient as bilevel
 from mmkd_jax.training import optim
 from mmkd_jax.methods import LossWeights, RunInfo, TeacherView
+from mmkd_jax.methods import bilevel as bilevel_methods
 from mmkd_jax.methods.mmkd import MMKD
 from mmkd_jax.models import get_model
 
 VECTORS = ["hypergrad_resnet8_seed0.npz", "hypergrad_resnet8_seed0_momentum.npz",
            "hypergrad_vgg8_seed0.npz", "hypergrad_vgg8_seed0_momentum_softfw.npz"]
 # The default suite checks the resnet8 vectors; the vgg8 ones (~70 s more) run with `make test-all`.
+LOOKAHEAD = LossWeights((("kd", 1.0), ("feat", 10.0)))  # the look-ahead's weights in the random meta steps
 SUITE_VECTORS = [v if "resnet8" in v else pytest.param(v, marks=pytest.mark.slow) for v in VECTORS]
 
 
@@ -124,8 +126,7 @@ def _random_meta_step(detach_student: bool):
   }
   run = RunInfo(get_model("resnet8", c), c, b, teachers=tuple(TeacherView(f"t{i}", "", (8, 8, 64)) for i in range(t)))
   weights = LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", 10.0)))
-  method = MMKD(run, weights, 4.0, lookahead_weights=LossWeights((("kd", 1.0), ("feat", 10.0))),
-                detach_student=detach_student)
+  method = MMKD(run, weights, 4.0, detach_student=detach_student)
   params, state, meta = method.init(jax.random.key(0), batch)
   to64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
   # Small FeatureWeight input scale so its softmax is not saturated (a non-trivial gradient).
@@ -150,7 +151,7 @@ def test_modes_agree_with_momentum_and_schedule():
     opt_state = opt.init(params)
     momentum = jax.tree.map(lambda p: 0.01 * jnp.cos(p), params)
     opt_state = optim.set_momentum(opt_state, momentum)
-    objectives = method.lookahead_objectives()
+    objectives = bilevel_methods.unrolled(method, LOOKAHEAD)
     run = jax.jit(lambda m, mode: bilevel.hypergradient(
         opt, objectives, method.outer_objective, params, opt_state, state, m, batch,
         mode=mode), static_argnums=1)
@@ -171,7 +172,7 @@ def test_hypergradient_matches_central_differences():
     method, batch, params, state, meta = _random_meta_step(detach_student=False)
     opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
     opt_state = opt.init(params)
-    objectives = method.lookahead_objectives()
+    objectives = bilevel_methods.unrolled(method, LOOKAHEAD)
 
     @jax.jit
     def final_loss(meta):
@@ -201,7 +202,7 @@ def test_first_order_on_a_real_model_agrees_across_modes_and_differs_from_exact(
     method, batch, params, state, meta = _random_meta_step(detach_student=True)
     opt = optim.torch_sgd(0.05, 0.9, True, 5e-4)
     run = jax.jit(lambda mode, first: bilevel.hypergradient(
-        opt, method.lookahead_objectives(), method.outer_objective, params, opt.init(params), state, meta,
+        opt, bilevel_methods.unrolled(method, LOOKAHEAD), method.outer_objective, params, opt.init(params), state, meta,
         batch, first_order=first, mode=mode), static_argnums=(0, 1))
     _, fo_r, _ = run("reverse", True)
     _, fo_f, _ = run("forward_over_reverse", True)

@@ -13,7 +13,7 @@ from mmkd_jax.training import optim
 from mmkd_jax import config as config_lib
 from mmkd_jax.methods import METHODS, TeacherWeights
 
-from helpers import method_and_batch
+from helpers import lookahead_of, method_and_batch
 
 B, C = 16, 10
 
@@ -41,7 +41,7 @@ def test_every_method_trains_and_its_learned_parts_get_gradients(name):
     assert np.isfinite(norm) and norm > 0, (name, part, norm)
   if METHODS.get(name).bilevel:
     opt = optim.torch_sgd(0.05)
-    _, hypergrad, _ = bilevel.hypergradient(opt, method.lookahead_objectives(), method.outer_objective,
+    _, hypergrad, _ = bilevel.hypergradient(opt, lookahead_of(method), method.outer_objective,
                                             params, opt.init(params), state, meta, batch)
     norm = float(optax.tree.norm(hypergrad))
     assert np.isfinite(norm) and norm > 0
@@ -118,7 +118,7 @@ def test_label_smoothing_changes_only_the_ce_term_and_a_replica_may_have_its_own
   traced = jax.jit(lambda e: plain.with_values({"label_smoothing": e}).train_objective(params, state, meta, batch))
   np.testing.assert_allclose(traced(jnp.float32(0.2))[1][1]["terms"]["ce"], expected, rtol=1e-6)
   if METHODS.get(name).bilevel:
-    lookahead = smoothed.lookahead_objectives()[0](params, state, meta, batch)[1][1]["terms"]["ce"]
+    lookahead = lookahead_of(smoothed)[0](params, state, meta, batch)[1][1]["terms"]["ce"]
     np.testing.assert_allclose(lookahead, expected, rtol=1e-6)
     outer = [m.outer_objective(params, state, meta, batch)[0] for m in (plain, smoothed)]
     np.testing.assert_array_equal(*outer)

@@ -11,7 +11,8 @@ import pytest
 
 from mmkd_jax.distill import hypergradient as bilevel
 from mmkd_jax.training import optim
-from mmkd_jax.methods.bilevel import is_meta_step
+from mmkd_jax.methods import LossWeights
+from mmkd_jax.methods import bilevel as bilevel_methods
 
 from helpers import steps_and_state
 
@@ -24,7 +25,8 @@ def test_meta_steps_every_freq_batches_on_the_last_full_batch_and_not_in_warm_up
   """freq 5, 10 batches of 8: after batches 0 and 5 and the last one (9), which the loader reaches
   only when the split is whole batches; none in the warm-up epoch."""
   config = ml_collections.ConfigDict({"batch_size": 8, "meta": {"freq": 5, "warmup_epochs": 1}})
-  due = lambda epoch, num_train: [i for i in range(10) if is_meta_step(config, epoch, i, 10, num_train)]
+  due = lambda epoch, num_train: [i for i in range(10) if bilevel_methods.Bilevel(
+      config, None, 10, num_train, LossWeights(())).is_meta_step(epoch, i)]
   assert due(0, 80) == []
   assert due(1, 80) == [0, 5, 9]
   assert due(1, 78) == [0, 5]
@@ -56,7 +58,8 @@ def test_lookahead_uses_the_learning_rate_of_the_step_just_taken():
     opt = optim.torch_sgd(lr, 0.9, True, 5e-4)
     opt_state = optim.set_momentum(opt.init(state.params), optim.momentum_of(state.opt_state))
     _, grads, _ = jax.jit(lambda: bilevel.hypergradient(
-        opt, steps.method.lookahead_objectives(), steps.method.outer_objective, state.params, opt_state,
+        opt, bilevel_methods.lookahead_objectives(steps.config, steps.method), steps.method.outer_objective,
+        state.params, opt_state,
         state.model_state, state.meta_params, batch, mode="reverse"))()
     for net in ("logits_weight", "feature_weight") if same else ("logits_weight",):  # (the feature net is saturated)
       norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads[net]))))

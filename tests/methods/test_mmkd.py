@@ -52,9 +52,7 @@ class Case:
     self.alpha, self.beta = float(npz["config/alpha"]), float(npz["config/beta"])
     views = tuple(TeacherView(f"t{t}", "", tuple(f.shape[1:])) for t, f in enumerate(self.batch["teacher_feat"]))
     run = RunInfo(get_model(str(npz["config/student"]), 100), 100, len(npz["labels"]), teachers=views)
-    self.method = MMKD(run, LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", self.beta))),
-                       float(npz["config/kd_T"]),
-                       lookahead_weights=LossWeights((("kd", self.alpha), ("feat", self.beta))))
+    self.method = MMKD(run, LossWeights((("ce", 1.0), ("kd", 1.0), ("feat", self.beta))), float(npz["config/kd_T"]))
     mlp = WeightMLP(self.num_teachers)
     lw_shape = jax.eval_shape(mlp.init, jax.random.key(0), jnp.zeros((1, 100 * (self.num_teachers + 1))))
     fw_shape = jax.eval_shape(mlp.init, jax.random.key(0), jnp.zeros((1, 8 * (self.num_teachers + 1))))

@@ -1,7 +1,8 @@
 """A bi-level method from outside the package: global teacher weights softmax(v), v learned by
-the hypergradient of the student's CE after the look-ahead, on hard-buffer batches. It writes
-only its terms; the look-ahead, hard buffer, schedule and meta update come from
-``mmkd_jax.methods.bilevel``."""
+the hypergradient of the student's CE after the look-ahead, on hard-buffer batches. It is one
+registration (``bilevel=True``) plus its own math; the look-ahead, the hard buffer (its config
+section and check), the schedule and the meta update are the bi-level strategy's
+(``mmkd_jax.methods.bilevel``)."""
 
 import dataclasses
 
@@ -9,8 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mmkd_jax.distill import losses
-from mmkd_jax.methods import (BUFFER_SECTION, BilevelMethod, TeacherWeights, bilevel_fields, check_buffer,
-                              loss_weights, register)
+from mmkd_jax.methods import BilevelMethod, TeacherWeights, register
 from mmkd_jax.methods.base import apply_student, init_student, kd_matrix
 
 
@@ -30,9 +30,7 @@ class GlobalWeightsKD(BilevelMethod):
             {"logits": logits, "teacher_weights": TeacherWeights(logits=weights)})
 
 
-@register("global_weights_kd", terms={"ce": 1.0, "kd": 1.0}, bilevel=True, lookahead={"ce": 0.0},
-          section=BUFFER_SECTION, validate=lambda config: check_buffer(config, "global_weights_kd"))
+@register("global_weights_kd", terms={"ce": 1.0, "kd": 1.0}, bilevel=True)
 def build(config, run):
   """Global teacher weights learned by the look-ahead hypergradient."""
-  return GlobalWeightsKD(run, loss_weights(config), config.temperature,
-                         **bilevel_fields(config, "global_weights_kd"))
+  return GlobalWeightsKD.from_config(config, run)

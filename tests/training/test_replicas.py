@@ -178,6 +178,20 @@ def _params(state):
   return jax.tree.leaves(jax.device_get(state.params))
 
 
+@pytest.mark.claim("replicas")
+def test_a_replica_trains_with_its_own_hyperparameters_through_the_driver(tmp_path, setting):
+  """``replicas="0,0:weights.kd=3:lr=0.02"`` through the driver (main's path): after one step the
+  second replica is the single run with those values (float32 rounding: at most 3e-6, as above)
+  and not the first replica (the values reach the compiled step, not only its directory name)."""
+  both = _train(_config(setting, replicas="0,0:lr=0.02:weights.kd=3", stop_at_step=1), str(tmp_path / "both"))
+  assert [s["member"]["workdir"].rsplit("/", 1)[-1] for s in both["summaries"]] == ["seed0", "seed0_lr=0.02_weights.kd=3"]
+  own = _train(_config(setting, lr=0.02, **{"weights.kd": 3.0}, stop_at_step=1), str(tmp_path / "own"))
+  for a, b in zip(_params(replicas.take(both["state"], 1)), _params(own["state"])):
+    np.testing.assert_allclose(a, b, rtol=0, atol=3e-6)
+  assert _rel(replicas.take(both["state"], 0).params["student"]["conv1"]["kernel"],
+              replicas.take(both["state"], 1).params["student"]["conv1"]["kernel"]) > 1e-3
+
+
 @pytest.mark.claim("replicas", 57)
 @pytest.mark.slow
 def test_replicas_start_as_their_single_runs_resume_exactly_and_write_run_directories(tmp_path, setting):
