@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 # Optional: PyTorch (CPU build) for .pth teachers, experiments/compare_pytorch.py and the
-# torchvision / timm parity tests (tests/test_convert.py).
+# torchvision / timm parity tests (tests/teachers/test_convert.py).
 torch: install
 	$(PY) -m pip install -q torch==2.13.0 einops==0.8.2 torchvision==0.28.0 timm==1.0.31
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A TPU pod slice (or any set of hosts without a shared disk) with everything on a bucket:
-# docs/scaling.md walks through it. tests/test_storage.py runs every step against a local GCS
+# docs/scaling.md walks through it. tests/runs/test_storage.py runs every step against a local GCS
 # server (digits, two processes), so each command here is the one that was checked.
 #
 #   BUCKET=gs://my-bucket bash docs/pod_recipe.sh prepare    # once, on a machine with internet

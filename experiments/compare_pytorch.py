@@ -24,7 +24,7 @@ For each setting (student <- teachers, batch 64, 32x32 synthetic inputs, 100 cla
 the reference's plain iteration and its meta step (2 matching + 1 cross-entropy look-ahead
 steps and ``meta_backward``), and ours from ``benchmark_step.py`` in the same process, and
 prints ms per step, images/s and the ratio. Then one numerical check: the same initial weights
-(the reference's, converted with ``mmkd_jax.convert``: student, aligners, meta networks and
+(the reference's, converted with ``mmkd_jax.teachers.convert``: student, aligners, meta networks and
 teachers), the same augmented batch, one plain MMKD step in both; the loss and every updated
 parameter and BatchNorm statistic must agree to float32 rounding (exit status 1 otherwise).
 """

@@ -34,7 +34,7 @@ def run_once(isa: str, epochs: int, workdir: str, data_dir: str) -> dict:
     raise SystemExit(done.stderr[-2000:])
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
-  probe = ("import sys, jax; from mmkd_jax import student, teachers; "
+  probe = ("import sys, jax; from mmkd_jax import teachers; from mmkd_jax.evaluation import student; "
            "s = student.student_from_workdir(sys.argv[1], 'latest'); print(teachers.fingerprint(s.variables))")
   fingerprint = subprocess.run([sys.executable, "-c", probe, workdir], cwd=ROOT, env=env, capture_output=True,
                                text=True, check=True).stdout.strip().splitlines()[-1]

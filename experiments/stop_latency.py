@@ -48,7 +48,7 @@ SETTINGS = {
     "cifar": {"student": "resnet8x4", "teachers": ("resnet32x4",) * 3, "source": "online", "steps_per_window": 1},
 }
 # The command run by the unbounded variant: the CLI with the run-ahead bound lifted.
-UNBOUNDED = "import sys; from mmkd_jax import loop, main; loop.MAX_IN_FLIGHT = 10 ** 9; sys.argv[0] = 'mmkd'; main.cli()"
+UNBOUNDED = "import sys; from mmkd_jax import main; from mmkd_jax.training import loop; loop.MAX_IN_FLIGHT = 10 ** 9; sys.argv[0] = 'mmkd'; main.cli()"
 
 
 def _teachers(setting: dict, directory: str) -> list[str]:

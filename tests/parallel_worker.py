@@ -1,4 +1,4 @@
-"""Subprocess worker for tests/test_parallel.py (device count must be set before JAX starts).
+"""Subprocess worker for tests/training/test_parallel.py (device count must be set before JAX starts).
 
     python tests/parallel_worker.py steps  OUT.npz DATA_DIR DEVICES SYNC_BN            (env MMKD_SEED)
     python tests/parallel_worker.py replica_steps OUT.npz DATA_DIR DEVICES REPLICA_SHARDS

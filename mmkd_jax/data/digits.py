@@ -34,7 +34,7 @@ def split_indices(split: str, total: int = 1797) -> np.ndarray:
   return np.flatnonzero(is_test if split == "test" else ~is_test)
 
 
-# Normalisation: the statistics of the training split (checked by tests/test_data.py).
+# Normalisation: the statistics of the training split (checked by tests/data/test_digits.py).
 @register_dataset("digits", mean=(0.3059,) * 3, std=(0.3763,) * 3, offline=True,
                   input_note="scikit-learn's 8x8 digits (values 0..16) scaled to 0..255, upsampled 4x (nearest "
                              "neighbour) to 32x32 and repeated over RGB: mmkd_jax.data.digits.digits_as_images")

@@ -79,7 +79,7 @@ def load_split(source_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   return images[..., None], labels.astype(np.int64)
 
 
-# Normalisation: the statistics of the 60,000 training images (tests/test_data.py recomputes them).
+# Normalisation: the statistics of the 60,000 training images (tests/data/test_fashion_mnist.py recomputes them).
 @register_dataset("fashion_mnist", mean=(0.2860,), std=(0.3530,), offline=True)
 class MmkdFashionMnist(tfds.core.GeneratorBasedBuilder):
   """Fashion-MNIST from local IDX files, 28x28x1, the official train/test split."""

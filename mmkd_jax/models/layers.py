@@ -124,7 +124,7 @@ def _pointwise_conv(x: Array, w: Array, groups: int, precision=None, preferred_e
   (replicas on a ('replica', 'data') mesh) the vmapped kernel turns the convolution into a grouped
   one, and the SPMD partitioner of jaxlib 0.10 computes that wrongly for 1x1 stride-1 kernels
   (relative error ~1, forward and both gradients; 3x3, strided and depthwise convolutions are
-  exact: tests/test_models.py). A dot_general partitions correctly."""
+  exact: tests/models/test_models.py). A dot_general partitions correctly."""
   b, h, wd, c = x.shape
   out = w.shape[-1]
   grouped = x.reshape(b, h, wd, groups, c // groups)

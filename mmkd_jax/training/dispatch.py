@@ -9,7 +9,7 @@ where the training strategy says so (``methods.bilevel``), the meta step (one co
 Dispatches end at multiples of ``scan_steps`` in the epoch and at ``stop_at_step``, so a stop
 request, a preemption point or the end of an epoch waits for at most one dispatch; the per-step
 metrics come back stacked and are logged as the streamed ones are. Both give the same states and
-metrics bit for bit (tests/test_dispatch.py).
+metrics bit for bit (tests/training/test_dispatch.py).
 """
 
 from __future__ import annotations

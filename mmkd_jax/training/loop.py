@@ -78,7 +78,7 @@ class Member:
     compares with the same values. Both conditions: a tiny term that grows tenfold but stays
     negligible is no divergence. In the committed runs of experiments/results the largest growth of
     a term over its first window is 3.6x (MMKD's feature term), so the default 10 leaves margin;
-    a diverging run grows by orders of magnitude (tests/test_loop.py)."""
+    a diverging run grows by orders of magnitude (tests/training/test_loop.py)."""
     config = self.setup.config
     factor = config.divergence_factor
     if not factor:

@@ -3,7 +3,7 @@ plain compiled steps) or R replicas (``Stacked``: ``config.replicas = "0,1,2"``)
 
 Each replica is the run of one seed of the same setting: its own parameters, optimiser state,
 meta networks, hard buffer, RNG and data order (the seed's permutation) — the single run of that
-seed, bit for bit in float64 (tests/test_replicas.py). The replicas' states are stacked along a
+seed, bit for bit in float64 (tests/training/test_replicas.py). The replicas' states are stacked along a
 leading axis and one ``jax.vmap``-ed train / meta step advances all of them (``replica_loop=map``:
 one after another, R times less temporary memory), so a results
 table's seeds share one compilation and fill an accelerator that one CIFAR-size student leaves

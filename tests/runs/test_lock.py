@@ -17,7 +17,7 @@ from mmkd_jax.runs import lock as workdir_lock
 
 from helpers import ROOT
 
-_HOLD = ("import sys, time\nfrom mmkd_jax import workdir_lock\n"
+_HOLD = ("import sys, time\nfrom mmkd_jax.runs import lock as workdir_lock\n"
          "with workdir_lock.WorkdirLock(sys.argv[1]):\n  print('held', flush=True); time.sleep(60)")
 
 

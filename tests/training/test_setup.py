@@ -1,6 +1,6 @@
 """The trainer end to end on digits: setup (missing teachers or cache, batch size over devices),
 online and precomputed teachers, seeds, a resume refused for another config, the pipeline's
-stages (the epoch loop itself: tests/test_loop.py)."""
+stages (the epoch loop itself: tests/training/test_loop.py)."""
 
 from __future__ import annotations
 
