@@ -13,11 +13,11 @@ Teachers precomputed (each of the 4 views used 3.75 times over 15 epochs) so tha
 runs in minutes on a CPU; ``--config.teacher_source=online`` draws a new crop and flip every epoch,
 as the originals do (replay ablation: experiments/RESULTS.md sections 8 and 10).
 Expected (test split, seed 0, 2-core CPU): teachers resnet14 95.8-96.4 %, resnet20 97.2-97.5 %,
-wrn_16_1 95.5-96.7 %; MMKD student 95.0-96.4 % last epoch (the range over three x86 machines of this
+wrn_16_1 95.5-97.3 %; MMKD student 95.0-96.4 % last epoch (the range over four x86 machines of this
 project with the same recipe: XLA:CPU compiles for the host's instruction set, so runs repeat bit for
-bit on one machine, not across machines; experiments/RESULTS.md has the seed spread). About 10.5
-minutes for the whole pipeline alone (teachers ~6.5, precompute 0.4, student ~3). Multi-seed tables:
-experiments/RESULTS.md.
+bit on one machine, not across machines; experiments/RESULTS.md has the seed spread). About 8-14
+minutes for the whole pipeline alone, by machine (2-core AMD EPYC VM, 2026-12-06: teachers 8.5,
+precompute 0.4, student 4.3; 95.54 % last). Multi-seed tables: experiments/RESULTS.md.
 ``smoke``: 2 epochs, two 1-epoch resnet8 teachers, 2 replays (tests, wiring checks).
 """
 
