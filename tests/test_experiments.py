@@ -265,7 +265,6 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
   its per-class mean weights on the competent teacher (the two views of one measurement agree);
   MMKD's weights, which read the whole batch (Gram rows), are measured in training-size batches."""
   from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
-  from mmkd_jax.training import setup as train
   from mmkd_jax.teachers import stages as teacher_stages  # pylint: disable=import-outside-toplevel
   from helpers import digits_smoke  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.dirname(ORACLE))

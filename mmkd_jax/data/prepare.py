@@ -14,7 +14,7 @@ import socket
 import sys
 import urllib.parse
 
-from mmkd_jax.data import sources
+from mmkd_jax.data import sources, tfds_prepare
 
 CONNECT_SECONDS = 5.0
 
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
                             f"{args.dataset} is downloaded from: this machine seems to be offline. Prepare it on a "
                             f"machine with internet and copy {os.path.join(data_dir, args.dataset)} here (or point "
                             "--config.data_dir at that copy)")
-    with sources.undone_on_failure(data_dir):  # nothing of a failed preparation is left
+    with tfds_prepare.undone_on_failure(data_dir):  # nothing of a failed preparation is left
       sources.prepare(args.dataset, data_dir, allow_download=True)
   except (OSError, ValueError) as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

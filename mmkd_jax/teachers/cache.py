@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 from mmkd_jax.runs import progress
 from mmkd_jax.runs import storage
-from mmkd_jax.data.sources import prepare_quietly
+from mmkd_jax.data.tfds_prepare import prepare_quietly
 
 CACHE_META_FILE = "mmkd_teacher_cache.json"
 STORAGE_DTYPES = {"bfloat16": np.uint16, "float16": np.float16, "float32": np.float32}

@@ -1,17 +1,11 @@
 """Augmentation from (seed, index, replay): reproducible, different across replays, a padded crop."""
 from __future__ import annotations
 
-import os
-import re
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
-import tensorflow_datasets as tfds
 
-from mmkd_jax import config as config_lib
-from mmkd_jax.data import augment, digits, pipeline, sources
-from mmkd_jax.errors import UnknownNameError
+from mmkd_jax.data import augment
 
 
 def test_augmentation_is_reproducible_and_differs_across_replays():

@@ -1,17 +1,11 @@
 """The offline digits builder: prepared without a network, its documented split, its normalisation."""
 from __future__ import annotations
 
-import os
-import re
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from mmkd_jax import config as config_lib
-from mmkd_jax.data import augment, digits, pipeline, sources
-from mmkd_jax.errors import UnknownNameError
+from mmkd_jax.data import digits, sources
 
 from helpers import dataset_spec_of
 

@@ -12,7 +12,6 @@ from PIL import Image
 
 from mmkd_jax.training import run as run_lib
 from mmkd_jax import config as config_lib
-from mmkd_jax.training import setup as train
 from mmkd_jax.data import sources
 from mmkd_jax.teachers import stages as teacher_stages
 

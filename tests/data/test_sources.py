@@ -3,15 +3,12 @@ normalisation, and the errors of an unknown or unprepared dataset."""
 from __future__ import annotations
 
 import os
-import re
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mmkd_jax import config as config_lib
-from mmkd_jax.data import augment, digits, pipeline, sources
+from mmkd_jax.data import pipeline, sources
 from mmkd_jax.errors import UnknownNameError
 
 from helpers import dataset_spec_of

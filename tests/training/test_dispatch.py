@@ -13,9 +13,7 @@ import pytest
 from mmkd_jax.training import run as run_lib
 from mmkd_jax import config as config_lib
 from mmkd_jax.training import dispatch
-from mmkd_jax.training import replicas
 from mmkd_jax.teachers import stages as teacher_stages
-from mmkd_jax.training import setup as train
 from mmkd_jax.data import resident, sources
 
 from helpers import metric_records, state_leaves, trainer_config

@@ -15,7 +15,6 @@ from mmkd_jax import config as config_lib
 from mmkd_jax.config import replicas as replica_spec
 from mmkd_jax.training import replicas
 from mmkd_jax.training import steps as steps_lib
-from mmkd_jax.training import setup as train
 from mmkd_jax.teachers import stages as teacher_stages
 
 from helpers import as_float64, digits_smoke, steps_and_state
