@@ -48,6 +48,11 @@ PRESETS = {
 }
 
 
+
+def teachers_label(archs) -> str:
+  """``3 x vgg13`` for a pool of one architecture, else ``resnet14, resnet20, wrn_16_1``."""
+  return ", ".join(archs) if len(set(archs)) > 1 else f"{len(archs)} x {archs[0]}"
+
 def random_teachers(archs, num_classes: int, image_shape=(32, 32, 3)) -> list[Teacher]:
   """Randomly initialised teachers (keys 100, 101, ...): shapes and FLOPs are what a benchmark needs."""
   teachers = []
@@ -261,7 +266,7 @@ def main(argv=None) -> int:
       flops = (5 * e["plain"]["gflops"] + e["meta"]["gflops"]) / 5
       achieved = flops / (e["amortised_ms_meta_freq_5"] / 1e3)
       e["achieved_gflops"] = achieved
-      label = ",".join(teacher_archs) if len(set(teacher_archs)) > 1 else f"{len(teacher_archs)} x {teacher_archs[0]}"
+      label = teachers_label(teacher_archs)
       print(f"| {student} <- {label} | {source} | {e['plain']['ms']:.1f} | "
             f"{e['meta']['ms']:.1f} | {e['meta_in_plain_steps']:.2f} | {e['amortised_ms_meta_freq_5']:.1f} | "
             f"{e['images_per_s']:.0f} | {e['plain']['gflops']:.2f} | {e['meta']['gflops']:.2f} | "

@@ -438,7 +438,7 @@ def main(argv=None) -> int:
       ok64 = max(check["loss_error_float64"], check["update_error_float64"],
                  check["worst_tensor_error_float64"]) < 1e-6
       failed |= not (ok32 and ok64)
-      print(f"{student} <- 3 x {teacher_archs[0]}: one plain MMKD step from the same weights and batch, "
+      print(f"{student} <- {benchmark_step.teachers_label(teacher_archs)}: one plain MMKD step from the same weights and batch, "
             f"relative errors against the reference run in float64:\n"
             f"  float32 (ours | reference): loss {check['loss_error_float32']:.1e} | "
             f"{check['loss_error_reference_float32']:.1e}; update of all {check['tensors_compared']} "
@@ -467,7 +467,7 @@ def print_table(results) -> None:
         "| img/s | speed-up vs reference (amortised) |")
   print("|---|---|---|---|---|---|---|---|---|")
   for r in results:
-    setting = f"{r['student']} <- 3 x {r['teachers'][0]}"
+    setting = f"{r['student']} <- {benchmark_step.teachers_label(r['teachers'])}"
     ref = r["reference"]
     print(f"| {setting} | PyTorch reference | online | {ref['plain_ms']:.0f} | {ref['meta_ms']:.0f} | "
           f"{ref['meta_in_plain_steps']:.1f} | {ref['amortised_ms']:.0f} | {ref['images_per_s']:.1f} | 1.00 |")

@@ -431,7 +431,7 @@ def run_ours(setting: dict, code: str, seed: int, out_file: str, out: str, timin
                            f"--config.cache_dir={os.path.join(work_dir(out), f'cache_{code}_seed{seed}')}"]}[code]
   if timing:  # a fresh work directory: the run is timed from its start
     work = os.path.join(work_dir(out), f"timing_{code}_seed{seed}")
-    extra = [e.replace("cache_", "timing_cache_") for e in extra]
+    extra = [e.replace(f"cache_{code}_", f"timing_cache_{code}_") for e in extra]  # the path, not the flag
   args = our_args(setting, work, os.path.join(work_dir(out), "teachers"), seed,
                   "--config.mode=" + ("pipeline" if code == "precomputed" else "distill"), *extra)
   warm = cache_is_warm(out, timing, code)
