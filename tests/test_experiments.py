@@ -472,3 +472,59 @@ def test_a_table_warns_when_its_runs_come_from_several_code_versions():
   runs.append(dict(_summary(91.0, 91.0), code_version="0.2.0+bbb-dirty"))
   assert ("- WARNING: these runs come from 2 code versions: 0.2.0+aaa, 0.2.0+bbb-dirty"
           in render.render_table(table, {row.label: {"aver": runs}}))
+
+
+def test_end_to_end_statistics_match_scipys_welch_tests():
+  """The PyTorch end-to-end table's interval, TOST p-value and equivalence margin against scipy's
+  own Welch t-tests (the digits records: original and exact, last top-1 of 5 seeds)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+  original = [96.10, 95.82, 94.99, 94.71, 95.82]
+  exact = [95.26, 97.21, 96.38, 95.26, 96.10]
+  diff, half, _ = e2e._welch(exact, original)  # pylint: disable=protected-access
+  interval = stats.ttest_ind(exact, original, equal_var=False).confidence_interval(0.95)
+  assert (diff - half, diff + half) == pytest.approx((interval.low, interval.high), abs=1e-9)
+  for margin in (0.5, 1.0, 2.0):
+    lower = stats.ttest_ind([x + margin for x in exact], original, equal_var=False, alternative="greater").pvalue
+    upper = stats.ttest_ind([x - margin for x in exact], original, equal_var=False, alternative="less").pvalue
+    assert e2e.tost(exact, original, margin) == pytest.approx(max(lower, upper), abs=1e-12)
+  assert e2e.tost(exact, original, e2e.equivalence_margin(exact, original)) == pytest.approx(0.05, abs=1e-9)
+
+
+@pytest.mark.parametrize("code,timing", [("precomputed", True), ("faithful", False)])
+def test_end_to_end_runs_of_ours_are_commands_the_cli_accepts(code, timing, tmp_path):
+  """Our runs in the PyTorch end-to-end harness, as the harness builds them (a timing run once
+  passed a 'timing_cache_dir' flag): the CLI resolves them, and a timing run writes elsewhere."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+  out = str(tmp_path / "digits")
+  work, args = e2e.our_run(e2e.SETTINGS["digits"], code, 3, out, timing)
+  assert work != e2e.our_run(e2e.SETTINGS["digits"], code, 3, out, not timing)[0]
+  done = subprocess.run([sys.executable, "-m", "mmkd_jax.main", *args, "--config.mode=show_config"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  shown = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines() if len(line.split()) > 1}
+  assert shown["seed"] == "3" and shown["teacher_source"] == ('"precomputed"' if code == "precomputed" else '"online"')
+  assert shown["faithful"] == ("true" if code == "faithful" else "false")
+
+
+def test_end_to_end_table_takes_wall_times_from_the_timing_runs_warm_first():
+  """Accuracy from the accuracy runs, wall time from the timing runs (warm compilation cache, the
+  cold first run in parentheses); a code timed only (precomputed teachers) gets its time row."""
+  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+
+  def record(code, top1, seconds=600.0, cache=None):
+    epochs = [{"test_top1": top1, "weights_logits": [0.5, 0.5, 0.0], "weights_feature": [1.0, 0.0, 0.0]}]
+    return {"code": code, "epochs": epochs, "wall_seconds": seconds, "profile_seconds": {"evaluation": 1.0},
+            **({"compilation_cache": cache} if cache else {})}
+  records = {"original": [record("original", t) for t in (95.0, 96.0)],
+             "exact": [record("exact", t) for t in (95.5, 96.5)]}
+  timing = {"original": [record("original", 0, 240.0), record("original", 0, 250.0)],
+            "exact": [record("exact", 0, 300.0, "cold"), record("exact", 0, 200.0, "warm")],
+            "precomputed": [record("precomputed", 0, 360.0, "cold"), record("precomputed", 0, 120.0, "warm")]}
+  rows = {line.split("|")[1].strip(): line for line in e2e.render(records, "digits", 0.5, timing).splitlines()
+          if line.startswith("| ") and not line.startswith("| code")}
+  assert rows["original"].endswith("| 4.1 | 1.00x |")  # median 245 s
+  assert rows["exact"].startswith("| exact | 2 | 96.00 ± 0.71 |")
+  assert rows["exact"].endswith("| 3.3 | 1.23x (5.0 cold: 0.82x) |")
+  assert rows["precomputed"] == "| precomputed | timed only | | | | | | 2.0 | 2.04x (6.0 cold: 0.68x) |"
