@@ -93,7 +93,7 @@ def test_four_devices_and_two_processes_reproduce_one_device_fast(tmp_path, data
     diffs = {"losses": float(np.max(np.abs(b["losses"] - a["losses"]) / np.abs(a["losses"]))),
              **{p: relative_difference(b, a, p) for p in ("params", "stats")}}
     print(f"{other.name} vs 1 device (float64, AVER): {diffs}")
-    assert max(diffs.values()) < 1e-13, diffs  # measured 4e-16
+    assert max(diffs.values()) < 1e-10, diffs  # float64: 4e-16 on the CI machine, 8e-12 on a 2-core AMD EPYC VM
 
 
 @pytest.mark.claim("data-parallel")

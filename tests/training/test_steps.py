@@ -41,5 +41,6 @@ def test_steps_with_a_replicas_own_optimiser_values_equal_steps_built_with_them(
     via_values = traced(via_values, {k: jnp.float32(v) for k, v in own.items()})
     plain = jax.jit(base.train_step)(plain, raw, (), epoch)[0]
   for a, b, c in zip(_leaves(via_values.params), _leaves(direct.params), _leaves(plain.params)):
-    np.testing.assert_allclose(a, b, rtol=0, atol=5e-7)
+    # 1.3e-5 measured on a 2-core AMD EPYC VM (below 5e-7 on the CI machine); another lr's steps differ by > 1e-3
+    np.testing.assert_allclose(a, b, rtol=0, atol=3e-5)
   assert max(float(np.max(np.abs(a - c))) for a, c in zip(_leaves(via_values.params), _leaves(plain.params))) > 1e-3
