@@ -48,10 +48,10 @@ PRESETS = {
 }
 
 
-
 def teachers_label(archs) -> str:
   """``3 x vgg13`` for a pool of one architecture, else ``resnet14, resnet20, wrn_16_1``."""
   return ", ".join(archs) if len(set(archs)) > 1 else f"{len(archs)} x {archs[0]}"
+
 
 def random_teachers(archs, num_classes: int, image_shape=(32, 32, 3)) -> list[Teacher]:
   """Randomly initialised teachers (keys 100, 101, ...): shapes and FLOPs are what a benchmark needs."""

@@ -424,12 +424,17 @@ finally:
 """
 
 
+def our_directories(out: str, code: str, seed: int, timing: bool) -> tuple[str, str]:
+  """(work directory, teacher cache directory) of our run ``code``; a timing run's are its own."""
+  prefix = "timing_" if timing else ""
+  return (os.path.join(work_dir(out), f"{prefix}{code}_seed{seed}"),
+          os.path.join(work_dir(out), f"{prefix}cache_{code}_seed{seed}"))
+
+
 def our_run(setting: dict, code: str, seed: int, out: str, timing: bool = False) -> tuple[str, list[str]]:
   """The work directory and CLI arguments of our run ``code`` (faithful, exact, precomputed);
   a timing run gets fresh directories of its own, so it is timed from its start."""
-  prefix = "timing_" if timing else ""
-  work = os.path.join(work_dir(out), f"{prefix}{code}_seed{seed}")
-  cache = os.path.join(work_dir(out), f"{prefix}cache_{code}_seed{seed}")
+  work, cache = our_directories(out, code, seed, timing)
   extra = {"faithful": ["--config.faithful=True"], "exact": [],
            "precomputed": ["--config.teacher_source=precomputed", "--config.num_replays=4",
                            f"--config.cache_dir={cache}"]}[code]
@@ -440,7 +445,7 @@ def our_run(setting: dict, code: str, seed: int, out: str, timing: bool = False)
 def run_ours(setting: dict, code: str, seed: int, out_file: str, out: str, timing: bool = False) -> dict:
   work, args = our_run(setting, code, seed, out, timing)
   if timing:  # timed from its start: nothing of an earlier attempt to resume from
-    for path in (work, os.path.join(work_dir(out), f"timing_cache_{code}_seed{seed}")):
+    for path in our_directories(out, code, seed, timing):
       shutil.rmtree(path, ignore_errors=True)
   profile = os.path.join(work_dir(out), f"{code}_seed{seed}.profile.json")
   warm = cache_is_warm(out, timing, code)
@@ -480,19 +485,23 @@ def run_ours(setting: dict, code: str, seed: int, out_file: str, out: str, timin
 
 
 def _welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
-  """(mean a - mean b, the half-width of its 95% interval, Welch's degrees of freedom)."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel
+  """(mean a - mean b, its standard error, Welch's degrees of freedom)."""
   va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
   df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else float("inf")
-  return statistics.mean(a) - statistics.mean(b), stats.t.ppf(0.975, df) * (va + vb) ** 0.5, df
+  return statistics.mean(a) - statistics.mean(b), (va + vb) ** 0.5, df
+
+
+def welch_interval(a: list[float], b: list[float]) -> tuple[float, float]:
+  """(mean a - mean b, the half-width of its 95% interval by Welch's t)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  diff, se, df = _welch(a, b)
+  return diff, stats.t.ppf(0.975, df) * se
 
 
 def tost(a: list[float], b: list[float], margin: float) -> float:
   """p-value of Welch's two one-sided tests that |mean a - mean b| < margin (equivalence)."""
   from scipy import stats  # pylint: disable=import-outside-toplevel
-  va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-  se = (va + vb) ** 0.5
-  diff, _, df = _welch(a, b)
+  diff, se, df = _welch(a, b)
   if se == 0:
     return 0.0 if abs(diff) < margin else 1.0
   return max(stats.t.sf((diff + margin) / se, df), stats.t.cdf((diff - margin) / se, df))
@@ -502,8 +511,7 @@ def equivalence_margin(a: list[float], b: list[float]) -> float:
   """The smallest margin m at which Welch's TOST (5% each side) shows |mean a - mean b| < m: the
   larger end of the difference's 90% interval."""
   from scipy import stats  # pylint: disable=import-outside-toplevel
-  diff, _, df = _welch(a, b)
-  se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+  diff, se, df = _welch(a, b)
   return abs(diff) + stats.t.ppf(0.95, df) * se
 
 
@@ -549,7 +557,7 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
            f"{statistics.mean(best):.2f} ± {sd(best):.2f} |" if runs else
            f"| {code} | timed only | | |")  # precomputed teachers: its accuracy is not compared here
     if code != "original" and len(last) > 1 and len(base_last) > 1:
-      diff, half, _ = _welch(last, base_last)
+      diff, half = welch_interval(last, base_last)
       row += (f" {diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}] | {tost(last, base_last, margin):.3f} |"
               f" ±{equivalence_margin(last, base_last):.2f} |")
     else:

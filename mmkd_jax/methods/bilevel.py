@@ -37,7 +37,6 @@ from mmkd_jax.methods.base import (METHODS, LossWeights, Method, Objective, Weig
 from mmkd_jax.training import optim
 
 PyTree = Any
-BUFFER_SECTION = hard_buffer.SECTION   # a bi-level method's own config fields (added by register)
 ROLLBACK_BN = ("exact", "replay")
 # config.faithful=True, the bi-level part: what the original PyTorch code computed, bugs included.
 FAITHFUL = {
@@ -264,5 +263,5 @@ def strategy_for(config: ml_collections.ConfigDict, method: Method, steps_per_ep
   return Plain()
 
 
-__all__ = ["BUFFER_SECTION", "Bilevel", "BilevelMethod", "FAITHFUL", "MetaInputs", "Plain", "add_meta_section",
+__all__ = ["Bilevel", "BilevelMethod", "FAITHFUL", "MetaInputs", "Plain", "add_meta_section",
            "check_config", "lookahead_objectives", "strategy_for", "unrolled"]

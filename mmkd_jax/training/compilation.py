@@ -1,8 +1,8 @@
 """The persistent compilation cache: the compiled steps of a command are kept on disk, so the next
 command with the same programs (another seed, a resume, the same job on other data of the same
 shapes) loads them instead of compiling again. Measured on the digits smoke run (2 cores): 43.7 s
-without, 31.5 s with a warm cache; the whole MMKD digits run's 16 s of compilation drops to ~2 s
-(experiments/RESULTS.md, "End to end against the original code").
+without, 31.5 s with a warm cache; in the whole MMKD digits run the compilation and first step
+took 20.6-48.1 s cold and 10.8-14.7 s warm (experiments/RESULTS.md section 12's timing records).
 
 Where: ``$MMKD_JAX_COMPILATION_CACHE`` (a directory; ``off`` turns the cache off), else
 ``$XDG_CACHE_HOME/mmkd_jax/xla`` (``~/.cache/...``), always in a subdirectory named after this
