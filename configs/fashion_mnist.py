@@ -21,7 +21,8 @@ with 60 % symmetric label noise. Teachers of the three pools live apart (their n
 Teachers: precomputed, 8 replays (each view used 1.25 times over 10 epochs; ``full``: 3.75), for
 speed: the 40-epoch AVER runs of RESULTS section 10 took 6.5 minutes per seed precomputed and 18.3
 online (as 3 replicas). Online minus precomputed (RESULTS sections 8 and 10): MMKD at 10 epochs
--0.03 (2 SE 0.38); at 40 epochs AVER +0.04 (2 SE 0.27), MMKD -0.02 (2 SE 0.18).
+-0.03 [-0.64, +0.58]; at 40 epochs AVER +0.04 [-0.35, +0.43], MMKD -0.02 [-0.28, +0.25] (Welch 95 %
+intervals: no difference shown).
 ``--config.teacher_source=online`` draws a new crop and flip every epoch, as the originals do.
 Expected (experiments/RESULTS.md, 3 seeds): see the Fashion-MNIST table; about 3.5 minutes per
 plain run and 7 per MMKD run on a 2-core CPU, teachers and cache ~25 minutes once.

@@ -60,6 +60,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
+import significance  # pylint: disable=wrong-import-position  (experiments/significance.py)
 
 SETTINGS = {
     "fashion_mnist": {"dataset": "fashion_mnist32", "imports": (os.path.join(HERE, "fashion_mnist32.py"),),
@@ -484,37 +485,6 @@ def run_ours(setting: dict, code: str, seed: int, out_file: str, out: str, timin
 # The table.
 
 
-def _welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
-  """(mean a - mean b, its standard error, Welch's degrees of freedom)."""
-  va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-  df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else float("inf")
-  return statistics.mean(a) - statistics.mean(b), (va + vb) ** 0.5, df
-
-
-def welch_interval(a: list[float], b: list[float]) -> tuple[float, float]:
-  """(mean a - mean b, the half-width of its 95% interval by Welch's t)."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel
-  diff, se, df = _welch(a, b)
-  return diff, stats.t.ppf(0.975, df) * se
-
-
-def tost(a: list[float], b: list[float], margin: float) -> float:
-  """p-value of Welch's two one-sided tests that |mean a - mean b| < margin (equivalence)."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel
-  diff, se, df = _welch(a, b)
-  if se == 0:
-    return 0.0 if abs(diff) < margin else 1.0
-  return max(stats.t.sf((diff + margin) / se, df), stats.t.cdf((diff - margin) / se, df))
-
-
-def equivalence_margin(a: list[float], b: list[float]) -> float:
-  """The smallest margin m at which Welch's TOST (5% each side) shows |mean a - mean b| < m: the
-  larger end of the difference's 90% interval."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel
-  diff, se, df = _welch(a, b)
-  return abs(diff) + stats.t.ppf(0.95, df) * se
-
-
 def read_records(directory: str) -> dict[str, list[dict]]:
   """code -> its runs' records under ``directory`` (seed order)."""
   records = {}
@@ -557,9 +527,9 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
            f"{statistics.mean(best):.2f} ± {sd(best):.2f} |" if runs else
            f"| {code} | timed only | | |")  # precomputed teachers: its accuracy is not compared here
     if code != "original" and len(last) > 1 and len(base_last) > 1:
-      diff, half = welch_interval(last, base_last)
-      row += (f" {diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}] | {tost(last, base_last, margin):.3f} |"
-              f" ±{equivalence_margin(last, base_last):.2f} |")
+      d = significance.welch(last, base_last)
+      row += (f" {d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | {significance.tost(last, base_last, margin):.3f} |"
+              f" ±{significance.equivalence_margin(last, base_last):.2f} |")
     else:
       row += " | | |"
     cold = [r["wall_seconds"] for r in timed if r.get("compilation_cache") == "cold"]

@@ -1,5 +1,5 @@
 """How reproduce.py's results look: a table in the papers' layout (ours next to the published
-number), differences to baselines with 2 standard errors, accuracy curves with their seed band,
+number), differences to baselines by Welch's t (experiments/significance.py), accuracy curves with their seed band,
 the routing heatmap and the learned-weight heatmaps; read from run records only (``summary.json``,
 ``metrics.jsonl``, ``routing.json``), so they render the same from committed records.
 """
@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+import significance
 from tables import Published, Row, Table, Variant
 
 from mmkd_jax.runs.table import eval_top1, mean_std
@@ -74,7 +75,8 @@ def render_table(table: Table, results: dict) -> str:
   header = ["method"]
   for row in table.rows:
     header += [f"{row.label}: ours, last (best)", "min/run", "published"]
-    header += ["weight on competent teachers (test)"] if routed else []
+    header += ["logit weights on competent teachers (test)", "feature weights on competent teachers (test)"] \
+        if routed else []
   lines = [f"### {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   teacher_cells, footnotes = ["Teachers (ensemble / each)"], []
   for row in table.rows:
@@ -82,7 +84,7 @@ def render_table(table: Table, results: dict) -> str:
                 if r.get("teacher_accuracy")), {})
     ensemble = acc.get("teacher/ensemble")
     each = [f"{k.split('/', 1)[1]} {v:.2f}" for k, v in acc.items() if k != "teacher/ensemble"]
-    teacher_cells += [f"{ensemble:.2f} / " + ", ".join(each) if acc else "not run", "", ""] + ([""] if routed else [])
+    teacher_cells += [f"{ensemble:.2f} / " + ", ".join(each) if acc else "not run", "", ""] + (["", ""] if routed else [])
   lines.append("| " + " | ".join(teacher_cells) + " |")
   for variant in table.variants:
     cells = [display(variant)]
@@ -101,14 +103,18 @@ def render_table(table: Table, results: dict) -> str:
       if routed:
         shares = [r["routing"]["competent_share"] for r in runs if "routing" in r]
         cells.append(mean_std(shares, 3) if shares else "—")
+        shares = [r["routing"]["feature"]["competent_share"] for r in runs if "feature" in r.get("routing", {})]
+        cells.append(mean_std(shares, 3) if shares else "—")
     lines.append("| " + " | ".join(cells) + " |")
   lines += ["", "Top-1 (%) on the evaluation split, mean ± sample std over seeds: last epoch, and in parentheses "
             "the best epoch (the originals report only the best epoch, i.e. model selection on the test set). "
             "min/run: wall minutes per run on the machine that ran it."]
   if routed:
-    lines += ["Weight on competent teachers: the share of each test sample's KD weight mass on the teachers "
-              "competent for its label (experiments/routing.py), mean over the test split, mean ± std over "
-              "seeds; uniform weights give (competent teachers / teachers)."]
+    lines += ["Weights on competent teachers: the share of each test sample's weight mass on the teachers "
+              "competent for its label (experiments/routing.py), for the weights on the teachers' logits (the KD "
+              "term) and, apart, on their features (methods that weight features per sample; '—': none, or not "
+              "measured), mean over the test split, mean ± std over seeds; uniform weights give (competent "
+              "teachers / teachers)."]
   lines += [f"[{i}] {s}" for i, s in enumerate(footnotes, 1)]
   if table.note:
     lines += ["", table.note]
@@ -127,21 +133,21 @@ def render_table(table: Table, results: dict) -> str:
 
 
 def render_differences(table: Table, results: dict, baseline: str) -> str:
-  """Each variant against ``baseline``: the difference of mean last-epoch top-1 with its
-  standard error sqrt(s1^2/n1 + s2^2/n2); only a difference beyond 2 SE is called one."""
+  """Each variant against ``baseline`` by the rule of experiments/significance.py: the difference
+  of mean last-epoch top-1, its 95 % interval and Welch's p; 'beyond' only where p < 0.05."""
   name = next((display(v) for v in table.variants if v.slug == baseline), baseline)
-  lines = [f"Differences to {name} (last epoch; 'yes' = |difference| > 2 standard errors):", "",
-           "| variant | difference (points) | 2 SE | beyond 2 SE |", "|---|---|---|---|"]
+  lines = [f"Differences to {name} (last epoch):", "",
+           "| variant | difference | 95 % interval (Welch) | p | beyond |", "|---|---|---|---|---|"]
   for row in table.rows:
     base = [r["final_top1"] for r in results[row.label].get(baseline, [])]
     for variant in table.variants:
       runs = [r["final_top1"] for r in results[row.label].get(variant.slug, [])]
       if variant.slug == baseline or len(runs) < 2 or len(base) < 2:
         continue
-      diff = np.mean(runs) - np.mean(base)
-      se = np.sqrt(np.var(runs, ddof=1) / len(runs) + np.var(base, ddof=1) / len(base))
-      lines.append(f"| {display(variant)} | {diff:+.2f} | {2 * se:.2f} | {'yes' if abs(diff) > 2 * se else 'no'} |")
-  return "\n".join(lines)
+      d = significance.welch(runs, base)
+      lines.append(f"| {display(variant)} | {d.diff:+.2f} | [{d.low:+.2f}, {d.high:+.2f}] | {d.p:.3f} | "
+                   f"{'yes' if d.beyond else 'no'} |")
+  return "\n".join(lines + ["", significance.RULE])
 
 
 def plot_routing(table: Table, row: Row, results: dict, path: str) -> bool:

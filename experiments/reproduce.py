@@ -63,9 +63,11 @@ def prepare_setting(config, variants, overrides) -> list:
   loaded = teacher_stages.load_teachers(resolved[0])
   done = set()
   for c in resolved:
-    if c.teacher_source == "precomputed" and METHODS.get(c.method).needs_teachers and c.feature_layer not in done:
+    # one cache per feature layer and storage (a variant with cache_dtype=float32 has its own)
+    key = (c.feature_layer, c.cache_dtype, c.cache_logits_dtype, c.num_replays, c.augmentation_seed)
+    if c.teacher_source == "precomputed" and METHODS.get(c.method).needs_teachers and key not in done:
       teacher_stages.precompute(c, loaded)
-      done.add(c.feature_layer)
+      done.add(key)
   return loaded
 
 

@@ -4,8 +4,8 @@ mass on the teachers competent for its true label, per class and overall.
     python experiments/routing.py runs/reproduce/fashion_mnist_specialists/<row>/mmkd/seed0 \\
         [--competence "0,1,2,3|4,5,6|7,8,9"]
 
-The weights are the method's own per-sample KD weights (``TeacherWeights.logits``) as its training
-objective computes them, on the unaugmented test images with the run's final (latest) student,
+The weights are the method's own per-sample weights (``TeacherWeights``: on the teachers' logits,
+the KD term, and, where the method has them, on their features) as its training objective computes them, on the unaugmented test images with the run's final (latest) student,
 meta networks and teachers (online, eval mode), at the last epoch; the student's BatchNorm runs as
 in a training step (batch statistics of a training-size batch; the last, padded batch's zero rows
 enter its statistics), since that is the forward the weights are computed from in training. Competence is a (classes, teachers) 0/1 matrix, the
@@ -14,7 +14,8 @@ trained ``classes``. Writes ``<workdir>/routing.json``::
 
     {"competent_share": overall mean over test samples of sum_competent w / sum w,
      "competent_share_per_class": [...], "class_teacher_weights": (classes x teachers) mean
-     normalised weight, "competence": matrix, "samples": n, "step": checkpoint step}
+     normalised weight, "competence": matrix, "samples": n, "step": checkpoint step,
+     "feature": the same record of the feature weights (methods that weight features per sample)}
 """
 
 from __future__ import annotations
@@ -113,36 +114,48 @@ def load_trained_run(workdir: str, readout: Callable) -> TrainedRun:
   return TrainedRun(config, setup, int(step), outputs)
 
 
+def _weight_kinds(aux, _) -> dict:
+  """The per-sample weights a method reports, by kind (logits: the KD term; feature: its feature term)."""
+  return {kind: w.astype(jnp.float32) for kind, w in aux["teacher_weights"].items()}
+
+
 def measure(workdir: str, competence_text: str = "") -> dict:
-  """Routing of the run in ``workdir`` (its latest checkpoint) on its evaluation split."""
-  run = load_trained_run(workdir, lambda aux, _: aux["teacher_weights"].logits.astype(jnp.float32))
+  """Routing of the run in ``workdir`` (its latest checkpoint) on its evaluation split: the logit
+  weights' record at the top level, the feature weights' (where the method has them) under "feature"."""
+  run = load_trained_run(workdir, _weight_kinds)
   config, setup = run.config, run.setup
   competence = run_competence(config, setup.spec.num_classes, competence_text)
 
-  all_weights, all_labels = [], []
+  weights: dict[str, list] = {}
+  all_labels = []
   # Training-size batches: a method's weights may read the whole batch (MMKD's Gram rows are B
   # wide); the padded rows of the last batch are dropped from the record.
   for raw in pipeline.eval_batches(setup.dataset.test, setup.spec, config.batch_size):
     keep = np.asarray(raw["mask"], bool)
-    w = np.asarray(run.outputs(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])))
-    all_weights.append(w[keep])
+    for kind, w in run.outputs(jnp.asarray(raw["image"]), jnp.asarray(raw["label"])).items():
+      weights.setdefault(kind, []).append(np.asarray(w)[keep])
     all_labels.append(np.asarray(raw["label"])[keep])
-  record = summarise(np.concatenate(all_weights), np.concatenate(all_labels), competence)
+  labels = np.concatenate(all_labels)
+  record = summarise(np.concatenate(weights["logits"]), labels, competence)
+  if "feature" in weights:
+    record["feature"] = summarise(np.concatenate(weights["feature"]), labels, competence)
   record.update(step=run.step, method=config.method, split=setup.spec.test_split,
-                teachers=[t.name for t in config.teachers])
+                teachers=[t.name for t in config.teachers], kinds=sorted(weights))
   return record
 
 
 def measure_and_store(workdir: str, competence_text: str = "") -> dict | None:
-  """``routing.json`` of a finished run (measured once, again if it was measured against another
-  competence than ``competence_text`` gives now); None for a run without teachers or weights."""
+  """``routing.json`` of a finished run (measured once; again if it was measured against another
+  competence than ``competence_text`` gives now, or before feature weights were measured, where the
+  run's checkpoint is there); None for a run without teachers or weights."""
   path = os.path.join(workdir, ROUTING_FILE)
   has_checkpoint = os.path.isdir(os.path.join(workdir, "checkpoints"))
   if os.path.exists(path):
     with open(path) as f:
       record = json.load(f)
     expected = run_competence(stored_config(workdir), len(record["competence"]), competence_text)
-    if np.array_equal(np.asarray(record["competence"], np.float32), expected):
+    same = np.array_equal(np.asarray(record["competence"], np.float32), expected)
+    if same and ("kinds" in record or not has_checkpoint):  # a record without "kinds" predates feature weights
       return record
     if not has_checkpoint:
       print(f"WARNING: {path} was measured against another competence and {workdir} has no checkpoint "

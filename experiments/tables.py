@@ -59,7 +59,7 @@ class Table:
   methods: tuple  # method names or Variants
   published: dict = dataclasses.field(default_factory=dict)  # (row label, method) -> Published
   note: str = ""
-  baseline: str = ""  # variant slugs (comma-separated): render differences to each (+- 2 standard errors)
+  baseline: str = ""  # variant slugs (comma-separated): render differences to each (Welch, significance.py)
   group: str = ""     # tables of one group share their run directories (runs/reproduce/<group>)
 
   @property
@@ -239,3 +239,148 @@ TABLES: dict[str, Table] = {
               "we could not read. AMTML-KD's Fig. 3 gives approximate CIFAR-100 bars for 2/3/5 "
               "unnamed teachers (about 70.4% for 3), which fit no row here.")),
 }
+
+
+# ------------------------------------------------------------------------------------------
+# The reviewer's tables (issue #42): every method's main knobs chosen on validation from grids of
+# one size, both oracles, 5 seeds, and each table in its own run directories (review_<pool>), so
+# that one code version makes it.
+
+REVIEW_POOLS = ("homogeneous", "mixed", "specialists")
+HAS_FEATURE_TERM = ("camkd", "fitnet", "amtml", "bomd", "mmkd")
+TUNED = ("kd", "aver", "ebkd", "camkd", "aekd", "fitnet", "amtml", "bomd", "mmkd", "oracle", "oracle_sample")
+# Six validation runs per method: the temperature where the KD term is the only knob; the feature
+# weight (every feature method's default lies in or between its values) x two temperatures else.
+LOGIT_TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+FEATURE_WEIGHTS, FEATURE_TEMPERATURES = (1.0, 10.0, 100.0), (2.0, 4.0)
+ORACLE_PLUGIN = 'imports=("experiments/oracle.py",)'
+
+
+def tuning_grid(method: str) -> tuple[tuple[str, ...], ...]:
+  """The candidate overrides of ``method``'s main knobs (one size for every method)."""
+  if method in HAS_FEATURE_TERM:
+    return tuple((f"weights.feat={w:g}", f"temperature={t:g}") for w in FEATURE_WEIGHTS for t in FEATURE_TEMPERATURES)
+  return tuple((f"temperature={t:g}",) for t in LOGIT_TEMPERATURES)
+
+
+def _review_row(pool: str, validation: bool = False, competence: str = "") -> Row:
+  if pool == "homogeneous":
+    return Row(_FM_ROW.label + (" (validation)" if validation else ""), _FM_ROW.config,
+               "pool=homogeneous" + (",val" if validation else ""), competence="*|*|*")
+  return _pool_row(pool, validation, competence)
+
+
+def review_teachers(pool: str, results_dir: str = RESULTS_DIR) -> dict | None:
+  """The pool's teachers.json (experiments/teacher_competence.py), or None before it exists."""
+  path = os.path.join(results_dir, f"review_{pool}", "teachers.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _fixed_overrides(method: str, teachers: dict) -> tuple[str, ...] | None:
+  """What a method's runs take from the pool's validation record (None: cannot run yet)."""
+  if method == "kd":
+    return (f"kd.teacher_index={int(np.argmax(teachers['validation']['overall']))}",)
+  if method == "oracle":
+    competence = "" if any(teachers["trained_on"]) else teachers["competence"]
+    return (ORACLE_PLUGIN, f"oracle.competence={competence}")
+  if method == "oracle_sample":
+    return (ORACLE_PLUGIN,)
+  return ()
+
+
+def _knob_slug(point: tuple[str, ...]) -> str:
+  return "_".join("".join(c if c.isalnum() else "-" for c in o) for o in point)
+
+
+def tuning_variants(method: str, teachers: dict) -> tuple[Variant, ...]:
+  fixed = _fixed_overrides(method, teachers)
+  return tuple(Variant(method, (*fixed, *point), f"{method} ({', '.join(point)})", name=f"{method}__{_knob_slug(point)}")
+               for point in tuning_grid(method))
+
+
+def review_choices(pool: str, results_dir: str = RESULTS_DIR) -> dict:
+  """method -> the grid point with the highest validation top-1 (last epoch, seed 0; a tie goes to
+  the earlier point), None while any of its grid's records is missing. Never read from test."""
+  teachers = review_teachers(pool, results_dir)
+  chosen = {method: None for method in TUNED}
+  if teachers is None:
+    return chosen
+  row = _review_row(pool, validation=True)
+  for method in TUNED:
+    if method == "oracle" and pool == "homogeneous":  # every teacher competent for every class: = AVER
+      continue
+    scores = []
+    for variant in tuning_variants(method, teachers):
+      path = os.path.join(results_dir, f"review_{pool}", row.slug, variant.slug, "seed0", "summary.json")
+      if not os.path.exists(path):
+        break
+      with open(path) as f:
+        scores.append(json.load(f)["final_top1"])
+    else:
+      best = int(np.argmax(scores))  # the first of equal maxima
+      chosen[method] = tuning_grid(method)[best]
+  return chosen
+
+
+_REVIEW_NAMES = {"none": "student alone (no KD)", "kd": "KD (best teacher by validation)", "aver": "AVER",
+                 "ebkd": "EBKD", "camkd": "CA-MKD", "aekd": "AEKD", "fitnet": "FitNet-MKD", "amtml": "AMTML-KD",
+                 "bomd": "BOMD-like", "mmkd": "MMKD", "oracle": "oracle, per class (competent teachers)",
+                 "oracle_sample": "oracle, per sample (the teacher most probable on the label)"}
+
+
+def review_methods(pool: str, results_dir: str = RESULTS_DIR) -> tuple[Variant, ...]:
+  """The pool's table: the student alone, then each method with its chosen knobs (a method whose
+  tuning has not finished has no row yet)."""
+  teachers = review_teachers(pool, results_dir)
+  chosen = review_choices(pool, results_dir)
+  rows = [Variant("none", (), _REVIEW_NAMES["none"], name="none")]
+  for method in TUNED:
+    if teachers is None or chosen[method] is None:
+      continue
+    knobs = ", ".join(o.replace("weights.feat", "feat").replace("temperature", "T") for o in chosen[method])
+    label = _REVIEW_NAMES[method] + (f" ({teachers['teachers'][int(np.argmax(teachers['validation']['overall']))]})"
+                                     if method == "kd" else "")
+    rows.append(Variant(method, (*_fixed_overrides(method, teachers), *chosen[method]), f"{label}; {knobs}",
+                        name=method))
+  return tuple(rows)
+
+
+def _review_tables() -> dict[str, Table]:
+  tables = {}
+  for pool in REVIEW_POOLS:
+    teachers = review_teachers(pool)
+    competence = "*|*|*" if pool == "homogeneous" else (
+        "" if teachers is None or any(teachers["trained_on"]) else teachers["competence"])
+    group = f"review_{pool}"
+    tables[f"review_{pool}_tuning"] = Table(
+        title=f"Fashion-MNIST, {pool} teachers: every method's knobs on train[90%:] (validation, not test)",
+        rows=(_review_row(pool, validation=True, competence=competence),),
+        methods=tuple(v for method in TUNED if teachers is not None and not (method == "oracle" and pool == "homogeneous")
+                      for v in tuning_variants(method, teachers)),
+        note=f"Selection runs, seed 0: each method's {len(tuning_grid('mmkd'))} candidates (tables.tuning_grid).",
+        group=group)
+    methods = review_methods(pool)
+    names = {v.slug for v in methods}
+    tables[f"review_{pool}"] = Table(
+        title=f"Fashion-MNIST, {pool} teachers (5,000 training images, 10 epochs), every method tuned on validation",
+        rows=(_review_row(pool, competence=competence),), methods=methods, note=_FM_NOTE, group=group,
+        baseline=",".join(b for b in ("aver", "kd", "oracle_sample") if b in names))
+  return tables
+
+
+TABLES.update(_review_tables())
+TABLES["review_deviations"] = Table(
+    title="Fashion-MNIST, homogeneous teachers: docs/methods.md's deviations, each default against its faithful switch",
+    rows=(_review_row("homogeneous"),),
+    methods=(Variant("mmkd", (), "MMKD (defaults: feature maps cached in bfloat16, kaiming aligner init)", name="mmkd"),
+             Variant("mmkd", ("cache_dtype=float32",), "MMKD, feature maps cached in float32", name="mmkd__cache-float32"),
+             Variant("mmkd", ("adapter_init=torch",), "MMKD, PyTorch's default aligner init", name="mmkd__adapter-torch"),
+             Variant("amtml", (), "AMTML-KD (default: no RKD distance term)", name="amtml"),
+             Variant("amtml", ("weights.dist=1.0",), "AMTML-KD with the RKD distance term (weight 1)", name="amtml__dist-1")),
+    baseline="mmkd,amtml", group="review_deviations",
+    note=("The switches of docs/methods.md's deviations (precomputed feature maps in bfloat16; kaiming-normal "
+          "adapters; AMTML-KD's RKD distance term left out), each against the default, 3 seeds, the "
+          "section 8 setting; every other knob at the config's values."))

@@ -40,7 +40,7 @@ def test_render_table_layout_and_footnotes():
   assert "97.50 / a 96.00, b 96.00" in text
 
 
-def test_ablation_differences_respect_two_standard_errors():
+def test_differences_are_called_only_where_welchs_test_rejects():
   row = Row("s", "configs/digits.py")
   table = Table("toy", (row,), ("mmkd", Variant("mmkd", ("meta.freq=1",)), Variant("mmkd", ("meta.freq=20",))),
                 baseline="mmkd")
@@ -48,26 +48,34 @@ def test_ablation_differences_respect_two_standard_errors():
                          "mmkd__meta-freq-1": [_summary(93.0, 93), _summary(93.2, 93), _summary(92.8, 93)],
                          "mmkd__meta-freq-20": [_summary(90.1, 90), _summary(90.5, 90), _summary(89.9, 90)]}}
   text = render.render_differences(table, results, "mmkd")
-  assert "| MMKD (meta.freq=1) | +3.00 | 0.33 | yes |" in text
-  assert "| MMKD (meta.freq=20) | +0.17 | 0.42 | no |" in text  # 2 sqrt(0.306^2/3 + 0.2^2/3)
+  # scipy.stats.ttest_ind(..., equal_var=False): p 5.2e-5 and 0.480, intervals [2.547, 3.453], [-0.458, 0.791]
+  assert "| MMKD (meta.freq=1) | +3.00 | [+2.55, +3.45] | 0.000 | yes |" in text
+  assert "| MMKD (meta.freq=20) | +0.17 | [-0.46, +0.79] | 0.480 | no |" in text
+  assert "Welch's t-test" in text
   two = dataclasses.replace(table, baseline="mmkd,mmkd__meta-freq-20")
   text = render.render_table(two, results)
-  assert "Differences to MMKD (meta.freq=20)" in text and "| MMKD (meta.freq=1) | +2.83 | 0.42 | yes |" in text
-  assert "| MMKD | -0.17 | 0.42 | no |" in text
+  assert "Differences to MMKD (meta.freq=20)" in text and "| MMKD (meta.freq=1) | +2.83 |" in text
+  assert "| MMKD | -0.17 | [-0.79, +0.46] | 0.480 | no |" in text
+  # beyond 2 SE at n = 3, yet not significant: the rule says no (section 10's oracle - AVER)
+  loose = {row.label: {"mmkd": [_summary(v, v) for v in (83.27, 83.68, 83.92)],
+                       "mmkd__meta-freq-1": [_summary(v, v) for v in (84.18, 84.92, 85.86)]}}
+  assert "| MMKD (meta.freq=1) | +1.36 | [-0.45, +3.18] | 0.092 | no |" in render.render_differences(table, loose, "mmkd")
 
 
 def test_routing_column_and_heatmap_from_routing_records(tmp_path):
-  """The table's routing column is the mean ± std over seeds of each run's competent share; the
-  routing heatmap is drawn from the per-class shares."""
+  """The table's routing columns are the mean ± std over seeds of each run's competent share of its
+  logit weights and, apart, of its feature weights; the routing heatmap is drawn from the per-class
+  shares."""
   row = Row("s", "configs/digits.py")
   table = Table("toy", (row,), ("aver", "mmkd"))
-  def run(share, per_class):
-    return dict(_summary(90.0, 90.0), routing={"competent_share": share, "competent_share_per_class": per_class})
+  def run(share, per_class, **feature):
+    return dict(_summary(90.0, 90.0), routing={"competent_share": share, "competent_share_per_class": per_class,
+                                               **({"feature": feature} if feature else {})})
   results = {row.label: {"aver": [run(0.5, [0.5, 0.5]), run(0.5, [0.5, 0.5])],
-                         "mmkd": [run(0.6, [0.7, 0.5]), run(0.8, [0.9, None])]}}
+                         "mmkd": [run(0.6, [0.7, 0.5], competent_share=0.25), run(0.8, [0.9, None], competent_share=0.75)]}}
   text = render.render_table(table, results)
-  assert "| AVER | 90.00 ± 0.00 (90.00 ± 0.00), n=2 | 1.5 | — | 0.500 ± 0.000 |" in text
-  assert "| 0.700 ± 0.141 |" in text
+  assert "| AVER | 90.00 ± 0.00 (90.00 ± 0.00), n=2 | 1.5 | — | 0.500 ± 0.000 | — |" in text
+  assert "| 0.700 ± 0.141 | 0.500 ± 0.354 |" in text
   assert render.plot_routing(table, row, results, str(tmp_path / "routing.png"))
   assert (tmp_path / "routing.png").stat().st_size > 1000
 
@@ -237,6 +245,35 @@ def test_the_oracle_plugin_weights_the_competent_teachers_of_each_label():
     method_and_batch("oracle", imports=(ORACLE,), **{"oracle.competence": "0,1,2,3|4,5,6|7,8"})
 
 
+def test_the_per_sample_oracle_follows_the_teacher_most_right_about_each_image():
+  """oracle_sample: one-hot on the teacher with the highest softmax probability on the true label
+  (hand-made logits: each teacher the most right on different images, one exact tie), and its kd
+  term that weighting of the per-teacher KL (x T^2)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mmkd_jax import registry  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.methods.base import apply_student, kd_matrix  # pylint: disable=import-outside-toplevel
+  from helpers import method_and_batch  # pylint: disable=import-outside-toplevel
+  (oracle,) = registry.import_plugins([ORACLE])
+  # 3 images, 3 teachers, 4 classes; labels 0, 2, 3
+  logits = np.zeros((3, 3, 4), np.float32)
+  logits[0, :, 0] = [2.0, 1.0, 3.0]        # image 0: teacher 2 most right
+  logits[1, :, 2] = [5.0, 1.0, 1.0]        # image 1: teacher 0 (a confident wrong class elsewhere loses)
+  logits[1, 1, 1] = 9.0
+  logits[2, :, 3] = [1.0, 4.0, 4.0]        # image 2: teachers 1 and 2 tie
+  got = np.asarray(oracle.most_right_teacher(jnp.asarray(logits), jnp.asarray([0, 2, 3])))
+  np.testing.assert_allclose(got, [[0, 0, 1], [1, 0, 0], [0, 0.5, 0.5]])
+  method, batch = method_and_batch("oracle_sample", imports=(ORACLE,))
+  params, state, meta = method.init(jax.random.key(0), batch)
+  _, (_, aux) = method.train_objective(params, state, meta, batch)
+  weights = np.asarray(oracle.most_right_teacher(batch["teacher_logits"], batch["label"]), np.float64)
+  assert weights.shape == (len(batch["label"]), batch["teacher_logits"].shape[1]) and set(weights.sum(1)) == {1.0}
+  np.testing.assert_allclose(np.asarray(aux["teacher_weights"].logits), weights)
+  _, student_logits, _ = apply_student(method.student, params, state, batch["image"])
+  per_teacher = np.asarray(kd_matrix(student_logits, batch["teacher_logits"], method.temperature), np.float64)
+  np.testing.assert_allclose(float(aux["terms"]["kd"]), np.mean(np.sum(weights * per_teacher, 1)), rtol=1e-5)
+
+
 def test_competent_share_of_hand_computed_weights():
   """routing.summarise on three samples: the share of each sample's weight on its competent
   teachers (weights need not be normalised), per class and overall."""
@@ -257,13 +294,14 @@ def digits_teachers(tmp_path_factory):
 
 
 @pytest.mark.claim(51)
-@pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None),
+@pytest.mark.parametrize("method,expected", [("oracle", 1.0), ("aver", 0.5), ("ebkd", None), ("fitnet", 0.5),
                                              pytest.param("mmkd", None, marks=pytest.mark.slow)])
 def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, method, expected):
   """experiments/routing.py on a finished digits run (two teachers, competence split at class 5):
   the oracle puts all its weight on the competent teacher, AVER half; EBKD's per-class shares are
   its per-class mean weights on the competent teacher (the two views of one measurement agree);
-  MMKD's weights, which read the whole batch (Gram rows), are measured in training-size batches."""
+  MMKD's weights, which read the whole batch (Gram rows), are measured in training-size batches;
+  feature weights (FitNet's uniform ones, MMKD's learned ones) get their own record."""
   from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from mmkd_jax.teachers import stages as teacher_stages  # pylint: disable=import-outside-toplevel
   from helpers import digits_smoke  # pylint: disable=import-outside-toplevel
@@ -289,6 +327,11 @@ def test_routing_of_a_trained_run_on_its_test_split(tmp_path, digits_teachers, m
   by_class = [sum(w for w, ok in zip(record["class_teacher_weights"][k], matrix[k]) if ok) for k in range(10)]
   np.testing.assert_allclose(record["competent_share_per_class"], by_class, rtol=1e-6)
   assert 0.0 < record["competent_share"] < 1.0 or expected is not None
+  assert record["kinds"] == (["feature", "logits"] if method in ("fitnet", "mmkd") else ["logits"])
+  if method == "fitnet":
+    assert record["feature"]["competent_share"] == pytest.approx(0.5, abs=1e-6)
+  if method == "mmkd":
+    assert record["feature"]["samples"] == 359 and 0.0 <= record["feature"]["competent_share"] <= 1.0
   if method == "aver":  # a competence chosen after the run was measured: measured again, never stale
     assert routing.measure_and_store(workdir, competence) == record
     again = routing.measure_and_store(workdir, "*|5,6,7,8,9")
@@ -409,6 +452,74 @@ def test_pool_choices_come_from_the_validation_records_only(tmp_path):
   assert tables.pool_choices("specialists") == {"feat": 1.0, "best_teacher": (0, "sp_0123"), "competence": ""}
 
 
+def test_review_tables_tune_every_method_on_validation_with_one_budget(tmp_path):
+  """The reviewer's tables: every tuned method has a grid of the same size; its knobs are the grid
+  point with the best validation top-1 (a tie to the earlier point), read from the validation
+  row's records only (test records of other points never count); a method whose grid is not
+  finished has no row; KD's teacher and the per-class oracle's competence come from teachers.json's
+  validation figures."""
+  import tables  # pylint: disable=import-outside-toplevel
+  assert len({len(tables.tuning_grid(m)) for m in tables.TUNED}) == 1
+  assert tables.review_choices("mixed", str(tmp_path)) == {m: None for m in tables.TUNED}
+  group = tmp_path / "review_mixed"
+  group.mkdir()
+  teachers = {"teachers": ["strong", "weak", "noisy"], "trained_on": [None, None, None], "competence": "*||0,9",
+              "validation": {"overall": [87.0, 74.0, 76.0]}, "test": {"overall": [10.0, 99.0, 10.0]}}
+  (group / "teachers.json").write_text(json.dumps(teachers))
+
+  def write(row, variant, top1):
+    path = group / row.slug / variant.slug / "seed0"
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({"final_top1": top1, "best_top1": 99.0}))
+
+  validation, test = tables._review_row("mixed", True), tables._review_row("mixed")  # pylint: disable=protected-access
+  mmkd = tables.tuning_variants("mmkd", teachers)
+  for variant, top1 in zip(mmkd, (80.0, 84.5, 82.0, 84.5, 70.0, 60.0)):
+    write(validation, variant, top1)
+  aver = tables.tuning_variants("aver", teachers)
+  for variant, top1 in zip(aver[:-1], (81.0, 83.0, 82.0, 80.0, 79.0)):  # the last point not run yet
+    write(validation, variant, top1)
+  write(test, aver[0], 99.0)  # a test record is never read
+  for variant, top1 in zip(tables.tuning_variants("kd", teachers), (70.0, 71.0, 72.0, 73.0, 74.0, 75.0)):
+    write(validation, variant, top1)
+  chosen = tables.review_choices("mixed", str(tmp_path))
+  assert chosen["mmkd"] == ("weights.feat=1", "temperature=4") and chosen["aver"] is None
+  assert chosen["kd"] == ("temperature=8",)
+  write(validation, aver[-1], 83.0)
+  assert tables.review_choices("mixed", str(tmp_path))["aver"] == ("temperature=2",)
+  rows = {v.slug: v for v in tables.review_methods("mixed", str(tmp_path))}
+  assert sorted(rows) == ["aver", "kd", "mmkd", "none"]
+  assert rows["kd"].overrides == ("kd.teacher_index=0", "temperature=8") and "(strong); T=8" in rows["kd"].label
+  assert rows["mmkd"].overrides == ("weights.feat=1", "temperature=4") and rows["mmkd"].label.endswith("feat=1, T=4")
+  oracle = tables.tuning_variants("oracle", teachers)[0]
+  assert oracle.overrides == (tables.ORACLE_PLUGIN, "oracle.competence=*||0,9", "temperature=1")
+  teachers["trained_on"] = [[0, 1], [2], [3]]  # specialists: competent for what each was trained on
+  assert "oracle.competence=" in tables.tuning_variants("oracle", teachers)[0].overrides
+
+
+@pytest.mark.parametrize("pool", ["homogeneous", "specialists"])
+def test_every_review_run_is_a_config_the_package_accepts(pool):
+  """Each tuning point of every method (its knobs as overrides, KD's teacher, the oracles' plug-in)
+  and each deviation switch resolves and validates on the pool's row, with the knob in place."""
+  import tables  # pylint: disable=import-outside-toplevel
+  teachers = {"teachers": ["a", "b", "c"], "trained_on": [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]] if pool == "specialists"
+              else [None, None, None], "competence": "*|*|*", "validation": {"overall": [80.0, 85.0, 30.0]}}
+  row = tables._review_row(pool, validation=True)  # pylint: disable=protected-access
+  base = config_lib.load(row.config, row.arg, row.overrides)
+  variants = [v for m in tables.TUNED for v in tables.tuning_variants(m, teachers)]
+  variants += list(tables.TABLES["review_deviations"].variants) if pool == "homogeneous" else []
+  assert len(variants) == len(tables.TUNED) * 6 + (5 if pool == "homogeneous" else 0)
+  for variant in variants:
+    c = config_lib.validate(reproduce.method_config(base, variant.method, variant.overrides, seed=0))
+    assert c.method == variant.method and c.eval_split == "train[90%:]"
+    for override in variant.overrides:
+      key, _, value = override.partition("=")
+      if key in ("temperature", "weights.feat"):
+        assert float(c[key] if "." not in key else c.weights.feat) == float(value), (variant.slug, key)
+    if variant.method == "kd":
+      assert c.kd.teacher_index == 1
+
+
 def test_keep_copies_each_finished_runs_records_and_no_checkpoint(tmp_path):
   row, variant = Row("a -> b", "configs/digits.py"), Variant("aver")
   table = Table("toy", (row,), (variant,))
@@ -474,21 +585,37 @@ def test_a_table_warns_when_its_runs_come_from_several_code_versions():
           in render.render_table(table, {row.label: {"aver": runs}}))
 
 
-def test_end_to_end_statistics_match_scipys_welch_tests():
-  """The PyTorch end-to-end table's interval, TOST p-value and equivalence margin against scipy's
-  own Welch t-tests (the digits records: original and exact, last top-1 of 5 seeds)."""
+def test_significance_matches_scipys_welch_tests():
+  """The tables' difference, interval, p-value, TOST and equivalence margin against scipy's own
+  Welch t-tests (the digits end-to-end records: original and exact, last top-1 of 5 seeds)."""
   from scipy import stats  # pylint: disable=import-outside-toplevel
-  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+  import significance  # pylint: disable=import-outside-toplevel
   original = [96.10, 95.82, 94.99, 94.71, 95.82]
   exact = [95.26, 97.21, 96.38, 95.26, 96.10]
-  diff, half = e2e.welch_interval(exact, original)
-  interval = stats.ttest_ind(exact, original, equal_var=False).confidence_interval(0.95)
-  assert (diff - half, diff + half) == pytest.approx((interval.low, interval.high), abs=1e-9)
+  d = significance.welch(exact, original)
+  scipy_test = stats.ttest_ind(exact, original, equal_var=False)
+  interval = scipy_test.confidence_interval(0.95)
+  assert (d.low, d.high) == pytest.approx((interval.low, interval.high), abs=1e-9)
+  assert d.p == pytest.approx(scipy_test.pvalue, abs=1e-12) and not d.beyond
   for margin in (0.5, 1.0, 2.0):
     lower = stats.ttest_ind([x + margin for x in exact], original, equal_var=False, alternative="greater").pvalue
     upper = stats.ttest_ind([x - margin for x in exact], original, equal_var=False, alternative="less").pvalue
-    assert e2e.tost(exact, original, margin) == pytest.approx(max(lower, upper), abs=1e-12)
-  assert e2e.tost(exact, original, e2e.equivalence_margin(exact, original)) == pytest.approx(0.05, abs=1e-9)
+    assert significance.tost(exact, original, margin) == pytest.approx(max(lower, upper), abs=1e-12)
+  assert significance.tost(exact, original, significance.equivalence_margin(exact, original)) == pytest.approx(
+      0.05, abs=1e-9)
+
+
+def test_significance_calls_a_difference_only_where_welch_rejects():
+  """The reviewer's case: at n = 3 a difference beyond 2 standard errors is not significant by
+  Welch's t (section 10's mixed pool: oracle - AVER, p 0.09); a clear one is."""
+  import significance  # pylint: disable=import-outside-toplevel
+  aver = [83.27, 83.68, 83.92]
+  oracle = [84.18, 84.92, 85.86]
+  d = significance.welch(oracle, aver)
+  assert abs(d.diff) > 2 * d.se and 0.05 < d.p < 0.15 and not d.beyond
+  assert significance.welch([86.0, 86.1, 85.9], aver).beyond
+  with pytest.raises(ValueError, match="at least 2"):
+    significance.welch([1.0], aver)
 
 
 @pytest.mark.parametrize("code,timing", [("precomputed", True), ("faithful", False)])
