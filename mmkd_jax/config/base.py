@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher_source = "precomputed"  # precomputed | online
   c.cache_dir = ""               # "" = derived from teachers, dataset and augmentation
   c.cache_dtype = "bfloat16"     # feature maps in the cache: bfloat16 | float16 | float32
-  c.cache_logits_dtype = "float32"  # logits in the cache (experiments/RESULTS.md: cache precision)
+  c.cache_logits_dtype = "float32"  # logits in the cache (experiments/cache_precision.py; RESULTS.md section 13)
   c.num_replays = 4              # augmentation replays stored in the cache; replay = epoch % this
   c.augmentation_seed = 0        # crop offsets and flips of every (example, replay)
   c.trust_pickle = False         # allow arbitrary objects in teacher .pth files
