@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -345,7 +346,7 @@ def run_original(reference: str, setting: dict, teachers: list[str], seed: int, 
   record = {"code": "original", "seed": seed, "epochs": state["epochs"], "wall_seconds": round(wall, 2),
             "profile_seconds": {k: round(v, 2) for k, v in timer.seconds.items()},
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "reference_commit": _git_head(reference)}
+            "reference_commit": _git_head(reference), "teachers": teacher_digests(setting, out)}
   _write(out_file, record)
   return record
 
@@ -355,6 +356,16 @@ def _git_head(path: str) -> str:
     return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
+
+
+def teacher_digests(setting: dict, out: str) -> list[str]:
+  """sha256 (16 hex) of each exported teacher's .pth: both codes distil from these weights, and a
+  queue resumed on retrained teachers shows in its records (render warns)."""
+  digests = []
+  for name, _, _ in setting["teachers"]:
+    with open(os.path.join(work_dir(out), "export", name, "student.pth"), "rb") as f:
+      digests.append(hashlib.sha256(f.read()).hexdigest()[:16])
+  return digests
 
 
 def _write(path: str, record: dict) -> None:
@@ -476,7 +487,8 @@ def run_ours(setting: dict, code: str, seed: int, out_file: str, out: str, timin
     parts["precompute"] = summary["stage_seconds"]["precompute"]
   record = {"code": code, "seed": seed, "epochs": epochs, "wall_seconds": round(wall, 2),
             "profile_seconds": {k: round(v, 2) for k, v in parts.items()}, "code_version": summary["code_version"],
-            "hypergradient": summary["setting"]["hypergradient"], "compilation_cache": "warm" if warm else "cold"}
+            "hypergradient": summary["setting"]["hypergradient"], "compilation_cache": "warm" if warm else "cold",
+            "teachers": teacher_digests(setting, out)}
   _write(out_file, record)
   return record
 
@@ -537,6 +549,10 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
         if cold and warm and base_wall else ""
     row += f" {wall / 60:.1f} | {base_wall / wall:.2f}x{cold_text} |" if base_wall else f" {wall / 60:.1f} | |"
     lines.append(row)
+  teacher_sets = sorted({tuple(r["teachers"]) for runs in records.values() for r in runs if r.get("teachers")})
+  if len(teacher_sets) > 1:
+    lines += ["", f"WARNING: these runs distilled from {len(teacher_sets)} different teacher sets (.pth sha256): "
+              + "; ".join(", ".join(t) for t in teacher_sets)]
   lines += ["", "Mean learned teacher weight per epoch (logits / features), mean over seeds:", ""]
   for code in CODES:
     runs = records.get(code, [])

@@ -655,3 +655,9 @@ def test_end_to_end_table_takes_wall_times_from_the_timing_runs_warm_first():
   assert rows["exact"].startswith("| exact | 2 | 96.00 ± 0.71 |")
   assert rows["exact"].endswith("| 3.3 | 1.23x (5.0 cold: 0.82x) |")
   assert rows["precomputed"] == "| precomputed | timed only | | | | | | 2.0 | 2.04x (6.0 cold: 0.68x) |"
+  assert "teacher sets" not in e2e.render(records, "digits", 0.5, timing)
+  for code, digests in (("original", ["aa", "bb"]), ("exact", ["aa", "bc"])):
+    for r in records[code]:
+      r["teachers"] = digests
+  assert "WARNING: these runs distilled from 2 different teacher sets (.pth sha256): aa, bb; aa, bc" in e2e.render(
+      records, "digits", 0.5, timing)
