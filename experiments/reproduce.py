@@ -41,6 +41,7 @@ from tables import TABLES, Row, Table, Variant  # pylint: disable=wrong-import-p
 from render import display, plot_curves, plot_routing, plot_weight_heatmap, render_table  # pylint: disable=wrong-import-position
 import routing  # pylint: disable=wrong-import-position
 
+from mmkd_jax.training import compilation
 from mmkd_jax.training import run as run_lib
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax.methods import METHODS  # pylint: disable=wrong-import-position
@@ -202,6 +203,8 @@ def main(argv=None) -> int:
       parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS.names())}")
     table = dataclasses.replace(table, methods=chosen + extra)
   out = args.out or os.path.join("runs", "reproduce", table.group or name)
+  if not args.collect_only:
+    compilation.enable()  # as mmkd_jax.main: a table's later seeds load its programs instead of compiling
   started = time.time()
   try:
     results = run_table(table, out, args.seeds, args.set, args.collect_only, args.replicas, args.keep)
