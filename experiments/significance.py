@@ -41,10 +41,6 @@ class Difference:
   def high(self) -> float:
     return self.diff + self.half
 
-  def text(self) -> str:
-    """'+1.00 [+0.12, +1.88], p 0.031' (the form the tables print)."""
-    return f"{self.diff:+.2f} [{self.low:+.2f}, {self.high:+.2f}], p {self.p:.3f}"
-
 
 def _moments(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
   if len(a) < 2 or len(b) < 2:

@@ -35,6 +35,11 @@ class Row:
     return "".join(c if c.isalnum() else "_" for c in self.label.lower()).strip("_")
 
 
+def overrides_slug(overrides: tuple[str, ...]) -> str:
+  """Overrides as a directory name's part ("weights.feat=1" -> "weights-feat-1")."""
+  return "_".join("".join(c if c.isalnum() else "-" for c in o) for o in overrides)
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """A method with overrides (an ablation); a plain method name is a Variant without any."""
@@ -49,7 +54,7 @@ class Variant:
       return self.name
     if not self.overrides:
       return self.method
-    return self.method + "__" + "_".join("".join(c if c.isalnum() else "-" for c in o) for o in self.overrides)
+    return self.method + "__" + overrides_slug(self.overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,13 +296,9 @@ def _fixed_overrides(method: str, teachers: dict) -> tuple[str, ...] | None:
   return ()
 
 
-def _knob_slug(point: tuple[str, ...]) -> str:
-  return "_".join("".join(c if c.isalnum() else "-" for c in o) for o in point)
-
-
 def tuning_variants(method: str, teachers: dict) -> tuple[Variant, ...]:
   fixed = _fixed_overrides(method, teachers)
-  return tuple(Variant(method, (*fixed, *point), f"{method} ({', '.join(point)})", name=f"{method}__{_knob_slug(point)}")
+  return tuple(Variant(method, (*fixed, *point), f"{method} ({', '.join(point)})", name=f"{method}__{overrides_slug(point)}")
                for point in tuning_grid(method))
 
 
