@@ -122,11 +122,16 @@ def pool_choices(pool: str, results_dir: str = RESULTS_DIR) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       record = json.load(f)
-    overall = record["validation"]["overall"]
-    best = int(np.argmax(overall))
-    chosen["best_teacher"] = (best, record["teachers"][best])
+    chosen["best_teacher"] = best_teacher(record)
     chosen["competence"] = "" if any(record["trained_on"]) else record["competence"]
   return chosen
+
+
+def best_teacher(teachers: dict) -> tuple[int, str]:
+  """(index, name) of the teacher with the highest validation top-1 in a ``teachers.json`` record
+  (the first of equal maxima)."""
+  index = int(np.argmax(teachers["validation"]["overall"]))
+  return index, teachers["teachers"][index]
 
 
 _POOL_CHOICES = {pool: pool_choices(pool) for pool in _POOL_LABELS}
@@ -287,7 +292,7 @@ def review_teachers(pool: str, results_dir: str = RESULTS_DIR) -> dict | None:
 def _fixed_overrides(method: str, teachers: dict) -> tuple[str, ...] | None:
   """What a method's runs take from the pool's validation record (None: cannot run yet)."""
   if method == "kd":
-    return (f"kd.teacher_index={int(np.argmax(teachers['validation']['overall']))}",)
+    return (f"kd.teacher_index={best_teacher(teachers)[0]}",)
   if method == "oracle":
     competence = "" if any(teachers["trained_on"]) else teachers["competence"]
     return (ORACLE_PLUGIN, f"oracle.competence={competence}")
@@ -302,10 +307,11 @@ def tuning_variants(method: str, teachers: dict) -> tuple[Variant, ...]:
                for point in tuning_grid(method))
 
 
-def review_choices(pool: str, results_dir: str = RESULTS_DIR) -> dict:
+def review_choices(pool: str, results_dir: str = RESULTS_DIR, teachers: dict | None = None) -> dict:
   """method -> the grid point with the highest validation top-1 (last epoch, seed 0; a tie goes to
-  the earlier point), None while any of its grid's records is missing. Never read from test."""
-  teachers = review_teachers(pool, results_dir)
+  the earlier point), None while any of its grid's records is missing. Never read from test.
+  ``teachers``: the pool's teachers.json record where the caller has read it."""
+  teachers = teachers or review_teachers(pool, results_dir)
   chosen = {method: None for method in TUNED}
   if teachers is None:
     return chosen
@@ -332,18 +338,17 @@ _REVIEW_NAMES = {"none": "student alone (no KD)", "kd": "KD (best teacher by val
                  "oracle_sample": "oracle, per sample (the teacher most probable on the label)"}
 
 
-def review_methods(pool: str, results_dir: str = RESULTS_DIR) -> tuple[Variant, ...]:
+def review_methods(pool: str, results_dir: str = RESULTS_DIR, teachers: dict | None = None) -> tuple[Variant, ...]:
   """The pool's table: the student alone, then each method with its chosen knobs (a method whose
   tuning has not finished has no row yet)."""
-  teachers = review_teachers(pool, results_dir)
-  chosen = review_choices(pool, results_dir)
+  teachers = teachers or review_teachers(pool, results_dir)
+  chosen = review_choices(pool, results_dir, teachers)
   rows = [Variant("none", (), _REVIEW_NAMES["none"], name="none")]
   for method in TUNED:
     if teachers is None or chosen[method] is None:
       continue
     knobs = ", ".join(o.replace("weights.feat", "feat").replace("temperature", "T") for o in chosen[method])
-    label = _REVIEW_NAMES[method] + (f" ({teachers['teachers'][int(np.argmax(teachers['validation']['overall']))]})"
-                                     if method == "kd" else "")
+    label = _REVIEW_NAMES[method] + (f" ({best_teacher(teachers)[1]})" if method == "kd" else "")
     rows.append(Variant(method, (*_fixed_overrides(method, teachers), *chosen[method]), f"{label}; {knobs}",
                         name=method))
   return tuple(rows)
@@ -363,7 +368,7 @@ def _review_tables() -> dict[str, Table]:
                       for v in tuning_variants(method, teachers)),
         note=f"Selection runs, seed 0: each method's {len(tuning_grid('mmkd'))} candidates (tables.tuning_grid).",
         group=group)
-    methods = review_methods(pool)
+    methods = review_methods(pool, teachers=teachers)
     names = {v.slug for v in methods}
     tables[f"review_{pool}"] = Table(
         title=f"Fashion-MNIST, {pool} teachers (5,000 training images, 10 epochs), every method tuned on validation",
