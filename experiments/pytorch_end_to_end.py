@@ -61,6 +61,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
+import provenance  # pylint: disable=wrong-import-position  (experiments/provenance.py)
 import significance  # pylint: disable=wrong-import-position  (experiments/significance.py)
 
 SETTINGS = {
@@ -553,6 +554,9 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
   if len(teacher_sets) > 1:
     lines += ["", f"WARNING: these runs distilled from {len(teacher_sets)} different teacher sets (.pth sha256): "
               + "; ".join(", ".join(t) for t in teacher_sets)]
+  versions = provenance.versions_line(r["code_version"] for code, runs in records.items() if code != "original"
+                                      for r in runs if r.get("code_version"))
+  lines += ["", versions] if versions else []
   lines += ["", "Mean learned teacher weight per epoch (logits / features), mean over seeds:", ""]
   for code in CODES:
     runs = records.get(code, [])

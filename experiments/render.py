@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+import provenance
 import significance
 from tables import Published, Row, Table, Variant
 
@@ -123,9 +124,9 @@ def render_table(table: Table, results: dict) -> str:
     lines.append(f"- `{row.label}`: `{row.config}{':' + row.arg if row.arg else ''}`"
                  + (f" with {', '.join(row.overrides)}" if row.overrides else "")
                  + f"; runs made with: {_settings_line(all_runs)}")
-    versions = sorted({r.get("code_version", "unrecorded") for r in all_runs})
-    if len(versions) > 1:  # a reused run from other code: the table mixes versions
-      lines.append(f"- WARNING: these runs come from {len(versions)} code versions: {', '.join(versions)}")
+    versions = provenance.versions_line(r.get("code_version", "unrecorded") for r in all_runs)
+    if versions:  # a reused run from other code, or a queue that outlived a commit
+      lines.append(f"- {versions}")
     lines += _teacher_warning(all_runs)
   for baseline in table.baselines:
     lines += ["", render_differences(table, results, baseline)]

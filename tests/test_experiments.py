@@ -581,8 +581,36 @@ def test_a_table_warns_when_its_runs_come_from_several_code_versions():
   runs = [dict(_summary(90.0, 90.0), code_version=v) for v in ("0.2.0+aaa", "0.2.0+aaa")]
   assert "code versions" not in render.render_table(table, {row.label: {"aver": runs}})
   runs.append(dict(_summary(91.0, 91.0), code_version="0.2.0+bbb-dirty"))
-  assert ("- WARNING: these runs come from 2 code versions: 0.2.0+aaa, 0.2.0+bbb-dirty"
-          in render.render_table(table, {row.label: {"aver": runs}}))
+  assert ("- WARNING: these runs come from 2 code versions, some uncommitted or unrecorded (cannot be compared): "
+          "0.2.0+aaa, 0.2.0+bbb-dirty" in render.render_table(table, {row.label: {"aver": runs}}))
+
+
+def test_runs_from_several_commits_are_one_version_only_where_the_package_is_the_same(tmp_path):
+  """A queue that outlived a commit: records from commits between which no package file changed
+  are one code version (git diff of a real repository), others a warning naming the changed one."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import provenance  # pylint: disable=import-outside-toplevel
+
+  def commit(path, text):
+    (tmp_path / path).parent.mkdir(exist_ok=True)
+    (tmp_path / path).write_text(text)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", path],
+                   check=True)
+    return subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+  subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+  first = commit("mmkd_jax/step.py", "x = 1\n")
+  docs_only = commit("experiments/RESULTS.md", "a table\n")
+  package = commit("mmkd_jax/step.py", "x = 2\n")
+  same = provenance.versions_line([f"0.2.0+{first}", f"0.2.0+{docs_only}", f"0.2.0+{first}"], str(tmp_path))
+  assert same.startswith("These runs come from 2 commits") and "same package" in same
+  changed = provenance.versions_line([f"0.2.0+{first}", f"0.2.0+{docs_only}", f"0.2.0+{package}"], str(tmp_path))
+  assert changed.startswith("WARNING: these runs come from 3 code versions with 2 different packages: ")
+  assert sorted(changed.split("packages: ", 1)[1].split(" | ")) == sorted(
+      [", ".join(sorted([f"0.2.0+{first}", f"0.2.0+{docs_only}"])), f"0.2.0+{package}"])
+  assert "not all in this checkout" in provenance.versions_line([f"0.2.0+{first}", "0.2.0+0123abc"], str(tmp_path))
+  assert provenance.versions_line([f"0.2.0+{first}"] * 3, str(tmp_path)) == ""
 
 
 def test_significance_matches_scipys_welch_tests():
@@ -661,3 +689,8 @@ def test_end_to_end_table_takes_wall_times_from_the_timing_runs_warm_first():
       r["teachers"] = digests
   assert "WARNING: these runs distilled from 2 different teacher sets (.pth sha256): aa, bb; aa, bc" in e2e.render(
       records, "digits", 0.5, timing)
+  assert "code versions" not in e2e.render(records, "digits", 0.5, timing)
+  records["exact"][1]["code_version"] = "0.2.0+abc-dirty"
+  records["exact"][0]["code_version"], records["original"][0]["code_version"] = "0.2.0+abc", "0.2.0+zzz"
+  assert ("WARNING: these runs come from 2 code versions, some uncommitted or unrecorded (cannot be compared): "
+          "0.2.0+abc, 0.2.0+abc-dirty") in e2e.render(records, "digits", 0.5, timing)
