@@ -512,6 +512,30 @@ def read_records(directory: str) -> dict[str, list[dict]]:
   return records
 
 
+def teacher_sets_lines(records: dict) -> list[str]:
+  """What the records distilled from: nothing for one teacher set; for several, the seeds of each
+  when every code used the same set at the same seeds (blocks of a balanced design: the teachers
+  add the same variance to every code), else a WARNING (the codes' distributions are not
+  comparable)."""
+  seeds_by_set: dict[tuple, dict[str, set]] = {}
+  for code, runs in records.items():
+    for r in runs:
+      if r.get("teachers"):
+        seeds_by_set.setdefault(tuple(r["teachers"]), {}).setdefault(code, set()).add(r.get("seed"))
+  if len(seeds_by_set) < 2:
+    return []
+  codes = {code for code, runs in records.items() if runs}
+  balanced = all(set(by_code) == codes and len({frozenset(seeds) for seeds in by_code.values()}) == 1
+                 for by_code in seeds_by_set.values())
+  if not balanced:
+    return ["", f"WARNING: these runs distilled from {len(seeds_by_set)} different teacher sets (.pth sha256): "
+            + "; ".join(", ".join(t) for t in sorted(seeds_by_set))]
+  blocks = sorted((sorted(next(iter(by_code.values()))), digests) for digests, by_code in seeds_by_set.items())
+  return ["", f"These runs distilled from {len(seeds_by_set)} teacher sets (.pth sha256), each used by every code at "
+          "the same seeds (blocks): " + "; ".join(f"seeds {', '.join(map(str, seeds))}: {', '.join(digests)}"
+                                                  for seeds, digests in blocks)]
+
+
 def render(records: dict, setting_name: str, margin: float, timing: dict | None = None) -> str:
   """The table: accuracy over seeds with Welch intervals and TOST against the original, the learned
   weights per epoch, and the time profile; wall times from the timing runs where there are any
@@ -550,10 +574,7 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
         if cold and warm and base_wall else ""
     row += f" {wall / 60:.1f} | {base_wall / wall:.2f}x{cold_text} |" if base_wall else f" {wall / 60:.1f} | |"
     lines.append(row)
-  teacher_sets = sorted({tuple(r["teachers"]) for runs in records.values() for r in runs if r.get("teachers")})
-  if len(teacher_sets) > 1:
-    lines += ["", f"WARNING: these runs distilled from {len(teacher_sets)} different teacher sets (.pth sha256): "
-              + "; ".join(", ".join(t) for t in teacher_sets)]
+  lines += teacher_sets_lines(records)
   versions = provenance.versions_line(r["code_version"] for code, runs in records.items() if code != "original"
                                       for r in runs if r.get("code_version"))
   lines += ["", versions] if versions else []

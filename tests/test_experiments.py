@@ -685,10 +685,18 @@ def test_end_to_end_table_takes_wall_times_from_the_timing_runs_warm_first():
   assert rows["precomputed"] == "| precomputed | timed only | | | | | | 2.0 | 2.04x (6.0 cold: 0.68x) |"
   assert "teacher sets" not in e2e.render(records, "digits", 0.5, timing)
   for code, digests in (("original", ["aa", "bb"]), ("exact", ["aa", "bc"])):
-    for r in records[code]:
-      r["teachers"] = digests
+    for seed, r in enumerate(records[code]):
+      r["teachers"], r["seed"] = digests, seed
   assert "WARNING: these runs distilled from 2 different teacher sets (.pth sha256): aa, bb; aa, bc" in e2e.render(
       records, "digits", 0.5, timing)
+  # retrained teachers from seed 1 on, for every code: blocks of a balanced design, not a warning
+  for code in ("original", "exact"):
+    records[code][0]["teachers"], records[code][1]["teachers"] = ["aa", "bb"], ["aa", "bc"]
+  table = e2e.render(records, "digits", 0.5, timing)
+  assert "WARNING" not in table and ("These runs distilled from 2 teacher sets (.pth sha256), each used by every code "
+                                     "at the same seeds (blocks): seeds 0: aa, bb; seeds 1: aa, bc") in table
+  records["exact"][1]["seed"] = 2  # one code's block at other seeds
+  assert "WARNING: these runs distilled from 2 different teacher sets" in e2e.render(records, "digits", 0.5, timing)
   assert "code versions" not in e2e.render(records, "digits", 0.5, timing)
   records["exact"][1]["code_version"] = "0.2.0+abc-dirty"
   records["exact"][0]["code_version"], records["original"][0]["code_version"] = "0.2.0+abc", "0.2.0+zzz"
