@@ -369,6 +369,31 @@ def teacher_digests(setting: dict, out: str) -> list[str]:
   return digests
 
 
+def supersede_unfinished_seed(records_dir: str, codes: list[str], seed: int, teachers: list[str]) -> list[str]:
+  """Moves ``seed``'s records distilled from other teachers than ``teachers`` to
+  ``<records_dir>/superseded/`` when the seed is not finished for every code: retrained teachers
+  (a new machine's runs/ differs bit for bit) start the seed again for every code, so each teacher
+  set stays a block of the same seeds for all codes. A finished seed stays, whatever its teachers.
+  Returns the moved records' new paths."""
+  found = {}
+  for code in codes:
+    path = os.path.join(records_dir, code, f"seed{seed}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        found[code] = (path, json.load(f).get("teachers"))
+  if len(found) == len(codes):
+    return []
+  moved = []
+  for code, (path, digests) in sorted(found.items()):
+    if digests != teachers:
+      tag = hashlib.sha256(",".join(digests or ["unrecorded"]).encode()).hexdigest()[:8]
+      target = os.path.join(records_dir, "superseded", code, f"seed{seed}.teachers-{tag}.json")
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(path, target)
+      moved.append(target)
+  return moved
+
+
 def _write(path: str, record: dict) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + ".tmp", "w") as f:
@@ -622,7 +647,11 @@ def main() -> None:
     if "original" in args.codes and not args.reference:
       parser.error("--reference (a checkout of github.com/Rorozhl/MMKD) is needed to run the original code")
     prepare_teachers(setting, out)
+    current = teacher_digests(setting, out)
     for seed in seeds:  # one seed of each code after the other: the same machine at the same time
+      records_dir = os.path.join(out, *(("timing",) if args.timing else ()))
+      for moved in supersede_unfinished_seed(records_dir, args.codes.split(","), seed, current):
+        print(f"{args.setting}: seed {seed} unfinished on other teachers: {moved}", flush=True)
       for code in args.codes.split(","):
         target = os.path.join(out, *(("timing",) if args.timing else ()), code, f"seed{seed}.json")
         if os.path.exists(target):

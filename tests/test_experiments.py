@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -702,3 +703,29 @@ def test_end_to_end_table_takes_wall_times_from_the_timing_runs_warm_first():
   records["exact"][0]["code_version"], records["original"][0]["code_version"] = "0.2.0+abc", "0.2.0+zzz"
   assert ("WARNING: these runs come from 2 code versions, some uncommitted or unrecorded (cannot be compared): "
           "0.2.0+abc, 0.2.0+abc-dirty") in e2e.render(records, "digits", 0.5, timing)
+
+
+def test_a_resumed_queue_starts_a_seed_again_when_its_teachers_were_retrained_before_it_finished(tmp_path):
+  """Teachers retrained on a new machine differ bit for bit: a seed that every code finished stays
+  (a block of its own), a seed only some codes finished on the old teachers is moved aside so that
+  every code runs it on the new ones; records on the current teachers stay."""
+  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+  codes, old, new = ["original", "faithful", "exact"], ["a1", "b1", "c1"], ["a2", "b2", "c2"]
+
+  def write(code, seed, teachers):
+    (tmp_path / code).mkdir(exist_ok=True)
+    (tmp_path / code / f"seed{seed}.json").write_text(json.dumps({"code": code, "seed": seed, "teachers": teachers}))
+  for code in codes:
+    write(code, 1, old)
+  write("original", 2, old)
+  write("faithful", 2, new)
+  write("original", 3, new)
+  assert e2e.supersede_unfinished_seed(str(tmp_path), codes, 1, new) == []
+  moved = e2e.supersede_unfinished_seed(str(tmp_path), codes, 2, new)
+  assert [os.path.relpath(m, tmp_path) for m in moved] == [
+      os.path.join("superseded", "original", "seed2.teachers-"
+                   + hashlib.sha256(b"a1,b1,c1").hexdigest()[:8] + ".json")]
+  assert json.loads(open(moved[0]).read())["teachers"] == old
+  assert sorted(p.name for p in tmp_path.glob("*/seed2.json")) == ["seed2.json"]  # faithful's, on the new teachers
+  assert e2e.supersede_unfinished_seed(str(tmp_path), codes, 3, new) == []
+  assert all((tmp_path / code / "seed1.json").exists() for code in codes)
