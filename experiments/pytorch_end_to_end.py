@@ -537,6 +537,15 @@ def read_records(directory: str) -> dict[str, list[dict]]:
   return records
 
 
+def paired_speedup(original: list[dict], runs: list[dict]) -> float:
+  """Median over ``runs`` of the original's wall time at the same seed over the run's: the two ran
+  one after the other on the same machine, while seeds of a resumed queue may come from machines
+  of different speed (a ratio of medians would mix them)."""
+  base = {r["seed"]: r["wall_seconds"] for r in original}
+  return statistics.median(base[r["seed"]] / r["wall_seconds"] for r in runs if r["seed"] in base) \
+      if any(r["seed"] in base for r in runs) else float("nan")
+
+
 def teacher_sets_lines(records: dict) -> list[str]:
   """What the records distilled from: nothing for one teacher set; for several, the seeds of each
   when every code used the same set at the same seeds (blocks of a balanced design: the teachers
@@ -568,8 +577,8 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
   timing = timing if timing and timing.get("original") else records
   lines = [f"### {setting_name}: the original code against ours ({margin}-point equivalence margin)", "",
            "| code | seeds | last top-1 | best top-1 | last − original (95% CI, Welch) | TOST p (Δ within ±"
-           f"{margin}) | equivalent within (TOST 5%) | wall min per run | speed-up over the original (first run, "
-           "cold compilation cache) |",
+           f"{margin}) | equivalent within (TOST 5%) | wall min per run | speed-up over the original, same seed "
+           "(first run, cold compilation cache) |",
            "|---|---|---|---|---|---|---|---|---|"]
   original = records.get("original", [])
   base_last = [r["epochs"][-1]["test_top1"] for r in original]
@@ -594,10 +603,15 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
               f" ±{significance.equivalence_margin(last, base_last):.2f} |")
     else:
       row += " | | |"
-    cold = [r["wall_seconds"] for r in timed if r.get("compilation_cache") == "cold"]
-    cold_text = f" ({statistics.median(cold) / 60:.1f} cold: {base_wall / statistics.median(cold):.2f}x)" \
-        if cold and warm and base_wall else ""
-    row += f" {wall / 60:.1f} | {base_wall / wall:.2f}x{cold_text} |" if base_wall else f" {wall / 60:.1f} | |"
+    cold = [r for r in timed if r.get("compilation_cache") == "cold"]
+    if base_wall is None:
+      row += f" {wall / 60:.1f} | |"
+    elif code == "original":
+      row += f" {wall / 60:.1f} | 1.00x |"
+    else:
+      cold_text = (f" ({statistics.median(r['wall_seconds'] for r in cold) / 60:.1f} cold: "
+                   f"{paired_speedup(timing['original'], cold):.2f}x)" if cold and warm else "")
+      row += f" {wall / 60:.1f} | {paired_speedup(timing['original'], warm or timed):.2f}x{cold_text} |"
     lines.append(row)
   lines += teacher_sets_lines(records)
   versions = provenance.versions_line(r["code_version"] for code, runs in records.items() if code != "original"
