@@ -546,6 +546,17 @@ def paired_speedup(original: list[dict], runs: list[dict]) -> float:
       if any(r["seed"] in base for r in runs) else float("nan")
 
 
+def largest_weight_counts(runs: list[dict], kind: str, names: list[str] | None = None) -> str:
+  """How many runs end with each teacher most weighted (``kind``: logits or feature), e.g.
+  't_resnet20 1, t_wrn_16_2 0, t_vgg8 4'; '—' where the runs record no such weights."""
+  weights = [r["epochs"][-1][f"weights_{kind}"] for r in runs]
+  if any(w is None for w in weights):
+    return "—"
+  counts = np.bincount([int(np.argmax(w)) for w in weights], minlength=len(weights[0]))
+  names = names or [f"teacher {i}" for i in range(len(counts))]
+  return ", ".join(f"{name} {count}" for name, count in zip(names, counts))
+
+
 def teacher_sets_lines(records: dict) -> list[str]:
   """What the records distilled from: nothing for one teacher set; for several, the seeds of each
   when every code used the same set at the same seeds (blocks of a balanced design: the teachers
@@ -627,6 +638,12 @@ def render(records: dict, setting_name: str, margin: float, timing: dict | None 
                    for e in range(len(runs[0]["epochs"])) if runs[0]["epochs"][e][f"weights_{kind}"] is not None]
       cells = " ".join("/".join(f"{w:.2f}" for w in epoch) for epoch in per_epoch)
       lines.append(f"- {code}, {kind}: {cells}")
+  lines += ["", "The teacher with the largest weight at the last epoch, runs per teacher (logits; features):", ""]
+  names = [name for name, _, _ in SETTINGS[setting_name]["teachers"]] if setting_name in SETTINGS else None
+  for code in CODES:
+    runs = [r for r in records.get(code, []) if r["epochs"][-1]["weights_logits"] is not None]
+    if runs:
+      lines.append(f"- {code}: " + "; ".join(largest_weight_counts(runs, kind, names) for kind in ("logits", "feature")))
   lines += ["", "Where the time goes (median seconds per run" + (", timing runs" if timing is not records else "") + "):", ""]
   for code in CODES:
     runs = timing.get(code, [])

@@ -682,6 +682,10 @@ def test_end_to_end_table_takes_wall_times_from_the_timing_runs_warm_first():
           if line.startswith("| ") and not line.startswith("| code")}
   assert rows["original"].endswith("| 4.1 | 1.00x |")  # median 245 s
   assert rows["exact"].startswith("| exact | 2 | 96.00 ± 0.71 |")
+  records["original"][1]["epochs"][-1]["weights_logits"] = [0.2, 0.3, 0.5]
+  table = e2e.render(records, "digits", 0.5, timing)
+  assert "- original: t_resnet14 1, t_resnet20 0, t_wrn_16_1 1; t_resnet14 2, t_resnet20 0, t_wrn_16_1 0" in table
+  assert "- exact: t_resnet14 2, t_resnet20 0, t_wrn_16_1 0; t_resnet14 2, t_resnet20 0, t_wrn_16_1 0" in table
   # speed-ups paired by seed: 250 / 200 warm (seed 1), 240 / 300 cold (seed 0)
   assert rows["exact"].endswith("| 3.3 | 1.25x (5.0 cold: 0.80x) |")
   assert rows["precomputed"] == "| precomputed | timed only | | | | | | 2.0 | 2.08x (6.0 cold: 0.67x) |"
