@@ -26,6 +26,8 @@ checkpoint are its own code. Adapted outside its files, in this process only:
 * records: the outputs of ``LogitsWeight`` / ``FeatureWeight`` in each training step (not in the
   look-ahead steps) are averaged per epoch, ``validate``'s result per epoch is kept, and the time
   of data loading, teacher forwards, the meta steps, evaluation and checkpoints is measured.
+  Evaluation is counted alike in both codes: the test split's loading and the teachers' forwards
+  in it are evaluation, and ours starts its clock after the training steps still in flight.
 
 Ours runs the same setting through the CLI (``teacher_source=online``: a new crop and flip every
 epoch, as the original), once with ``faithful=True`` (the original's approximate hypergradient,
@@ -180,8 +182,12 @@ class _Timer:
       if self._stack:
         self._stack[-1][1] += spent
 
-  def timed(self, fn, name: str):
+  def timed(self, fn, name: str, except_within: str = ""):
+    """``fn`` timed as ``name``, except inside a part ``except_within``, which keeps the time (a
+    teacher's forward in the evaluation is evaluation, as it is in ours)."""
     def call(*args, **kwargs):
+      if except_within and any(outer == except_within for outer, _ in self._stack):
+        return fn(*args, **kwargs)
       with self.part(name):
         return fn(*args, **kwargs)
     return call
@@ -268,14 +274,14 @@ def run_original(reference: str, setting: dict, teachers: list[str], seed: int, 
     del num_workers, is_instance
     train = torch.utils.data.DataLoader(Images("train"), batch_size=batch_size, shuffle=True, num_workers=0)
     test = torch.utils.data.DataLoader(Images("test"), batch_size=batch_size // 2, shuffle=False, num_workers=0)
-    return TimedLoader(train), TimedLoader(test)
+    return TimedLoader(train), test  # the test split's loading is evaluation, as in ours
 
   def load_teachers(n_cls, opt):
     models = []
     for (_, arch, _), path in zip(setting["teachers"], teachers):
       model = ref.model_dict[arch](num_classes=n_cls)
       model.load_state_dict(torch.load(path, map_location="cpu")["model"])
-      model.forward = timer.timed(model.forward, "teacher forwards")
+      model.forward = timer.timed(model.forward, "teacher forwards", except_within="evaluation")
       models.append(model)
     return models
 
@@ -422,7 +428,13 @@ def timed(fn, name):
     finally:
       seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
   return call
-evaluation.evaluate_student = timed(evaluation.evaluate_student, "evaluation")
+def after_the_steps(fn):  # the steps still in flight (MAX_IN_FLIGHT) are the steps' time, not evaluation's
+  def call(eval_fn, state, *a, **k):
+    import jax
+    jax.block_until_ready(state)
+    return fn(eval_fn, state, *a, **k)
+  return call
+evaluation.evaluate_student = after_the_steps(timed(evaluation.evaluate_student, "evaluation"))
 evaluation.teacher_accuracy = timed(evaluation.teacher_accuracy, "evaluation")
 checkpoint.Checkpoints.save = timed(checkpoint.Checkpoints.save, "checkpoints")
 checkpoint.Checkpoints.wait = timed(checkpoint.Checkpoints.wait, "checkpoints")

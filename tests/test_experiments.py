@@ -740,3 +740,38 @@ def test_a_resumed_queue_starts_a_seed_again_when_its_teachers_were_retrained_be
   assert sorted(p.name for p in tmp_path.glob("*/seed2.json")) == ["seed2.json"]  # faithful's, on the new teachers
   assert e2e.supersede_unfinished_seed(str(tmp_path), codes, 3, new) == []
   assert all((tmp_path / code / "seed1.json").exists() for code in codes)
+
+
+def test_the_originals_profile_counts_its_teachers_forwards_in_evaluation_as_evaluation(monkeypatch):
+  """Like for like with ours: a teacher's forward inside the original's evaluation is evaluation
+  (ours times its teachers' evaluation there), outside it the teachers' own part; nested parts are
+  not counted twice."""
+  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+  now = [0.0]
+  monkeypatch.setattr(e2e.time, "perf_counter", lambda: now[0])
+
+  def forward():
+    now[0] += 1.0
+  timer = e2e._Timer()  # pylint: disable=protected-access
+  teacher = timer.timed(forward, "teacher forwards", except_within="evaluation")
+  with timer.part("steps and host"):
+    teacher()
+    now[0] += 0.5
+    with timer.part("evaluation"):
+      teacher()
+      teacher()
+  assert timer.seconds == {"teacher forwards": 1.0, "evaluation": 2.0, "steps and host": 0.5}
+
+
+def test_our_profiled_run_goes_through_the_cli(tmp_path):
+  """The profile wrapper of our runs (experiments/pytorch_end_to_end.py's _PROFILED) around the
+  package's current functions: a smoke run finishes and times its parts."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+  profile = tmp_path / "profile.json"
+  done = subprocess.run([sys.executable, "-c", f"PROFILE = {str(profile)!r}\n" + e2e._PROFILED,  # pylint: disable=protected-access
+                         "--", "--config", os.path.join(ROOT, "configs", "digits.py") + ":none,smoke",
+                         "--workdir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  seconds = json.loads(profile.read_text())
+  assert seconds["evaluation"] > 0 and seconds["compilation and first step"] > 0
