@@ -309,8 +309,14 @@ def run_original(reference: str, setting: dict, teachers: list[str], seed: int, 
         state["lookahead"] -= 1
 
     def meta_backward(self, *args, **kwargs):
-      with timer.part("meta steps"):
-        return super().meta_backward(*args, **kwargs)
+      # it re-runs the look-ahead's objectives on the hard batch: their weights are not a training
+      # step's (ours records the training steps' only)
+      state["lookahead"] += 1
+      try:
+        with timer.part("meta steps"):
+          return super().meta_backward(*args, **kwargs)
+      finally:
+        state["lookahead"] -= 1
 
   validate = train_meta.validate
 
