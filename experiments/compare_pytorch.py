@@ -36,9 +36,7 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 import types
 from typing import Any, Sequence
 
@@ -223,14 +221,7 @@ def time_reference(ref, student: str, teacher_archs, batch: int, repeats: int, w
     loop.plain_step(data)
 
   def timed(fn) -> float:
-    for _ in range(warmup):
-      fn()
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * benchmark_step.timed(fn, repeats=repeats, warmup=warmup)[0]
 
   def teachers_only():
     with torch.no_grad():

@@ -15,27 +15,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
+import benchmark_step  # pylint: disable=wrong-import-position
 import pytorch_end_to_end as e2e  # pylint: disable=wrong-import-position
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return benchmark_step.timed(fn, repeats=repeats, warmup=warmup)[0]
 
 
 def ours_images_per_s(arch: str, batch: int, repeats: int) -> float:
