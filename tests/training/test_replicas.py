@@ -177,16 +177,28 @@ def _params(state):
   return jax.tree.leaves(jax.device_get(state.params))
 
 
+def _tree_rel(a_leaves, b_leaves) -> float:
+  """The difference of two parameter trees relative to the second's size (global 2-norms): float32
+  rounding of a different reduction order averages over the leaves instead of being judged on a
+  leaf whose scale after one step is itself at rounding level."""
+  diff = sum(float(np.sum(np.square(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+             for a, b in zip(a_leaves, b_leaves))
+  size = sum(float(np.sum(np.square(np.asarray(b, np.float64)))) for b in b_leaves)
+  return float(np.sqrt(diff / size))
+
+
 @pytest.mark.claim("replicas")
 def test_a_replica_trains_with_its_own_hyperparameters_through_the_driver(tmp_path, setting):
   """``replicas="0,0:weights.kd=3:lr=0.02"`` through the driver (main's path): after one step the
-  second replica is the single run with those values (float32 rounding: at most 3e-6, as above)
-  and not the first replica (the values reach the compiled step, not only its directory name)."""
+  second replica is the single run with those values and not the first replica (the values reach
+  the compiled step, not only its directory name). Float32 rounding of the vmapped program's other
+  reduction order moves with the CPU: 3e-9 of the parameters' norm measured here, up to 5.1e-6
+  absolute (1.5e-5 of the leaf's scale) on one element of conv1's kernel on CI's machine; the first
+  replica is 1.3e-3 away, so the bound sits at 1e-4."""
   both = _train(_config(setting, replicas="0,0:lr=0.02:weights.kd=3", stop_at_step=1), str(tmp_path / "both"))
   assert [s["member"]["workdir"].rsplit("/", 1)[-1] for s in both["summaries"]] == ["seed0", "seed0_lr=0.02_weights.kd=3"]
   own = _train(_config(setting, lr=0.02, **{"weights.kd": 3.0}, stop_at_step=1), str(tmp_path / "own"))
-  for a, b in zip(_params(replicas.take(both["state"], 1)), _params(own["state"])):
-    np.testing.assert_allclose(a, b, rtol=0, atol=3e-6)
+  assert _tree_rel(_params(replicas.take(both["state"], 1)), _params(own["state"])) <= 1e-4
   assert _rel(replicas.take(both["state"], 0).params["student"]["conv1"]["kernel"],
               replicas.take(both["state"], 1).params["student"]["conv1"]["kernel"]) > 1e-3
 
@@ -195,16 +207,15 @@ def test_a_replica_trains_with_its_own_hyperparameters_through_the_driver(tmp_pa
 @pytest.mark.slow
 def test_replicas_start_as_their_single_runs_resume_exactly_and_write_run_directories(tmp_path, setting):
   """Seeds 0 and 1 in one program. After one step each replica is the single run of its seed
-  (its own initialisation and data order; float32 rounding only: at most 1.7e-6 absolute, measured
-  on conv1's kernel of seed 1, where a wrong seed or batch order moves ~1e-2 — later steps of
+  (its own initialisation and data order; float32 rounding only: at most 1e-4 of the parameters'
+  norm, as the test above, where a wrong seed or batch order moves ~1e-2 — later steps of
   this random-teacher setting amplify float32 rounding ~1e4-fold, so exactness over many steps
   is the float64 test above). Preempted after 5 steps and resumed, the replicas end bit for bit
   where an uninterrupted replica run ends; each seed's directory is an ordinary run."""
   first = _train(_config(setting, replicas="0,1", stop_at_step=1), str(tmp_path / "one_step"))
   for s in (0, 1):
     single = _train(_config(setting, seed=s, stop_at_step=1), str(tmp_path / f"single{s}"))
-    for a, b in zip(_params(replicas.take(first["state"], s)), _params(single["state"])):
-      np.testing.assert_allclose(a, b, rtol=0, atol=3e-6)
+    assert _tree_rel(_params(replicas.take(first["state"], s)), _params(single["state"])) <= 1e-4
   straight = _train(_config(setting, replicas="0,1"), str(tmp_path / "straight"))
   workdir = str(tmp_path / "resumed")
   first = _train(_config(setting, replicas="0,1", stop_at_step=5), workdir)
