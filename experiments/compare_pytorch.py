@@ -131,9 +131,10 @@ class ReferenceLoop:
   """One iteration of ``train_meta.py``'s loop, built from the reference's components."""
 
   def __init__(self, ref, student: str, teacher_archs: Sequence[str], num_classes: int,
-               batch_size: int, seed: int = 0):
+               batch_size: int, seed: int = 0, settings: dict | None = None):
     torch = ref.torch
     self.torch, self.ref = torch, ref
+    self.settings = settings = dict(SETTINGS, **(settings or {}))
     torch.manual_seed(seed)
     self.model_s = ref.model_dict[student](num_classes=num_classes)
     self.teachers = [ref.model_dict[a](num_classes=num_classes).eval() for a in teacher_archs]
@@ -148,15 +149,15 @@ class ReferenceLoop:
     self.weight_feature = ref.FeatureWeight(batch_size, k)
     self.match = ref.MatchFeature(k, feat_s[-2].shape[1], t_channels, convs=False)
     meta_params = list(self.weight_logits.parameters()) + list(self.weight_feature.parameters())
-    self.weight_optimizer = torch.optim.Adam(meta_params, lr=SETTINGS["meta_lr"],
-                                             weight_decay=SETTINGS["meta_wd"])
-    lr = 0.01 if student in SMALL_LR_STUDENTS else SETTINGS["lr"]
+    self.weight_optimizer = torch.optim.Adam(meta_params, lr=settings["meta_lr"],
+                                             weight_decay=settings["meta_wd"])
+    lr = 0.01 if student in SMALL_LR_STUDENTS else settings["lr"]
     self.optimizer = ref.MetaSGD(list(self.model_s.parameters()) + list(self.match.parameters()),
-                                 [self.model_s, self.match], lr=lr, momentum=SETTINGS["momentum"],
-                                 weight_decay=SETTINGS["weight_decay"],
-                                 nesterov=SETTINGS["nesterov"], rollback=True, cpu=False)
+                                 [self.model_s, self.match], lr=lr, momentum=settings["momentum"],
+                                 weight_decay=settings["weight_decay"],
+                                 nesterov=settings["nesterov"], rollback=True, cpu=False)
     self.buffer = ref.HardBuffer(batch_size=batch_size, buffer_size=4 * batch_size)
-    self.kd = ref.DistillKL(SETTINGS["kd_T"])
+    self.kd = ref.DistillKL(settings["kd_T"])
     self.ce = torch.nn.CrossEntropyLoss()
     self.last_loss = None
 
@@ -173,8 +174,8 @@ class ReferenceLoop:
     loss_div = (self.weight_logits(logit_t, logit_s.detach()) * kd).sum(-1).mean()
     loss_feat = self.match(feat_s[-2], feat_t, self.weight_feature(feat_t, feat_s[-2].detach()))
     if matching_only:
-      return SETTINGS["alpha"] * loss_div + SETTINGS["beta"] * loss_feat
-    loss = self.ce(logit_s, y) + loss_div + SETTINGS["beta"] * loss_feat
+      return self.settings["alpha"] * loss_div + self.settings["beta"] * loss_feat
+    loss = self.ce(logit_s, y) + loss_div + self.settings["beta"] * loss_feat
     if not self.buffer.is_full():
       self.buffer.put(x, y)
     else:
@@ -194,8 +195,9 @@ class ReferenceLoop:
     self.optimizer.step(None)
     self.last_loss = loss
 
-  def meta_step(self) -> None:
-    hard = self.buffer.sample()
+  def meta_step(self, hard=None) -> None:
+    """The loop's meta step on ``hard`` (default: a batch drawn from the hard buffer)."""
+    hard = self.buffer.sample() if hard is None else hard
     for _ in range(2):
       self.optimizer.zero_grad()
       self.optimizer.step(self.inner_objective, hard, matching_only=True)

@@ -14,8 +14,9 @@ checkpoint are its own code. Adapted outside its files, in this process only:
   as uint8 arrays) with the original's CIFAR transforms (RandomCrop(32, padding=4),
   RandomHorizontalFlip, ToTensor, Normalize with the dataset's mean and std), batch 64, test batch
   32, shuffled by torch's generator (seeded per run);
-* teachers: ``load_teacher_list`` loads our trained teachers, written to ``.pth`` by our export,
-  into the original's model classes (``model_dict``);
+* teachers: ``load_teacher_list`` loads our trained teachers, written to ``.pth`` from the very
+  variables ours loads (``write_teacher_pth``: the teacher's last epoch), into the original's model
+  classes (``model_dict``);
 * the class count: ``main_worker`` maps dataset names to class counts in a local dict and picks its
   32x32 path by ``opt.dataset == 'cifar100'``; the dataset name passed here equals both 'STL10'
   (10 classes) and 'cifar100';
@@ -28,6 +29,11 @@ checkpoint are its own code. Adapted outside its files, in this process only:
   of data loading, teacher forwards, the meta steps, evaluation and checkpoints is measured.
   Evaluation is counted alike in both codes: the test split's loading and the teachers' forwards
   in it are evaluation, and ours starts its clock after the training steps still in flight.
+
+Views: the teachers train on views of their own (``teacher_training.views=own``, the default since
+2026-12-07; RESULTS section 12), and each of our runs draws its own
+crops and flips (``augmentation_seed`` = its seed), as every run of the original draws fresh ones:
+no student trains on the very pixels its teachers were trained on, and seeds are independent.
 
 Ours runs the same setting through the CLI (``teacher_source=online``: a new crop and flip every
 epoch, as the original), once with ``faithful=True`` (the original's approximate hypergradient,
@@ -95,6 +101,7 @@ def our_args(setting: dict, workdir: str, teacher_dir: str, seed: int, *extra: s
           f"--config.teacher_training.epochs={setting['teacher_epochs']}",
           f"--config.teacher_training.lr_milestones={setting['teacher_milestones']}",
           f"--config.eval_batch_size={setting['eval_batch_size']}", f"--config.seed={seed}",
+          f"--config.augmentation_seed={seed}",  # each run its own crops and flips, as each of the original's
           "--config.method=mmkd", f"--config.weights.feat={setting['feat']}", f"--config.batch_size={BATCH}",
           f"--config.mmkd.buffer_size={BUFFER}", "--config.teacher_source=online"]
   if setting["imports"]:
@@ -146,16 +153,33 @@ def prepare_teachers(setting: dict, out: str) -> list[str]:
                         cwd=ROOT, env=_env(out), capture_output=True, text=True)
   if done.returncode != 0:
     raise RuntimeError(done.stderr[-3000:])
-  from mmkd_jax.evaluation import student as student_lib  # pylint: disable=import-outside-toplevel
   split = "".join(ch if ch.isalnum() else "_" for ch in setting["train_split"]).strip("_")
   prefix = f"{setting['dataset']}-{split}" if split else setting["dataset"]
   paths = []
   for name, _, _ in setting["teachers"]:
     export = os.path.join(work, "export", name)
     if not os.path.exists(os.path.join(export, "student.pth")):
-      student_lib.export_student(os.path.join(teacher_dir, f"{prefix}_{name}.run"), export, formats=("pth",))
+      write_teacher_pth(os.path.join(teacher_dir, f"{prefix}_{name}"), os.path.join(export, "student.pth"))
     paths.append(os.path.join(export, "student.pth"))
   return paths
+
+
+def write_teacher_pth(teacher: str, path: str) -> None:
+  """The teacher directory ours loads (the teacher's last epoch, as mode=train_teacher saves it)
+  as the ``{"model": state_dict}`` the original's ``load_teacher_list`` reads. Not the teacher run's
+  best checkpoint (``export_student``'s default): where its best epoch is not the last, the two
+  codes would distil from different teachers (a resnet20 of 2026-12-07: logits up to 0.70 apart)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.runs import storage  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers.core import TEACHER_META, load_teacher  # pylint: disable=import-outside-toplevel
+  meta = storage.read_json(os.path.join(teacher, TEACHER_META))
+  loaded = load_teacher(meta["name"], meta["arch"], meta["num_classes"], teacher, tuple(meta["image_shape"]))
+  state_dict = convert.flax_to_torch(jax.device_get(loaded.variables))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  torch.save({"model": {k: torch.from_numpy(np.array(v, order="C")) for k, v in state_dict.items()}}, path + ".tmp")
+  os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------------------------

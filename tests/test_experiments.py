@@ -662,6 +662,28 @@ def test_end_to_end_runs_of_ours_are_commands_the_cli_accepts(code, timing, tmp_
   shown = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines() if len(line.split()) > 1}
   assert shown["seed"] == "3" and shown["teacher_source"] == ('"precomputed"' if code == "precomputed" else '"online"')
   assert shown["faithful"] == ("true" if code == "faithful" else "false")
+  assert shown["augmentation_seed"] == "3"  # each run its own views, as each of the original's
+
+
+def test_end_to_end_teachers_reach_the_original_as_ours_loads_them(tmp_path):
+  """The .pth the original loads holds exactly the teacher directory's variables (the teacher's
+  last epoch, which ours loads), not its run's best checkpoint: a teacher whose best epoch was not
+  its last reached the two codes as different networks (logits 0.70 apart)."""
+  torch = pytest.importorskip("torch")
+  import pytorch_end_to_end as e2e  # pylint: disable=import-outside-toplevel
+  from helpers import random_teachers  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.teachers import convert, save_teacher  # pylint: disable=import-outside-toplevel
+  (teacher,) = random_teachers(("resnet8",))
+  directory = str(tmp_path / "teachers" / "t_resnet8")
+  save_teacher(directory, "resnet8", 10, teacher.variables,
+               {"name": "t_resnet8", "image_shape": [32, 32, 3], "num_classes": 10})
+  path = str(tmp_path / "export" / "t_resnet8" / "student.pth")
+  e2e.write_teacher_pth(directory, path)
+  written = torch.load(path, map_location="cpu")["model"]
+  expected = convert.flax_to_torch(teacher.variables)
+  assert sorted(written) == sorted(expected)
+  for k, v in expected.items():
+    np.testing.assert_array_equal(written[k].numpy(), np.asarray(v))
 
 
 def test_end_to_end_table_takes_wall_times_from_the_timing_runs_warm_first():

@@ -28,6 +28,7 @@ FAITHFUL = {
     "cache_dtype": "float32",          # the originals run teachers online in float32
 }
 ADAPTER_INITS = ("kaiming", "torch")
+TEACHER_VIEWS = ("own", "shared")   # teacher_training.views
 
 
 def teacher(name: str, arch: str, checkpoint: str = "", seed: int = 0, classes: Sequence[int] = (),
@@ -147,6 +148,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.teacher_training.epochs = 240        # epochs of a teacher trained by mode=train_teacher / pipeline
   c.teacher_training.lr = 0.05           # its learning rate
   c.teacher_training.lr_milestones = (150, 180, 210)  # its multistep milestones
+  # Which crops and flips a teacher trains on. 'own': views of its own, from a seed derived from
+  # the teacher's seed (teachers/stages.teacher_view_seed), so a student (augmentation_seed) never
+  # trains on the very pixels its teachers were trained on, as with the originals, whose every run
+  # draws fresh crops. 'shared': the student's views (augmentation_seed), as teachers were trained
+  # before this field: a student then trains on the very views its teachers were trained on
+  # (experiments/RESULTS.md section 12).
+  c.teacher_training.views = "own"
   c.log_every = 50               # steps per logged window of training metrics
   c.data_placement = "host"      # host (grain streams it) | device | auto (by a memory plan): data/resident.py
   c.scan_steps = 1               # device placement: training steps per dispatch (unrolled)

@@ -28,9 +28,22 @@ def placeholders(defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
 RENAMED = {"weights.feat_from_epoch": "feat_from_epoch", "mmkd.gram_per_device": "mmkd.gram_per_bn_group"}
 
 
+# Fields added since runs were recorded whose default is not what those runs did (dotted name ->
+# the value every run recorded without it was made with).
+ADDED_WITH_NEW_DEFAULT = {"teacher_training.views": "shared"}
+
+
 def upgrade_stored(stored: Mapping[str, Any]) -> dict[str, Any]:
-  """A stored config (``config.json``) with renamed fields under their current names."""
+  """A stored config (``config.json``) with renamed fields under their current names, and the
+  fields added since with the value the run was made with."""
   out = copy.deepcopy(dict(stored))
+  for name, made_with in ADDED_WITH_NEW_DEFAULT.items():
+    *parents, leaf = name.split(".")
+    section = out
+    for p in parents:
+      section = section.get(p) if isinstance(section, dict) else None
+    if isinstance(section, dict):  # a recorded config has the section; a partial mapping does not
+      section.setdefault(leaf, made_with)
   for old, new in RENAMED.items():
     *old_parents, old_leaf = old.split(".")
     section = out

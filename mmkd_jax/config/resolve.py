@@ -18,7 +18,7 @@ from ml_collections import config_dict
 
 from mmkd_jax import methods, registry
 from mmkd_jax.methods import bilevel
-from mmkd_jax.config.base import ADAPTER_INITS, FAITHFUL, MODES
+from mmkd_jax.config.base import ADAPTER_INITS, FAITHFUL, MODES, TEACHER_VIEWS
 from mmkd_jax.config.fields import get_field, placeholders, set_fields
 from mmkd_jax.config.replicas import REPLICA_LOOPS, check_replica_overrides, replica_config, replica_entries
 from mmkd_jax.data import sources
@@ -98,7 +98,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f"config.{field}: {message}")
   choices = {"mode": MODES, "teacher_source": ("precomputed", "online"), "cache_dtype": STORAGE_DTYPES,
              "cache_logits_dtype": STORAGE_DTYPES, "adapter_init": ADAPTER_INITS, "dtype": COMPUTE_DTYPES,
-             "replica_loop": REPLICA_LOOPS, "data_placement": PLACEMENTS, "checkpoint_head": HEADS}
+             "replica_loop": REPLICA_LOOPS, "data_placement": PLACEMENTS, "checkpoint_head": HEADS,
+             "teacher_training.views": TEACHER_VIEWS}
   for field, allowed in choices.items():
     value = get_field(c, field)
     need(value in allowed, field, f"{value!r} must be one of {', '.join(allowed)}")

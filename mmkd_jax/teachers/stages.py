@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import time
+import zlib
 from typing import Any
 
 import jax
@@ -65,6 +66,13 @@ class StaleTeacherError(ConfigError):
   """A teacher directory holds a teacher trained with other settings than the config asks for."""
 
 
+def teacher_view_seed(seed: int) -> int:
+  """The augmentation seed of a teacher's own training views (``teacher_training.views=own``): a
+  31-bit number derived from its seed, far from the small seeds students use, so a student's
+  views and its teachers' training views are different crops and flips."""
+  return zlib.crc32(f"mmkd_jax teacher views {seed}".encode()) & 0x7FFFFFFF
+
+
 def training_config(config: ml_collections.ConfigDict, entry: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The resolved config that trains teacher ``entry``: the run's setting with method ``none``,
   the teacher's architecture and seed, and ``teacher_training``'s multistep SGD."""
@@ -72,6 +80,8 @@ def training_config(config: ml_collections.ConfigDict, entry: ml_collections.Con
   tc.unlock()
   tc.resolved_for, tc.replicas = "", ""
   tc.method, tc.student, tc.seed = "none", entry.arch, entry.seed
+  if config.teacher_training.views == "own":
+    tc.augmentation_seed = teacher_view_seed(entry.seed)
   tc.epochs = entry.get("epochs") or config.teacher_training.epochs
   tc.lr = entry.get("lr") or config.teacher_training.lr
   tc.lr_milestones, tc.stop_at_step = config.teacher_training.lr_milestones, -1
@@ -113,7 +123,10 @@ def check_identity(config: ml_collections.ConfigDict, index: int, path: str) -> 
         f"teacher {entry.name!r}: {storage.absolute(path)} was trained with other settings (recorded -> "
         f"this config): {'; '.join(differences)}. To train the new one beside it, give it another name "
         f"(--config.teachers[{index}].name={entry.name}_2) or another --config.teacher_dir; to use the "
-        f"existing one as it is, name it explicitly: --config.teachers[{index}].checkpoint={storage.absolute(path)}")
+        f"existing one as it is, name it explicitly: --config.teachers[{index}].checkpoint={storage.absolute(path)}"
+        + (". Teachers trained before config.teacher_training.views trained on the students' views "
+           "(--config.teacher_training.views=shared uses them)"
+           if any(d.startswith("augmentation_seed ") for d in differences) else ""))
 
 
 def _missing_checkpoint(entry: ml_collections.ConfigDict, index: int, path: str) -> FileNotFoundError:

@@ -52,5 +52,7 @@ def test_a_run_recorded_before_fields_were_renamed_loads_and_compares_unchanged(
   assert loaded.feat_from_epoch == 0 and loaded.mmkd.gram_per_bn_group is False
   assert "feat_from_epoch" not in loaded.weights and "gram_per_device" not in loaded.mmkd
   assert run_identity.changed_fields(stored, loaded) == []
+  # made before teacher_training.views: its teachers trained on the students' views
+  assert "views" not in stored["teacher_training"] and loaded.teacher_training.views == "shared"
   with pytest.raises(ConfigError, match="config.weights.feat_from_epoch is now config.feat_from_epoch"):
     config_lib.set_fields(config_lib.base_config(), ["weights.feat_from_epoch=1"])
