@@ -153,15 +153,31 @@ def prepare_teachers(setting: dict, out: str) -> list[str]:
                         cwd=ROOT, env=_env(out), capture_output=True, text=True)
   if done.returncode != 0:
     raise RuntimeError(done.stderr[-3000:])
-  split = "".join(ch if ch.isalnum() else "_" for ch in setting["train_split"]).strip("_")
-  prefix = f"{setting['dataset']}-{split}" if split else setting["dataset"]
   paths = []
   for name, _, _ in setting["teachers"]:
     export = os.path.join(work, "export", name)
     if not os.path.exists(os.path.join(export, "student.pth")):
-      write_teacher_pth(os.path.join(teacher_dir, f"{prefix}_{name}"), os.path.join(export, "student.pth"))
+      write_teacher_pth(teacher_path(setting, teacher_dir, name), os.path.join(export, "student.pth"))
     paths.append(os.path.join(export, "student.pth"))
   return paths
+
+
+def teacher_path(setting: dict, teacher_dir: str, name: str) -> str:
+  """Where ``mode=train_teacher`` saves teacher ``name`` of ``setting`` under ``teacher_dir``."""
+  split = "".join(ch if ch.isalnum() else "_" for ch in setting["train_split"]).strip("_")
+  prefix = f"{setting['dataset']}-{split}" if split else setting["dataset"]
+  return os.path.join(teacher_dir, f"{prefix}_{name}")
+
+
+def open_setting(setting: dict, data_dir: str = ""):
+  """The setting's dataset (``sources.Dataset``) as ours reads it (``data_dir``: its TFDS
+  directory; "" = ``$TFDS_DATA_DIR``)."""
+  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
+  config = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "digits.py"), None, {
+      "dataset": setting["dataset"], "train_split": setting["train_split"], "imports": setting["imports"],
+      "data_dir": data_dir, "teachers": [], "method": "none"}))
+  return sources.open_dataset(config)
 
 
 def write_teacher_pth(teacher: str, path: str) -> None:
@@ -170,15 +186,13 @@ def write_teacher_pth(teacher: str, path: str) -> None:
   best checkpoint (``export_student``'s default): where its best epoch is not the last, the two
   codes would distil from different teachers (a resnet20 of 2026-12-07: logits up to 0.70 apart)."""
   import jax  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
   from mmkd_jax.runs import storage  # pylint: disable=import-outside-toplevel
   from mmkd_jax.teachers import convert  # pylint: disable=import-outside-toplevel
   from mmkd_jax.teachers.core import TEACHER_META, load_teacher  # pylint: disable=import-outside-toplevel
   meta = storage.read_json(os.path.join(teacher, TEACHER_META))
   loaded = load_teacher(meta["name"], meta["arch"], meta["num_classes"], teacher, tuple(meta["image_shape"]))
-  state_dict = convert.flax_to_torch(jax.device_get(loaded.variables))
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  torch.save({"model": {k: torch.from_numpy(np.array(v, order="C")) for k, v in state_dict.items()}}, path + ".tmp")
+  convert.save_pth(convert.flax_to_torch(jax.device_get(loaded.variables)), path + ".tmp")
   os.replace(path + ".tmp", path)
 
 
@@ -251,14 +265,10 @@ def run_original(reference: str, setting: dict, teachers: list[str], seed: int, 
   logger.Logger = lambda *a, **k: types.SimpleNamespace(log_value=lambda *a, **k: None)
   sys.modules["tensorboard_logger"] = logger
   import train_meta  # pylint: disable=import-outside-toplevel,import-error
-  from mmkd_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from mmkd_jax.data import sources  # pylint: disable=import-outside-toplevel
   timer = _Timer()
 
-  config = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "digits.py"), None, {
-      "dataset": setting["dataset"], "train_split": setting["train_split"], "imports": setting["imports"],
-      "teachers": [], "method": "none"}))
-  dataset = sources.open_dataset(config)
+  dataset = open_setting(setting)
   spec = dataset.spec
   arrays = {name: sources.read_records(source, np.arange(len(source)), spec)
             for name, source in (("train", dataset.train), ("test", dataset.test))}

@@ -29,33 +29,31 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+import pytorch_end_to_end as e2e  # pylint: disable=wrong-import-position
 
-from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax.data import sources  # pylint: disable=wrong-import-position
 from mmkd_jax.teachers.core import augmented_teacher_outputs, load_teacher  # pylint: disable=wrong-import-position
 
-TEACHERS = (("t_resnet20", "resnet20"), ("t_wrn_16_2", "wrn_16_2"), ("t_vgg8", "vgg8"))
+SETTING = e2e.SETTINGS["fashion_mnist"]
+TEACHERS = tuple((name, arch) for name, arch, _ in SETTING["teachers"])
 WORK = os.path.join(ROOT, "runs", "pytorch_end_to_end", "fashion_mnist")
 
 
-def measure(teacher_dir: str, data_dir: str, epochs: int, fresh_seed: int, batch: int = 500) -> dict:
-  config = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "digits.py"), None, {
-      "dataset": "fashion_mnist32", "train_split": "train[:5000]", "data_dir": data_dir,
-      "imports": (os.path.join(HERE, "fashion_mnist32.py"),), "teachers": [], "method": "none"}))
-  dataset = sources.open_dataset(config)
+def measure(teacher_dir: str, data_dir: str, epochs: int, fresh_seed: int, seen_seed: int = 0,
+            batch: int = 500) -> dict:
+  dataset = e2e.open_setting(SETTING, data_dir)
   spec = dataset.spec
   arrays = sources.read_records(dataset.train, np.arange(len(dataset.train)), spec)
-  present = [(name, arch) for name, arch in TEACHERS
-             if os.path.isdir(os.path.join(teacher_dir, f"fashion_mnist32-train__5000_{name}"))]
-  teachers = [load_teacher(name, arch, spec.num_classes,
-                           os.path.join(teacher_dir, f"fashion_mnist32-train__5000_{name}"), spec.image_shape)
+  present = [(name, arch) for name, arch in TEACHERS if os.path.isdir(e2e.teacher_path(SETTING, teacher_dir, name))]
+  teachers = [load_teacher(name, arch, spec.num_classes, e2e.teacher_path(SETTING, teacher_dir, name), spec.image_shape)
               for name, arch in present]
   variables = [t.variables for t in teachers]
   forward = jax.jit(lambda images, index, replay, seed: augmented_teacher_outputs(
       teachers, variables, images, index, replay, seed, spec)[0], static_argnums=(3,))
   labels_all = np.asarray(arrays["label"])
   out = {}
-  for view, seed in (("seen", config.augmentation_seed), ("fresh", fresh_seed)):
+  for view, seed in (("seen", seen_seed), ("fresh", fresh_seed)):
     ce, correct, confidence = np.zeros(len(present)), np.zeros(len(present)), np.zeros(len(present))
     count = 0
     for epoch in range(epochs):
@@ -74,7 +72,7 @@ def measure(teacher_dir: str, data_dir: str, epochs: int, fresh_seed: int, batch
                         "accuracy": round(float(100 * correct[t] / count), 2),
                         "true_class_probability": round(float(confidence[t] / count), 4)}
                  for t, (name, _) in enumerate(present)}
-  return {"augmentation_seed_of_teachers": config.augmentation_seed, "fresh_seed": fresh_seed,
+  return {"augmentation_seed_of_teachers": seen_seed, "fresh_seed": fresh_seed,
           "epochs": epochs, "views": out}
 
 
@@ -84,9 +82,11 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", default=os.path.join(WORK, "tfds"))
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--fresh_seed", type=int, default=1001)
+  parser.add_argument("--seen_seed", type=int, default=0,
+                      help="the augmentation seed the teachers trained with (0: teachers of teacher_training.views=shared)")
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
-  result = measure(args.teacher_dir, args.data_dir, args.epochs, args.fresh_seed)
+  result = measure(args.teacher_dir, args.data_dir, args.epochs, args.fresh_seed, args.seen_seed)
   for view, per in result["views"].items():
     for name, m in per.items():
       print(f"{view:6s} {name:12s} CE {m['cross_entropy']:.4f}  top-1 {m['accuracy']:.2f}  "

@@ -43,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import compare_pytorch  # pylint: disable=wrong-import-position
+import pytorch_end_to_end as e2e  # pylint: disable=wrong-import-position
 
 from mmkd_jax import config as config_lib  # pylint: disable=wrong-import-position
 from mmkd_jax.data import sources  # pylint: disable=wrong-import-position
@@ -54,17 +55,15 @@ from mmkd_jax.training import parallel  # pylint: disable=wrong-import-position
 from mmkd_jax.training import setup as train  # pylint: disable=wrong-import-position
 from mmkd_jax.training import steps as steps_lib  # pylint: disable=wrong-import-position
 
-TEACHERS = (("t_resnet20", "resnet20"), ("t_wrn_16_2", "wrn_16_2"), ("t_vgg8", "vgg8"))
+SETTING = e2e.SETTINGS["fashion_mnist"]
+TEACHERS = tuple((name, arch) for name, arch, _ in SETTING["teachers"])
 STUDENT, BATCH, NUM_CLASSES, STEPS_PER_EPOCH = "resnet8", 64, 10, 78
 SETTINGS = {"beta": 1.0}   # the end-to-end Fashion-MNIST setting: MMKD's feature weight 1
 
 
 def training_images(data_dir: str) -> tuple[dict, sources.DatasetSpec]:
   """The end-to-end setting's training split as uint8 arrays and its spec."""
-  config = config_lib.validate(config_lib.load(os.path.join(ROOT, "configs", "digits.py"), None, {
-      "dataset": "fashion_mnist32", "train_split": "train[:5000]", "data_dir": data_dir,
-      "imports": (os.path.join(HERE, "fashion_mnist32.py"),), "teachers": [], "method": "none"}))
-  dataset = sources.open_dataset(config)
+  dataset = e2e.open_setting(SETTING, data_dir)
   return sources.read_records(dataset.train, np.arange(len(dataset.train)), dataset.spec), dataset.spec
 
 
@@ -82,7 +81,7 @@ def our_config(seed: int) -> ml_collections.ConfigDict:
   return config_lib.resolve(c)
 
 
-def rounded_teachers(loop, torch) -> None:
+def rounded_teachers(loop) -> None:
   """The original's teachers return float32-rounded outputs (ours keeps teacher outputs in float32)."""
   for teacher in loop.teachers:
     forward = teacher.forward
@@ -92,7 +91,6 @@ def rounded_teachers(loop, torch) -> None:
       r = lambda t: t.float().to(x.dtype)
       return [r(f) for f in feats], r(logits)
     teacher.forward = rounded
-  del torch
 
 
 def teacher_outputs(loop, torch, x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
@@ -141,7 +139,7 @@ def compare(reference: str, teacher_dir: str, data_dir: str, steps: int, seed: i
         module.load_state_dict(torch.load(os.path.join(teacher_dir, name, "student.pth"), map_location="cpu")["model"])
     for module in [loop.model_s, loop.match, loop.weight_logits, loop.weight_feature, *loop.teachers]:
       module.double()
-    rounded_teachers(loop, torch)
+    rounded_teachers(loop)
     recorded = {}
     weight_forward = loop.weight_logits.forward
 

@@ -33,23 +33,26 @@ RENAMED = {"weights.feat_from_epoch": "feat_from_epoch", "mmkd.gram_per_device":
 ADDED_WITH_NEW_DEFAULT = {"teacher_training.views": "shared"}
 
 
+def _stored_section(stored: dict, dotted: str) -> tuple[dict | None, str]:
+  """(the mapping that holds ``dotted``'s last part, that part); None where a parent is missing."""
+  *parents, leaf = dotted.split(".")
+  section = stored
+  for p in parents:
+    section = section.get(p) if isinstance(section, dict) else None
+  return (section if isinstance(section, dict) else None), leaf
+
+
 def upgrade_stored(stored: Mapping[str, Any]) -> dict[str, Any]:
   """A stored config (``config.json``) with renamed fields under their current names, and the
   fields added since with the value the run was made with."""
   out = copy.deepcopy(dict(stored))
   for name, made_with in ADDED_WITH_NEW_DEFAULT.items():
-    *parents, leaf = name.split(".")
-    section = out
-    for p in parents:
-      section = section.get(p) if isinstance(section, dict) else None
-    if isinstance(section, dict):  # a recorded config has the section; a partial mapping does not
+    section, leaf = _stored_section(out, name)
+    if section is not None:  # a recorded config has the section; a partial mapping does not
       section.setdefault(leaf, made_with)
   for old, new in RENAMED.items():
-    *old_parents, old_leaf = old.split(".")
-    section = out
-    for p in old_parents:
-      section = section.get(p) if isinstance(section, dict) else None
-    if not isinstance(section, dict) or old_leaf not in section:
+    section, old_leaf = _stored_section(out, old)
+    if section is None or old_leaf not in section:
       continue
     value = section.pop(old_leaf)
     *new_parents, new_leaf = new.split(".")

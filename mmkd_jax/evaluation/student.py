@@ -185,11 +185,9 @@ def export_student(workdir: str, out_dir: str, which: str = "best",
   notes = []
   if "pth" in formats:
     try:
-      import torch  # pylint: disable=import-outside-toplevel
-      written["pth"] = storage.join(out_dir, "student.pth")
-      with storage.as_path(written["pth"]).open("wb") as f:
-        # a writable copy: torch warns on read-only arrays (what jax.device_get returns)
-        torch.save({"model": {k: torch.from_numpy(np.array(v, order="C")) for k, v in state_dict.items()}}, f)
+      path = storage.join(out_dir, "student.pth")
+      convert.save_pth(state_dict, path)
+      written["pth"] = path
     except Exception as e:  # pylint: disable=broad-except  (torch missing, or a CUDA-only wheel)
       notes.append(f"student.pth not written: torch unavailable ({type(e).__name__}); pip install -e '.[torch]'")
   meta = {"arch": student.arch, "num_classes": student.num_classes, "image_shape": list(student.image_shape),

@@ -120,6 +120,15 @@ def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
           for (collection, *path), v in flat.items()}
 
 
+def save_pth(state_dict: Mapping[str, Any], path: str) -> None:
+  """Writes ``{"model": state_dict}`` (numpy arrays as tensors) to ``path``, the layout the
+  reference's loaders read (``torch.load(path)["model"]``). Needs torch (no file without it)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  with storage.as_path(path).open("wb") as f:
+    # a writable copy: torch warns on read-only arrays (what jax.device_get returns)
+    torch.save({"model": {k: torch.from_numpy(np.array(v, order="C")) for k, v in state_dict.items()}}, f)
+
+
 def load_state_dict(path: str, trust_pickle: bool = False) -> dict[str, np.ndarray]:
   """Reads a state_dict from a ``.pth``/``.pt`` (RepDistiller/MMKD format) or ``.npz`` file.
 
