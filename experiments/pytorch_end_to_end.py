@@ -155,10 +155,10 @@ def prepare_teachers(setting: dict, out: str) -> list[str]:
     raise RuntimeError(done.stderr[-3000:])
   paths = []
   for name, _, _ in setting["teachers"]:
-    export = os.path.join(work, "export", name)
-    if not os.path.exists(os.path.join(export, "student.pth")):
-      write_teacher_pth(teacher_path(setting, teacher_dir, name), os.path.join(export, "student.pth"))
-    paths.append(os.path.join(export, "student.pth"))
+    # written again every time (seconds): a teacher retrained since must not leave its old export
+    path = os.path.join(work, "export", name, "student.pth")
+    write_teacher_pth(teacher_path(setting, teacher_dir, name), path)
+    paths.append(path)
   return paths
 
 
