@@ -140,3 +140,17 @@ def test_about_a_dozen_entries_at_the_top_and_tests_mirror_the_folders():
       if name.startswith("test_") and name.endswith(".py"):
         target = name[len("test_"):]
         assert os.path.isfile(os.path.join(PACKAGE, folder, target)) or target == f"{folder}.py", f"{folder}/{name}"
+
+
+def test_a_command_starts_without_importing_torch_or_scikit_learn():
+  """Every command imports the package: torch (through tensorboardX's writer) and scikit-learn
+  (the digits' source) took 6.5 of its 11 s of imports on a 2-core CPU; neither is needed to
+  start. A later ``import torch`` still works in the same process."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  pytest.importorskip("torch")
+  code = ("import sys, mmkd_jax.main; print(sorted({'torch', 'sklearn', 'tensorboardX'} & set(sys.modules))); "
+          "import torch; print(torch.ones(2).sum().item())")
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.split() == ["['tensorboardX']", "2.0"], done.stdout

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow_datasets as tfds
-from sklearn.datasets import load_digits
 
 from mmkd_jax.data.sources import register_dataset
 
@@ -23,6 +22,8 @@ NUM_TEST = 359
 
 def digits_as_images() -> tuple[np.ndarray, np.ndarray]:
   """All 1,797 digits as (N, 32, 32, 3) uint8 images and (N,) labels."""
+  # imported here: scikit-learn takes ~2 s to import, and only preparing the dataset needs it
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
   digits = load_digits()
   grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8), 0..16 -> 0..255
   big = np.kron(grey, np.ones((1, 4, 4), np.uint8))  # nearest-neighbour 4x upsampling

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
 import jax
 import numpy as np
-import tensorboardX
-import tensorboardX.record_writer
 
 from mmkd_jax.runs import storage
+
+
+def _import_tensorboardx_without_torch():
+  """tensorboardX's writer imports torch where it is installed, only to accept torch tensors
+  (we log floats): 4 s of every command's start on a 2-core CPU. A ``None`` in ``sys.modules``
+  makes that import fail for the duration (tensorboardX then takes numpy arrays), and a later
+  ``import torch`` works as usual. Where torch is loaded already it costs nothing and is used."""
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None
+  try:
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    import tensorboardX.record_writer  # pylint: disable=import-outside-toplevel
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return tensorboardX
+
+
+tensorboardX = _import_tensorboardx_without_torch()
 
 
 class MetricWriter:
