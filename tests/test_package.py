@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -150,8 +152,6 @@ def test_a_command_starts_without_importing_torch_or_scikit_learn():
   """Every command imports the package: torch (through tensorboardX's writer) and scikit-learn
   (the digits' source) took 6.5 of its 11 s of imports on a 2-core CPU; neither is needed to
   start. A later ``import torch`` still works in the same process."""
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   pytest.importorskip("torch")
   code = ("import sys, mmkd_jax.main; print(sorted({'torch', 'sklearn', 'tensorboardX'} & set(sys.modules))); "
           "import torch; print(torch.ones(2).sum().item())")
