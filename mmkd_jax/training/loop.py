@@ -23,7 +23,7 @@ from mmkd_jax.runs import checkpoint
 from mmkd_jax.training import dispatch
 from mmkd_jax.evaluation import evaluate as evaluation
 from mmkd_jax.runs import progress
-from mmkd_jax.runs.metrics import MetricWriter, StepLog, eval_name, tagged_train_metrics
+from mmkd_jax.runs.metrics import MetricWriter, StepLog, eval_name, mean_metrics, tagged_train_metrics
 
 PyTree = Any
 
@@ -69,16 +69,26 @@ class Member:
   def write_window(self, step: int, means: dict[str, np.ndarray], lr: float) -> None:
     self.writer.write(step, {**tagged_train_metrics(means, self.teacher_names), "train/lr": lr})
 
+  def note_first_step(self, means: dict[str, np.ndarray]) -> None:
+    """Keeps the run's first step's loss terms (in the checkpoint, so a resumed run checks alike):
+    the divergence check's reference, which a window's mean can hide (a run can blow up inside
+    its first window and stay below 10x of that window's mean)."""
+    if self.setup.config.divergence_factor:
+      self.host.setdefault("loss_first_step", {k: float(v) for k, v in means.items()
+                                               if k == "loss" or k.startswith("loss_")})
+
   def check_divergence(self, step: int, means: dict[str, np.ndarray]) -> str | None:
     """The divergence message when a loss term's window mean exceeds ``divergence_factor`` times
-    its first logged (non-zero) value and, weighted, the whole first logged loss; else None.
+    its reference and, weighted, the whole loss at that reference; else None.
 
-    A term's reference is its first non-zero window (a feature term that starts at
-    ``feat_from_epoch`` is measured from then on), kept in the checkpoint so a resumed run
-    compares with the same values. Both conditions: a tiny term that grows tenfold but stays
-    negligible is no divergence. In the committed runs of experiments/results the largest growth of
-    a term over its first window is 3.6x (MMKD's feature term), so the default 10 leaves margin;
-    a diverging run grows by orders of magnitude (tests/training/test_loop.py)."""
+    A term's reference is its value at the run's first step; a term that is zero there (a feature
+    term that starts at ``feat_from_epoch``), or a run resumed from a checkpoint that predates the
+    first step's record, is measured from its first non-zero logged window instead. Both are kept
+    in the checkpoint, so a resumed run compares with the same values. Both conditions: a tiny
+    term that grows tenfold but stays negligible is no divergence. Healthy runs stay far inside
+    (docs/reliability.md row 56: at most 1.39x over the first step in the first 66 steps of every
+    method, 3.6x over the first window in the committed runs); a diverging run grows by orders of
+    magnitude (tests/training/test_loop.py)."""
     config = self.setup.config
     factor = config.divergence_factor
     if not factor:
@@ -86,26 +96,31 @@ class Member:
     reference = self.host.setdefault("loss_reference", {})
     if "loss" not in reference and "loss" in means:
       reference["loss"] = [float(means["loss"]), step]
+    first_step = self.host.get("loss_first_step") or {}
+    from_step = {"loss": [first_step.get("loss", 0.0), 1],
+                 **{t: [first_step[f"loss_{t}"], 1] for t in self.setup.method_spec.terms
+                    if first_step.get(f"loss_{t}", 0.0) > 0}}
     for term in self.setup.method_spec.terms:
       value = means.get(f"loss_{term}")
       if value is None or not np.isfinite(value):
         continue
       value = float(value)
-      if term not in reference:
-        if value != 0.0:
-          reference[term] = [value, step]
+      if term not in reference and value != 0.0:
+        reference[term] = [value, step]
+      baseline, since = (from_step, "its first step") if term in from_step else (reference, "its first logged window")
+      if term not in baseline:
         continue
-      first, first_step = reference[term]
-      if first > 0 and value > factor * first and float(config.weights[term]) * value > reference["loss"][0]:
+      first, first_at = baseline[term]
+      if first > 0 and value > factor * first and float(config.weights[term]) * value > baseline["loss"][0]:
         spe = self.setup.steps_per_epoch
-        return (f"loss term {term!r} grew from {first:.4g} (first logged, step {first_step}) to {value:.4g} at step "
+        return (f"loss term {term!r} grew from {first:.4g} ({since}, step {first_at}) to {value:.4g} at step "
                 f"{step} (epoch {(step - 1) // spe + 1}), over {factor:g}x: the run diverges; training stopped, the "
-                f"checkpoints saved so far are kept. {self._scale_knobs(reference)}; lower one, or "
+                f"checkpoints saved so far are kept. {self._scale_knobs(baseline, since)}; lower one, or "
                 "--config.divergence_factor=0 turns this check off.")
     return None
 
-  def _scale_knobs(self, reference: dict[str, list]) -> str:
-    """Where the loss's scale is set: the term weighing most in the first logged loss, and lr."""
+  def _scale_knobs(self, reference: dict[str, list], since: str) -> str:
+    """Where the loss's scale is set: the term weighing most in the reference loss, and lr."""
     config = self.setup.config
     shares = {t: float(config.weights[t]) * reference[t][0] / reference["loss"][0]
               for t in self.setup.method_spec.terms if t in reference and reference["loss"][0] > 0}
@@ -114,7 +129,7 @@ class Member:
       return f"Its scale is set by {lr}"
     top = max(shares, key=shares.get)
     return (f"The loss's scale is set by config.weights.{top} (now {float(config.weights[top]):g}: "
-            f"{100 * shares[top]:.0f}% of the first logged loss) and {lr}")
+            f"{100 * shares[top]:.0f}% of the loss at {since}) and {lr}")
 
   def save_now(self) -> None:
     """Checkpoints the current state after a finished epoch (no metric sums to carry)."""
@@ -281,6 +296,10 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
     for idx, metrics in stepped:
       seen += config.batch_size
       ready = log.add(idx, metrics)
+      if epoch == 0 and idx == 0:
+        first = mean_metrics([metrics])
+        for k in _active(members):
+          members[k].note_first_step(program.member_of(first, k))
       log_windows(program, members, epoch, ready)
       if ready:
         means = {k: float(np.mean(ready[-1][1][k])) for k in ("loss", "accuracy")}

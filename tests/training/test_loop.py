@@ -10,14 +10,17 @@ import os
 import re
 import signal
 
+import types
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from mmkd_jax import teachers as teachers_lib
 from mmkd_jax.training import setup as train
-from mmkd_jax.training.loop import NonFiniteLossError
+from mmkd_jax.training.loop import Member, NonFiniteLossError
 from mmkd_jax.models import get_model
 
 from helpers import digits_teacher_record, metric_records, run_trainer, state_leaves, trainer_config
@@ -217,15 +220,68 @@ def test_a_compilation_is_announced_once_before_the_first_call(capsys):
   assert capsys.readouterr().out == ""
 
 
+def _divergence_member(factor: float = 10.0) -> Member:
+  """A Member with only what the divergence check reads: MMKD's terms, their weights, 10 steps an
+  epoch."""
+  config = ml_collections.ConfigDict({"divergence_factor": factor, "lr": 0.05,
+                                      "weights": {"ce": 1.0, "kd": 1.0, "feat": 100.0}})
+  setup = types.SimpleNamespace(config=config, steps_per_epoch=10,
+                                method_spec=types.SimpleNamespace(terms=("ce", "kd", "feat")))
+  return Member(setup=setup, workdir="", quiet=True, state=None, host={}, ckpt=None, writer=None, eval_fn=None)
+
+
+@pytest.mark.claim(56, "divergence")
+def test_terms_are_measured_from_the_first_step_and_late_ones_from_their_first_window():
+  """Hand-made losses. A run that blows up inside its first window (kd 1 at step 1, the window's
+  mean 50: weighted above the whole first loss 3.5) stops at its first logged window; without a
+  first step on record (a checkpoint written before it was kept) that window becomes the
+  reference instead and a later window 11x above it stops the run. With it, 9x over the first
+  step is no divergence and 11x is, also after a resume (the host read back from JSON); a term
+  that is zero at step 1 is measured from its first non-zero window, and stops the run only once
+  its weighted value exceeds the loss of that window."""
+  step1 = {"loss": 3.5, "loss_ce": 2.5, "loss_kd": 1.0, "loss_feat": 0.0}
+  window = {"loss": 52.5, "loss_ce": 2.5, "loss_kd": 50.0, "loss_feat": 0.0}
+  member = _divergence_member()
+  member.note_first_step(step1)
+  message = member.check_divergence(4, window)
+  assert message.startswith("loss term 'kd' grew from 1 (its first step, step 1) to 50 at step 4 (epoch 1), over 10x")
+  assert "config.weights.ce (now 1: 71% of the loss at its first step) and config.lr (now 0.05)" in message
+
+  unrecorded = _divergence_member()
+  assert unrecorded.check_divergence(4, window) is None
+  assert unrecorded.host["loss_reference"] == {"loss": [52.5, 4], "ce": [2.5, 4], "kd": [50.0, 4]}
+  assert unrecorded.check_divergence(8, {"loss": 502.5, "loss_ce": 2.5, "loss_kd": 500.0, "loss_feat": 0.0}) is None
+  message = unrecorded.check_divergence(12, {"loss": 552.5, "loss_ce": 2.5, "loss_kd": 550.0, "loss_feat": 0.0})
+  assert message.startswith("loss term 'kd' grew from 50 (its first logged window, step 4) to 550 at step 12")
+
+  growing = _divergence_member()
+  growing.note_first_step(step1)
+  assert growing.check_divergence(4, {"loss": 11.5, "loss_ce": 2.5, "loss_kd": 9.0, "loss_feat": 0.0}) is None
+  resumed = _divergence_member()
+  resumed.host = json.loads(json.dumps(growing.host))
+  assert resumed.host["loss_first_step"] == step1
+  message = resumed.check_divergence(8, {"loss": 13.5, "loss_ce": 2.5, "loss_kd": 11.0, "loss_feat": 0.0})
+  assert message.startswith("loss term 'kd' grew from 1 (its first step, step 1) to 11 at step 8 (epoch 1)")
+  late = _divergence_member()
+  late.note_first_step(step1)
+  assert late.check_divergence(4, {"loss": 5.5, "loss_ce": 2.5, "loss_kd": 3.0, "loss_feat": 0.0}) is None
+  # feat starts at 1e-4 (window 16) and grows 500x: weighted 5 < the first window's loss 5.5
+  assert late.check_divergence(16, {"loss": 5.51, "loss_ce": 2.5, "loss_kd": 3.0, "loss_feat": 1e-4}) is None
+  assert late.check_divergence(20, {"loss": 10.5, "loss_ce": 2.5, "loss_kd": 3.0, "loss_feat": 0.05}) is None
+  message = late.check_divergence(24, {"loss": 11.5, "loss_ce": 2.5, "loss_kd": 3.0, "loss_feat": 0.06})
+  assert message.startswith("loss term 'feat' grew from 0.0001 (its first logged window, step 16) to 0.06 at step 24")
+  assert _divergence_member(factor=0).check_divergence(4, window) is None
+
+
 @pytest.mark.claim(56, "divergence")
 def test_a_diverging_loss_stops_the_run_naming_the_term_and_the_knob(tmp_path):
   """MMKD with its preset feature weight (100) on a user's small CNN without BatchNorm before its
   features (tests/plugin): the loss grows by orders of magnitude within the first epoch. The real
   CLI stops with one line naming the term, the knob that sets the loss's scale and the switch,
   exit 2; with the switch off the run goes on; as a replica, only that replica stops. Logged every
-  step: the check measures from the first logged window, and this run can blow up inside a first
-  window of 4 steps (its teachers, trained on their own views, 2026-12-07: 1224 there, no later
-  window 10x above), so its reference is the first step's loss."""
+  4 steps (the plugin's config): this run's kd term grows from 3.5 at step 1 to 1947 by step 6, a
+  window mean of 211 over its first 4 steps and 930 over the next (AMD EPYC VM, 2026-12-07), so
+  only the first step, not the first window, is a reference it crosses 10x of."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   from helpers import ROOT  # pylint: disable=import-outside-toplevel
@@ -235,7 +291,7 @@ def test_a_diverging_loss_stops_the_run_naming_the_term_and_the_knob(tmp_path):
   def cli(name, *flags):
     return subprocess.run([sys.executable, "-m", "mmkd_jax.main", "--config", os.path.join(ROOT, "tests", "plugin", "my_config.py"),
                            "--workdir", str(tmp_path / name), f"--config.teacher_dir={tmp_path / 'teachers'}",
-                           "--config.method=mmkd", "--config.mmkd.buffer_size=32", "--config.epochs=2", "--config.log_every=1",
+                           "--config.method=mmkd", "--config.mmkd.buffer_size=32", "--config.epochs=2",
                            *flags],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   done = cli("diverged")
