@@ -166,14 +166,22 @@ def code_version() -> str:
   return _CODE_VERSION
 
 
-def _read_code_version() -> str:
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _read_code_version(package: str = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) -> str:
+  """``<version>+<git describe>``, with ``-dirty`` when the package's own files differ from that
+  commit: a changed test, experiment or document does not change what a run computes. Nothing
+  from git where the package is not tracked by the repository around it (installed in a
+  virtualenv inside a user's checkout)."""
+  def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", package, *args], capture_output=True, text=True, timeout=5,
+                          check=True).stdout.strip()
   try:
-    commit = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True,
-                            text=True, timeout=5, check=True).stdout.strip()
+    if not git("ls-files", "--", "__init__.py"):
+      return __version__
+    commit = git("describe", "--always")
+    dirty = git("status", "--porcelain", "--", ".")
   except (OSError, subprocess.SubprocessError):
-    commit = ""
-  return f"{__version__}+{commit}" if commit else __version__
+    return __version__
+  return f"{__version__}+{commit}{'-dirty' if dirty else ''}"
 
 
 _CODE_VERSION = _read_code_version()

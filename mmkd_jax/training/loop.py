@@ -73,9 +73,9 @@ class Member:
     """Keeps the run's first step's loss terms (in the checkpoint, so a resumed run checks alike):
     the divergence check's reference, which a window's mean can hide (a run can blow up inside
     its first window and stay below 10x of that window's mean)."""
-    if self.setup.config.divergence_factor:
-      self.host.setdefault("loss_first_step", {k: float(v) for k, v in means.items()
-                                               if k == "loss" or k.startswith("loss_")})
+    terms = [t for t in self.setup.method_spec.terms if float(means.get(f"loss_{t}", 0.0)) > 0]
+    self.host.setdefault("first_step_reference", {"loss": [float(means["loss"]), 1],
+                                                  **{t: [float(means[f"loss_{t}"]), 1] for t in terms}})
 
   def check_divergence(self, step: int, means: dict[str, np.ndarray]) -> str | None:
     """The divergence message when a loss term's window mean exceeds ``divergence_factor`` times
@@ -96,10 +96,7 @@ class Member:
     reference = self.host.setdefault("loss_reference", {})
     if "loss" not in reference and "loss" in means:
       reference["loss"] = [float(means["loss"]), step]
-    first_step = self.host.get("loss_first_step") or {}
-    from_step = {"loss": [first_step.get("loss", 0.0), 1],
-                 **{t: [first_step[f"loss_{t}"], 1] for t in self.setup.method_spec.terms
-                    if first_step.get(f"loss_{t}", 0.0) > 0}}
+    from_step = self.host.get("first_step_reference") or {}
     for term in self.setup.method_spec.terms:
       value = means.get(f"loss_{term}")
       if value is None or not np.isfinite(value):
@@ -296,7 +293,7 @@ def run_epoch(program: Program, members: list[Member], epoch: int, first_batch: 
     for idx, metrics in stepped:
       seen += config.batch_size
       ready = log.add(idx, metrics)
-      if epoch == 0 and idx == 0:
+      if epoch == 0 and idx == 0 and config.divergence_factor:
         first = mean_metrics([metrics])
         for k in _active(members):
           members[k].note_first_step(program.member_of(first, k))

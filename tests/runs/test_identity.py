@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -49,3 +50,34 @@ def test_teacher_entries_added_fields_default_and_their_checkpoint_path_is_no_ch
   assert run_identity.changed_fields(_stored(resolved), moved) == []
   reseeded = config_lib.validate(config_lib.load(DIGITS, "aver", {"teachers[0].seed": 77}))
   assert run_identity.changed_fields(_stored(resolved), reseeded) == [f"teachers.[0].seed: {resolved.teachers[0].seed} -> 77"]
+
+
+def test_code_version_is_dirty_only_when_the_package_itself_changed(tmp_path):
+  """A real git checkout: a changed test or document leaves the run's code version clean, a
+  changed or new package file makes it -dirty; a package that the repository around it does not
+  track (a virtualenv inside a user's checkout) names no commit."""
+  def git(*args):
+    return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout.strip()
+  package = tmp_path / "pkg"
+  package.mkdir()
+  (package / "__init__.py").write_text("")
+  (package / "steps.py").write_text("LR = 0.1\n")
+  (tmp_path / "README.md").write_text("a\n")
+  git("init", "-q")
+  git("add", ".")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+  commit = git("rev-parse", "--short", "HEAD")
+  version = run_identity.__version__
+  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}"  # pylint: disable=protected-access
+  (tmp_path / "README.md").write_text("b\n")
+  (tmp_path / "notes.txt").write_text("new\n")
+  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}"  # pylint: disable=protected-access
+  (package / "steps.py").write_text("LR = 0.2\n")
+  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}-dirty"  # pylint: disable=protected-access
+  git("checkout", "--", "pkg/steps.py")
+  (package / "new_method.py").write_text("")
+  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}-dirty"  # pylint: disable=protected-access
+  untracked = tmp_path / "venv" / "pkg"
+  untracked.mkdir(parents=True)
+  (untracked / "__init__.py").write_text("")
+  assert run_identity._read_code_version(str(untracked)) == version  # pylint: disable=protected-access

@@ -258,7 +258,7 @@ def test_terms_are_measured_from_the_first_step_and_late_ones_from_their_first_w
   assert growing.check_divergence(4, {"loss": 11.5, "loss_ce": 2.5, "loss_kd": 9.0, "loss_feat": 0.0}) is None
   resumed = _divergence_member()
   resumed.host = json.loads(json.dumps(growing.host))
-  assert resumed.host["loss_first_step"] == step1
+  assert resumed.host["first_step_reference"] == {"loss": [3.5, 1], "ce": [2.5, 1], "kd": [1.0, 1]}
   message = resumed.check_divergence(8, {"loss": 13.5, "loss_ce": 2.5, "loss_kd": 11.0, "loss_feat": 0.0})
   assert message.startswith("loss term 'kd' grew from 1 (its first step, step 1) to 11 at step 8 (epoch 1)")
   late = _divergence_member()
