@@ -46,11 +46,16 @@ wheel-check: install
 	    --workdir run --config.teacher_dir=teachers --config.epochs=1 --config.teacher_training.epochs=1
 	test -f $(WHEEL_DIR)/run/summary.json
 
+# The suite in TEST_WORKERS processes (pytest-xdist), a test file per process at a time: a file's
+# module fixtures (a trained pipeline, a teacher directory) are built once. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-all: install
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "" $(XDIST)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
