@@ -47,9 +47,10 @@ wheel-check: install
 	test -f $(WHEEL_DIR)/run/summary.json
 
 # The suite in TEST_WORKERS processes (pytest-xdist), a test file per process at a time: a file's
-# module fixtures (a trained pipeline, a teacher directory) are built once. TEST_WORKERS=0: one process.
+# module fixtures (a trained pipeline, a teacher directory) are built once; the longest files first
+# (tests/conftest.py). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: install
 	$(PY) -m pytest -q $(XDIST)
