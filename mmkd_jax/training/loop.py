@@ -73,9 +73,9 @@ class Member:
     """Keeps the run's first step's loss terms (in the checkpoint, so a resumed run checks alike):
     the divergence check's reference, which a window's mean can hide (a run can blow up inside
     its first window and stay below 10x of that window's mean)."""
-    terms = [t for t in self.setup.method_spec.terms if float(means.get(f"loss_{t}", 0.0)) > 0]
+    values = {t: float(means.get(f"loss_{t}", 0.0)) for t in self.setup.method_spec.terms}
     self.host.setdefault("first_step_reference", {"loss": [float(means["loss"]), 1],
-                                                  **{t: [float(means[f"loss_{t}"]), 1] for t in terms}})
+                                                  **{t: [v, 1] for t, v in values.items() if v > 0}})
 
   def check_divergence(self, step: int, means: dict[str, np.ndarray]) -> str | None:
     """The divergence message when a loss term's window mean exceeds ``divergence_factor`` times

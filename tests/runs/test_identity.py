@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from mmkd_jax import __version__
 from mmkd_jax import config as config_lib
 from mmkd_jax.runs import identity as run_identity
 
@@ -67,17 +68,17 @@ def test_code_version_is_dirty_only_when_the_package_itself_changed(tmp_path):
   git("add", ".")
   git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
   commit = git("rev-parse", "--short", "HEAD")
-  version = run_identity.__version__
-  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}"  # pylint: disable=protected-access
+  read = run_identity._read_code_version  # pylint: disable=protected-access
+  assert read(str(package)) == f"{__version__}+{commit}"
   (tmp_path / "README.md").write_text("b\n")
   (tmp_path / "notes.txt").write_text("new\n")
-  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}"  # pylint: disable=protected-access
+  assert read(str(package)) == f"{__version__}+{commit}"
   (package / "steps.py").write_text("LR = 0.2\n")
-  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}-dirty"  # pylint: disable=protected-access
+  assert read(str(package)) == f"{__version__}+{commit}-dirty"
   git("checkout", "--", "pkg/steps.py")
   (package / "new_method.py").write_text("")
-  assert run_identity._read_code_version(str(package)) == f"{version}+{commit}-dirty"  # pylint: disable=protected-access
+  assert read(str(package)) == f"{__version__}+{commit}-dirty"
   untracked = tmp_path / "venv" / "pkg"
   untracked.mkdir(parents=True)
   (untracked / "__init__.py").write_text("")
-  assert run_identity._read_code_version(str(untracked)) == version  # pylint: disable=protected-access
+  assert read(str(untracked)) == __version__
